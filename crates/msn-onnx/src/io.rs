@@ -10,15 +10,16 @@ use std::path::Path;
 pub fn load(path: impl AsRef<Path>) -> Result<ModelProto> {
     let path = path.as_ref();
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    decode(&bytes, &path.display().to_string())
+    from_bytes_named(&bytes, &path.display().to_string())
 }
 
 /// Decodes an ONNX model from bytes.
 pub fn from_bytes(bytes: &[u8]) -> Result<ModelProto> {
-    decode(bytes, "<bytes>")
+    from_bytes_named(bytes, "<bytes>")
 }
 
-fn decode(bytes: &[u8], origin: &str) -> Result<ModelProto> {
+/// Decodes an ONNX model from bytes; errors name `origin` (usually the file the bytes came from).
+pub fn from_bytes_named(bytes: &[u8], origin: &str) -> Result<ModelProto> {
     let model = ModelProto::decode(bytes).map_err(|source| Error::Decode {
         origin: origin.to_string(),
         source,

@@ -1,0 +1,79 @@
+//! # msn-runtime: classify images with an ONNX model on tract
+//!
+//! 1. [`preprocess`]: decode a JPEG or PNG, convert to gray or RGB, resize (shorter side then
+//!    centre crop, or plain), scale, normalise, lay out as NCHW.
+//! 2. [`Classifier`]: load an ONNX model (validated by `msn-onnx`), fix its batch size, let
+//!    tract optimise it, run batches.
+//! 3. [`topk`]: softmax and the k most probable classes.
+//! 4. [`bench`]: latency percentiles and throughput, several models interleaved.
+//!
+//! ```no_run
+//! use msn_runtime::{Classifier, LoadOptions};
+//! let clf = Classifier::load("model.onnx", &LoadOptions::default())?;
+//! let input = clf.preprocess().load("cat.png")?;
+//! let probs = msn_runtime::softmax(&clf.run_one(&input)?);
+//! for (class, p) in msn_runtime::topk(&probs, 3) {
+//!     println!("{p:.3} {}", clf.label(class));
+//! }
+//! # Ok::<(), msn_runtime::Error>(())
+//! ```
+
+pub mod bench;
+mod classifier;
+mod error;
+pub mod preprocess;
+
+pub use classifier::{Classifier, LoadOptions, PreprocessOverrides};
+pub use error::Error;
+pub use preprocess::Preprocess;
+
+/// A `Result` whose error is this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Softmax of one row of logits, computed stably (max subtracted first).
+pub fn softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = logits.iter().map(|&x| (x - max).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    exps.into_iter().map(|e| e / sum).collect()
+}
+
+/// The `k` largest values as `(index, value)`, largest first; ties keep the lower index first.
+pub fn topk(values: &[f32], k: usize) -> Vec<(usize, f32)> {
+    let mut idx: Vec<usize> = (0..values.len()).collect();
+    idx.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
+    idx.into_iter().take(k).map(|i| (i, values[i])).collect()
+}
+
+/// Reads a labels file: one class name per line, line i = class i; trailing blank lines dropped.
+pub fn read_labels(path: &std::path::Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    let mut labels: Vec<String> = text.lines().map(|l| l.trim_end().to_string()).collect();
+    while labels.last().is_some_and(|l| l.is_empty()) {
+        labels.pop();
+    }
+    Ok(labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn softmax_sums_to_one_and_keeps_order() {
+        let p = softmax(&[1.0, 3.0, 2.0, 1000.0]);
+        assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(p[3] > 0.999);
+        let p = softmax(&[0.0, (2.0f32).ln()]);
+        assert!((p[1] - 2.0 / 3.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn topk_picks_largest_first() {
+        assert_eq!(topk(&[0.1, 0.5, 0.2, 0.5], 3), vec![(1, 0.5), (3, 0.5), (2, 0.2)]);
+        assert_eq!(topk(&[0.1], 5).len(), 1);
+    }
+}

@@ -1,0 +1,100 @@
+//! `msn bench`: latency percentiles and throughput of a model, optionally against another.
+
+use crate::classify::load_classifier;
+use crate::PreprocessArgs;
+use anyhow::{bail, Result};
+use clap::Args;
+use msn_runtime::bench::Stats;
+use msn_runtime::LoadOptions;
+use serde_json::json;
+use std::path::PathBuf;
+
+/// Measure a model's inference latency and throughput with tract.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// The ONNX model to measure
+    #[arg(value_name = "MODEL")]
+    pub model: PathBuf,
+    /// Images per run
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub batch: usize,
+    /// Timed runs (after the warm-up)
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    pub iters: usize,
+    /// Untimed warm-up runs
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub warmup: usize,
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+    /// A second model, run interleaved with the first in the same process
+    #[arg(long, value_name = "OTHER.onnx")]
+    pub compare: Option<PathBuf>,
+    #[command(flatten)]
+    pub preprocess: PreprocessArgs,
+}
+
+fn stats_json(model: &std::path::Path, s: &Stats) -> serde_json::Value {
+    json!({
+        "model": model.display().to_string(),
+        "batch": s.batch,
+        "load_ms": s.load_ms,
+        "p50_ms": s.p50_ms,
+        "p90_ms": s.p90_ms,
+        "p99_ms": s.p99_ms,
+        "mean_ms": s.mean_ms,
+        "throughput_per_s": s.throughput_per_s,
+    })
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    if args.batch == 0 || args.iters == 0 {
+        bail!("--batch and --iters must be at least 1");
+    }
+    let options = LoadOptions {
+        batch: Some(args.batch),
+        preprocess: args.preprocess.overrides(),
+        labels: None,
+    };
+    let mut paths = vec![args.model.clone()];
+    paths.extend(args.compare.clone());
+    let models = paths
+        .iter()
+        .map(|p| load_classifier(Some(p), &options))
+        .collect::<Result<Vec<_>>>()?;
+    let refs: Vec<_> = models.iter().collect();
+    let stats = msn_runtime::bench::run(&refs, args.warmup, args.iters)?;
+    let ratio = (stats.len() == 2).then(|| stats[1].p50_ms / stats[0].p50_ms);
+
+    if args.json {
+        let value = match ratio {
+            None => stats_json(&paths[0], &stats[0]),
+            Some(r) => json!({
+                "models": paths.iter().zip(&stats).map(|(p, s)| stats_json(p, s)).collect::<Vec<_>>(),
+                "ratio_p50": r,
+            }),
+        };
+        println!("{value}");
+        return Ok(());
+    }
+    println!(
+        "{:<40} {:>5} {:>9} {:>8} {:>8} {:>8} {:>10}",
+        "model", "batch", "load ms", "p50 ms", "p90 ms", "p99 ms", "images/s"
+    );
+    for (p, s) in paths.iter().zip(&stats) {
+        println!(
+            "{:<40} {:>5} {:>9.1} {:>8.3} {:>8.3} {:>8.3} {:>10.1}",
+            p.display().to_string(),
+            s.batch,
+            s.load_ms,
+            s.p50_ms,
+            s.p90_ms,
+            s.p99_ms,
+            s.throughput_per_s
+        );
+    }
+    if let Some(r) = ratio {
+        println!("p50 ratio (second / first): {r:.3}");
+    }
+    Ok(())
+}

@@ -1,0 +1,33 @@
+use clap::{Parser, Subcommand};
+
+/// msn: train, export, fold and run small image classifiers with Mean Spectral Normalization.
+#[derive(Parser)]
+#[command(name = "msn", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Classify images with an ONNX model (same as msn-classify)
+    Classify(msn_cli::classify::ClassifyArgs),
+    /// Measure a model's latency and throughput with tract
+    Bench(msn_cli::bench::BenchArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    msn_cli::exit(match Cli::parse().command {
+        Command::Classify(args) => msn_cli::classify::run(args),
+        Command::Bench(args) => msn_cli::bench::run(args),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

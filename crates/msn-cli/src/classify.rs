@@ -1,0 +1,148 @@
+//! `msn-classify` / `msn classify`: top-k labels for image files and folders.
+
+use crate::PreprocessArgs;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use msn_runtime::{softmax, topk, Classifier, LoadOptions};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// Classify images with an ONNX model and print the most probable labels.
+#[derive(Debug, Args)]
+pub struct ClassifyArgs {
+    /// The ONNX classifier (default: the Fashion-MNIST model built into this binary)
+    #[arg(long, value_name = "M.onnx")]
+    pub model: Option<PathBuf>,
+    /// Class names, one per line (default: the model's own labels)
+    #[arg(long, value_name = "L.txt")]
+    pub labels: Option<PathBuf>,
+    /// How many labels to print per image
+    #[arg(long, default_value_t = 5, value_name = "K")]
+    pub top_k: usize,
+    /// One JSON object per line per image
+    #[arg(long)]
+    pub json: bool,
+    /// Images per inference run when classifying many (for models with a free batch size)
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub batch: usize,
+    #[command(flatten)]
+    pub preprocess: PreprocessArgs,
+    /// Image files (PNG, JPEG) or folders of them
+    #[arg(required = true, value_name = "IMAGE|DIR")]
+    pub inputs: Vec<PathBuf>,
+}
+
+#[derive(Serialize)]
+struct Top {
+    index: usize,
+    label: String,
+    prob: f32,
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    file: &'a str,
+    top: Vec<Top>,
+}
+
+fn is_image_name(p: &Path) -> bool {
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
+}
+
+/// The files to classify: files as given, folders expanded to their images in name order.
+fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for input in inputs {
+        if input.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(input)
+                .with_context(|| format!("{}: cannot list the folder", input.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file() && is_image_name(p))
+                .collect();
+            if found.is_empty() {
+                bail!("{}: the folder has no .png, .jpg or .jpeg files", input.display());
+            }
+            found.sort();
+            files.extend(found);
+        } else if input.exists() {
+            files.push(input.clone());
+        } else {
+            bail!("{}: no such file or folder", input.display());
+        }
+    }
+    Ok(files)
+}
+
+/// Loads the classifier named by `--model`.
+pub fn load_classifier(model: Option<&Path>, options: &LoadOptions) -> Result<Classifier> {
+    let Some(path) = model else {
+        bail!("no --model given, and this build has no default model");
+    };
+    Ok(Classifier::load(path, options)?)
+}
+
+/// Runs the command, writing results to stdout. Per-image failures are reported on stderr and
+/// the other images still classified; any failure makes the result an error.
+pub fn run(args: ClassifyArgs) -> Result<()> {
+    if args.top_k == 0 || args.batch == 0 {
+        bail!("--top-k and --batch must be at least 1");
+    }
+    let files = expand(&args.inputs)?;
+    let options = LoadOptions {
+        batch: Some(args.batch.min(files.len())),
+        preprocess: args.preprocess.overrides(),
+        labels: args.labels.clone(),
+    };
+    let clf = load_classifier(args.model.as_deref(), &options)?;
+    let mut failed = 0usize;
+    for chunk in files.chunks(clf.batch()) {
+        let mut ok_files = Vec::new();
+        let mut images = Vec::new();
+        for f in chunk {
+            match clf.preprocess().load(f) {
+                Ok(img) => {
+                    ok_files.push(f);
+                    images.push(img);
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    failed += 1;
+                }
+            }
+        }
+        if images.is_empty() {
+            continue;
+        }
+        let logits = clf.run_many(&images)?;
+        for (file, row) in ok_files.iter().zip(logits.rows()) {
+            let probs = softmax(row.as_slice().expect("rows of a standard array are contiguous"));
+            let top: Vec<Top> = topk(&probs, args.top_k)
+                .into_iter()
+                .map(|(index, prob)| Top {
+                    index,
+                    label: clf.label(index),
+                    prob,
+                })
+                .collect();
+            print_result(&file.display().to_string(), top, args.json);
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {} image(s) could not be classified", files.len());
+    }
+    Ok(())
+}
+
+fn print_result(file: &str, top: Vec<Top>, json: bool) {
+    if json {
+        let line = Line { file, top };
+        println!("{}", serde_json::to_string(&line).expect("plain data serializes"));
+    } else {
+        println!("{file}");
+        for t in top {
+            println!("  {:6.2}%  {:>4}  {}", t.prob * 100.0, t.index, t.label);
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! A loaded, optimised classifier: the model plan, its batch size, its preprocessing and labels.
+
+use crate::preprocess::{stack, Preprocess};
+use crate::{Error, Result};
+use msn_onnx::meta::{Color, ImageMeta, Resize};
+use msn_onnx::proto::tensor_shape_proto::dimension::Value as Dim;
+use msn_onnx::proto::type_proto;
+use ndarray::{Array2, Array3, Array4, Axis};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tract_onnx::prelude::*;
+
+/// Preprocessing settings given by the user; each one set here wins over the model's metadata.
+#[derive(Debug, Clone, Default)]
+pub struct PreprocessOverrides {
+    /// Resize the shorter side to this, then centre-crop.
+    pub resize: Option<u32>,
+    /// Centre-crop (or, without `resize`, plainly resize) to this square size.
+    pub crop: Option<u32>,
+    pub scale: Option<f32>,
+    pub mean: Option<Vec<f32>>,
+    pub std: Option<Vec<f32>>,
+    /// Convert images to grayscale (the model must take one channel).
+    pub gray: bool,
+}
+
+/// How to load a classifier.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Images per run when the model's batch dimension is free (default 1).
+    pub batch: Option<usize>,
+    pub preprocess: PreprocessOverrides,
+    /// A labels file (one class per line) that replaces the model's own labels.
+    pub labels: Option<PathBuf>,
+}
+
+/// An ONNX image classifier, optimised by tract for a fixed batch size.
+pub struct Classifier {
+    path: PathBuf,
+    plan: Arc<TypedRunnableModel>,
+    batch: usize,
+    classes: usize,
+    preprocess: Preprocess,
+    labels: Vec<String>,
+    meta: ImageMeta,
+    load_seconds: f64,
+}
+
+/// The input's dimensions as written in the file: `Some(n)` fixed, `None` symbolic.
+fn input_dims(path: &Path, model: &msn_onnx::ModelProto) -> Result<Vec<Option<usize>>> {
+    let not_image = |reason: String| Error::NotImageModel {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let view = msn_onnx::graph::GraphView::new(model)?;
+    let inputs: Vec<_> = view.real_inputs().collect();
+    let input = match inputs.as_slice() {
+        [one] => *one,
+        [] => return Err(not_image("the graph has no input".into())),
+        many => return Err(not_image(format!("the graph has {} inputs, expected one image", many.len()))),
+    };
+    let shape = match input.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        Some(type_proto::Value::TensorType(t)) => t.shape.as_ref(),
+        _ => return Err(not_image(format!("input '{}' is not a tensor", input.name()))),
+    };
+    let dims: Vec<Option<usize>> = shape
+        .map(|s| {
+            s.dim
+                .iter()
+                .map(|d| match d.value {
+                    Some(Dim::DimValue(v)) if v > 0 => Some(v as usize),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if dims.len() != 4 {
+        return Err(not_image(format!(
+            "input '{}' has rank {}, expected 4 (N x C x H x W)",
+            input.name(),
+            dims.len()
+        )));
+    }
+    Ok(dims)
+}
+
+impl Classifier {
+    /// Loads, validates and optimises the model at `path`.
+    pub fn load(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Self> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|e| Error::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        Self::from_bytes(&bytes, path, options)
+    }
+
+    /// Loads a model held in memory; `path` names it in messages.
+    pub fn from_bytes(bytes: &[u8], path: &Path, options: &LoadOptions) -> Result<Self> {
+        let start = std::time::Instant::now();
+        let not_image = |reason: String| Error::NotImageModel {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let model = msn_onnx::io::from_bytes_named(bytes, &path.display().to_string())?;
+        let meta = ImageMeta::from_model(&model)?;
+        let dims = input_dims(path, &model)?;
+        let o = &options.preprocess;
+
+        let meta_shape = meta.input_shape;
+        let channels = dims[1]
+            .or(meta_shape.map(|s| s[0]))
+            .unwrap_or(if o.gray { 1 } else { 3 });
+        if channels != 1 && channels != 3 {
+            return Err(not_image(format!("{channels} channels, expected 1 or 3")));
+        }
+        if o.gray && channels != 1 {
+            return Err(not_image(format!("--gray given, but the model takes {channels} channels")));
+        }
+        if meta.color == Some(Color::Gray) && channels != 1 {
+            return Err(not_image("metadata says gray, but the input has 3 channels".into()));
+        }
+        let crop = o.crop.map(|c| c as usize);
+        let height = dims[2].or(meta_shape.map(|s| s[1])).or(crop);
+        let width = dims[3].or(meta_shape.map(|s| s[2])).or(crop);
+        let (Some(height), Some(width)) = (height, width) else {
+            return Err(not_image("its height and width are not fixed; give --crop N".into()));
+        };
+        if let Some(c) = crop {
+            if (c, c) != (height, width) {
+                return Err(not_image(format!("--crop {c}, but the model takes {height}x{width} images")));
+            }
+        }
+        let resize = match (o.resize, o.crop) {
+            (Some(n), _) => Resize::ShorterThenCrop(n),
+            (None, Some(_)) => Resize::Exact,
+            (None, None) => meta.resize.unwrap_or(Resize::Exact),
+        };
+        let preprocess = Preprocess {
+            channels,
+            height,
+            width,
+            resize,
+            scale: o.scale.or(meta.scale).unwrap_or(1.0 / 255.0),
+            mean: o.mean.clone().or(meta.mean.clone()).unwrap_or(vec![0.0]),
+            std: o.std.clone().or(meta.std.clone()).unwrap_or(vec![1.0]),
+        };
+        preprocess.validate()?;
+
+        let batch = dims[0].unwrap_or(options.batch.unwrap_or(1).max(1));
+        let tract_err = |action: &'static str| {
+            move |e: TractError| Error::Tract {
+                path: path.to_path_buf(),
+                action,
+                message: format!("{e:#}"),
+            }
+        };
+        let plan = tract_onnx::onnx()
+            .model_for_read(&mut &bytes[..])
+            .map_err(tract_err("load the model"))?
+            .with_input_fact(0, f32::fact([batch, channels, height, width]).into())
+            .map_err(tract_err("set the input shape"))?
+            .into_optimized()
+            .map_err(tract_err("optimize the model"))?
+            .into_runnable()
+            .map_err(tract_err("plan the model"))?;
+        let out_fact = plan
+            .model()
+            .output_fact(0)
+            .map_err(tract_err("read the output shape"))?;
+        let out_shape = out_fact
+            .shape
+            .as_concrete()
+            .ok_or_else(|| not_image("the output shape is not fixed".into()))?;
+        if out_shape.first() != Some(&batch) {
+            return Err(not_image(format!("output shape {out_shape:?} does not start with the batch size {batch}")));
+        }
+        let classes: usize = out_shape[1..].iter().product();
+
+        let labels = match &options.labels {
+            Some(file) => {
+                let labels = crate::read_labels(file)?;
+                if labels.len() != classes {
+                    return Err(Error::LabelCount {
+                        path: file.clone(),
+                        count: labels.len(),
+                        outputs: classes,
+                    });
+                }
+                labels
+            }
+            None => match &meta.labels {
+                Some(l) if l.len() == classes => l.clone(),
+                Some(l) => {
+                    return Err(Error::LabelCount {
+                        path: path.to_path_buf(),
+                        count: l.len(),
+                        outputs: classes,
+                    })
+                }
+                None => Vec::new(),
+            },
+        };
+        Ok(Classifier {
+            path: path.to_path_buf(),
+            plan,
+            batch,
+            classes,
+            preprocess,
+            labels,
+            meta,
+            load_seconds: start.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// The model file this classifier was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Images per run.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Number of classes (outputs per image).
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+
+    /// The preprocessing in force (metadata merged with overrides).
+    pub fn preprocess(&self) -> &Preprocess {
+        &self.preprocess
+    }
+
+    /// The model's own `msn.*` metadata.
+    pub fn meta(&self) -> &ImageMeta {
+        &self.meta
+    }
+
+    /// Seconds spent loading, optimising and planning the model.
+    pub fn load_seconds(&self) -> f64 {
+        self.load_seconds
+    }
+
+    /// The name of class `i` (`class i` when the model has no labels).
+    pub fn label(&self, i: usize) -> String {
+        self.labels
+            .get(i)
+            .cloned()
+            .unwrap_or_else(|| format!("class {i}"))
+    }
+
+    /// Runs one full batch (`batch x C x H x W`) and returns `batch x classes` logits.
+    pub fn run(&self, input: Array4<f32>) -> Result<Array2<f32>> {
+        let outputs = self
+            .plan
+            .run(tvec!(Tensor::from(input).into()))
+            .map_err(|e| Error::Inference(format!("{}: {e:#}", self.path.display())))?;
+        let view = outputs[0]
+            .to_plain_array_view::<f32>()
+            .map_err(|e| Error::Inference(format!("{e:#}")))?;
+        let n = view.shape()[0];
+        Ok(view
+            .to_shape((n, self.classes))
+            .map_err(|e| Error::Inference(e.to_string()))?
+            .to_owned())
+    }
+
+    /// Runs any number of preprocessed images, in batches, and returns one logits row each.
+    pub fn run_many(&self, images: &[Array3<f32>]) -> Result<Array2<f32>> {
+        let mut out = Array2::<f32>::zeros((images.len(), self.classes));
+        for (i, chunk) in images.chunks(self.batch).enumerate() {
+            let logits = self.run(stack(chunk, self.batch))?;
+            out.slice_mut(ndarray::s![i * self.batch..i * self.batch + chunk.len(), ..])
+                .assign(&logits.slice(ndarray::s![..chunk.len(), ..]));
+        }
+        Ok(out)
+    }
+
+    /// Runs one preprocessed image and returns its logits.
+    pub fn run_one(&self, image: &Array3<f32>) -> Result<Vec<f32>> {
+        let logits = self.run_many(std::slice::from_ref(image))?;
+        Ok(logits.index_axis(Axis(0), 0).to_vec())
+    }
+}

@@ -1,0 +1,42 @@
+use std::path::PathBuf;
+
+/// Everything that can go wrong while loading a model, reading an image or running inference.
+/// Each message names the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Onnx(#[from] msn_onnx::Error),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: tract cannot {action}: {message}")]
+    Tract {
+        path: PathBuf,
+        action: &'static str,
+        message: String,
+    },
+    #[error("{path}: model input is not an image: {reason}")]
+    NotImageModel { path: PathBuf, reason: String },
+    #[error("{path}: not a readable image: {reason}")]
+    BadImage { path: PathBuf, reason: String },
+    #[error("{path}: image is too large ({width}x{height}; the limit is {limit} pixels a side)")]
+    ImageTooLarge {
+        path: PathBuf,
+        width: u32,
+        height: u32,
+        limit: u32,
+    },
+    #[error("{path}: {count} labels, but the model has {outputs} outputs")]
+    LabelCount {
+        path: PathBuf,
+        count: usize,
+        outputs: usize,
+    },
+    #[error("preprocessing: {0}")]
+    Preprocess(String),
+    #[error("inference: {0}")]
+    Inference(String),
+}

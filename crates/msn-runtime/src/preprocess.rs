@@ -1,0 +1,202 @@
+//! From an image file to the model's input tensor.
+//!
+//! The order is the one torchvision and PIL pipelines use, so models trained there see the same
+//! numbers: decode; convert to gray or RGB; resize with an antialiased bilinear (triangle)
+//! filter, either the shorter side to N and a centre crop, or straight to height x width;
+//! multiply the raw 0-255 values by `scale`; subtract `mean` and divide by `std` per channel;
+//! lay out channels first.
+
+use crate::{Error, Result};
+use image::imageops::FilterType;
+use image::{DynamicImage, ImageReader};
+use msn_onnx::meta::Resize;
+use ndarray::{Array3, Array4, ArrayView3, Axis};
+use std::io::Cursor;
+use std::path::Path;
+
+/// The largest width or height accepted, so a hostile file cannot exhaust memory.
+pub const MAX_SIDE: u32 = 16_384;
+
+/// How to turn an image into one `C x H x W` input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preprocess {
+    /// 1 (gray) or 3 (RGB).
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    pub resize: Resize,
+    /// Raw 0-255 pixel values are multiplied by this first.
+    pub scale: f32,
+    /// Per-channel (or one shared) mean, subtracted after scaling.
+    pub mean: Vec<f32>,
+    /// Per-channel (or one shared) standard deviation, divided after the mean.
+    pub std: Vec<f32>,
+}
+
+/// Decodes an image file, whatever its extension says, refusing absurd sizes.
+pub fn decode(path: &Path) -> Result<DynamicImage> {
+    let bad = |reason: String| Error::BadImage {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|e| Error::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    let reader = || -> Result<ImageReader<Cursor<&[u8]>>> {
+        let r = ImageReader::new(Cursor::new(bytes.as_slice()))
+            .with_guessed_format()
+            .map_err(|e| bad(e.to_string()))?;
+        match r.format() {
+            Some(_) => Ok(r),
+            None => Err(bad("unknown format (expected PNG or JPEG)".into())),
+        }
+    };
+    // The header alone tells the size: refuse before allocating anything.
+    let (width, height) = reader()?.into_dimensions().map_err(|e| bad(e.to_string()))?;
+    if width > MAX_SIDE || height > MAX_SIDE {
+        return Err(Error::ImageTooLarge {
+            path: path.to_path_buf(),
+            width,
+            height,
+            limit: MAX_SIDE,
+        });
+    }
+    reader()?.decode().map_err(|e| bad(e.to_string()))
+}
+
+impl Preprocess {
+    /// Checks that mean and std fit the channel count and that std has no zero.
+    pub fn validate(&self) -> Result<()> {
+        for (name, v) in [("mean", &self.mean), ("std", &self.std)] {
+            if v.len() != 1 && v.len() != self.channels {
+                return Err(Error::Preprocess(format!(
+                    "{name} has {} values but the model takes {} channel(s)",
+                    v.len(),
+                    self.channels
+                )));
+            }
+        }
+        if self.std.iter().any(|&s| s == 0.0) {
+            return Err(Error::Preprocess("std must not be zero".into()));
+        }
+        if let Resize::ShorterThenCrop(n) = self.resize {
+            if (n as usize) < self.height.min(self.width) {
+                return Err(Error::Preprocess(format!(
+                    "resize to {n} is smaller than the {}x{} crop",
+                    self.height, self.width
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Decodes and preprocesses one image file.
+    pub fn load(&self, path: impl AsRef<Path>) -> Result<Array3<f32>> {
+        Ok(self.apply(&decode(path.as_ref())?))
+    }
+
+    /// Preprocesses a decoded image into a `C x H x W` tensor.
+    pub fn apply(&self, img: &DynamicImage) -> Array3<f32> {
+        let (w, h) = (self.width as u32, self.height as u32);
+        let img = if self.channels == 1 {
+            DynamicImage::ImageLuma8(img.to_luma8())
+        } else {
+            DynamicImage::ImageRgb8(img.to_rgb8())
+        };
+        let resized = match self.resize {
+            Resize::Exact => img.resize_exact(w, h, FilterType::Triangle),
+            Resize::ShorterThenCrop(n) => {
+                let (iw, ih) = (img.width() as f64, img.height() as f64);
+                let s = n as f64 / iw.min(ih);
+                let nw = ((iw * s).round() as u32).max(w);
+                let nh = ((ih * s).round() as u32).max(h);
+                let r = img.resize_exact(nw, nh, FilterType::Triangle);
+                r.crop_imm((nw - w) / 2, (nh - h) / 2, w, h)
+            }
+        };
+        let raw = resized.into_bytes();
+        let c = self.channels;
+        let hwc = ArrayView3::from_shape((self.height, self.width, c), &raw)
+            .expect("resized image has the requested size");
+        let mut out = Array3::<f32>::zeros((c, self.height, self.width));
+        for ch in 0..c {
+            let mean = self.mean[ch.min(self.mean.len() - 1)];
+            let std = self.std[ch.min(self.std.len() - 1)];
+            let (a, b) = (self.scale / std, -mean / std);
+            out.index_axis_mut(Axis(0), ch)
+                .zip_mut_with(&hwc.index_axis(Axis(2), ch), |o, &p| {
+                    *o = p as f32 * a + b;
+                });
+        }
+        out
+    }
+}
+
+/// Stacks `C x H x W` images into an `N x C x H x W` batch, zero-padded up to `batch` rows.
+pub fn stack(images: &[Array3<f32>], batch: usize) -> Array4<f32> {
+    let (c, h, w) = images[0].dim();
+    let mut out = Array4::<f32>::zeros((batch.max(images.len()), c, h, w));
+    for (i, img) in images.iter().enumerate() {
+        out.index_axis_mut(Axis(0), i).assign(img);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{GrayImage, RgbImage};
+
+    fn gray_spec(resize: Resize) -> Preprocess {
+        Preprocess {
+            channels: 1,
+            height: 2,
+            width: 2,
+            resize,
+            scale: 1.0 / 255.0,
+            mean: vec![0.5],
+            std: vec![0.5],
+        }
+    }
+
+    #[test]
+    fn scale_mean_std_apply_per_pixel() {
+        let img = GrayImage::from_raw(2, 2, vec![0, 255, 51, 102]).unwrap();
+        let t = gray_spec(Resize::Exact).apply(&DynamicImage::ImageLuma8(img));
+        let expect = [-1.0, 1.0, 0.2 * 2.0 - 1.0, 0.4 * 2.0 - 1.0];
+        for (a, b) in t.iter().zip(expect) {
+            assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn centre_crop_keeps_the_middle_and_channels_come_first() {
+        // 4x2 RGB image; shorter side 2 stays 2, so the crop takes columns 1..3.
+        let mut img = RgbImage::new(4, 2);
+        for (x, _, p) in img.enumerate_pixels_mut() {
+            *p = image::Rgb([x as u8 * 10, 100, 200]);
+        }
+        let spec = Preprocess {
+            channels: 3,
+            resize: Resize::ShorterThenCrop(2),
+            scale: 1.0,
+            mean: vec![0.0],
+            std: vec![1.0],
+            ..gray_spec(Resize::Exact)
+        };
+        let t = spec.apply(&DynamicImage::ImageRgb8(img));
+        assert_eq!(t.dim(), (3, 2, 2));
+        assert_eq!(t[[0, 0, 0]], 10.0);
+        assert_eq!(t[[0, 1, 1]], 20.0);
+        assert_eq!(t[[1, 0, 0]], 100.0);
+        assert_eq!(t[[2, 1, 0]], 200.0);
+    }
+
+    #[test]
+    fn mean_of_the_wrong_length_is_rejected() {
+        let mut spec = gray_spec(Resize::Exact);
+        spec.mean = vec![0.1, 0.2, 0.3];
+        assert!(spec.validate().unwrap_err().to_string().contains("mean has 3 values"));
+    }
+}
