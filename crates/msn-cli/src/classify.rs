@@ -62,7 +62,10 @@ fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
                 .filter(|p| p.is_file() && is_image_name(p))
                 .collect();
             if found.is_empty() {
-                bail!("{}: the folder has no .png, .jpg or .jpeg files", input.display());
+                bail!(
+                    "{}: the folder has no .png, .jpg or .jpeg files",
+                    input.display()
+                );
             }
             found.sort();
             files.extend(found);
@@ -117,7 +120,10 @@ pub fn run(args: ClassifyArgs) -> Result<()> {
         }
         let logits = clf.run_many(&images)?;
         for (file, row) in ok_files.iter().zip(logits.rows()) {
-            let probs = softmax(row.as_slice().expect("rows of a standard array are contiguous"));
+            let probs = softmax(
+                row.as_slice()
+                    .expect("rows of a standard array are contiguous"),
+            );
             let top: Vec<Top> = topk(&probs, args.top_k)
                 .into_iter()
                 .map(|(index, prob)| Top {
@@ -130,7 +136,10 @@ pub fn run(args: ClassifyArgs) -> Result<()> {
         }
     }
     if failed > 0 {
-        bail!("{failed} of {} image(s) could not be classified", files.len());
+        bail!(
+            "{failed} of {} image(s) could not be classified",
+            files.len()
+        );
     }
     Ok(())
 }
@@ -138,7 +147,10 @@ pub fn run(args: ClassifyArgs) -> Result<()> {
 fn print_result(file: &str, top: Vec<Top>, json: bool) {
     if json {
         let line = Line { file, top };
-        println!("{}", serde_json::to_string(&line).expect("plain data serializes"));
+        println!(
+            "{}",
+            serde_json::to_string(&line).expect("plain data serializes")
+        );
     } else {
         println!("{file}");
         for t in top {

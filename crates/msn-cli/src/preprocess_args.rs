@@ -27,11 +27,20 @@ pub struct PreprocessArgs {
 fn parse_scale(s: &str) -> Result<f32, String> {
     let value = match s.split_once('/') {
         Some((a, b)) => {
-            let a: f32 = a.trim().parse().map_err(|_| format!("'{a}' is not a number"))?;
-            let b: f32 = b.trim().parse().map_err(|_| format!("'{b}' is not a number"))?;
+            let a: f32 = a
+                .trim()
+                .parse()
+                .map_err(|_| format!("'{a}' is not a number"))?;
+            let b: f32 = b
+                .trim()
+                .parse()
+                .map_err(|_| format!("'{b}' is not a number"))?;
             a / b
         }
-        None => s.trim().parse().map_err(|_| format!("'{s}' is not a number"))?,
+        None => s
+            .trim()
+            .parse()
+            .map_err(|_| format!("'{s}' is not a number"))?,
     };
     if value.is_finite() && value > 0.0 {
         Ok(value)

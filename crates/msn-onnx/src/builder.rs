@@ -12,8 +12,8 @@
 //! assert_eq!(model.graph.unwrap().node.len(), 1);
 //! ```
 
-use crate::proto::tensor_shape_proto::{dimension, Dimension};
 use crate::proto::tensor_proto::DataType;
+use crate::proto::tensor_shape_proto::{dimension, Dimension};
 use crate::proto::{
     type_proto, OperatorSetIdProto, StringStringEntryProto, TensorShapeProto, TypeProto,
 };
@@ -92,7 +92,13 @@ impl GraphBuilder {
     }
 
     /// Adds a node with one output, named like its output; returns the output's name.
-    pub fn node(&mut self, op: &str, inputs: &[&str], output: &str, attrs: &[AttributeProto]) -> String {
+    pub fn node(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        output: &str,
+        attrs: &[AttributeProto],
+    ) -> String {
         self.node_full(output, op, inputs, &[output], attrs, "");
         output.to_string()
     }

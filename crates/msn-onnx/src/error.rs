@@ -5,17 +5,15 @@ use std::path::PathBuf;
 /// Each message names the file or the graph element at fault, so a user can act on it.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("{origin}: not a valid ONNX model (truncated or not protobuf): {source}")]
+    #[error("{origin}: not a valid ONNX model (truncated or not protobuf): {cause}")]
     Decode {
         origin: String,
-        #[source]
-        source: prost::DecodeError,
+        cause: prost::DecodeError,
     },
     #[error("{origin}: the model has no graph")]
     NoGraph { origin: String },
@@ -49,7 +47,7 @@ impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            cause: source,
         }
     }
 }

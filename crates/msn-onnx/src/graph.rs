@@ -215,7 +215,9 @@ fn topological_order(graph: &GraphProto, producers: &HashMap<&str, usize>) -> Re
         }
     }
     if order.len() < n {
-        let stuck = (0..n).find(|&i| indegree[i] > 0).expect("some node is left");
+        let stuck = (0..n)
+            .find(|&i| indegree[i] > 0)
+            .expect("some node is left");
         return Err(Error::Cycle {
             node: node_label(&graph.node[stuck], stuck),
         });

@@ -22,7 +22,7 @@ pub fn from_bytes(bytes: &[u8]) -> Result<ModelProto> {
 pub fn from_bytes_named(bytes: &[u8], origin: &str) -> Result<ModelProto> {
     let model = ModelProto::decode(bytes).map_err(|source| Error::Decode {
         origin: origin.to_string(),
-        source,
+        cause: source,
     })?;
     if model.graph.is_none() {
         return Err(Error::NoGraph {

@@ -35,9 +35,7 @@ pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/onnx.rs"));
 }
 
-pub use proto::{
-    AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto,
-};
+pub use proto::{AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto};
 
 /// A `Result` whose error is this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -59,7 +57,9 @@ pub fn attr_float(node: &NodeProto, name: &str, default: f32) -> f32 {
 
 /// An integer-list attribute of a node (empty when absent).
 pub fn attr_ints<'a>(node: &'a NodeProto, name: &str) -> &'a [i64] {
-    attribute(node, name).map(|a| a.ints.as_slice()).unwrap_or(&[])
+    attribute(node, name)
+        .map(|a| a.ints.as_slice())
+        .unwrap_or(&[])
 }
 
 /// A string attribute of a node, when present and valid UTF-8.

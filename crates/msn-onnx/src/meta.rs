@@ -110,7 +110,10 @@ pub fn parse_floats(s: &str) -> std::result::Result<Vec<f32>, String> {
 }
 
 fn floats_to_string(v: &[f32]) -> String {
-    v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")
+    v.iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 impl ImageMeta {
@@ -119,7 +122,10 @@ impl ImageMeta {
         let mut m = ImageMeta::default();
         if let Some(layout) = get(model, INPUT_LAYOUT) {
             if layout != "NCHW" {
-                return Err(bad(INPUT_LAYOUT, format!("only NCHW is supported, got '{layout}'")));
+                return Err(bad(
+                    INPUT_LAYOUT,
+                    format!("only NCHW is supported, got '{layout}'"),
+                ));
             }
         }
         if let Some(s) = get(model, INPUT_SHAPE) {
@@ -143,7 +149,10 @@ impl ImageMeta {
             m.resize = Some(s.parse().map_err(|e: String| bad(RESIZE, e))?);
         }
         if let Some(s) = get(model, SCALE) {
-            m.scale = Some(s.parse().map_err(|_| bad(SCALE, format!("'{s}' is not a number")))?);
+            m.scale = Some(
+                s.parse()
+                    .map_err(|_| bad(SCALE, format!("'{s}' is not a number")))?,
+            );
         }
         if let Some(s) = get(model, MEAN) {
             m.mean = Some(parse_floats(s).map_err(|e| bad(MEAN, e))?);
@@ -165,7 +174,10 @@ impl ImageMeta {
             out.push((INPUT_SHAPE, format!("{c},{h},{w}")));
         }
         if let Some(c) = self.color {
-            out.push((COLOR, if c == Color::Gray { "gray" } else { "rgb" }.to_string()));
+            out.push((
+                COLOR,
+                if c == Color::Gray { "gray" } else { "rgb" }.to_string(),
+            ));
         }
         if let Some(r) = self.resize {
             out.push((RESIZE, r.to_string()));

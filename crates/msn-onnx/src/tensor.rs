@@ -20,9 +20,7 @@ pub fn data_type_name(t: &TensorProto) -> String {
 pub fn shape(t: &TensorProto) -> Result<Vec<usize>> {
     t.dims
         .iter()
-        .map(|&d| {
-            usize::try_from(d).map_err(|_| bad(t, format!("negative dimension {d}")))
-        })
+        .map(|&d| usize::try_from(d).map_err(|_| bad(t, format!("negative dimension {d}"))))
         .collect()
 }
 
@@ -47,7 +45,7 @@ fn from_raw<const N: usize, T>(
     raw: &[u8],
     conv: impl Fn([u8; N]) -> T,
 ) -> Result<Vec<T>> {
-    if raw.len() % N != 0 {
+    if !raw.len().is_multiple_of(N) {
         return Err(bad(
             t,
             format!("raw_data has {} bytes, not a multiple of {N}", raw.len()),
@@ -195,14 +193,20 @@ mod tests {
         let mut t = from_f32("big.weight", &array![1.0f32].into_dyn());
         t.data_location = Some(DataLocation::External as i32);
         let err = to_f32(&t).unwrap_err().to_string();
-        assert!(err.contains("big.weight") && err.contains("external"), "{err}");
+        assert!(
+            err.contains("big.weight") && err.contains("external"),
+            "{err}"
+        );
     }
 
     #[test]
     fn wrong_element_count_and_type_are_errors() {
         let mut t = from_f32("w", &array![1.0f32, 2.0].into_dyn());
         t.dims = vec![3];
-        assert!(to_f32(&t).unwrap_err().to_string().contains("needs 3 values"));
+        assert!(to_f32(&t)
+            .unwrap_err()
+            .to_string()
+            .contains("needs 3 values"));
         t.data_type = Some(DataType::String as i32);
         assert!(to_f32(&t).unwrap_err().to_string().contains("STRING"));
     }

@@ -57,11 +57,21 @@ fn input_dims(path: &Path, model: &msn_onnx::ModelProto) -> Result<Vec<Option<us
     let input = match inputs.as_slice() {
         [one] => *one,
         [] => return Err(not_image("the graph has no input".into())),
-        many => return Err(not_image(format!("the graph has {} inputs, expected one image", many.len()))),
+        many => {
+            return Err(not_image(format!(
+                "the graph has {} inputs, expected one image",
+                many.len()
+            )))
+        }
     };
     let shape = match input.r#type.as_ref().and_then(|t| t.value.as_ref()) {
         Some(type_proto::Value::TensorType(t)) => t.shape.as_ref(),
-        _ => return Err(not_image(format!("input '{}' is not a tensor", input.name()))),
+        _ => {
+            return Err(not_image(format!(
+                "input '{}' is not a tensor",
+                input.name()
+            )))
+        }
     };
     let dims: Vec<Option<usize>> = shape
         .map(|s| {
@@ -90,7 +100,7 @@ impl Classifier {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|e| Error::Io {
             path: path.to_path_buf(),
-            source: e,
+            cause: e,
         })?;
         Self::from_bytes(&bytes, path, options)
     }
@@ -115,20 +125,28 @@ impl Classifier {
             return Err(not_image(format!("{channels} channels, expected 1 or 3")));
         }
         if o.gray && channels != 1 {
-            return Err(not_image(format!("--gray given, but the model takes {channels} channels")));
+            return Err(not_image(format!(
+                "--gray given, but the model takes {channels} channels"
+            )));
         }
         if meta.color == Some(Color::Gray) && channels != 1 {
-            return Err(not_image("metadata says gray, but the input has 3 channels".into()));
+            return Err(not_image(
+                "metadata says gray, but the input has 3 channels".into(),
+            ));
         }
         let crop = o.crop.map(|c| c as usize);
         let height = dims[2].or(meta_shape.map(|s| s[1])).or(crop);
         let width = dims[3].or(meta_shape.map(|s| s[2])).or(crop);
         let (Some(height), Some(width)) = (height, width) else {
-            return Err(not_image("its height and width are not fixed; give --crop N".into()));
+            return Err(not_image(
+                "its height and width are not fixed; give --crop N".into(),
+            ));
         };
         if let Some(c) = crop {
             if (c, c) != (height, width) {
-                return Err(not_image(format!("--crop {c}, but the model takes {height}x{width} images")));
+                return Err(not_image(format!(
+                    "--crop {c}, but the model takes {height}x{width} images"
+                )));
             }
         }
         let resize = match (o.resize, o.crop) {
@@ -173,7 +191,9 @@ impl Classifier {
             .as_concrete()
             .ok_or_else(|| not_image("the output shape is not fixed".into()))?;
         if out_shape.first() != Some(&batch) {
-            return Err(not_image(format!("output shape {out_shape:?} does not start with the batch size {batch}")));
+            return Err(not_image(format!(
+                "output shape {out_shape:?} does not start with the batch size {batch}"
+            )));
         }
         let classes: usize = out_shape[1..].iter().product();
 
@@ -272,8 +292,11 @@ impl Classifier {
         let mut out = Array2::<f32>::zeros((images.len(), self.classes));
         for (i, chunk) in images.chunks(self.batch).enumerate() {
             let logits = self.run(stack(chunk, self.batch))?;
-            out.slice_mut(ndarray::s![i * self.batch..i * self.batch + chunk.len(), ..])
-                .assign(&logits.slice(ndarray::s![..chunk.len(), ..]));
+            out.slice_mut(ndarray::s![
+                i * self.batch..i * self.batch + chunk.len(),
+                ..
+            ])
+            .assign(&logits.slice(ndarray::s![..chunk.len(), ..]));
         }
         Ok(out)
     }

@@ -6,11 +6,10 @@ use std::path::PathBuf;
 pub enum Error {
     #[error(transparent)]
     Onnx(#[from] msn_onnx::Error),
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path}: tract cannot {action}: {message}")]
     Tract {

@@ -49,7 +49,7 @@ pub fn topk(values: &[f32], k: usize) -> Vec<(usize, f32)> {
 pub fn read_labels(path: &std::path::Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
         path: path.to_path_buf(),
-        source: e,
+        cause: e,
     })?;
     let mut labels: Vec<String> = text.lines().map(|l| l.trim_end().to_string()).collect();
     while labels.last().is_some_and(|l| l.is_empty()) {
@@ -73,7 +73,10 @@ mod tests {
 
     #[test]
     fn topk_picks_largest_first() {
-        assert_eq!(topk(&[0.1, 0.5, 0.2, 0.5], 3), vec![(1, 0.5), (3, 0.5), (2, 0.2)]);
+        assert_eq!(
+            topk(&[0.1, 0.5, 0.2, 0.5], 3),
+            vec![(1, 0.5), (3, 0.5), (2, 0.2)]
+        );
         assert_eq!(topk(&[0.1], 5).len(), 1);
     }
 }

@@ -41,7 +41,7 @@ pub fn decode(path: &Path) -> Result<DynamicImage> {
     };
     let bytes = std::fs::read(path).map_err(|e| Error::Io {
         path: path.to_path_buf(),
-        source: e,
+        cause: e,
     })?;
     let reader = || -> Result<ImageReader<Cursor<&[u8]>>> {
         let r = ImageReader::new(Cursor::new(bytes.as_slice()))
@@ -53,7 +53,9 @@ pub fn decode(path: &Path) -> Result<DynamicImage> {
         }
     };
     // The header alone tells the size: refuse before allocating anything.
-    let (width, height) = reader()?.into_dimensions().map_err(|e| bad(e.to_string()))?;
+    let (width, height) = reader()?
+        .into_dimensions()
+        .map_err(|e| bad(e.to_string()))?;
     if width > MAX_SIDE || height > MAX_SIDE {
         return Err(Error::ImageTooLarge {
             path: path.to_path_buf(),
@@ -77,7 +79,7 @@ impl Preprocess {
                 )));
             }
         }
-        if self.std.iter().any(|&s| s == 0.0) {
+        if self.std.contains(&0.0) {
             return Err(Error::Preprocess("std must not be zero".into()));
         }
         if let Resize::ShorterThenCrop(n) = self.resize {
@@ -197,6 +199,10 @@ mod tests {
     fn mean_of_the_wrong_length_is_rejected() {
         let mut spec = gray_spec(Resize::Exact);
         spec.mean = vec![0.1, 0.2, 0.3];
-        assert!(spec.validate().unwrap_err().to_string().contains("mean has 3 values"));
+        assert!(spec
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("mean has 3 values"));
     }
 }

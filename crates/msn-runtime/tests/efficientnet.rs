@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 
 fn shared() -> Option<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
-    if dir.join("efficientnet-lite0/efficientnet-lite0.onnx").exists() {
+    if dir
+        .join("efficientnet-lite0/efficientnet-lite0.onnx")
+        .exists()
+    {
         Some(dir)
     } else {
         eprintln!("skipped: ../shared/data/efficientnet-lite0 is absent");
@@ -42,16 +45,31 @@ fn options(data: &Path) -> LoadOptions {
 #[test]
 fn photos_are_classified_as_cat_and_espresso() {
     let Some(data) = shared() else { return };
-    let clf = Classifier::load(data.join("efficientnet-lite0/efficientnet-lite0.onnx"), &options(&data)).unwrap();
+    let clf = Classifier::load(
+        data.join("efficientnet-lite0/efficientnet-lite0.onnx"),
+        &options(&data),
+    )
+    .unwrap();
     assert_eq!(clf.preprocess().resize, Resize::ShorterThenCrop(256));
 
-    let cat = clf.preprocess().load(data.join("photos/chelsea.png")).unwrap();
+    let cat = clf
+        .preprocess()
+        .load(data.join("photos/chelsea.png"))
+        .unwrap();
     let top3 = topk(&softmax(&clf.run_one(&cat).unwrap()), 3);
     let labels: Vec<String> = top3.iter().map(|&(i, _)| clf.label(i)).collect();
     println!("chelsea: {top3:?} {labels:?}");
-    assert!(labels.iter().any(|l| ["tiger cat", "Egyptian cat", "tabby"].contains(&l.as_str())), "{labels:?}");
+    assert!(
+        labels
+            .iter()
+            .any(|l| ["tiger cat", "Egyptian cat", "tabby"].contains(&l.as_str())),
+        "{labels:?}"
+    );
 
-    let coffee = clf.preprocess().load(data.join("photos/coffee.png")).unwrap();
+    let coffee = clf
+        .preprocess()
+        .load(data.join("photos/coffee.png"))
+        .unwrap();
     let top1 = topk(&softmax(&clf.run_one(&coffee).unwrap()), 1);
     println!("coffee: {top1:?} {}", clf.label(top1[0].0));
     assert_eq!(clf.label(top1[0].0), "espresso");
@@ -60,30 +78,57 @@ fn photos_are_classified_as_cat_and_espresso() {
 #[test]
 fn preprocessed_inputs_match_the_reference_tensors() {
     let Some(data) = shared() else { return };
-    let clf = Classifier::load(data.join("efficientnet-lite0/efficientnet-lite0.onnx"), &options(&data)).unwrap();
+    let clf = Classifier::load(
+        data.join("efficientnet-lite0/efficientnet-lite0.onnx"),
+        &options(&data),
+    )
+    .unwrap();
     for name in ["chelsea", "coffee"] {
-        let ours = clf.preprocess().load(data.join(format!("photos/{name}.png"))).unwrap();
-        let reference = read_f32(&data.join(format!("efficientnet-lite0/reference/{name}.input.f32")));
+        let ours = clf
+            .preprocess()
+            .load(data.join(format!("photos/{name}.png")))
+            .unwrap();
+        let reference =
+            read_f32(&data.join(format!("efficientnet-lite0/reference/{name}.input.f32")));
         assert_eq!(ours.len(), reference.len());
         // In grey levels: the reference is (pixel - 127) / 128.
-        let diffs: Vec<f32> = ours.iter().zip(&reference).map(|(a, b)| (a - b).abs() * 128.0).collect();
+        let diffs: Vec<f32> = ours
+            .iter()
+            .zip(&reference)
+            .map(|(a, b)| (a - b).abs() * 128.0)
+            .collect();
         let max = diffs.iter().copied().fold(0.0, f32::max);
         let off = diffs.iter().filter(|&&d| d > 0.5).count();
-        println!("{name}: max difference {max} grey levels; {off} of {} values differ", diffs.len());
-        assert!(max <= 1.0 + 1e-3, "{name}: max difference {max} grey levels");
+        println!(
+            "{name}: max difference {max} grey levels; {off} of {} values differ",
+            diffs.len()
+        );
+        assert!(
+            max <= 1.0 + 1e-3,
+            "{name}: max difference {max} grey levels"
+        );
     }
 }
 
 #[test]
 fn logits_on_reference_inputs_match_onnxruntime() {
     let Some(data) = shared() else { return };
-    let clf = Classifier::load(data.join("efficientnet-lite0/efficientnet-lite0.onnx"), &options(&data)).unwrap();
+    let clf = Classifier::load(
+        data.join("efficientnet-lite0/efficientnet-lite0.onnx"),
+        &options(&data),
+    )
+    .unwrap();
     for name in ["chelsea", "coffee"] {
         let input = read_f32(&data.join(format!("efficientnet-lite0/reference/{name}.input.f32")));
         let input = ndarray::Array3::from_shape_vec((3, 224, 224), input).unwrap();
         let logits = clf.run_one(&input).unwrap();
-        let reference = read_f32(&data.join(format!("efficientnet-lite0/reference/{name}.logits.f32")));
-        let max = logits.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        let reference =
+            read_f32(&data.join(format!("efficientnet-lite0/reference/{name}.logits.f32")));
+        let max = logits
+            .iter()
+            .zip(&reference)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
         println!("{name}: max |logit - onnxruntime| = {max:e}");
         assert!(max < 1e-4, "{name}: {max}");
     }

@@ -1,0 +1,71 @@
+//! Broadcasting arithmetic. Operands broadcast as in NumPy; each gradient is summed back to
+//! its operand's shape.
+
+use super::unbroadcast;
+use crate::Var;
+
+impl Var {
+    fn binary(
+        &self,
+        other: &Var,
+        value: crate::Array,
+        rule: impl FnOnce(&crate::Array, &crate::Array, &crate::Array) -> (crate::Array, crate::Array)
+            + 'static,
+    ) -> Var {
+        let (a, b) = (self.value().clone(), other.value().clone());
+        Var::from_op(
+            value,
+            vec![self.clone(), other.clone()],
+            Box::new(move |g, needs| {
+                let (ga, gb) = rule(g, &a, &b);
+                vec![
+                    needs[0].then(|| unbroadcast(&ga, a.shape())),
+                    needs[1].then(|| unbroadcast(&gb, b.shape())),
+                ]
+            }),
+        )
+    }
+
+    pub fn add(&self, other: &Var) -> Var {
+        let y = &*self.value() + &*other.value();
+        self.binary(other, y, |g, _, _| (g.clone(), g.clone()))
+    }
+
+    pub fn sub(&self, other: &Var) -> Var {
+        let y = &*self.value() - &*other.value();
+        self.binary(other, y, |g, _, _| (g.clone(), -g))
+    }
+
+    pub fn mul(&self, other: &Var) -> Var {
+        let y = &*self.value() * &*other.value();
+        self.binary(other, y, |g, a, b| (g * b, g * a))
+    }
+
+    pub fn div(&self, other: &Var) -> Var {
+        let y = &*self.value() / &*other.value();
+        self.binary(other, y, |g, a, b| {
+            let ga = g / b;
+            let gb = -(g * a) / (b * b);
+            (ga, gb)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::gradcheck::check;
+    use crate::ops::elementwise::spread;
+
+    #[test]
+    fn broadcasting_gradients_match_finite_differences() {
+        let x = spread(&[2, 3, 4, 4], -1.0, 1.0, 2);
+        let c = spread(&[1, 3, 1, 1], 0.5, 1.5, 3);
+        let row = spread(&[4], -1.0, 1.0, 4);
+        check("add", &[x.clone(), c.clone()], |v| v[0].add(&v[1])).unwrap();
+        check("sub", &[x.clone(), c.clone()], |v| v[0].sub(&v[1])).unwrap();
+        check("sub reversed", &[c.clone(), x.clone()], |v| v[0].sub(&v[1])).unwrap();
+        check("mul", &[x.clone(), c.clone()], |v| v[0].mul(&v[1])).unwrap();
+        check("div", &[x.clone(), c.clone()], |v| v[0].div(&v[1])).unwrap();
+        check("mul row", &[x.clone(), row], |v| v[0].mul(&v[1])).unwrap();
+    }
+}

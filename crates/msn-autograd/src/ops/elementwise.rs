@@ -1,0 +1,100 @@
+//! Elementwise ops: each is a value function `f` and a derivative `df(x, y)`, given the input
+//! and the output.
+
+use crate::{Array, Var};
+
+impl Var {
+    fn unary(&self, f: impl Fn(f32) -> f32, df: impl Fn(f32, f32) -> f32 + 'static) -> Var {
+        let x = self.value().clone();
+        let y = x.mapv(f);
+        let y_saved = y.clone();
+        Var::from_op(
+            y,
+            vec![self.clone()],
+            Box::new(move |g, _| {
+                let mut dx = x;
+                ndarray::Zip::from(&mut dx)
+                    .and(&y_saved)
+                    .and(g)
+                    .for_each(|x, &y, &g| *x = g * df(*x, y));
+                vec![Some(dx)]
+            }),
+        )
+    }
+
+    pub fn relu(&self) -> Var {
+        self.unary(|x| x.max(0.0), |x, _| if x > 0.0 { 1.0 } else { 0.0 })
+    }
+
+    pub fn leaky_relu(&self, slope: f32) -> Var {
+        self.unary(
+            move |x| if x > 0.0 { x } else { slope * x },
+            move |x, _| if x > 0.0 { 1.0 } else { slope },
+        )
+    }
+
+    pub fn tanh(&self) -> Var {
+        self.unary(f32::tanh, |_, y| 1.0 - y * y)
+    }
+
+    pub fn sigmoid(&self) -> Var {
+        self.unary(|x| 1.0 / (1.0 + (-x).exp()), |_, y| y * (1.0 - y))
+    }
+
+    pub fn exp(&self) -> Var {
+        self.unary(f32::exp, |_, y| y)
+    }
+
+    pub fn sqrt(&self) -> Var {
+        self.unary(f32::sqrt, |_, y| 0.5 / y)
+    }
+
+    pub fn square(&self) -> Var {
+        self.unary(|x| x * x, |x, _| 2.0 * x)
+    }
+
+    /// Multiplies by a constant.
+    pub fn scale(&self, c: f32) -> Var {
+        self.unary(move |x| c * x, move |_, _| c)
+    }
+
+    /// Adds a constant.
+    pub fn add_scalar(&self, c: f32) -> Var {
+        self.unary(move |x| x + c, |_, _| 1.0)
+    }
+
+    pub fn neg(&self) -> Var {
+        self.scale(-1.0)
+    }
+}
+
+/// Used by tests: an array of the given shape with values spread over `[lo, hi)`.
+pub fn spread(shape: &[usize], lo: f32, hi: f32, seed: u64) -> Array {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    Array::from_shape_simple_fn(ndarray::IxDyn(shape), || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        lo + (hi - lo) * ((s >> 40) as f32 / (1u64 << 24) as f32)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::gradcheck::check;
+    use crate::ops::elementwise::spread;
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        // Values kept away from relu's kink so central differences are valid.
+        let x = spread(&[3, 4], -2.0, 2.0, 1).mapv(|v| if v.abs() < 0.1 { v + 0.3 } else { v });
+        check("relu", &[x.clone()], |v| v[0].relu()).unwrap();
+        check("leaky_relu", &[x.clone()], |v| v[0].leaky_relu(0.1)).unwrap();
+        check("tanh", &[x.clone()], |v| v[0].tanh()).unwrap();
+        check("sigmoid", &[x.clone()], |v| v[0].sigmoid()).unwrap();
+        check("exp", &[x.clone()], |v| v[0].exp()).unwrap();
+        check("square", &[x.clone()], |v| v[0].square()).unwrap();
+        check("scale", &[x.clone()], |v| v[0].scale(-3.0).add_scalar(1.0)).unwrap();
+        check("sqrt", &[x.mapv(|v| v.abs() + 0.5)], |v| v[0].sqrt()).unwrap();
+    }
+}

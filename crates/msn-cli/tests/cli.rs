@@ -1,0 +1,224 @@
+//! The binaries as a user runs them: real processes, real files, exit codes and messages.
+
+use msn_onnx::builder::GraphBuilder;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn foreign_model() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/foreign/torch_cnn.onnx")
+}
+
+fn classify(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_msn-classify"))
+        .args(args)
+        .output()
+        .expect("msn-classify runs")
+}
+
+/// Asserts a clean failure: exit code 2, one `error:` line naming `needle`, no panic.
+fn assert_fails_with(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    assert!(stderr.contains(needle), "expected '{needle}' in: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+fn write_png(path: &Path, w: u32, h: u32) {
+    let img =
+        image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7) as u8, (y * 5) as u8, 128]));
+    img.save(path).unwrap();
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn classifies_an_image_as_json_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.png"), dir.path().join("b.png"));
+    write_png(&a, 40, 36);
+    write_png(&b, 32, 32);
+    let out = classify(&[
+        "--model",
+        s(&foreign_model()),
+        "--json",
+        "--top-k",
+        "3",
+        "--batch",
+        "2",
+        s(dir.path()),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert!(lines[0]["file"].as_str().unwrap().ends_with("a.png"));
+    let top = lines[0]["top"].as_array().unwrap();
+    assert_eq!(top.len(), 3);
+    let probs: Vec<f64> = top.iter().map(|t| t["prob"].as_f64().unwrap()).collect();
+    assert!(probs.windows(2).all(|w| w[0] >= w[1]) && probs.iter().sum::<f64>() <= 1.0 + 1e-6);
+    assert_eq!(
+        top[0]["label"].as_str().unwrap(),
+        format!("class {}", top[0]["index"])
+    );
+}
+
+#[test]
+fn a_missing_model_path_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("x.png");
+    write_png(&img, 32, 32);
+    assert_fails_with(
+        &classify(&["--model", "/no/such/model.onnx", s(&img)]),
+        "/no/such/model.onnx",
+    );
+}
+
+#[test]
+fn corrupt_models_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("x.png");
+    write_png(&img, 32, 32);
+
+    let bytes = std::fs::read(foreign_model()).unwrap();
+    let truncated = dir.path().join("truncated.onnx");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2 + 1]).unwrap();
+    assert_fails_with(
+        &classify(&["--model", s(&truncated), s(&img)]),
+        "truncated.onnx: not a valid ONNX model",
+    );
+
+    let mut state = 12345u32;
+    let noise: Vec<u8> = (0..4096)
+        .map(|_| {
+            state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            (state >> 16) as u8
+        })
+        .collect();
+    let random = dir.path().join("random.onnx");
+    std::fs::write(&random, noise).unwrap();
+    assert_fails_with(&classify(&["--model", s(&random), s(&img)]), "random.onnx");
+
+    let mut b = GraphBuilder::new("cycle");
+    b.input("x", &[1, 3, 32, 32]);
+    b.node("Relu", &["x", "z"], "y", &[]);
+    b.node("Relu", &["y"], "z", &[]);
+    b.output("z", &[1, 3, 32, 32]);
+    let cyclic = dir.path().join("cycle.onnx");
+    msn_onnx::io::save(&b.into_model(17), &cyclic).unwrap();
+    assert_fails_with(&classify(&["--model", s(&cyclic), s(&img)]), "cycle");
+}
+
+#[test]
+fn a_model_whose_input_is_not_an_image_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("x.png");
+    write_png(&img, 32, 32);
+    let mut b = GraphBuilder::new("vector");
+    b.input("x", &[1, 8]);
+    b.node("Relu", &["x"], "y", &[]);
+    b.output("y", &[1, 8]);
+    let model = dir.path().join("vector.onnx");
+    msn_onnx::io::save(&b.into_model(17), &model).unwrap();
+    assert_fails_with(
+        &classify(&["--model", s(&model), s(&img)]),
+        "model input is not an image",
+    );
+}
+
+#[test]
+fn bad_images_are_named_and_the_rest_still_classified() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.png");
+    write_png(&good, 64, 64);
+    let png = std::fs::read(&good).unwrap();
+    let truncated = dir.path().join("truncated.png");
+    std::fs::write(&truncated, &png[..png.len() / 2]).unwrap();
+    let text = dir.path().join("notes.jpg");
+    std::fs::write(&text, "these are not pixels\n").unwrap();
+
+    let out = classify(&[
+        "--model",
+        s(&foreign_model()),
+        "--json",
+        s(&truncated),
+        s(&text),
+        s(&good),
+    ]);
+    assert_fails_with(&out, "truncated.png: not a readable image");
+    assert_fails_with(&out, "notes.jpg: not a readable image");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        stdout.lines().count(),
+        1,
+        "the good image is still classified: {stdout}"
+    );
+    assert!(stdout.contains("good.png"));
+}
+
+#[test]
+fn a_labels_file_of_the_wrong_length_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("x.png");
+    write_png(&img, 32, 32);
+    let labels = dir.path().join("labels.txt");
+    std::fs::write(&labels, "cat\ndog\n").unwrap();
+    let out = classify(&[
+        "--model",
+        s(&foreign_model()),
+        "--labels",
+        s(&labels),
+        s(&img),
+    ]);
+    assert_fails_with(&out, "labels.txt: 2 labels, but the model has 10 outputs");
+}
+
+#[test]
+fn bench_reports_json_with_a_ratio_when_comparing() {
+    let m = foreign_model();
+    let out = Command::new(env!("CARGO_BIN_EXE_msn"))
+        .args([
+            "bench",
+            s(&m),
+            "--compare",
+            s(&m),
+            "--iters",
+            "3",
+            "--warmup",
+            "1",
+            "--batch",
+            "2",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let models = v["models"].as_array().unwrap();
+    assert_eq!(models.len(), 2);
+    for key in [
+        "model",
+        "batch",
+        "load_ms",
+        "p50_ms",
+        "p90_ms",
+        "p99_ms",
+        "throughput_per_s",
+    ] {
+        assert!(!models[0][key].is_null(), "{key} missing");
+    }
+    assert_eq!(models[0]["batch"], 2);
+    assert!(v["ratio_p50"].as_f64().unwrap() > 0.0);
+}
