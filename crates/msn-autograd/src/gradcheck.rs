@@ -23,8 +23,11 @@ fn projected(out: &Var, proj: &Array) -> f64 {
 
 /// Checks the gradients of `f` with respect to every input. Returns a description of the
 /// worst mismatch, if any.
-pub fn check(name: &str, inputs: &[Array], f: impl Fn(&[Var]) -> Var) -> Result<(), String> {
-    let vars: Vec<Var> = inputs.iter().map(|a| Var::parameter(a.clone())).collect();
+pub fn check(name: &str, inputs: &[&Array], f: impl Fn(&[Var]) -> Var) -> Result<(), String> {
+    let vars: Vec<Var> = inputs
+        .iter()
+        .map(|a| Var::parameter((*a).clone()))
+        .collect();
     let out = f(&vars);
     let proj = spread(&out.shape(), -1.0, 1.0, 99);
     out.mul(&Var::constant(proj.clone())).sum().backward();
@@ -37,12 +40,12 @@ pub fn check(name: &str, inputs: &[Array], f: impl Fn(&[Var]) -> Var) -> Result<
         let step = n.div_ceil(MAX_CHECKED).max(1);
         for j in (0..n).step_by(step) {
             let eval = |delta: f32| {
-                let mut x = input.clone();
+                let mut x = (*input).clone();
                 *x.iter_mut().nth(j).expect("index in range") += delta;
                 let args: Vec<Var> = inputs
                     .iter()
                     .enumerate()
-                    .map(|(k, a)| Var::constant(if k == i { x.clone() } else { a.clone() }))
+                    .map(|(k, a)| Var::constant(if k == i { x.clone() } else { (*a).clone() }))
                     .collect();
                 no_grad(|| projected(&f(&args), &proj))
             };

@@ -61,11 +61,11 @@ mod tests {
         let x = spread(&[2, 3, 4, 4], -1.0, 1.0, 2);
         let c = spread(&[1, 3, 1, 1], 0.5, 1.5, 3);
         let row = spread(&[4], -1.0, 1.0, 4);
-        check("add", &[x.clone(), c.clone()], |v| v[0].add(&v[1])).unwrap();
-        check("sub", &[x.clone(), c.clone()], |v| v[0].sub(&v[1])).unwrap();
-        check("sub reversed", &[c.clone(), x.clone()], |v| v[0].sub(&v[1])).unwrap();
-        check("mul", &[x.clone(), c.clone()], |v| v[0].mul(&v[1])).unwrap();
-        check("div", &[x.clone(), c.clone()], |v| v[0].div(&v[1])).unwrap();
-        check("mul row", &[x.clone(), row], |v| v[0].mul(&v[1])).unwrap();
+        check("add", &[&x, &c], |v| v[0].add(&v[1])).unwrap();
+        check("sub", &[&x, &c], |v| v[0].sub(&v[1])).unwrap();
+        check("sub reversed", &[&c, &x], |v| v[0].sub(&v[1])).unwrap();
+        check("mul", &[&x, &c], |v| v[0].mul(&v[1])).unwrap();
+        check("div", &[&x, &c], |v| v[0].div(&v[1])).unwrap();
+        check("mul row", &[&x, &row], |v| v[0].mul(&v[1])).unwrap();
     }
 }

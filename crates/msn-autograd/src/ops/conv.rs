@@ -213,13 +213,10 @@ mod tests {
             .padding(1)
             .stride(2)
             .dilation(1);
-        check("conv2d groups", &[x.clone(), w.clone()], move |v| {
-            v[0].conv2d(&v[1], o)
-        })
-        .unwrap();
+        check("conv2d groups", &[&x, &w], move |v| v[0].conv2d(&v[1], o)).unwrap();
         let w = spread(&[3, 4, 3, 3], -1.0, 1.0, 12);
         let o = ConvOptions::default().dilation(2).padding(2);
-        check("conv2d dilation", &[x, w], move |v| v[0].conv2d(&v[1], o)).unwrap();
+        check("conv2d dilation", &[&x, &w], move |v| v[0].conv2d(&v[1], o)).unwrap();
     }
 
     #[test]
@@ -229,13 +226,13 @@ mod tests {
         let o = ConvOptions::default().stride(2).padding(1);
         let y = Var::constant(x.clone()).conv_transpose2d(&Var::constant(w.clone()), o);
         assert_eq!(y.shape(), vec![2, 3, 8, 6]);
-        check("conv_transpose2d", &[x.clone(), w], move |v| {
+        check("conv_transpose2d", &[&x, &w], move |v| {
             v[0].conv_transpose2d(&v[1], o)
         })
         .unwrap();
         let w = spread(&[4, 1, 3, 3], -1.0, 1.0, 15);
         let o = ConvOptions::default().groups(2).stride(2).output_padding(1);
-        check("conv_transpose2d groups", &[x, w], move |v| {
+        check("conv_transpose2d groups", &[&x, &w], move |v| {
             v[0].conv_transpose2d(&v[1], o)
         })
         .unwrap();

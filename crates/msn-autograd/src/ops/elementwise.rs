@@ -88,13 +88,13 @@ mod tests {
     fn gradients_match_finite_differences() {
         // Values kept away from relu's kink so central differences are valid.
         let x = spread(&[3, 4], -2.0, 2.0, 1).mapv(|v| if v.abs() < 0.1 { v + 0.3 } else { v });
-        check("relu", &[x.clone()], |v| v[0].relu()).unwrap();
-        check("leaky_relu", &[x.clone()], |v| v[0].leaky_relu(0.1)).unwrap();
-        check("tanh", &[x.clone()], |v| v[0].tanh()).unwrap();
-        check("sigmoid", &[x.clone()], |v| v[0].sigmoid()).unwrap();
-        check("exp", &[x.clone()], |v| v[0].exp()).unwrap();
-        check("square", &[x.clone()], |v| v[0].square()).unwrap();
-        check("scale", &[x.clone()], |v| v[0].scale(-3.0).add_scalar(1.0)).unwrap();
-        check("sqrt", &[x.mapv(|v| v.abs() + 0.5)], |v| v[0].sqrt()).unwrap();
+        check("relu", &[&x], |v| v[0].relu()).unwrap();
+        check("leaky_relu", &[&x], |v| v[0].leaky_relu(0.1)).unwrap();
+        check("tanh", &[&x], |v| v[0].tanh()).unwrap();
+        check("sigmoid", &[&x], |v| v[0].sigmoid()).unwrap();
+        check("exp", &[&x], |v| v[0].exp()).unwrap();
+        check("square", &[&x], |v| v[0].square()).unwrap();
+        check("scale", &[&x], |v| v[0].scale(-3.0).add_scalar(1.0)).unwrap();
+        check("sqrt", &[&x.mapv(|v| v.abs() + 0.5)], |v| v[0].sqrt()).unwrap();
     }
 }

@@ -32,6 +32,6 @@ mod tests {
     fn matmul_gradient_matches_finite_differences() {
         let a = spread(&[3, 5], -1.0, 1.0, 5);
         let b = spread(&[5, 2], -1.0, 1.0, 6);
-        check("matmul", &[a, b], |v| v[0].matmul(&v[1])).unwrap();
+        check("matmul", &[&a, &b], |v| v[0].matmul(&v[1])).unwrap();
     }
 }

@@ -140,12 +140,9 @@ mod tests {
             let flat = ((i[0] * 3 + i[1]) * 6 + i[2]) * 5 + i[3];
             ((flat * 37) % n) as f32 * 0.05 - 4.0
         });
-        check("max_pool2d", &[x.clone()], |v| v[0].max_pool2d(2, 2, 0)).unwrap();
-        check("max_pool2d padded", &[x.clone()], |v| {
-            v[0].max_pool2d(3, 2, 1)
-        })
-        .unwrap();
-        check("avg_pool2d", &[x.clone()], |v| v[0].avg_pool2d(2, 2)).unwrap();
-        check("global_avg_pool", &[x], |v| v[0].global_avg_pool()).unwrap();
+        check("max_pool2d", &[&x], |v| v[0].max_pool2d(2, 2, 0)).unwrap();
+        check("max_pool2d padded", &[&x], |v| v[0].max_pool2d(3, 2, 1)).unwrap();
+        check("avg_pool2d", &[&x], |v| v[0].avg_pool2d(2, 2)).unwrap();
+        check("global_avg_pool", &[&x], |v| v[0].global_avg_pool()).unwrap();
     }
 }

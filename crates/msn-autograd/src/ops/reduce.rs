@@ -71,11 +71,11 @@ mod tests {
     #[test]
     fn reduction_gradients_match_finite_differences() {
         let x = spread(&[3, 2, 4, 5], -1.0, 1.0, 20);
-        check("sum", &[x.clone()], |v| v[0].sum()).unwrap();
-        check("mean", &[x.clone()], |v| v[0].mean()).unwrap();
-        check("sum_axes", &[x.clone()], |v| v[0].sum_axes(&[0, 2])).unwrap();
-        check("channel_mean", &[x.clone()], |v| v[0].channel_mean()).unwrap();
-        check("channel_var", &[x], |v| v[0].channel_var()).unwrap();
+        check("sum", &[&x], |v| v[0].sum()).unwrap();
+        check("mean", &[&x], |v| v[0].mean()).unwrap();
+        check("sum_axes", &[&x], |v| v[0].sum_axes(&[0, 2])).unwrap();
+        check("channel_mean", &[&x], |v| v[0].channel_mean()).unwrap();
+        check("channel_var", &[&x], |v| v[0].channel_var()).unwrap();
     }
 
     #[test]

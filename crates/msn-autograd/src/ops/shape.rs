@@ -82,9 +82,9 @@ mod tests {
     fn shape_gradients_match_finite_differences() {
         let x = spread(&[2, 3, 4], -1.0, 1.0, 40);
         let y = spread(&[2, 2, 4], -1.0, 1.0, 41);
-        check("reshape", &[x.clone()], |v| v[0].reshape(&[6, 4])).unwrap();
-        check("flatten", &[x.clone()], |v| v[0].flatten()).unwrap();
-        check("concat", &[x, y], |v| {
+        check("reshape", &[&x], |v| v[0].reshape(&[6, 4])).unwrap();
+        check("flatten", &[&x], |v| v[0].flatten()).unwrap();
+        check("concat", &[&x, &y], |v| {
             Var::concat(&[v[0].clone(), v[1].clone()], 1)
         })
         .unwrap();
