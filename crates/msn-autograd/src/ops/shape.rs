@@ -23,6 +23,16 @@ impl Var {
         )
     }
 
+    /// The transpose of a 2-D tensor.
+    pub fn t(&self) -> Var {
+        let y = self.value().t().as_standard_layout().into_owned();
+        Var::from_op(
+            y,
+            vec![self.clone()],
+            Box::new(|g, _| vec![Some(g.t().as_standard_layout().into_owned())]),
+        )
+    }
+
     /// `[N, ...] -> [N, rest]`.
     pub fn flatten(&self) -> Var {
         let s = self.shape();
@@ -84,6 +94,10 @@ mod tests {
         let y = spread(&[2, 2, 4], -1.0, 1.0, 41);
         check("reshape", &[&x], |v| v[0].reshape(&[6, 4])).unwrap();
         check("flatten", &[&x], |v| v[0].flatten()).unwrap();
+        check("transpose", &[&spread(&[3, 5], -1.0, 1.0, 42)], |v| {
+            v[0].t()
+        })
+        .unwrap();
         check("concat", &[&x, &y], |v| {
             Var::concat(&[v[0].clone(), v[1].clone()], 1)
         })

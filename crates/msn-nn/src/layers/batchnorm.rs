@@ -1,0 +1,218 @@
+//! BatchNorm and the mean-only batch norm of MSN, over `[N, C]` or `[N, C, H, W]`.
+
+use crate::{join, Ctx, Module, StateKind};
+use msn_autograd::{Array, Var};
+use ndarray::IxDyn;
+
+/// Reshapes a `[C]` tensor to broadcast along axis 1 of an `ndim`-dimensional input.
+fn per_channel(v: &Var, ndim: usize) -> Var {
+    let mut shape = vec![1; ndim];
+    shape[1] = v.shape()[0];
+    v.reshape(&shape)
+}
+
+fn flat(v: &Var) -> Array {
+    let n = v.value().len();
+    v.value()
+        .clone()
+        .into_shape_with_order(IxDyn(&[n]))
+        .expect("per-channel statistic")
+}
+
+/// `running = (1 - momentum) * running + momentum * batch`.
+fn update_running(running: &Var, batch: &Array, momentum: f32) {
+    running.update(|r| {
+        r.zip_mut_with(batch, |r, &b| *r = (1.0 - momentum) * *r + momentum * b);
+    });
+}
+
+/// Batch normalization: `y = g * (x - mean) / sqrt(var + eps) + b`, batch statistics when
+/// training (running ones updated with momentum, the variance unbiased as in PyTorch), running
+/// statistics in eval mode.
+pub struct BatchNorm {
+    pub weight: Var,
+    pub bias: Var,
+    pub running_mean: Var,
+    pub running_var: Var,
+    pub eps: f32,
+    pub momentum: f32,
+}
+
+impl BatchNorm {
+    pub fn new(channels: usize) -> Self {
+        BatchNorm {
+            weight: Var::parameter(Array::ones(IxDyn(&[channels]))),
+            bias: Var::parameter(Array::zeros(IxDyn(&[channels]))),
+            running_mean: Var::constant(Array::zeros(IxDyn(&[channels]))),
+            running_var: Var::constant(Array::ones(IxDyn(&[channels]))),
+            eps: 1e-5,
+            momentum: 0.1,
+        }
+    }
+}
+
+impl Module for BatchNorm {
+    fn forward(&self, x: &Var, ctx: &mut Ctx) -> Var {
+        let nd = x.shape().len();
+        let (mean, var) = if ctx.training {
+            let mean = x.channel_mean();
+            let var = x.channel_var();
+            let count = x.value().len() / x.shape()[1];
+            let unbiased = flat(&var) * (count as f32 / (count.max(2) - 1) as f32);
+            update_running(&self.running_mean, &flat(&mean), self.momentum);
+            update_running(&self.running_var, &unbiased, self.momentum);
+            (mean, var)
+        } else {
+            (
+                per_channel(&self.running_mean, nd),
+                per_channel(&self.running_var, nd),
+            )
+        };
+        let inv_std = var.add_scalar(self.eps).sqrt();
+        x.sub(&mean)
+            .div(&inv_std)
+            .mul(&per_channel(&self.weight, nd))
+            .add(&per_channel(&self.bias, nd))
+    }
+
+    fn visit_state(&self, prefix: &str, f: &mut dyn FnMut(String, &Var, StateKind)) {
+        f(join(prefix, "weight"), &self.weight, StateKind::Parameter);
+        f(join(prefix, "bias"), &self.bias, StateKind::Parameter);
+        f(
+            join(prefix, "running_mean"),
+            &self.running_mean,
+            StateKind::Buffer,
+        );
+        f(
+            join(prefix, "running_var"),
+            &self.running_var,
+            StateKind::Buffer,
+        );
+    }
+}
+
+/// The mean-only batch norm of MSN: `y = g * (x - mean) + b` per channel; the batch mean when
+/// training (the running mean updated with momentum 0.1), the running mean in eval mode.
+pub struct MeanOnlyBatchNorm {
+    pub weight: Var,
+    pub bias: Var,
+    pub running_mean: Var,
+    pub momentum: f32,
+}
+
+impl MeanOnlyBatchNorm {
+    pub fn new(channels: usize) -> Self {
+        MeanOnlyBatchNorm {
+            weight: Var::parameter(Array::ones(IxDyn(&[channels]))),
+            bias: Var::parameter(Array::zeros(IxDyn(&[channels]))),
+            running_mean: Var::constant(Array::zeros(IxDyn(&[channels]))),
+            momentum: 0.1,
+        }
+    }
+}
+
+impl Module for MeanOnlyBatchNorm {
+    fn forward(&self, x: &Var, ctx: &mut Ctx) -> Var {
+        let nd = x.shape().len();
+        let mean = if ctx.training {
+            let mean = x.channel_mean();
+            update_running(&self.running_mean, &flat(&mean), self.momentum);
+            mean
+        } else {
+            per_channel(&self.running_mean, nd)
+        };
+        x.sub(&mean)
+            .mul(&per_channel(&self.weight, nd))
+            .add(&per_channel(&self.bias, nd))
+    }
+
+    fn visit_state(&self, prefix: &str, f: &mut dyn FnMut(String, &Var, StateKind)) {
+        f(join(prefix, "weight"), &self.weight, StateKind::Parameter);
+        f(join(prefix, "bias"), &self.bias, StateKind::Parameter);
+        f(
+            join(prefix, "running_mean"),
+            &self.running_mean,
+            StateKind::Buffer,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use msn_autograd::gradcheck::check;
+    use msn_autograd::ops::elementwise::spread;
+
+    #[test]
+    fn batchnorm_normalizes_in_training_and_tracks_running_stats() {
+        let bn = BatchNorm::new(3);
+        let x = Var::constant(spread(&[8, 3, 4, 4], -2.0, 6.0, 1));
+        let y = bn.forward(&x, &mut Ctx::train(0));
+        let m = y.channel_mean();
+        let v = y.channel_var();
+        assert!(m.value().iter().all(|&m| m.abs() < 1e-5));
+        assert!(v.value().iter().all(|&v| (v - 1.0).abs() < 1e-3));
+        let batch_mean = flat(&x.channel_mean());
+        let rm = bn.running_mean.value().clone();
+        for (r, b) in rm.iter().zip(batch_mean.iter()) {
+            assert!((r - 0.1 * b).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn layer_gradients_match_finite_differences_in_both_modes() {
+        let x = spread(&[4, 3, 3, 3], -1.0, 1.0, 2);
+        let g = spread(&[3], 0.5, 1.5, 3);
+        let b = spread(&[3], -0.5, 0.5, 4);
+        let running_mean = spread(&[3], -0.5, 0.5, 5);
+        let running_var = spread(&[3], 0.5, 1.5, 6);
+        for training in [true, false] {
+            let ctx = || if training { Ctx::train(0) } else { Ctx::eval() };
+            check(
+                &format!("batchnorm training={training}"),
+                &[&x, &g, &b],
+                |v| {
+                    let bn = BatchNorm {
+                        weight: v[1].clone(),
+                        bias: v[2].clone(),
+                        running_mean: Var::constant(running_mean.clone()),
+                        running_var: Var::constant(running_var.clone()),
+                        ..BatchNorm::new(3)
+                    };
+                    bn.forward(&v[0], &mut ctx())
+                },
+            )
+            .unwrap();
+            check(
+                &format!("mean-only bn training={training}"),
+                &[&x, &g, &b],
+                |v| {
+                    let mo = MeanOnlyBatchNorm {
+                        weight: v[1].clone(),
+                        bias: v[2].clone(),
+                        running_mean: Var::constant(running_mean.clone()),
+                        momentum: 0.1,
+                    };
+                    mo.forward(&v[0], &mut ctx())
+                },
+            )
+            .unwrap();
+        }
+    }
+
+    #[test]
+    fn mean_only_bn_subtracts_the_batch_mean_then_scales_and_shifts() {
+        let mo = MeanOnlyBatchNorm::new(1);
+        mo.weight.set_value(ndarray::array![2.0f32].into_dyn());
+        mo.bias.set_value(ndarray::array![1.0f32].into_dyn());
+        let x = Var::constant(ndarray::array![[1.0f32], [3.0]].into_dyn());
+        let y = mo.forward(&x, &mut Ctx::train(0));
+        assert_eq!(y.value().as_slice().unwrap(), &[-1.0, 3.0]);
+        assert_eq!(mo.running_mean.value().as_slice().unwrap(), &[0.2]);
+        let y = mo.forward(&x, &mut Ctx::eval());
+        assert_eq!(
+            y.value().as_slice().unwrap(),
+            &[2.0 * 0.8 + 1.0, 2.0 * 2.8 + 1.0]
+        );
+    }
+}
