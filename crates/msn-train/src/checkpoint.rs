@@ -1,0 +1,184 @@
+//! Run directories and checkpoints.
+//!
+//! `config.json` says what is trained (architecture, norm, data set, preprocessing, labels,
+//! optimizer); `checkpoint.safetensors` holds every named tensor of the model (parameters and
+//! buffers such as `running_mean` and the SN vectors `weight_u`, `weight_v`), the optimizer's
+//! state under `optimizer.*`, and in its metadata the progress (epoch, step, metrics so far).
+//! Both are written atomically, so a run killed at any moment leaves the last good checkpoint.
+
+use crate::{write_atomic, Error, Result};
+use msn_autograd::Array;
+use msn_nn::models::ModelConfig;
+use msn_nn::{Module, Sequential};
+use safetensors::tensor::{Dtype, TensorView};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// The checkpoint format version this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+pub const CONFIG_FILE: &str = "config.json";
+pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+pub const METRICS_FILE: &str = "metrics.jsonl";
+
+/// How raw pixels become the model's input (`x / 255 - mean) / std` per channel).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Preprocessing {
+    pub scale: f32,
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+}
+
+/// The training settings, saved so that `--resume` continues the same run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainSettings {
+    pub epochs: usize,
+    pub batch: usize,
+    pub optimizer: String,
+    pub lr: f32,
+    pub momentum: f32,
+    pub weight_decay: f32,
+    pub schedule: String,
+    pub seed: u64,
+    pub augment: bool,
+    pub train_limit: Option<usize>,
+    pub test_limit: Option<usize>,
+}
+
+/// `config.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunConfig {
+    pub version: u32,
+    pub model: ModelConfig,
+    pub dataset: String,
+    pub data_dir: String,
+    pub preprocessing: Preprocessing,
+    pub labels: Vec<String>,
+    pub train: TrainSettings,
+}
+
+impl RunConfig {
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let cfg: RunConfig = serde_json::from_str(&text).map_err(|e| Error::Checkpoint { path: path.clone(), reason: e.to_string() })?;
+        if cfg.version != FORMAT_VERSION {
+            return Err(Error::Checkpoint {
+                path,
+                reason: format!("checkpoint version {} is not supported (this build reads version {FORMAT_VERSION})", cfg.version),
+            });
+        }
+        Ok(cfg)
+    }
+
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self).expect("config serializes");
+        write_atomic(&dir.join(CONFIG_FILE), text.as_bytes())
+    }
+}
+
+/// Where a run stands: the next epoch and step to run, and the metrics of finished epochs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    pub epoch: usize,
+    pub step: usize,
+    /// Running sums of the unfinished epoch, so a mid-epoch resume reports the same metrics.
+    pub partial: Option<serde_json::Value>,
+    pub history: Vec<serde_json::Value>,
+}
+
+fn to_bytes(a: &Array) -> Vec<u8> {
+    a.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// Writes the model's state, the optimizer's state and the progress to `path`.
+pub fn save(path: &Path, model: &Sequential, optimizer: &[(String, Array)], progress: &Progress) -> Result<()> {
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = model
+        .named_state()
+        .into_iter()
+        .map(|(name, v, _)| (name, v.shape(), to_bytes(&v.value())))
+        .collect();
+    tensors.extend(optimizer.iter().map(|(n, a)| (format!("optimizer.{n}"), a.shape().to_vec(), to_bytes(a))));
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|(n, s, b)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), b).expect("sizes agree")))
+        .collect();
+    let mut meta = HashMap::new();
+    meta.insert("format".to_string(), format!("msn-checkpoint-{FORMAT_VERSION}"));
+    meta.insert("progress".to_string(), serde_json::to_string(progress).expect("serializes"));
+    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| Error::Checkpoint { path: path.to_path_buf(), reason: e.to_string() })?;
+    write_atomic(path, &bytes)
+}
+
+/// A loaded checkpoint: named tensors and progress.
+pub struct Checkpoint {
+    pub tensors: HashMap<String, Array>,
+    pub progress: Progress,
+}
+
+/// Reads a checkpoint file, checking its format version.
+pub fn load(path: &Path) -> Result<Checkpoint> {
+    let bad = |reason: String| Error::Checkpoint { path: path.to_path_buf(), reason };
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+    let meta = meta.metadata().clone().unwrap_or_default();
+    let format = meta.get("format").cloned().unwrap_or_default();
+    if format != format!("msn-checkpoint-{FORMAT_VERSION}") {
+        return Err(bad(format!("unknown checkpoint version '{format}' (this build reads msn-checkpoint-{FORMAT_VERSION})")));
+    }
+    let progress = match meta.get("progress") {
+        Some(p) => serde_json::from_str(p).map_err(|e| bad(format!("bad progress metadata: {e}")))?,
+        None => Progress::default(),
+    };
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+    let mut tensors = HashMap::new();
+    for (name, view) in st.tensors() {
+        if view.dtype() != Dtype::F32 {
+            return Err(bad(format!("tensor '{name}' is {:?}, expected F32", view.dtype())));
+        }
+        let values: Vec<f32> = view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
+        let a = Array::from_shape_vec(ndarray::IxDyn(view.shape()), values).map_err(|e| bad(e.to_string()))?;
+        tensors.insert(name, a);
+    }
+    Ok(Checkpoint { tensors, progress })
+}
+
+/// Copies the checkpoint's tensors into the model, checking that every one is present and has
+/// the shape the config implies.
+pub fn restore(model: &Sequential, ckpt: &Checkpoint, path: &Path) -> Result<()> {
+    for (name, var, _) in model.named_state() {
+        let Some(a) = ckpt.tensors.get(&name) else {
+            return Err(Error::Checkpoint { path: path.to_path_buf(), reason: format!("tensor '{name}' is missing") });
+        };
+        if a.shape() != var.shape().as_slice() {
+            return Err(Error::Checkpoint {
+                path: path.to_path_buf(),
+                reason: format!("tensor '{name}' has shape {:?} but the config implies {:?}", a.shape(), var.shape()),
+            });
+        }
+        var.set_value(a.clone());
+    }
+    Ok(())
+}
+
+/// The optimizer's tensors in a checkpoint, with the `optimizer.` prefix removed.
+pub fn optimizer_state(ckpt: &Checkpoint) -> Vec<(String, Array)> {
+    ckpt.tensors
+        .iter()
+        .filter_map(|(n, a)| n.strip_prefix("optimizer.").map(|n| (n.to_string(), a.clone())))
+        .collect()
+}
+
+/// Loads a trained model from a run directory (or a checkpoint file inside one).
+pub fn load_model(run: &Path) -> Result<(RunConfig, Sequential)> {
+    let (dir, file) = if run.is_dir() {
+        (run.to_path_buf(), run.join(CHECKPOINT_FILE))
+    } else {
+        (run.parent().unwrap_or(Path::new(".")).to_path_buf(), run.to_path_buf())
+    };
+    let cfg = RunConfig::load(&dir)?;
+    let model = msn_nn::models::build(&cfg.model, 0).map_err(Error::Config)?;
+    let ckpt = load(&file)?;
+    restore(&model, &ckpt, &file)?;
+    Ok((cfg, model))
+}

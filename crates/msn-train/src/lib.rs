@@ -1,0 +1,47 @@
+//! # msn-train: turning the engine into a trainer
+//!
+//! - [`data`]: MNIST, Fashion-MNIST, CIFAR-10 and image folders; seeded shuffles; batches.
+//! - [`checkpoint`]: a run directory: `config.json`, `checkpoint.safetensors` (weights,
+//!   buffers, optimizer state and progress, written atomically) and `metrics.jsonl`.
+//! - [`trainer`]: the loop: progress bar, per-epoch metrics with per-layer statistics,
+//!   resume exactly where a run stopped, NaN detection, Ctrl-C handling.
+
+pub mod checkpoint;
+pub mod data;
+pub mod trainer;
+
+use std::path::{Path, PathBuf};
+
+/// Everything that can stop a training run, each naming the file or the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {cause}")]
+    Io { path: PathBuf, cause: std::io::Error },
+    #[error("{0}")]
+    Data(String),
+    #[error("{path}: {reason}")]
+    Checkpoint { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Diverged(String),
+    #[error("{0}")]
+    Config(String),
+}
+
+impl Error {
+    pub(crate) fn io(path: &Path, cause: std::io::Error) -> Self {
+        Error::Io { path: path.to_path_buf(), cause }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
+    tmp.write_all(bytes).map_err(|e| Error::io(path, e))?;
+    tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
+    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    Ok(())
+}

@@ -1,0 +1,350 @@
+//! The training loop.
+//!
+//! Everything random in an epoch (the sample order, augmentation, dropout) is drawn from
+//! `(seed, epoch, step)` alone. Together with the checkpoint (weights, buffers, optimizer
+//! state, running sums of the current epoch) this makes a resumed run give exactly the
+//! metrics of an uninterrupted one.
+
+use crate::checkpoint::{self, Preprocessing, Progress, RunConfig, TrainSettings};
+use crate::data::{self, make_batch, BatchSpec, Dataset, Split};
+use crate::{write_atomic, Error, Result};
+use msn_autograd::{no_grad, Var};
+use msn_nn::models::ModelConfig;
+use msn_nn::optim::{self, Adam, Optimizer, Schedule, Sgd};
+use msn_nn::{ActivationStats, Ctx, Module, Sequential};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Instant;
+
+/// How often (in steps) per-layer statistics are recorded.
+const RECORD_EVERY: usize = 10;
+
+/// What `msn train` asks for.
+#[derive(Debug, Clone)]
+pub struct TrainRequest {
+    pub model: ModelConfig,
+    pub dataset: String,
+    pub data_dir: String,
+    pub train: TrainSettings,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// All epochs ran; the metrics of each.
+    Finished(Vec<Value>),
+    /// Stopped by the user; a checkpoint was saved at this epoch (1-based) and step.
+    Interrupted { epoch: usize, step: usize },
+}
+
+fn parse_schedule(s: &str, epochs: usize) -> Result<Schedule> {
+    match s {
+        "constant" => Ok(Schedule::Constant),
+        "cosine" => Ok(Schedule::Cosine { epochs }),
+        _ => {
+            let parts: Vec<&str> = s.split(':').collect();
+            match parts.as_slice() {
+                ["step", every, gamma] => Ok(Schedule::Step {
+                    every: every.parse().map_err(|_| Error::Config(format!("bad schedule '{s}'")))?,
+                    gamma: gamma.parse().map_err(|_| Error::Config(format!("bad schedule '{s}'")))?,
+                }),
+                _ => Err(Error::Config(format!("unknown schedule '{s}' (expected constant, cosine or step:EVERY:GAMMA)"))),
+            }
+        }
+    }
+}
+
+fn make_optimizer(t: &TrainSettings) -> Result<Box<dyn Optimizer>> {
+    match t.optimizer.as_str() {
+        "sgd" => Ok(Box::new(Sgd::new(t.momentum, false, t.weight_decay))),
+        "adam" => Ok(Box::new(Adam::new(0.9, 0.999, t.weight_decay))),
+        other => Err(Error::Config(format!("unknown optimizer '{other}' (expected sgd or adam)"))),
+    }
+}
+
+fn step_rng(seed: u64, epoch: usize, step: usize) -> ChaCha8Rng {
+    let mix = seed
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add((epoch as u64) << 32)
+        .wrapping_add(step as u64 + 1);
+    ChaCha8Rng::seed_from_u64(mix)
+}
+
+/// Mean loss and accuracy of the model on a data set, in eval mode.
+pub fn evaluate(model: &Sequential, data: &Dataset, spec: &BatchSpec) -> (f32, f32) {
+    let spec = BatchSpec { augment: None, ..spec.clone() };
+    let (mut loss, mut correct) = (0.0f64, 0usize);
+    let order: Vec<usize> = (0..data.len()).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    no_grad(|| {
+        for idx in order.chunks(500) {
+            let (x, y) = make_batch(data, idx, &spec, &mut rng);
+            let logits = model.forward(&Var::constant(x.into_dyn()), &mut Ctx::eval());
+            loss += logits.cross_entropy(&y).value()[[]] as f64 * idx.len() as f64;
+            correct += count_correct(&logits, &y);
+        }
+    });
+    ((loss / data.len() as f64) as f32, correct as f32 / data.len() as f32)
+}
+
+fn count_correct(logits: &Var, labels: &[usize]) -> usize {
+    let v = logits.value();
+    v.outer_iter()
+        .zip(labels)
+        .filter(|(row, &l)| {
+            let best = row.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b });
+            best.0 == l
+        })
+        .count()
+}
+
+/// Running sums of one epoch.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct EpochSums {
+    loss: f64,
+    correct: usize,
+    seen: usize,
+    seconds: f64,
+    /// layer -> (sum of means, sum of stds, sum of zero fractions, count)
+    layers: Vec<(String, f64, f64, f64, usize)>,
+}
+
+impl EpochSums {
+    fn add_stats(&mut self, stats: &[ActivationStats]) {
+        for s in stats {
+            match self.layers.iter_mut().find(|l| l.0 == s.layer) {
+                Some(l) => {
+                    l.1 += s.mean as f64;
+                    l.2 += s.std as f64;
+                    l.3 += s.zero_grad_fraction as f64;
+                    l.4 += 1;
+                }
+                None => self.layers.push((s.layer.clone(), s.mean as f64, s.std as f64, s.zero_grad_fraction as f64, 1)),
+            }
+        }
+    }
+}
+
+/// Loads the train and test splits a request names, limited as asked.
+pub fn load_data(dataset: &str, dir: &Path, t: &TrainSettings) -> Result<(Dataset, Dataset)> {
+    let mut train = data::load(dataset, dir, Split::Train)?;
+    let mut test = data::load(dataset, dir, Split::Test)?;
+    if let Some(n) = t.train_limit {
+        train.truncate(n);
+    }
+    if let Some(n) = t.test_limit {
+        test.truncate(n);
+    }
+    Ok((train, test))
+}
+
+/// Starts a new run in `out` (which must not hold one) and trains it.
+pub fn start(req: &TrainRequest, out: &Path, stop: &AtomicBool, progress: bool) -> Result<Outcome> {
+    if out.join(checkpoint::CHECKPOINT_FILE).exists() {
+        return Err(Error::Config(format!("{} already holds a run; use --resume {} to continue it, or another --out", out.display(), out.display())));
+    }
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let (train, test) = load_data(&req.dataset, Path::new(&req.data_dir), &req.train)?;
+    let mut model_cfg = req.model.clone();
+    model_cfg.input_shape = train.shape();
+    model_cfg.num_classes = train.classes.len();
+    let cfg = RunConfig {
+        version: checkpoint::FORMAT_VERSION,
+        model: model_cfg,
+        dataset: req.dataset.clone(),
+        data_dir: req.data_dir.clone(),
+        preprocessing: Preprocessing { scale: 1.0 / 255.0, mean: train.mean.clone(), std: train.std.clone() },
+        labels: train.classes.clone(),
+        train: req.train.clone(),
+    };
+    cfg.save(out)?;
+    let model = msn_nn::models::build(&cfg.model, req.train.seed).map_err(Error::Config)?;
+    let optimizer = make_optimizer(&cfg.train)?;
+    run(&cfg, model, optimizer, Progress::default(), &train, &test, out, stop, progress)
+}
+
+/// Continues the run in `dir` from its last checkpoint.
+pub fn resume(dir: &Path, stop: &AtomicBool, progress: bool) -> Result<Outcome> {
+    let cfg = RunConfig::load(dir)?;
+    let path = dir.join(checkpoint::CHECKPOINT_FILE);
+    let model = msn_nn::models::build(&cfg.model, cfg.train.seed).map_err(Error::Config)?;
+    let (train, test) = load_data(&cfg.dataset, Path::new(&cfg.data_dir), &cfg.train)?;
+    let (optimizer, prog) = if path.exists() {
+        let ckpt = checkpoint::load(&path)?;
+        checkpoint::restore(&model, &ckpt, &path)?;
+        let mut optimizer = make_optimizer(&cfg.train)?;
+        optimizer.load_state(checkpoint::optimizer_state(&ckpt));
+        (optimizer, ckpt.progress)
+    } else {
+        (make_optimizer(&cfg.train)?, Progress::default())
+    };
+    run(&cfg, model, optimizer, prog, &train, &test, dir, stop, progress)
+}
+
+fn write_metrics(dir: &Path, history: &[Value]) -> Result<()> {
+    let mut text = String::new();
+    for m in history {
+        text.push_str(&m.to_string());
+        text.push('\n');
+    }
+    write_atomic(&dir.join(checkpoint::METRICS_FILE), text.as_bytes())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
+    cfg: &RunConfig,
+    model: Sequential,
+    mut optimizer: Box<dyn Optimizer>,
+    mut prog: Progress,
+    train: &Dataset,
+    test: &Dataset,
+    dir: &Path,
+    stop: &AtomicBool,
+    show_progress: bool,
+) -> Result<Outcome> {
+    let t = &cfg.train;
+    let schedule = parse_schedule(&t.schedule, t.epochs)?;
+    let params = model.parameters();
+    let spec = BatchSpec {
+        batch: t.batch,
+        mean: cfg.preprocessing.mean.clone(),
+        std: cfg.preprocessing.std.clone(),
+        augment: t.augment.then_some(4),
+    };
+    let steps = train.len().div_ceil(t.batch);
+    let ckpt_path = dir.join(checkpoint::CHECKPOINT_FILE);
+    let shared = Arc::new((train.images.clone(), train.labels.clone(), train.classes.clone(), train.mean.clone(), train.std.clone()));
+
+    while prog.epoch < t.epochs {
+        let epoch = prog.epoch;
+        let lr = schedule.lr(t.lr, epoch);
+        let mut sums: EpochSums = match prog.partial.take() {
+            Some(p) => serde_json::from_value(p).map_err(|e| Error::Checkpoint { path: ckpt_path.clone(), reason: e.to_string() })?,
+            None => EpochSums::default(),
+        };
+        let order = data::epoch_order(train.len(), t.seed, epoch);
+        let first_step = prog.step;
+
+        // Batches are made on another thread, a few ahead of the step.
+        let (tx, rx) = mpsc::sync_channel(4);
+        let worker = {
+            let shared = Arc::clone(&shared);
+            let spec = spec.clone();
+            let order = order.clone();
+            let (seed, batch) = (t.seed, t.batch);
+            std::thread::spawn(move || {
+                let (images, labels, classes, mean, std) = &*shared;
+                let data = Dataset { images: images.clone(), labels: labels.clone(), classes: classes.clone(), mean: mean.clone(), std: std.clone() };
+                for step in first_step..steps {
+                    let idx = &order[step * batch..((step + 1) * batch).min(order.len())];
+                    let batch = make_batch(&data, idx, &spec, &mut step_rng(seed, epoch, step));
+                    if tx.send((step, batch)).is_err() {
+                        return;
+                    }
+                }
+            })
+        };
+
+        let bar = if show_progress {
+            indicatif::ProgressBar::new(steps as u64)
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("{}/{}", epoch + 1, t.epochs));
+        bar.set_position(first_step as u64);
+        let plain = show_progress && bar.is_hidden();
+
+        let epoch_start = Instant::now();
+        let mut interrupted = None;
+        for (step, (x, y)) in rx.iter() {
+            let mut ctx = Ctx { training: true, rng: step_rng(t.seed ^ 0xD20F, epoch, step), record: (step % RECORD_EVERY == 0).then(Vec::new) };
+            let logits = model.forward(&Var::constant(x.into_dyn()), &mut ctx);
+            let loss = logits.cross_entropy(&y);
+            let loss_value = loss.value()[[]];
+            if !loss_value.is_finite() {
+                return Err(Error::Diverged(format!(
+                    "the loss became {loss_value} at epoch {} step {}; lower --lr (now {lr}) or use another norm",
+                    epoch + 1,
+                    step + 1
+                )));
+            }
+            loss.backward();
+            optimizer.step(&params, lr);
+            optim::zero_grad(&params);
+            sums.loss += loss_value as f64 * y.len() as f64;
+            sums.correct += count_correct(&logits, &y);
+            sums.seen += y.len();
+            if let Some(stats) = ctx.record.take() {
+                sums.add_stats(&stats);
+            }
+            let elapsed = sums.seconds + epoch_start.elapsed().as_secs_f64();
+            bar.set_position(step as u64 + 1);
+            bar.set_message(format!(
+                "loss {:.4} acc {:.4} {:.0} img/s",
+                sums.loss / sums.seen as f64,
+                sums.correct as f64 / sums.seen as f64,
+                (sums.seen as f64) / elapsed.max(1e-9)
+            ));
+            if plain && (step + 1) % (steps / 10).max(1) == 0 {
+                eprintln!("epoch {}/{} step {}/{steps} loss {:.4} acc {:.4}", epoch + 1, t.epochs, step + 1, sums.loss / sums.seen as f64, sums.correct as f64 / sums.seen as f64);
+            }
+            if stop.load(Ordering::SeqCst) && step + 1 < steps {
+                interrupted = Some(step + 1);
+                break;
+            }
+        }
+        drop(rx);
+        let _ = worker.join();
+        bar.finish_and_clear();
+        sums.seconds += epoch_start.elapsed().as_secs_f64();
+
+        if let Some(next_step) = interrupted {
+            prog.step = next_step;
+            prog.partial = Some(serde_json::to_value(&sums).expect("serializes"));
+            checkpoint::save(&ckpt_path, &model, &optimizer.state(), &prog)?;
+            return Ok(Outcome::Interrupted { epoch: epoch + 1, step: next_step });
+        }
+
+        let (test_loss, test_acc) = evaluate(&model, test, &spec);
+        let layers: Vec<Value> = sums
+            .layers
+            .iter()
+            .map(|(name, m, s, z, n)| json!({"layer": name, "mean": m / *n as f64, "std": s / *n as f64, "grad_sparsity": z / *n as f64}))
+            .collect();
+        let metrics = json!({
+            "epoch": epoch + 1,
+            "train_loss": sums.loss / sums.seen as f64,
+            "train_acc": sums.correct as f64 / sums.seen as f64,
+            "test_loss": test_loss,
+            "test_acc": test_acc,
+            "epoch_seconds": sums.seconds,
+            "images_per_second": sums.seen as f64 / sums.seconds,
+            "lr": lr,
+            "layers": layers,
+        });
+        if show_progress {
+            eprintln!(
+                "epoch {}/{}: train loss {:.4} acc {:.4} | test loss {:.4} acc {:.4} | {:.1} s",
+                epoch + 1, t.epochs, metrics["train_loss"].as_f64().unwrap_or(0.0), metrics["train_acc"].as_f64().unwrap_or(0.0), test_loss, test_acc, sums.seconds
+            );
+        }
+        prog.history.push(metrics);
+        prog.epoch += 1;
+        prog.step = 0;
+        checkpoint::save(&ckpt_path, &model, &optimizer.state(), &prog)?;
+        write_metrics(dir, &prog.history)?;
+        if stop.load(Ordering::SeqCst) && prog.epoch < t.epochs {
+            return Ok(Outcome::Interrupted { epoch: prog.epoch + 1, step: 0 });
+        }
+    }
+    Ok(Outcome::Finished(prog.history))
+}
