@@ -2,7 +2,57 @@
 //! group of channels between `[N, C, L]` tensors and `[C_g, N * L]` matrices for sgemm.
 
 use crate::Array;
-use ndarray::{Array2, ArrayView2, Axis};
+use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+static THREADS: AtomicUsize = AtomicUsize::new(0);
+
+/// Sets the number of threads matrix products use (0: all cores, the default). Results are
+/// the same for a given thread count.
+pub fn set_threads(n: usize) {
+    THREADS.store(n, Ordering::Relaxed);
+}
+
+/// `c = a b`, or `c += a b` when `accumulate`, on the `gemm` crate's sgemm. Any strides
+/// (transposed views included) are read directly, without copies.
+pub fn gemm_into(c: &mut ArrayViewMut2<f32>, a: ArrayView2<f32>, b: ArrayView2<f32>, accumulate: bool) {
+    let (m, k) = a.dim();
+    let (k2, n) = b.dim();
+    assert_eq!(k, k2, "gemm: inner dimensions differ");
+    assert_eq!(c.dim(), (m, n), "gemm: output shape");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let threads = THREADS.load(Ordering::Relaxed);
+    // Small products are not worth waking threads for.
+    let parallelism = if m * n * k < 32 * 32 * 32 || threads == 1 {
+        gemm::Parallelism::None
+    } else {
+        gemm::Parallelism::Rayon(threads)
+    };
+    let (cs, as_, bs) = (c.strides().to_vec(), a.strides().to_vec(), b.strides().to_vec());
+    // SAFETY: the pointers and strides come from live ndarray views of the stated shapes,
+    // `c` is borrowed mutably and cannot alias `a` or `b`.
+    unsafe {
+        gemm::gemm(
+            m, n, k,
+            c.as_mut_ptr(), cs[1], cs[0],
+            accumulate,
+            a.as_ptr(), as_[1], as_[0],
+            b.as_ptr(), bs[1], bs[0],
+            1.0, 1.0,
+            false, false, false,
+            parallelism,
+        );
+    }
+}
+
+/// `a b` as a new matrix.
+pub fn matmul(a: ArrayView2<f32>, b: ArrayView2<f32>) -> Array2<f32> {
+    let mut c = Array2::<f32>::zeros((a.nrows(), b.ncols()));
+    gemm_into(&mut c.view_mut(), a, b, false);
+    c
+}
 
 /// A 2-D copy of a tensor that must have two axes.
 pub fn as_2d(a: &Array) -> Array2<f32> {

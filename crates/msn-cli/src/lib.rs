@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod classify;
+pub mod train;
 mod preprocess_args;
 
 pub use preprocess_args::PreprocessArgs;

@@ -2,7 +2,7 @@
 //! and dilation. Weights use PyTorch's layouts: conv `[O, C/groups, kh, kw]`, transposed conv
 //! `[C_in, C_out/groups, kh, kw]`. Biases are added by the layers, as separate broadcast adds.
 
-use crate::kernels::{col2im, gather_group, im2col, scatter_group, ConvGeom};
+use crate::kernels::{col2im, gather_group, im2col, matmul, scatter_group, ConvGeom};
 use crate::{Array, Var};
 use ndarray::{Array2, IxDyn};
 
@@ -93,7 +93,7 @@ impl Var {
         let cols: Vec<Array2<f32>> = (0..groups).map(|g| im2col(xs, c, g, &geom)).collect();
         let mut y = Array::zeros(IxDyn(&[n, out_c, geom.oh, geom.ow]));
         for (g, col) in cols.iter().enumerate() {
-            scatter_group(weight_group(&wv, g, og).dot(col).view(), &mut y, g, og);
+            scatter_group(matmul(weight_group(&wv, g, og).view(), col.view()).view(), &mut y, g, og);
         }
         Var::from_op(
             y,
@@ -105,10 +105,10 @@ impl Var {
                 for (g, col) in cols.iter().enumerate() {
                     let gyg = gather_group(&gy.to_owned(), g, og);
                     if let Some(dw) = dw.as_mut() {
-                        add_weight_group(dw, g, &gyg.dot(&col.t()));
+                        add_weight_group(dw, g, &matmul(gyg.view(), col.t()));
                     }
                     if let Some(dx) = dx.as_mut() {
-                        let dcol = weight_group(&wv, g, og).t().dot(&gyg);
+                        let dcol = matmul(weight_group(&wv, g, og).t(), gyg.view());
                         col2im(dcol.view(), dx.as_slice_mut().expect("fresh"), c, g, &geom);
                     }
                 }
@@ -145,7 +145,7 @@ impl Var {
         );
         let mut y = Array::zeros(IxDyn(&[n, c_out, oh, ow]));
         for g in 0..groups {
-            let col = weight_group(&wv, g, cig).t().dot(&gather_group(&x, g, cig));
+            let col = matmul(weight_group(&wv, g, cig).t(), gather_group(&x, g, cig).view());
             col2im(
                 col.view(),
                 y.as_slice_mut().expect("fresh"),
@@ -165,10 +165,10 @@ impl Var {
                 for g in 0..groups {
                     let col = im2col(gys, c_out, g, &geom);
                     if let Some(dx) = dx.as_mut() {
-                        scatter_group(weight_group(&wv, g, cig).dot(&col).view(), dx, g, cig);
+                        scatter_group(matmul(weight_group(&wv, g, cig).view(), col.view()).view(), dx, g, cig);
                     }
                     if let Some(dw) = dw.as_mut() {
-                        add_weight_group(dw, g, &gather_group(&x, g, cig).dot(&col.t()));
+                        add_weight_group(dw, g, &matmul(gather_group(&x, g, cig).view(), col.t()));
                     }
                 }
                 vec![dx, dw]

@@ -1,6 +1,6 @@
 //! Matrix product of two 2-D tensors, on matrixmultiply's sgemm through ndarray.
 
-use crate::kernels::as_2d;
+use crate::kernels::{as_2d, matmul};
 use crate::Var;
 
 impl Var {
@@ -8,15 +8,15 @@ impl Var {
     pub fn matmul(&self, other: &Var) -> Var {
         let (a, b) = (as_2d(&self.value()), as_2d(&other.value()));
         assert_eq!(a.ncols(), b.nrows(), "matmul: inner dimensions differ");
-        let y = a.dot(&b).into_dyn();
+        let y = matmul(a.view(), b.view()).into_dyn();
         Var::from_op(
             y,
             vec![self.clone(), other.clone()],
             Box::new(move |g, needs| {
                 let g = as_2d(g);
                 vec![
-                    needs[0].then(|| g.dot(&b.t()).into_dyn()),
-                    needs[1].then(|| a.t().dot(&g).into_dyn()),
+                    needs[0].then(|| matmul(g.view(), b.t()).into_dyn()),
+                    needs[1].then(|| matmul(a.t(), g.view()).into_dyn()),
                 ]
             }),
         )

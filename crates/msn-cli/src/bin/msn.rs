@@ -14,12 +14,15 @@ enum Command {
     Classify(msn_cli::classify::ClassifyArgs),
     /// Measure a model's latency and throughput with tract
     Bench(msn_cli::bench::BenchArgs),
+    /// Train a classifier (cnn3, vgg7, densenet-bc) with a chosen normalization
+    Train(msn_cli::train::TrainArgs),
 }
 
 fn main() -> std::process::ExitCode {
     msn_cli::exit(match Cli::parse().command {
         Command::Classify(args) => msn_cli::classify::run(args),
         Command::Bench(args) => msn_cli::bench::run(args),
+        Command::Train(args) => msn_cli::train::run(args),
     })
 }
 

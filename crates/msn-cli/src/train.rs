@@ -1,0 +1,139 @@
+//! `msn train`: train a classifier and write a run directory.
+
+use anyhow::{bail, Result};
+use clap::Args;
+use msn_nn::models::ModelConfig;
+use msn_nn::{Module, NormKind};
+use msn_train::checkpoint::TrainSettings;
+use msn_train::trainer::{self, Outcome, TrainRequest};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Train a classifier; metrics go to RUN_DIR/metrics.jsonl, checkpoints to RUN_DIR.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Architecture: cnn3, vgg7 or densenet-bc
+    #[arg(long, default_value = "cnn3")]
+    pub model: String,
+    /// Normalization: none, bn, sn or msn
+    #[arg(long, default_value = "msn")]
+    pub norm: NormKind,
+    /// Data set: mnist, fashion-mnist, cifar10 or folder (DIR/train/<class>/*.png, DIR/test/...)
+    #[arg(long, default_value = "fashion-mnist")]
+    pub dataset: String,
+    /// Folder holding the data set's files
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long, default_value_t = 10)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// sgd or adam
+    #[arg(long, default_value = "adam")]
+    pub optimizer: String,
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f32,
+    /// SGD momentum
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f32,
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f32,
+    /// Learning-rate schedule: constant, cosine or step:EVERY:GAMMA
+    #[arg(long, default_value = "constant")]
+    pub schedule: String,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// vgg7 width in percent of the paper's
+    #[arg(long, default_value_t = 100)]
+    pub width: usize,
+    /// densenet-bc depth (6n + 4)
+    #[arg(long, default_value_t = 16)]
+    pub depth: usize,
+    /// Random crops and flips (default: on for cifar10)
+    #[arg(long)]
+    pub augment: Option<bool>,
+    /// Train on the first N training images only
+    #[arg(long, value_name = "N")]
+    pub train_limit: Option<usize>,
+    /// Evaluate on the first N test images only
+    #[arg(long, value_name = "N")]
+    pub test_limit: Option<usize>,
+    /// Run directory to create
+    #[arg(long, value_name = "RUN_DIR", required_unless_present = "resume")]
+    pub out: Option<PathBuf>,
+    /// Continue the run in RUN_DIR from its last checkpoint (other flags are ignored)
+    #[arg(long, value_name = "RUN_DIR", conflicts_with = "out")]
+    pub resume: Option<PathBuf>,
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = Arc::clone(&stop);
+        // A second Ctrl-C exits at once.
+        let _ = ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!("\ninterrupted: saving a checkpoint (Ctrl-C again to quit without saving)");
+        });
+    }
+    let progress = true;
+    let _ = std::io::stderr().is_terminal();
+    let (outcome, dir) = match &args.resume {
+        Some(dir) => (trainer::resume(dir, &stop, progress)?, dir.clone()),
+        None => {
+            let out = args.out.clone().expect("clap requires --out without --resume");
+            let Some(data_dir) = args.data_dir.clone() else {
+                bail!("--data-dir is required: the folder with the {} files", args.dataset);
+            };
+            let req = TrainRequest {
+                model: ModelConfig {
+                    architecture: args.model.clone(),
+                    norm: args.norm,
+                    input_shape: [0, 0, 0],
+                    num_classes: 0,
+                    width: args.width,
+                    depth: args.depth,
+                },
+                dataset: args.dataset.clone(),
+                data_dir: data_dir.display().to_string(),
+                train: TrainSettings {
+                    epochs: args.epochs,
+                    batch: args.batch,
+                    optimizer: args.optimizer.clone(),
+                    lr: args.lr,
+                    momentum: args.momentum,
+                    weight_decay: args.weight_decay,
+                    schedule: args.schedule.clone(),
+                    seed: args.seed,
+                    augment: args.augment.unwrap_or(args.dataset == "cifar10"),
+                    train_limit: args.train_limit,
+                    test_limit: args.test_limit,
+                },
+            };
+            (trainer::start(&req, &out, &stop, progress)?, out)
+        }
+    };
+    match outcome {
+        Outcome::Finished(history) => {
+            let (_, model) = msn_train::checkpoint::load_model(&dir)?;
+            let best = history.iter().filter_map(|m| m["test_acc"].as_f64()).fold(0.0, f64::max);
+            let last = history.last().and_then(|m| m["test_acc"].as_f64()).unwrap_or(0.0);
+            eprintln!(
+                "done: {} epochs, final test accuracy {:.4}, best {:.4}, {} trainable parameters; run in {}",
+                history.len(),
+                last,
+                best,
+                model.num_parameters(),
+                dir.display()
+            );
+            Ok(())
+        }
+        Outcome::Interrupted { epoch, step } => {
+            bail!("interrupted at epoch {epoch} step {step}; checkpoint saved; continue with: msn train --resume {}", dir.display())
+        }
+    }
+}
