@@ -15,7 +15,12 @@ pub fn set_threads(n: usize) {
 
 /// `c = a b`, or `c += a b` when `accumulate`, on the `gemm` crate's sgemm. Any strides
 /// (transposed views included) are read directly, without copies.
-pub fn gemm_into(c: &mut ArrayViewMut2<f32>, a: ArrayView2<f32>, b: ArrayView2<f32>, accumulate: bool) {
+pub fn gemm_into(
+    c: &mut ArrayViewMut2<f32>,
+    a: ArrayView2<f32>,
+    b: ArrayView2<f32>,
+    accumulate: bool,
+) {
     let (m, k) = a.dim();
     let (k2, n) = b.dim();
     assert_eq!(k, k2, "gemm: inner dimensions differ");
@@ -30,18 +35,33 @@ pub fn gemm_into(c: &mut ArrayViewMut2<f32>, a: ArrayView2<f32>, b: ArrayView2<f
     } else {
         gemm::Parallelism::Rayon(threads)
     };
-    let (cs, as_, bs) = (c.strides().to_vec(), a.strides().to_vec(), b.strides().to_vec());
+    let (cs, as_, bs) = (
+        c.strides().to_vec(),
+        a.strides().to_vec(),
+        b.strides().to_vec(),
+    );
     // SAFETY: the pointers and strides come from live ndarray views of the stated shapes,
     // `c` is borrowed mutably and cannot alias `a` or `b`.
     unsafe {
         gemm::gemm(
-            m, n, k,
-            c.as_mut_ptr(), cs[1], cs[0],
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            cs[1],
+            cs[0],
             accumulate,
-            a.as_ptr(), as_[1], as_[0],
-            b.as_ptr(), bs[1], bs[0],
-            1.0, 1.0,
-            false, false, false,
+            a.as_ptr(),
+            as_[1],
+            as_[0],
+            b.as_ptr(),
+            bs[1],
+            bs[0],
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
             parallelism,
         );
     }

@@ -6,8 +6,9 @@
 
 pub mod bench;
 pub mod classify;
-pub mod train;
+pub mod export;
 mod preprocess_args;
+pub mod train;
 
 pub use preprocess_args::PreprocessArgs;
 

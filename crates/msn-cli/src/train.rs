@@ -85,9 +85,15 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let (outcome, dir) = match &args.resume {
         Some(dir) => (trainer::resume(dir, &stop, progress)?, dir.clone()),
         None => {
-            let out = args.out.clone().expect("clap requires --out without --resume");
+            let out = args
+                .out
+                .clone()
+                .expect("clap requires --out without --resume");
             let Some(data_dir) = args.data_dir.clone() else {
-                bail!("--data-dir is required: the folder with the {} files", args.dataset);
+                bail!(
+                    "--data-dir is required: the folder with the {} files",
+                    args.dataset
+                );
             };
             let req = TrainRequest {
                 model: ModelConfig {
@@ -120,8 +126,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
     match outcome {
         Outcome::Finished(history) => {
             let (_, model) = msn_train::checkpoint::load_model(&dir)?;
-            let best = history.iter().filter_map(|m| m["test_acc"].as_f64()).fold(0.0, f64::max);
-            let last = history.last().and_then(|m| m["test_acc"].as_f64()).unwrap_or(0.0);
+            let best = history
+                .iter()
+                .filter_map(|m| m["test_acc"].as_f64())
+                .fold(0.0, f64::max);
+            let last = history
+                .last()
+                .and_then(|m| m["test_acc"].as_f64())
+                .unwrap_or(0.0);
             eprintln!(
                 "done: {} epochs, final test accuracy {:.4}, best {:.4}, {} trainable parameters; run in {}",
                 history.len(),

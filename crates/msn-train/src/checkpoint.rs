@@ -61,7 +61,10 @@ impl RunConfig {
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join(CONFIG_FILE);
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let cfg: RunConfig = serde_json::from_str(&text).map_err(|e| Error::Checkpoint { path: path.clone(), reason: e.to_string() })?;
+        let cfg: RunConfig = serde_json::from_str(&text).map_err(|e| Error::Checkpoint {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
         if cfg.version != FORMAT_VERSION {
             return Err(Error::Checkpoint {
                 path,
@@ -92,21 +95,44 @@ fn to_bytes(a: &Array) -> Vec<u8> {
 }
 
 /// Writes the model's state, the optimizer's state and the progress to `path`.
-pub fn save(path: &Path, model: &Sequential, optimizer: &[(String, Array)], progress: &Progress) -> Result<()> {
+pub fn save(
+    path: &Path,
+    model: &Sequential,
+    optimizer: &[(String, Array)],
+    progress: &Progress,
+) -> Result<()> {
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = model
         .named_state()
         .into_iter()
         .map(|(name, v, _)| (name, v.shape(), to_bytes(&v.value())))
         .collect();
-    tensors.extend(optimizer.iter().map(|(n, a)| (format!("optimizer.{n}"), a.shape().to_vec(), to_bytes(a))));
+    tensors.extend(
+        optimizer
+            .iter()
+            .map(|(n, a)| (format!("optimizer.{n}"), a.shape().to_vec(), to_bytes(a))),
+    );
     let views: Vec<(String, TensorView)> = tensors
         .iter()
-        .map(|(n, s, b)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), b).expect("sizes agree")))
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                TensorView::new(Dtype::F32, s.clone(), b).expect("sizes agree"),
+            )
+        })
         .collect();
     let mut meta = HashMap::new();
-    meta.insert("format".to_string(), format!("msn-checkpoint-{FORMAT_VERSION}"));
-    meta.insert("progress".to_string(), serde_json::to_string(progress).expect("serializes"));
-    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| Error::Checkpoint { path: path.to_path_buf(), reason: e.to_string() })?;
+    meta.insert(
+        "format".to_string(),
+        format!("msn-checkpoint-{FORMAT_VERSION}"),
+    );
+    meta.insert(
+        "progress".to_string(),
+        serde_json::to_string(progress).expect("serializes"),
+    );
+    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| Error::Checkpoint {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
     write_atomic(path, &bytes)
 }
 
@@ -118,26 +144,40 @@ pub struct Checkpoint {
 
 /// Reads a checkpoint file, checking its format version.
 pub fn load(path: &Path) -> Result<Checkpoint> {
-    let bad = |reason: String| Error::Checkpoint { path: path.to_path_buf(), reason };
+    let bad = |reason: String| Error::Checkpoint {
+        path: path.to_path_buf(),
+        reason,
+    };
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
     let meta = meta.metadata().clone().unwrap_or_default();
     let format = meta.get("format").cloned().unwrap_or_default();
     if format != format!("msn-checkpoint-{FORMAT_VERSION}") {
         return Err(bad(format!("unknown checkpoint version '{format}' (this build reads msn-checkpoint-{FORMAT_VERSION})")));
     }
     let progress = match meta.get("progress") {
-        Some(p) => serde_json::from_str(p).map_err(|e| bad(format!("bad progress metadata: {e}")))?,
+        Some(p) => {
+            serde_json::from_str(p).map_err(|e| bad(format!("bad progress metadata: {e}")))?
+        }
         None => Progress::default(),
     };
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
     let mut tensors = HashMap::new();
     for (name, view) in st.tensors() {
         if view.dtype() != Dtype::F32 {
-            return Err(bad(format!("tensor '{name}' is {:?}, expected F32", view.dtype())));
+            return Err(bad(format!(
+                "tensor '{name}' is {:?}, expected F32",
+                view.dtype()
+            )));
         }
-        let values: Vec<f32> = view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
-        let a = Array::from_shape_vec(ndarray::IxDyn(view.shape()), values).map_err(|e| bad(e.to_string()))?;
+        let values: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect();
+        let a = Array::from_shape_vec(ndarray::IxDyn(view.shape()), values)
+            .map_err(|e| bad(e.to_string()))?;
         tensors.insert(name, a);
     }
     Ok(Checkpoint { tensors, progress })
@@ -148,12 +188,19 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
 pub fn restore(model: &Sequential, ckpt: &Checkpoint, path: &Path) -> Result<()> {
     for (name, var, _) in model.named_state() {
         let Some(a) = ckpt.tensors.get(&name) else {
-            return Err(Error::Checkpoint { path: path.to_path_buf(), reason: format!("tensor '{name}' is missing") });
+            return Err(Error::Checkpoint {
+                path: path.to_path_buf(),
+                reason: format!("tensor '{name}' is missing"),
+            });
         };
         if a.shape() != var.shape().as_slice() {
             return Err(Error::Checkpoint {
                 path: path.to_path_buf(),
-                reason: format!("tensor '{name}' has shape {:?} but the config implies {:?}", a.shape(), var.shape()),
+                reason: format!(
+                    "tensor '{name}' has shape {:?} but the config implies {:?}",
+                    a.shape(),
+                    var.shape()
+                ),
             });
         }
         var.set_value(a.clone());
@@ -165,7 +212,10 @@ pub fn restore(model: &Sequential, ckpt: &Checkpoint, path: &Path) -> Result<()>
 pub fn optimizer_state(ckpt: &Checkpoint) -> Vec<(String, Array)> {
     ckpt.tensors
         .iter()
-        .filter_map(|(n, a)| n.strip_prefix("optimizer.").map(|n| (n.to_string(), a.clone())))
+        .filter_map(|(n, a)| {
+            n.strip_prefix("optimizer.")
+                .map(|n| (n.to_string(), a.clone()))
+        })
         .collect()
 }
 
@@ -174,7 +224,10 @@ pub fn load_model(run: &Path) -> Result<(RunConfig, Sequential)> {
     let (dir, file) = if run.is_dir() {
         (run.to_path_buf(), run.join(CHECKPOINT_FILE))
     } else {
-        (run.parent().unwrap_or(Path::new(".")).to_path_buf(), run.to_path_buf())
+        (
+            run.parent().unwrap_or(Path::new(".")).to_path_buf(),
+            run.to_path_buf(),
+        )
     };
     let cfg = RunConfig::load(&dir)?;
     let model = msn_nn::models::build(&cfg.model, 0).map_err(Error::Config)?;

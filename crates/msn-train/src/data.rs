@@ -29,10 +29,28 @@ pub enum Split {
 }
 
 pub const FASHION_CLASSES: [&str; 10] = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 ];
 pub const CIFAR_CLASSES: [&str; 10] = [
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
 ];
 
 /// The data sets `msn train --dataset` accepts.
@@ -41,11 +59,28 @@ pub const DATASETS: [&str; 4] = ["mnist", "fashion-mnist", "cifar10", "folder"];
 /// Loads a data set by name from `dir`.
 pub fn load(name: &str, dir: &Path, split: Split) -> Result<Dataset> {
     match name {
-        "mnist" => idx_dataset(dir, split, (0..10).map(|d| d.to_string()).collect(), "https://yann.lecun.com/exdb/mnist/ (or any MNIST mirror)"),
-        "fashion-mnist" => idx_dataset(dir, split, FASHION_CLASSES.iter().map(|s| s.to_string()).collect(), "https://github.com/zalandoresearch/fashion-mnist"),
+        "mnist" => idx_dataset(
+            dir,
+            split,
+            (0..10).map(|d| d.to_string()).collect(),
+            "https://yann.lecun.com/exdb/mnist/ (or any MNIST mirror)",
+        ),
+        "fashion-mnist" => idx_dataset(
+            dir,
+            split,
+            FASHION_CLASSES.iter().map(|s| s.to_string()).collect(),
+            "https://github.com/zalandoresearch/fashion-mnist",
+        ),
         "cifar10" => cifar10(dir, split),
-        "folder" => image_folder(&dir.join(if split == Split::Train { "train" } else { "test" })),
-        other => Err(Error::Data(format!("unknown data set '{other}' (expected one of {})", DATASETS.join(", ")))),
+        "folder" => image_folder(&dir.join(if split == Split::Train {
+            "train"
+        } else {
+            "test"
+        })),
+        other => Err(Error::Data(format!(
+            "unknown data set '{other}' (expected one of {})",
+            DATASETS.join(", ")
+        ))),
     }
 }
 
@@ -58,7 +93,9 @@ fn read_maybe_gz(dir: &Path, stem: &str, published: &str, expected: &[&str]) -> 
                 let mut out = Vec::new();
                 GzDecoder::new(&raw[..])
                     .read_to_end(&mut out)
-                    .map_err(|e| Error::Data(format!("{}: not a valid gzip file: {e}", path.display())))?;
+                    .map_err(|e| {
+                        Error::Data(format!("{}: not a valid gzip file: {e}", path.display()))
+                    })?;
                 return Ok(out);
             }
             return Ok(raw);
@@ -76,9 +113,21 @@ fn be_u32(b: &[u8], at: usize) -> usize {
 }
 
 fn idx_dataset(dir: &Path, split: Split, classes: Vec<String>, published: &str) -> Result<Dataset> {
-    let prefix = if split == Split::Train { "train" } else { "t10k" };
-    let (img_name, lbl_name) = (format!("{prefix}-images-idx3-ubyte"), format!("{prefix}-labels-idx1-ubyte"));
-    let expected = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"];
+    let prefix = if split == Split::Train {
+        "train"
+    } else {
+        "t10k"
+    };
+    let (img_name, lbl_name) = (
+        format!("{prefix}-images-idx3-ubyte"),
+        format!("{prefix}-labels-idx1-ubyte"),
+    );
+    let expected = [
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    ];
     let images = read_maybe_gz(dir, &img_name, published, &expected)?;
     let labels = read_maybe_gz(dir, &lbl_name, published, &expected)?;
     let bad = |what: &str| Error::Data(format!("{}: {what}", dir.join(&img_name).display()));
@@ -86,11 +135,16 @@ fn idx_dataset(dir: &Path, split: Split, classes: Vec<String>, published: &str) 
         return Err(bad("not an IDX image file (magic 0x00000803 expected)"));
     }
     if labels.len() < 8 || be_u32(&labels, 0) != 0x0801 {
-        return Err(Error::Data(format!("{}: not an IDX label file", dir.join(&lbl_name).display())));
+        return Err(Error::Data(format!(
+            "{}: not an IDX label file",
+            dir.join(&lbl_name).display()
+        )));
     }
     let (n, h, w) = (be_u32(&images, 4), be_u32(&images, 8), be_u32(&images, 12));
     if images.len() != 16 + n * h * w || labels.len() != 8 + n || be_u32(&labels, 4) != n {
-        return Err(bad("sizes in the headers do not match the files (truncated?)"));
+        return Err(bad(
+            "sizes in the headers do not match the files (truncated?)",
+        ));
     }
     let images = Array4::from_shape_vec((n, 1, h, w), images[16..].to_vec()).expect("size checked");
     finish(images, labels[8..].to_vec(), classes)
@@ -98,8 +152,14 @@ fn idx_dataset(dir: &Path, split: Split, classes: Vec<String>, published: &str) 
 
 fn cifar10(dir: &Path, split: Split) -> Result<Dataset> {
     let files: Vec<PathBuf> = match split {
-        Split::Train => (1..=5).map(|i| dir.join(format!("data_batch_{i}.bin"))).filter(|p| p.exists()).collect(),
-        Split::Test => vec![dir.join("test_batch.bin")].into_iter().filter(|p| p.exists()).collect(),
+        Split::Train => (1..=5)
+            .map(|i| dir.join(format!("data_batch_{i}.bin")))
+            .filter(|p| p.exists())
+            .collect(),
+        Split::Test => vec![dir.join("test_batch.bin")]
+            .into_iter()
+            .filter(|p| p.exists())
+            .collect(),
     };
     if files.is_empty() {
         return Err(Error::Data(format!(
@@ -113,7 +173,11 @@ fn cifar10(dir: &Path, split: Split) -> Result<Dataset> {
     for f in &files {
         let raw = std::fs::read(f).map_err(|e| Error::io(f, e))?;
         if raw.len() % 3073 != 0 {
-            return Err(Error::Data(format!("{}: size {} is not a multiple of 3073-byte records", f.display(), raw.len())));
+            return Err(Error::Data(format!(
+                "{}: size {} is not a multiple of 3073-byte records",
+                f.display(),
+                raw.len()
+            )));
         }
         for rec in raw.chunks_exact(3073) {
             labels.push(rec[0]);
@@ -123,7 +187,11 @@ fn cifar10(dir: &Path, split: Split) -> Result<Dataset> {
     let n = labels.len();
     let images = Array4::from_shape_vec((n, 3, 32, 32), pixels).expect("records are 3x32x32");
     let classes = match std::fs::read_to_string(dir.join("batches.meta.txt")) {
-        Ok(t) => t.lines().filter(|l| !l.trim().is_empty()).map(|l| l.trim().to_string()).collect(),
+        Ok(t) => t
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| l.trim().to_string())
+            .collect(),
         Err(_) => CIFAR_CLASSES.iter().map(|s| s.to_string()).collect(),
     };
     finish(images, labels, classes)
@@ -133,18 +201,29 @@ fn cifar10(dir: &Path, split: Split) -> Result<Dataset> {
 /// the first image; colour if any image is colour.
 fn image_folder(dir: &Path) -> Result<Dataset> {
     let read_dir = |d: &Path| std::fs::read_dir(d).map_err(|e| Error::io(d, e));
-    let mut classes: Vec<PathBuf> = read_dir(dir)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect();
+    let mut classes: Vec<PathBuf> = read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
     classes.sort();
     if classes.is_empty() {
-        return Err(Error::Data(format!("{}: no class sub-folders (expected {}/<class>/<image>.png)", dir.display(), dir.display())));
+        return Err(Error::Data(format!(
+            "{}: no class sub-folders (expected {}/<class>/<image>.png)",
+            dir.display(),
+            dir.display()
+        )));
     }
     let mut imgs = Vec::new();
     let mut labels = Vec::new();
     for (label, class) in classes.iter().enumerate() {
-        let mut files: Vec<PathBuf> = read_dir(class)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        let mut files: Vec<PathBuf> = read_dir(class)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
         files.sort();
         for f in files.into_iter().filter(|f| {
-            f.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
+            f.extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
         }) {
             let img = image::open(&f).map_err(|e| Error::Data(format!("{}: {e}", f.display())))?;
             imgs.push(img);
@@ -152,7 +231,10 @@ fn image_folder(dir: &Path) -> Result<Dataset> {
         }
     }
     let Some(first) = imgs.first() else {
-        return Err(Error::Data(format!("{}: the class folders hold no PNG or JPEG files", dir.display())));
+        return Err(Error::Data(format!(
+            "{}: the class folders hold no PNG or JPEG files",
+            dir.display()
+        )));
     };
     let (w, h) = (first.width(), first.height());
     let color = imgs.iter().any(|i| i.color().has_color());
@@ -160,20 +242,35 @@ fn image_folder(dir: &Path) -> Result<Dataset> {
     let mut data = Vec::with_capacity(imgs.len() * c * (w * h) as usize);
     for img in &imgs {
         let img = img.resize_exact(w, h, image::imageops::FilterType::Triangle);
-        let hwc = if color { img.to_rgb8().into_raw() } else { img.to_luma8().into_raw() };
+        let hwc = if color {
+            img.to_rgb8().into_raw()
+        } else {
+            img.to_luma8().into_raw()
+        };
         for ch in 0..c {
             data.extend(hwc.iter().skip(ch).step_by(c));
         }
     }
     let n = labels.len();
     let images = Array4::from_shape_vec((n, c, h as usize, w as usize), data).expect("sizes match");
-    let names = classes.iter().map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned()).collect();
+    let names = classes
+        .iter()
+        .map(|p| {
+            p.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
     finish(images, labels, names)
 }
 
 fn finish(images: Array4<u8>, labels: Vec<u8>, classes: Vec<String>) -> Result<Dataset> {
     if let Some(&bad) = labels.iter().find(|&&l| l as usize >= classes.len()) {
-        return Err(Error::Data(format!("label {bad} out of range for {} classes", classes.len())));
+        return Err(Error::Data(format!(
+            "label {bad} out of range for {} classes",
+            classes.len()
+        )));
     }
     let c = images.shape()[1];
     let mut mean = vec![0.0; c];
@@ -183,11 +280,21 @@ fn finish(images: Array4<u8>, labels: Vec<u8>, classes: Vec<String>) -> Result<D
         let n = plane.len() as f64;
         let s: f64 = plane.iter().map(|&v| v as f64 / 255.0).sum();
         let m = s / n;
-        let v: f64 = plane.iter().map(|&v| (v as f64 / 255.0 - m).powi(2)).sum::<f64>() / n;
+        let v: f64 = plane
+            .iter()
+            .map(|&v| (v as f64 / 255.0 - m).powi(2))
+            .sum::<f64>()
+            / n;
         mean[ch] = m as f32;
         std[ch] = v.sqrt().max(1e-6) as f32;
     }
-    Ok(Dataset { images, labels, classes, mean, std })
+    Ok(Dataset {
+        images,
+        labels,
+        classes,
+        mean,
+        std,
+    })
 }
 
 impl Dataset {
@@ -228,12 +335,19 @@ pub struct BatchSpec {
 /// sees the same order as an uninterrupted one.
 pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
-    order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(
+        seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+    ));
     order
 }
 
 /// Normalises (and maybe augments) the samples at `indices` into an `[n, C, H, W]` batch.
-pub fn make_batch(data: &Dataset, indices: &[usize], spec: &BatchSpec, rng: &mut ChaCha8Rng) -> (Array4<f32>, Vec<usize>) {
+pub fn make_batch(
+    data: &Dataset,
+    indices: &[usize],
+    spec: &BatchSpec,
+    rng: &mut ChaCha8Rng,
+) -> (Array4<f32>, Vec<usize>) {
     let [c, h, w] = data.shape();
     let mut x = Array4::<f32>::zeros((indices.len(), c, h, w));
     for (i, &idx) in indices.iter().enumerate() {
@@ -262,7 +376,10 @@ pub fn make_batch(data: &Dataset, indices: &[usize], spec: &BatchSpec, rng: &mut
             }
         }
     }
-    (x, indices.iter().map(|&i| data.labels[i] as usize).collect())
+    (
+        x,
+        indices.iter().map(|&i| data.labels[i] as usize).collect(),
+    )
 }
 
 #[cfg(test)]
@@ -289,7 +406,12 @@ mod tests {
         let d = load("mnist", dir.path(), Split::Test).unwrap();
         assert_eq!(d.shape(), [1, 2, 3]);
         assert_eq!(d.labels, vec![0, 1, 2]);
-        let spec = BatchSpec { batch: 2, mean: vec![0.0], std: vec![1.0], augment: None };
+        let spec = BatchSpec {
+            batch: 2,
+            mean: vec![0.0],
+            std: vec![1.0],
+            augment: None,
+        };
         let (x, y) = make_batch(&d, &[1, 0], &spec, &mut ChaCha8Rng::seed_from_u64(0));
         assert_eq!(y, vec![1, 0]);
         assert!((x[[0, 0, 0, 0]] - 60.0 / 255.0).abs() < 1e-6);
@@ -298,9 +420,18 @@ mod tests {
     #[test]
     fn missing_files_name_what_is_expected() {
         let dir = tempfile::tempdir().unwrap();
-        let err = load("fashion-mnist", dir.path(), Split::Train).err().unwrap().to_string();
-        assert!(err.contains("train-images-idx3-ubyte") && err.contains("zalandoresearch"), "{err}");
-        let err = load("cifar10", dir.path(), Split::Train).err().unwrap().to_string();
+        let err = load("fashion-mnist", dir.path(), Split::Train)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("train-images-idx3-ubyte") && err.contains("zalandoresearch"),
+            "{err}"
+        );
+        let err = load("cifar10", dir.path(), Split::Train)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("data_batch_1.bin"), "{err}");
     }
 

@@ -16,7 +16,10 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{path}: {cause}")]
-    Io { path: PathBuf, cause: std::io::Error },
+    Io {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
     #[error("{0}")]
     Data(String),
     #[error("{path}: {reason}")]
@@ -29,7 +32,10 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(path: &Path, cause: std::io::Error) -> Self {
-        Error::Io { path: path.to_path_buf(), cause }
+        Error::Io {
+            path: path.to_path_buf(),
+            cause,
+        }
     }
 }
 
@@ -38,10 +44,18 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
     tmp.write_all(bytes).map_err(|e| Error::io(path, e))?;
     tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
     Ok(())
+}
+
+/// Parses one JSON value (a line of `metrics.jsonl`), or `None` if it is not JSON.
+pub fn serde_json_value(line: &str) -> Option<serde_json::Value> {
+    serde_json::from_str(line).ok()
 }

@@ -49,10 +49,16 @@ fn parse_schedule(s: &str, epochs: usize) -> Result<Schedule> {
             let parts: Vec<&str> = s.split(':').collect();
             match parts.as_slice() {
                 ["step", every, gamma] => Ok(Schedule::Step {
-                    every: every.parse().map_err(|_| Error::Config(format!("bad schedule '{s}'")))?,
-                    gamma: gamma.parse().map_err(|_| Error::Config(format!("bad schedule '{s}'")))?,
+                    every: every
+                        .parse()
+                        .map_err(|_| Error::Config(format!("bad schedule '{s}'")))?,
+                    gamma: gamma
+                        .parse()
+                        .map_err(|_| Error::Config(format!("bad schedule '{s}'")))?,
                 }),
-                _ => Err(Error::Config(format!("unknown schedule '{s}' (expected constant, cosine or step:EVERY:GAMMA)"))),
+                _ => Err(Error::Config(format!(
+                    "unknown schedule '{s}' (expected constant, cosine or step:EVERY:GAMMA)"
+                ))),
             }
         }
     }
@@ -62,7 +68,9 @@ fn make_optimizer(t: &TrainSettings) -> Result<Box<dyn Optimizer>> {
     match t.optimizer.as_str() {
         "sgd" => Ok(Box::new(Sgd::new(t.momentum, false, t.weight_decay))),
         "adam" => Ok(Box::new(Adam::new(0.9, 0.999, t.weight_decay))),
-        other => Err(Error::Config(format!("unknown optimizer '{other}' (expected sgd or adam)"))),
+        other => Err(Error::Config(format!(
+            "unknown optimizer '{other}' (expected sgd or adam)"
+        ))),
     }
 }
 
@@ -76,7 +84,10 @@ fn step_rng(seed: u64, epoch: usize, step: usize) -> ChaCha8Rng {
 
 /// Mean loss and accuracy of the model on a data set, in eval mode.
 pub fn evaluate(model: &Sequential, data: &Dataset, spec: &BatchSpec) -> (f32, f32) {
-    let spec = BatchSpec { augment: None, ..spec.clone() };
+    let spec = BatchSpec {
+        augment: None,
+        ..spec.clone()
+    };
     let (mut loss, mut correct) = (0.0f64, 0usize);
     let order: Vec<usize> = (0..data.len()).collect();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
@@ -88,7 +99,10 @@ pub fn evaluate(model: &Sequential, data: &Dataset, spec: &BatchSpec) -> (f32, f
             correct += count_correct(&logits, &y);
         }
     });
-    ((loss / data.len() as f64) as f32, correct as f32 / data.len() as f32)
+    (
+        (loss / data.len() as f64) as f32,
+        correct as f32 / data.len() as f32,
+    )
 }
 
 fn count_correct(logits: &Var, labels: &[usize]) -> usize {
@@ -96,7 +110,13 @@ fn count_correct(logits: &Var, labels: &[usize]) -> usize {
     v.outer_iter()
         .zip(labels)
         .filter(|(row, &l)| {
-            let best = row.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b });
+            let best = row
+                .iter()
+                .enumerate()
+                .fold(
+                    (0, f32::NEG_INFINITY),
+                    |b, (i, &x)| if x > b.1 { (i, x) } else { b },
+                );
             best.0 == l
         })
         .count()
@@ -123,7 +143,13 @@ impl EpochSums {
                     l.3 += s.zero_grad_fraction as f64;
                     l.4 += 1;
                 }
-                None => self.layers.push((s.layer.clone(), s.mean as f64, s.std as f64, s.zero_grad_fraction as f64, 1)),
+                None => self.layers.push((
+                    s.layer.clone(),
+                    s.mean as f64,
+                    s.std as f64,
+                    s.zero_grad_fraction as f64,
+                    1,
+                )),
             }
         }
     }
@@ -145,7 +171,11 @@ pub fn load_data(dataset: &str, dir: &Path, t: &TrainSettings) -> Result<(Datase
 /// Starts a new run in `out` (which must not hold one) and trains it.
 pub fn start(req: &TrainRequest, out: &Path, stop: &AtomicBool, progress: bool) -> Result<Outcome> {
     if out.join(checkpoint::CHECKPOINT_FILE).exists() {
-        return Err(Error::Config(format!("{} already holds a run; use --resume {} to continue it, or another --out", out.display(), out.display())));
+        return Err(Error::Config(format!(
+            "{} already holds a run; use --resume {} to continue it, or another --out",
+            out.display(),
+            out.display()
+        )));
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let (train, test) = load_data(&req.dataset, Path::new(&req.data_dir), &req.train)?;
@@ -157,14 +187,28 @@ pub fn start(req: &TrainRequest, out: &Path, stop: &AtomicBool, progress: bool) 
         model: model_cfg,
         dataset: req.dataset.clone(),
         data_dir: req.data_dir.clone(),
-        preprocessing: Preprocessing { scale: 1.0 / 255.0, mean: train.mean.clone(), std: train.std.clone() },
+        preprocessing: Preprocessing {
+            scale: 1.0 / 255.0,
+            mean: train.mean.clone(),
+            std: train.std.clone(),
+        },
         labels: train.classes.clone(),
         train: req.train.clone(),
     };
     cfg.save(out)?;
     let model = msn_nn::models::build(&cfg.model, req.train.seed).map_err(Error::Config)?;
     let optimizer = make_optimizer(&cfg.train)?;
-    run(&cfg, model, optimizer, Progress::default(), &train, &test, out, stop, progress)
+    run(
+        &cfg,
+        model,
+        optimizer,
+        Progress::default(),
+        &train,
+        &test,
+        out,
+        stop,
+        progress,
+    )
 }
 
 /// Continues the run in `dir` from its last checkpoint.
@@ -182,7 +226,9 @@ pub fn resume(dir: &Path, stop: &AtomicBool, progress: bool) -> Result<Outcome> 
     } else {
         (make_optimizer(&cfg.train)?, Progress::default())
     };
-    run(&cfg, model, optimizer, prog, &train, &test, dir, stop, progress)
+    run(
+        &cfg, model, optimizer, prog, &train, &test, dir, stop, progress,
+    )
 }
 
 fn write_metrics(dir: &Path, history: &[Value]) -> Result<()> {
@@ -217,13 +263,22 @@ fn run(
     };
     let steps = train.len().div_ceil(t.batch);
     let ckpt_path = dir.join(checkpoint::CHECKPOINT_FILE);
-    let shared = Arc::new((train.images.clone(), train.labels.clone(), train.classes.clone(), train.mean.clone(), train.std.clone()));
+    let shared = Arc::new((
+        train.images.clone(),
+        train.labels.clone(),
+        train.classes.clone(),
+        train.mean.clone(),
+        train.std.clone(),
+    ));
 
     while prog.epoch < t.epochs {
         let epoch = prog.epoch;
         let lr = schedule.lr(t.lr, epoch);
         let mut sums: EpochSums = match prog.partial.take() {
-            Some(p) => serde_json::from_value(p).map_err(|e| Error::Checkpoint { path: ckpt_path.clone(), reason: e.to_string() })?,
+            Some(p) => serde_json::from_value(p).map_err(|e| Error::Checkpoint {
+                path: ckpt_path.clone(),
+                reason: e.to_string(),
+            })?,
             None => EpochSums::default(),
         };
         let order = data::epoch_order(train.len(), t.seed, epoch);
@@ -238,7 +293,13 @@ fn run(
             let (seed, batch) = (t.seed, t.batch);
             std::thread::spawn(move || {
                 let (images, labels, classes, mean, std) = &*shared;
-                let data = Dataset { images: images.clone(), labels: labels.clone(), classes: classes.clone(), mean: mean.clone(), std: std.clone() };
+                let data = Dataset {
+                    images: images.clone(),
+                    labels: labels.clone(),
+                    classes: classes.clone(),
+                    mean: mean.clone(),
+                    std: std.clone(),
+                };
                 for step in first_step..steps {
                     let idx = &order[step * batch..((step + 1) * batch).min(order.len())];
                     let batch = make_batch(&data, idx, &spec, &mut step_rng(seed, epoch, step));
@@ -255,9 +316,11 @@ fn run(
             indicatif::ProgressBar::hidden()
         };
         bar.set_style(
-            indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}")
-                .expect("valid template")
-                .progress_chars("=> "),
+            indicatif::ProgressStyle::with_template(
+                "epoch {prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
         );
         bar.set_prefix(format!("{}/{}", epoch + 1, t.epochs));
         bar.set_position(first_step as u64);
@@ -266,7 +329,11 @@ fn run(
         let epoch_start = Instant::now();
         let mut interrupted = None;
         for (step, (x, y)) in rx.iter() {
-            let mut ctx = Ctx { training: true, rng: step_rng(t.seed ^ 0xD20F, epoch, step), record: (step % RECORD_EVERY == 0).then(Vec::new) };
+            let mut ctx = Ctx {
+                training: true,
+                rng: step_rng(t.seed ^ 0xD20F, epoch, step),
+                record: (step % RECORD_EVERY == 0).then(Vec::new),
+            };
             let logits = model.forward(&Var::constant(x.into_dyn()), &mut ctx);
             let loss = logits.cross_entropy(&y);
             let loss_value = loss.value()[[]];
@@ -295,7 +362,14 @@ fn run(
                 (sums.seen as f64) / elapsed.max(1e-9)
             ));
             if plain && (step + 1) % (steps / 10).max(1) == 0 {
-                eprintln!("epoch {}/{} step {}/{steps} loss {:.4} acc {:.4}", epoch + 1, t.epochs, step + 1, sums.loss / sums.seen as f64, sums.correct as f64 / sums.seen as f64);
+                eprintln!(
+                    "epoch {}/{} step {}/{steps} loss {:.4} acc {:.4}",
+                    epoch + 1,
+                    t.epochs,
+                    step + 1,
+                    sums.loss / sums.seen as f64,
+                    sums.correct as f64 / sums.seen as f64
+                );
             }
             if stop.load(Ordering::SeqCst) && step + 1 < steps {
                 interrupted = Some(step + 1);
@@ -311,7 +385,10 @@ fn run(
             prog.step = next_step;
             prog.partial = Some(serde_json::to_value(&sums).expect("serializes"));
             checkpoint::save(&ckpt_path, &model, &optimizer.state(), &prog)?;
-            return Ok(Outcome::Interrupted { epoch: epoch + 1, step: next_step });
+            return Ok(Outcome::Interrupted {
+                epoch: epoch + 1,
+                step: next_step,
+            });
         }
 
         let (test_loss, test_acc) = evaluate(&model, test, &spec);
@@ -334,7 +411,13 @@ fn run(
         if show_progress {
             eprintln!(
                 "epoch {}/{}: train loss {:.4} acc {:.4} | test loss {:.4} acc {:.4} | {:.1} s",
-                epoch + 1, t.epochs, metrics["train_loss"].as_f64().unwrap_or(0.0), metrics["train_acc"].as_f64().unwrap_or(0.0), test_loss, test_acc, sums.seconds
+                epoch + 1,
+                t.epochs,
+                metrics["train_loss"].as_f64().unwrap_or(0.0),
+                metrics["train_acc"].as_f64().unwrap_or(0.0),
+                test_loss,
+                test_acc,
+                sums.seconds
             );
         }
         prog.history.push(metrics);
@@ -343,7 +426,10 @@ fn run(
         checkpoint::save(&ckpt_path, &model, &optimizer.state(), &prog)?;
         write_metrics(dir, &prog.history)?;
         if stop.load(Ordering::SeqCst) && prog.epoch < t.epochs {
-            return Ok(Outcome::Interrupted { epoch: prog.epoch + 1, step: 0 });
+            return Ok(Outcome::Interrupted {
+                epoch: prog.epoch + 1,
+                step: 0,
+            });
         }
     }
     Ok(Outcome::Finished(prog.history))

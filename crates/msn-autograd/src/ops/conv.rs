@@ -93,7 +93,12 @@ impl Var {
         let cols: Vec<Array2<f32>> = (0..groups).map(|g| im2col(xs, c, g, &geom)).collect();
         let mut y = Array::zeros(IxDyn(&[n, out_c, geom.oh, geom.ow]));
         for (g, col) in cols.iter().enumerate() {
-            scatter_group(matmul(weight_group(&wv, g, og).view(), col.view()).view(), &mut y, g, og);
+            scatter_group(
+                matmul(weight_group(&wv, g, og).view(), col.view()).view(),
+                &mut y,
+                g,
+                og,
+            );
         }
         Var::from_op(
             y,
@@ -145,7 +150,10 @@ impl Var {
         );
         let mut y = Array::zeros(IxDyn(&[n, c_out, oh, ow]));
         for g in 0..groups {
-            let col = matmul(weight_group(&wv, g, cig).t(), gather_group(&x, g, cig).view());
+            let col = matmul(
+                weight_group(&wv, g, cig).t(),
+                gather_group(&x, g, cig).view(),
+            );
             col2im(
                 col.view(),
                 y.as_slice_mut().expect("fresh"),
@@ -165,7 +173,12 @@ impl Var {
                 for g in 0..groups {
                     let col = im2col(gys, c_out, g, &geom);
                     if let Some(dx) = dx.as_mut() {
-                        scatter_group(matmul(weight_group(&wv, g, cig).view(), col.view()).view(), dx, g, cig);
+                        scatter_group(
+                            matmul(weight_group(&wv, g, cig).view(), col.view()).view(),
+                            dx,
+                            g,
+                            cig,
+                        );
                     }
                     if let Some(dw) = dw.as_mut() {
                         add_weight_group(dw, g, &matmul(gather_group(&x, g, cig).view(), col.t()));

@@ -14,6 +14,8 @@ enum Command {
     Classify(msn_cli::classify::ClassifyArgs),
     /// Measure a model's latency and throughput with tract
     Bench(msn_cli::bench::BenchArgs),
+    /// Export a trained network to ONNX (same as msn-export)
+    Export(msn_cli::export::ExportArgs),
     /// Train a classifier (cnn3, vgg7, densenet-bc) with a chosen normalization
     Train(msn_cli::train::TrainArgs),
 }
@@ -23,6 +25,7 @@ fn main() -> std::process::ExitCode {
         Command::Classify(args) => msn_cli::classify::run(args),
         Command::Bench(args) => msn_cli::bench::run(args),
         Command::Train(args) => msn_cli::train::run(args),
+        Command::Export(args) => msn_cli::export::run(args),
     })
 }
 

@@ -1,0 +1,53 @@
+//! `msn-export` / `msn export`: a run directory or checkpoint to ONNX.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use msn_export::{export_run, ExportOptions};
+use std::path::PathBuf;
+
+/// Export a trained network to standard ONNX (SN and MSN visible as standard ops).
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// A run directory made by `msn train`, or its checkpoint.safetensors
+    #[arg(value_name = "RUN_DIR|CHECKPOINT")]
+    pub run: PathBuf,
+    /// The ONNX file to write (atomically)
+    #[arg(short, long, value_name = "model.onnx")]
+    pub output: PathBuf,
+    /// ONNX opset of the default domain
+    #[arg(long, default_value_t = 17)]
+    pub opset: i64,
+    /// Batch dimension: dynamic, or a fixed size
+    #[arg(long, default_value = "dynamic", value_name = "dynamic|N")]
+    pub batch: String,
+}
+
+pub fn run(args: ExportArgs) -> Result<()> {
+    let batch = match args.batch.as_str() {
+        "dynamic" => None,
+        n => match n.parse::<usize>() {
+            Ok(n) if n > 0 => Some(n),
+            _ => bail!("--batch must be 'dynamic' or a positive number, got '{n}'"),
+        },
+    };
+    if !(7..=21).contains(&args.opset) {
+        bail!("--opset {} is not supported (7 to 21)", args.opset);
+    }
+    let model = export_run(
+        &args.run,
+        &ExportOptions {
+            opset: args.opset,
+            batch,
+        },
+    )?;
+    msn_onnx::io::save(&model, &args.output)
+        .with_context(|| format!("writing {}", args.output.display()))?;
+    let graph = model.graph.as_ref().expect("exported models have a graph");
+    eprintln!(
+        "wrote {} ({} nodes, {} initializers)",
+        args.output.display(),
+        graph.node.len(),
+        graph.initializer.len()
+    );
+    Ok(())
+}

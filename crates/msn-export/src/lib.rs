@@ -1,0 +1,468 @@
+//! # msn-export: trained networks to standard ONNX
+//!
+//! The exported graph shows exactly what was trained, in standard ops (opset 17 by default):
+//!
+//! - spectral norm keeps the raw weight and the power-iteration vectors as initializers and
+//!   computes `sigma = u . (W_mat v)` in the graph (`Reshape`, `MatMul`, `MatMul`), then `Div`;
+//! - the mean-only batch norm of MSN is `Sub(running_mean)`, `Mul(g)`, `Add(b)` with
+//!   `[1, C, 1, 1]` constants; BatchNorm is `BatchNormalization`;
+//! - names come from the layer paths (`features.0.weight`), layers carry doc strings, and the
+//!   model's metadata holds the preprocessing, labels and training provenance (see
+//!   `msn_onnx::meta`), so `msn-classify` needs nothing else.
+//!
+//! `msn-fold` then turns all of this into plain Conv/Gemm weights.
+
+use msn_autograd::Array;
+use msn_nn::layers::{Conv2d, ConvTranspose2d, Layer, Linear, Sequential, SpectralNorm};
+use msn_onnx::builder::{attr, GraphBuilder};
+use msn_onnx::meta::{self, Color, ImageMeta, Resize};
+use msn_onnx::ModelProto;
+use ndarray::IxDyn;
+
+/// Export settings.
+#[derive(Debug, Clone, Copy)]
+pub struct ExportOptions {
+    pub opset: i64,
+    /// `None`: a dynamic batch dimension `N`; `Some(n)`: fixed.
+    pub batch: Option<usize>,
+}
+
+impl Default for ExportOptions {
+    fn default() -> Self {
+        ExportOptions {
+            opset: 17,
+            batch: None,
+        }
+    }
+}
+
+/// What the exporter needs to know about a network besides its layers.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    pub architecture: String,
+    pub norm: String,
+    pub dataset: String,
+    /// Channels, height, width of one input.
+    pub input_shape: [usize; 3],
+    /// The input to the network: an image (with preprocessing) or a latent vector.
+    pub input: InputKind,
+    pub labels: Vec<String>,
+    pub test_accuracy: Option<f64>,
+}
+
+#[derive(Debug, Clone)]
+pub enum InputKind {
+    Image {
+        scale: f32,
+        mean: Vec<f32>,
+        std: Vec<f32>,
+    },
+    /// A generator's `[N, latent]` input.
+    Latent(usize),
+}
+
+struct Exporter {
+    b: GraphBuilder,
+}
+
+fn channel_const(a: &Array) -> Array {
+    let c = a.len();
+    a.clone()
+        .into_shape_with_order(IxDyn(&[1, c, 1, 1]))
+        .expect("per-channel vector")
+}
+
+impl Exporter {
+    /// The weight a layer applies: the raw initializer, or `W / sigma` computed in the graph.
+    fn weight(&mut self, name: &str, weight: &Array, sn: Option<&SpectralNorm>) -> String {
+        let w = self.b.initializer_f32(&format!("{name}.weight"), weight);
+        let Some(sn) = sn else { return w };
+        let out = weight.shape()[0];
+        let cols = weight.len() / out;
+        let u = self.b.initializer_f32(
+            &format!("{name}.weight_u"),
+            &sn.u
+                .value()
+                .clone()
+                .into_shape_with_order(IxDyn(&[1, out]))
+                .expect("u"),
+        );
+        let v = self.b.initializer_f32(
+            &format!("{name}.weight_v"),
+            &sn.v
+                .value()
+                .clone()
+                .into_shape_with_order(IxDyn(&[cols, 1]))
+                .expect("v"),
+        );
+        let shape = self.b.initializer_i64(
+            &format!("{name}.weight_mat_shape"),
+            &ndarray::arr1(&[out as i64, cols as i64]).into_dyn(),
+        );
+        let doc = "spectral norm: W_sn = W / sigma, sigma = u . (W_mat v), W_mat = W reshaped to (out, in*kh*kw)";
+        let w_mat = format!("{name}.weight_mat");
+        self.b
+            .node_full(&w_mat, "Reshape", &[&w, &shape], &[&w_mat], &[], doc);
+        let wv = format!("{name}.weight_mat_v");
+        self.b
+            .node_full(&wv, "MatMul", &[&w_mat, &v], &[&wv], &[], doc);
+        let sigma = format!("{name}.sigma");
+        self.b
+            .node_full(&sigma, "MatMul", &[&u, &wv], &[&sigma], &[], doc);
+        let w_sn = format!("{name}.weight_sn");
+        self.b
+            .node_full(&w_sn, "Div", &[&w, &sigma], &[&w_sn], &[], doc);
+        w_sn
+    }
+
+    fn conv(&mut self, name: &str, x: &str, l: &Conv2d) -> String {
+        let wv = l.weight.value().clone();
+        let w = self.weight(name, &wv, l.sn.as_ref());
+        let o = l.options;
+        let mut inputs = vec![x.to_string(), w];
+        if let Some(b) = &l.bias {
+            inputs.push(self.b.initializer_f32(&format!("{name}.bias"), &b.value()));
+        }
+        let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        let out = format!("{name}.output");
+        let attrs = [
+            attr::ints(
+                "kernel_shape",
+                &[wv.shape()[2] as i64, wv.shape()[3] as i64],
+            ),
+            attr::ints("strides", &[o.stride[0] as i64, o.stride[1] as i64]),
+            attr::ints(
+                "pads",
+                &[
+                    o.padding[0] as i64,
+                    o.padding[1] as i64,
+                    o.padding[0] as i64,
+                    o.padding[1] as i64,
+                ],
+            ),
+            attr::ints("dilations", &[o.dilation[0] as i64, o.dilation[1] as i64]),
+            attr::int("group", o.groups as i64),
+        ];
+        let doc = if l.sn.is_some() {
+            "Conv2d with spectral norm"
+        } else {
+            "Conv2d"
+        };
+        self.b.node_full(name, "Conv", &refs, &[&out], &attrs, doc);
+        out
+    }
+
+    fn conv_transpose(&mut self, name: &str, x: &str, l: &ConvTranspose2d) -> String {
+        let wv = l.weight.value().clone();
+        let w = self.b.initializer_f32(&format!("{name}.weight"), &wv);
+        let o = l.options;
+        let mut inputs = vec![x.to_string(), w];
+        if let Some(b) = &l.bias {
+            inputs.push(self.b.initializer_f32(&format!("{name}.bias"), &b.value()));
+        }
+        let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        let out = format!("{name}.output");
+        let attrs = [
+            attr::ints(
+                "kernel_shape",
+                &[wv.shape()[2] as i64, wv.shape()[3] as i64],
+            ),
+            attr::ints("strides", &[o.stride[0] as i64, o.stride[1] as i64]),
+            attr::ints(
+                "pads",
+                &[
+                    o.padding[0] as i64,
+                    o.padding[1] as i64,
+                    o.padding[0] as i64,
+                    o.padding[1] as i64,
+                ],
+            ),
+            attr::ints("dilations", &[o.dilation[0] as i64, o.dilation[1] as i64]),
+            attr::ints(
+                "output_padding",
+                &[o.output_padding[0] as i64, o.output_padding[1] as i64],
+            ),
+            attr::int("group", o.groups as i64),
+        ];
+        self.b.node_full(
+            name,
+            "ConvTranspose",
+            &refs,
+            &[&out],
+            &attrs,
+            "ConvTranspose2d",
+        );
+        out
+    }
+
+    fn linear(&mut self, name: &str, x: &str, l: &Linear) -> String {
+        let wv = l.weight.value().clone();
+        let w = self.weight(name, &wv, l.sn.as_ref());
+        let mut inputs = vec![x.to_string(), w];
+        if let Some(b) = &l.bias {
+            inputs.push(self.b.initializer_f32(&format!("{name}.bias"), &b.value()));
+        }
+        let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        let out = format!("{name}.output");
+        let doc = if l.sn.is_some() {
+            "Linear with spectral norm"
+        } else {
+            "Linear"
+        };
+        self.b
+            .node_full(name, "Gemm", &refs, &[&out], &[attr::int("transB", 1)], doc);
+        out
+    }
+
+    fn simple(
+        &mut self,
+        name: &str,
+        op: &str,
+        inputs: &[&str],
+        attrs: &[msn_onnx::AttributeProto],
+        doc: &str,
+    ) -> String {
+        let out = format!("{name}.output");
+        self.b.node_full(name, op, inputs, &[&out], attrs, doc);
+        out
+    }
+
+    fn sequential(&mut self, prefix: &str, x: &str, seq: &Sequential) -> String {
+        let mut x = x.to_string();
+        for (i, layer) in seq.layers.iter().enumerate() {
+            let name = if prefix.is_empty() {
+                i.to_string()
+            } else {
+                format!("{prefix}.{i}")
+            };
+            x = self.layer(&name, &x, layer);
+        }
+        x
+    }
+
+    fn layer(&mut self, name: &str, x: &str, layer: &Layer) -> String {
+        match layer {
+            Layer::Conv(l) => self.conv(name, x, l),
+            Layer::ConvTranspose(l) => self.conv_transpose(name, x, l),
+            Layer::Linear(l) => self.linear(name, x, l),
+            Layer::BatchNorm(l) => {
+                let g = self
+                    .b
+                    .initializer_f32(&format!("{name}.weight"), &l.weight.value());
+                let b = self
+                    .b
+                    .initializer_f32(&format!("{name}.bias"), &l.bias.value());
+                let m = self
+                    .b
+                    .initializer_f32(&format!("{name}.running_mean"), &l.running_mean.value());
+                let v = self
+                    .b
+                    .initializer_f32(&format!("{name}.running_var"), &l.running_var.value());
+                let attrs = [
+                    attr::float("epsilon", l.eps),
+                    attr::float("momentum", 1.0 - l.momentum),
+                ];
+                self.simple(
+                    name,
+                    "BatchNormalization",
+                    &[x, &g, &b, &m, &v],
+                    &attrs,
+                    "BatchNorm (inference form)",
+                )
+            }
+            Layer::MeanOnlyBatchNorm(l) => {
+                let m = self.b.initializer_f32(
+                    &format!("{name}.running_mean"),
+                    &channel_const(&l.running_mean.value()),
+                );
+                let g = self
+                    .b
+                    .initializer_f32(&format!("{name}.weight"), &channel_const(&l.weight.value()));
+                let b = self
+                    .b
+                    .initializer_f32(&format!("{name}.bias"), &channel_const(&l.bias.value()));
+                let doc = "mean-only batch norm (MSN): y = g * (x - running_mean) + b";
+                let centered = format!("{name}.centered");
+                self.b.node_full(
+                    &format!("{name}.sub"),
+                    "Sub",
+                    &[x, &m],
+                    &[&centered],
+                    &[],
+                    doc,
+                );
+                let scaled = format!("{name}.scaled");
+                self.b.node_full(
+                    &format!("{name}.mul"),
+                    "Mul",
+                    &[&centered, &g],
+                    &[&scaled],
+                    &[],
+                    doc,
+                );
+                let out = format!("{name}.output");
+                self.b.node_full(
+                    &format!("{name}.add"),
+                    "Add",
+                    &[&scaled, &b],
+                    &[&out],
+                    &[],
+                    doc,
+                );
+                out
+            }
+            Layer::Relu => self.simple(name, "Relu", &[x], &[], ""),
+            Layer::LeakyRelu(s) => {
+                self.simple(name, "LeakyRelu", &[x], &[attr::float("alpha", *s)], "")
+            }
+            Layer::Tanh => self.simple(name, "Tanh", &[x], &[], ""),
+            Layer::Sigmoid => self.simple(name, "Sigmoid", &[x], &[], ""),
+            Layer::MaxPool {
+                kernel,
+                stride,
+                padding,
+            } => {
+                let (k, s, p) = (*kernel as i64, *stride as i64, *padding as i64);
+                let attrs = [
+                    attr::ints("kernel_shape", &[k, k]),
+                    attr::ints("strides", &[s, s]),
+                    attr::ints("pads", &[p, p, p, p]),
+                ];
+                self.simple(name, "MaxPool", &[x], &attrs, "")
+            }
+            Layer::AvgPool { kernel, stride } => {
+                let (k, s) = (*kernel as i64, *stride as i64);
+                self.simple(
+                    name,
+                    "AveragePool",
+                    &[x],
+                    &[
+                        attr::ints("kernel_shape", &[k, k]),
+                        attr::ints("strides", &[s, s]),
+                    ],
+                    "",
+                )
+            }
+            Layer::GlobalAvgPool => self.simple(name, "GlobalAveragePool", &[x], &[], ""),
+            Layer::Flatten => self.simple(name, "Flatten", &[x], &[attr::int("axis", 1)], ""),
+            Layer::Dropout(_) => x.to_string(),
+            Layer::Unflatten([c, h, w]) => {
+                let shape = self.b.initializer_i64(
+                    &format!("{name}.shape"),
+                    &ndarray::arr1(&[-1, *c as i64, *h as i64, *w as i64]).into_dyn(),
+                );
+                self.simple(name, "Reshape", &[x, &shape], &[], "")
+            }
+            Layer::Dense(inner) => {
+                let y = self.sequential(name, x, inner);
+                self.simple(
+                    &format!("{name}.concat"),
+                    "Concat",
+                    &[x, &y],
+                    &[attr::int("axis", 1)],
+                    "DenseNet layer: concat(x, f(x))",
+                )
+            }
+        }
+    }
+}
+
+/// Exports a network to an ONNX model whose input is `input` and output `output`.
+pub fn export(model: &Sequential, info: &ModelInfo, options: &ExportOptions) -> ModelProto {
+    let mut e = Exporter {
+        b: GraphBuilder::new(&format!("{}-{}", info.architecture, info.norm)),
+    };
+    e.b.producer("msn-export", env!("CARGO_PKG_VERSION"));
+    let n = options.batch.map(|b| b as i64).unwrap_or(-1);
+    let input_dims: Vec<i64> = match &info.input {
+        InputKind::Image { .. } => {
+            let [c, h, w] = info.input_shape;
+            vec![n, c as i64, h as i64, w as i64]
+        }
+        InputKind::Latent(z) => vec![n, *z as i64],
+    };
+    e.b.input("input", &input_dims);
+    let last = e.sequential("", "input", model);
+    let out = if matches!(info.input, InputKind::Image { .. }) {
+        "logits"
+    } else {
+        "output"
+    };
+    e.b.node_full("output", "Identity", &[&last], &[out], &[], "");
+    let out_dims = match &info.input {
+        InputKind::Image { .. } => vec![n, info.labels.len() as i64],
+        InputKind::Latent(_) => vec![
+            n,
+            info.input_shape[0] as i64,
+            info.input_shape[1] as i64,
+            info.input_shape[2] as i64,
+        ],
+    };
+    e.b.output(out, &out_dims);
+
+    if let InputKind::Image { scale, mean, std } = &info.input {
+        let m = ImageMeta {
+            input_shape: Some(info.input_shape),
+            color: Some(if info.input_shape[0] == 1 {
+                Color::Gray
+            } else {
+                Color::Rgb
+            }),
+            resize: Some(Resize::Exact),
+            scale: Some(*scale),
+            mean: Some(mean.clone()),
+            std: Some(std.clone()),
+            labels: (!info.labels.is_empty()).then(|| info.labels.clone()),
+        };
+        for (k, v) in m.to_pairs() {
+            e.b.metadata(k, v);
+        }
+    }
+    e.b.metadata(meta::ARCHITECTURE, info.architecture.clone());
+    e.b.metadata(meta::NORM, info.norm.clone());
+    e.b.metadata(meta::DATASET, info.dataset.clone());
+    if let Some(acc) = info.test_accuracy {
+        e.b.metadata(meta::TEST_ACCURACY, format!("{acc:.4}"));
+    }
+    e.b.into_model(options.opset)
+}
+
+/// Errors of exporting a run directory.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Train(#[from] msn_train::Error),
+    #[error(transparent)]
+    Onnx(#[from] msn_onnx::Error),
+}
+
+/// Loads a run directory (or its checkpoint file) and exports it; nothing is written.
+pub fn export_run(run: &std::path::Path, options: &ExportOptions) -> Result<ModelProto, Error> {
+    let (cfg, model) = msn_train::checkpoint::load_model(run)?;
+    let dir = if run.is_dir() {
+        run.to_path_buf()
+    } else {
+        run.parent()
+            .unwrap_or(std::path::Path::new("."))
+            .to_path_buf()
+    };
+    let test_accuracy = std::fs::read_to_string(dir.join(msn_train::checkpoint::METRICS_FILE))
+        .ok()
+        .and_then(|t| t.lines().last().map(str::to_string))
+        .and_then(|l| msn_train::serde_json_value(&l))
+        .and_then(|v| v["test_acc"].as_f64());
+    let info = ModelInfo {
+        architecture: cfg.model.architecture.clone(),
+        norm: cfg.model.norm.to_string(),
+        dataset: cfg.dataset.clone(),
+        input_shape: cfg.model.input_shape,
+        input: InputKind::Image {
+            scale: cfg.preprocessing.scale,
+            mean: cfg.preprocessing.mean.clone(),
+            std: cfg.preprocessing.std.clone(),
+        },
+        labels: cfg.labels.clone(),
+        test_accuracy,
+    };
+    Ok(export(&model, &info, options))
+}

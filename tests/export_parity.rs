@@ -1,0 +1,141 @@
+//! Every architecture and norm kind: the trainer's eval-mode output and tract's output on the
+//! exported ONNX file agree within 1e-5. The exported files, inputs and our outputs are also
+//! written to `target/export-check/` for `tests/python/check_export.py` (onnxruntime and
+//! `onnx.checker`), which `.ci/run` runs after the tests.
+
+use msn_autograd::{no_grad, Var};
+use msn_e2e::{max_abs_diff, repo_root, shared_data};
+use msn_export::{export, ExportOptions, InputKind, ModelInfo};
+use msn_nn::models::{build, ModelConfig};
+use msn_nn::optim::{Adam, Optimizer};
+use msn_nn::{Ctx, Module, NormKind, Sequential};
+use msn_runtime::{Classifier, LoadOptions};
+use msn_train::data::{self, BatchSpec, Split};
+use ndarray::Array4;
+use rand::SeedableRng;
+
+const NORMS: [NormKind; 4] = [NormKind::None, NormKind::Bn, NormKind::Sn, NormKind::Msn];
+
+/// A batch of real test images when `../shared` is there, else a fixed pseudo-random batch.
+fn batch(dataset: &str, shape: [usize; 3], n: usize) -> Array4<f32> {
+    let dir = if dataset == "cifar10" {
+        "cifar10"
+    } else {
+        "fashion-mnist"
+    };
+    if let Some(root) = shared_data(dir) {
+        let d = data::load(dataset, &root.join(dir), Split::Test).unwrap();
+        let spec = BatchSpec {
+            batch: n,
+            mean: d.mean.clone(),
+            std: d.std.clone(),
+            augment: None,
+        };
+        let idx: Vec<usize> = (0..n).collect();
+        return data::make_batch(
+            &d,
+            &idx,
+            &spec,
+            &mut rand_chacha::ChaCha8Rng::seed_from_u64(0),
+        )
+        .0;
+    }
+    let [c, h, w] = shape;
+    msn_autograd::ops::elementwise::spread(&[n, c, h, w], -1.0, 1.0, 7)
+        .into_dimensionality()
+        .unwrap()
+}
+
+/// A few Adam steps so that weights, running statistics and SN vectors are all non-trivial.
+fn train_a_little(model: &Sequential, x: &Array4<f32>) {
+    let params = model.parameters();
+    let mut opt = Adam::new(0.9, 0.999, 0.0);
+    let labels: Vec<usize> = (0..x.shape()[0]).map(|i| i % 10).collect();
+    for step in 0..3 {
+        let logits = model.forward(&Var::constant(x.clone().into_dyn()), &mut Ctx::train(step));
+        logits.cross_entropy(&labels).backward();
+        opt.step(&params, 1e-3);
+        msn_nn::optim::zero_grad(&params);
+    }
+}
+
+fn check(arch: &str, dataset: &str, shape: [usize; 3]) {
+    let out_dir = repo_root().join("target/export-check");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let x = batch(dataset, shape, 8);
+    for norm in NORMS {
+        let cfg = ModelConfig {
+            architecture: arch.into(),
+            norm,
+            input_shape: shape,
+            num_classes: 10,
+            width: 50,
+            depth: 10,
+        };
+        let model = build(&cfg, 3).unwrap();
+        train_a_little(&model, &x);
+        let ours =
+            no_grad(|| model.forward(&Var::constant(x.clone().into_dyn()), &mut Ctx::eval()));
+        let info = ModelInfo {
+            architecture: arch.into(),
+            norm: norm.to_string(),
+            dataset: dataset.into(),
+            input_shape: shape,
+            input: InputKind::Image {
+                scale: 1.0 / 255.0,
+                mean: vec![0.5; shape[0]],
+                std: vec![0.25; shape[0]],
+            },
+            labels: (0..10).map(|i| format!("class {i}")).collect(),
+            test_accuracy: None,
+        };
+        let onnx = export(&model, &info, &ExportOptions::default());
+        let name = format!("{arch}-{norm}");
+        let path = out_dir.join(format!("{name}.onnx"));
+        msn_onnx::io::save(&onnx, &path).unwrap();
+        let clf = Classifier::load(
+            &path,
+            &LoadOptions {
+                batch: Some(8),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let theirs = clf.run(x.clone()).unwrap();
+        let diff = max_abs_diff(ours.value().as_slice().unwrap(), theirs.as_slice().unwrap());
+        let scale = ours.value().iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        println!("{name}: max |trainer - tract| = {diff:e} (logits up to {scale:.2})");
+        // f32 rounding grows with the logits' size: 1e-5 absolute for logits up to 1, relative beyond.
+        assert!(
+            diff < 1e-5 * scale.max(1.0),
+            "{name}: {diff} for logits up to {scale}"
+        );
+
+        let raw = |a: &[f32]| a.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+        std::fs::write(
+            out_dir.join(format!("{name}.input.f32")),
+            raw(x.as_slice().unwrap()),
+        )
+        .unwrap();
+        std::fs::write(
+            out_dir.join(format!("{name}.output.f32")),
+            raw(ours.value().as_slice().unwrap()),
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn cnn3_exports_agree_with_the_trainer() {
+    check("cnn3", "fashion-mnist", [1, 28, 28]);
+}
+
+#[test]
+fn vgg7_exports_agree_with_the_trainer() {
+    check("vgg7", "cifar10", [3, 32, 32]);
+}
+
+#[test]
+fn densenet_exports_agree_with_the_trainer() {
+    check("densenet-bc", "cifar10", [3, 32, 32]);
+}
