@@ -184,7 +184,7 @@ pub fn vgg7(config: &ModelConfig, rng: &mut ChaCha8Rng) -> Sequential {
 pub fn densenet_bc(config: &ModelConfig, rng: &mut ChaCha8Rng) -> Result<Sequential, String> {
     const GROWTH: usize = 12;
     const COMPRESSION: f32 = 0.8;
-    if config.depth < 10 || (config.depth - 4) % 6 != 0 {
+    if config.depth < 10 || !(config.depth - 4).is_multiple_of(6) {
         return Err(format!(
             "densenet-bc depth must be 6n + 4 with n >= 1, got {}",
             config.depth

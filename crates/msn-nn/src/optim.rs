@@ -227,7 +227,7 @@ mod tests {
         for _ in 0..2 {
             p.zero_grad();
             p.mul(&p).sum().backward(); // grad = 2p
-            opt.step(&[p.clone()], 0.1);
+            opt.step(std::slice::from_ref(&p), 0.1);
         }
         // step 1: buf = 2, p = 0.8; step 2: buf = 0.9*2 + 1.6 = 3.4, p = 0.8 - 0.34
         assert!((p.value()[[0]] - 0.46).abs() < 1e-6);
@@ -238,7 +238,7 @@ mod tests {
         let p = Var::parameter(array![3.0f32, -2.0].into_dyn());
         let mut opt = Adam::new(0.9, 0.999, 0.0);
         p.sum().backward();
-        opt.step(&[p.clone()], 0.01);
+        opt.step(std::slice::from_ref(&p), 0.01);
         let v = p.value();
         assert!((v[[0]] - 2.99).abs() < 1e-5 && (v[[1]] + 2.01).abs() < 1e-5);
     }
