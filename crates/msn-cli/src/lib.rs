@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod classify;
 pub mod export;
+pub mod fold;
 mod preprocess_args;
 pub mod train;
 

@@ -16,6 +16,8 @@ enum Command {
     Bench(msn_cli::bench::BenchArgs),
     /// Export a trained network to ONNX (same as msn-export)
     Export(msn_cli::export::ExportArgs),
+    /// Fold normalization into Conv/Gemm weights (same as msn-fold)
+    Fold(msn_cli::fold::FoldArgs),
     /// Train a classifier (cnn3, vgg7, densenet-bc) with a chosen normalization
     Train(msn_cli::train::TrainArgs),
 }
@@ -26,6 +28,7 @@ fn main() -> std::process::ExitCode {
         Command::Bench(args) => msn_cli::bench::run(args),
         Command::Train(args) => msn_cli::train::run(args),
         Command::Export(args) => msn_cli::export::run(args),
+        Command::Fold(args) => msn_cli::fold::run(args),
     })
 }
 

@@ -1,0 +1,105 @@
+//! `msn-fold` / `msn fold`: fold normalization into Conv/Gemm weights, and prove it.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde_json::json;
+use std::path::PathBuf;
+
+/// Fold SN, MSN, BatchNorm and affine chains into plain Conv/Gemm weights (any ONNX model).
+#[derive(Debug, Args)]
+pub struct FoldArgs {
+    /// The ONNX model to fold
+    #[arg(value_name = "IN.onnx")]
+    pub input: PathBuf,
+    /// Where to write the folded model (atomically)
+    #[arg(short, long, value_name = "OUT.onnx")]
+    pub output: PathBuf,
+    /// Run both models in tract on N random inputs and fail if they differ
+    #[arg(long, value_name = "N")]
+    pub verify: Option<usize>,
+    /// Largest relative error --verify accepts
+    #[arg(long, default_value_t = 1e-4)]
+    pub tolerance: f32,
+    /// Write a JSON report
+    #[arg(long, value_name = "FILE.json")]
+    pub report: Option<PathBuf>,
+}
+
+fn histogram(h: &std::collections::BTreeMap<String, usize>) -> String {
+    h.iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub fn run(args: FoldArgs) -> Result<()> {
+    let original = msn_onnx::io::load(&args.input)?;
+    msn_onnx::graph::GraphView::new(&original)
+        .with_context(|| format!("{}: invalid graph", args.input.display()))?;
+    let mut folded = original.clone();
+    let report = msn_fold::fold(&mut folded);
+    msn_onnx::graph::GraphView::new(&folded)
+        .context("the folded graph is invalid (a bug in msn-fold)")?;
+
+    println!("{}", args.input.display());
+    println!(
+        "  nodes:             {} -> {}",
+        report.nodes_before, report.nodes_after
+    );
+    println!(
+        "  initializer bytes: {} -> {}",
+        report.initializer_bytes_before, report.initializer_bytes_after
+    );
+    println!("  ops before: {}", histogram(&report.ops_before));
+    println!("  ops after:  {}", histogram(&report.ops_after));
+    for (pass, n) in report.passes.iter().filter(|(_, n)| *n > 0) {
+        println!("  {pass}: {n}");
+    }
+    for (layer, sigma) in &report.sigmas {
+        println!("  sigma {layer}: {sigma:.6}");
+    }
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
+
+    let max_rel_error = match args.verify {
+        Some(n) if n > 0 => {
+            let err = msn_fold::verify(&original, &folded, n, 1)?;
+            println!(
+                "  verify: max relative error {err:.3e} on {n} random inputs (tolerance {:.1e})",
+                args.tolerance
+            );
+            if err.is_nan() || err > args.tolerance {
+                bail!("{}: the folded model differs from the original (max relative error {err:.3e} > {:.1e}); nothing written", args.input.display(), args.tolerance);
+            }
+            Some(err)
+        }
+        _ => None,
+    };
+    msn_onnx::io::save(&folded, &args.output)?;
+    println!("wrote {}", args.output.display());
+
+    if let Some(path) = &args.report {
+        let passes: serde_json::Map<String, serde_json::Value> = report
+            .passes
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect();
+        let value = json!({
+            "input": args.input.display().to_string(),
+            "output": args.output.display().to_string(),
+            "nodes_before": report.nodes_before,
+            "nodes_after": report.nodes_after,
+            "ops_before": report.ops_before,
+            "ops_after": report.ops_after,
+            "initializer_bytes_before": report.initializer_bytes_before,
+            "initializer_bytes_after": report.initializer_bytes_after,
+            "passes": passes,
+            "warnings": report.warnings,
+            "sigmas": report.sigmas.iter().map(|(l, s)| json!({"layer": l, "sigma": s})).collect::<Vec<_>>(),
+            "max_rel_error": max_rel_error,
+        });
+        msn_onnx::io::write_atomic(path, serde_json::to_string_pretty(&value)?.as_bytes())?;
+    }
+    Ok(())
+}

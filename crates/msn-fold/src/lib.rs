@@ -1,0 +1,253 @@
+//! # msn-fold: fold normalization into plain Conv/Gemm weights
+//!
+//! An ONNX-to-ONNX rewrite, on our exported models and on any other ONNX model:
+//!
+//! 1. [`passes::constant_folding`]: nodes with constant inputs become initializers (the
+//!    exported spectral norm `W / (u . W_mat v)` becomes one weight);
+//! 2. [`passes::fuse_into_weights`]: inference `BatchNormalization` and per-channel or scalar
+//!    `Add`/`Sub`/`Mul`/`Div` after Conv, ConvTranspose and Gemm go into the weights and bias
+//!    (the mean-only batch norm of MSN is such a chain);
+//! 3. [`passes::eliminate`]: Identity and inference Dropout removal, dead nodes and unused
+//!    initializers.
+//!
+//! The passes run to a fixed point. [`verify`] proves the result by running both models in
+//! tract on the same random inputs.
+
+pub mod graph;
+pub mod passes;
+
+use msn_onnx::graph::op_histogram;
+use msn_onnx::{meta, tensor, GraphProto, ModelProto};
+use std::collections::BTreeMap;
+use tract_onnx::prelude::*;
+
+/// What folding did to a model.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub nodes_before: usize,
+    pub nodes_after: usize,
+    pub ops_before: BTreeMap<String, usize>,
+    pub ops_after: BTreeMap<String, usize>,
+    pub initializer_bytes_before: usize,
+    pub initializer_bytes_after: usize,
+    /// Pass name -> number of rewrites, in the order first applied.
+    pub passes: Vec<(String, usize)>,
+    /// Patterns that looked foldable but were left alone, and why.
+    pub warnings: Vec<String>,
+    /// For each spectrally normalized layer of an exported model: its name and sigma.
+    pub sigmas: Vec<(String, f32)>,
+}
+
+fn initializer_bytes(g: &GraphProto) -> usize {
+    g.initializer
+        .iter()
+        .map(|t| {
+            t.raw_data.as_ref().map_or(0, Vec::len)
+                + 4 * (t.float_data.len() + t.int32_data.len())
+                + 8 * (t.int64_data.len() + t.double_data.len())
+        })
+        .sum()
+}
+
+/// Sigma of every spectral-norm layer exported by msn-export (`<layer>.weight`, `.weight_u`,
+/// `.weight_v`): `u . (W_mat v)`.
+pub fn spectral_sigmas(g: &GraphProto) -> Vec<(String, f32)> {
+    let find = |n: &str| {
+        g.initializer
+            .iter()
+            .find(|t| t.name() == n)
+            .and_then(|t| tensor::to_f32(t).ok())
+    };
+    let mut out = Vec::new();
+    for t in &g.initializer {
+        let Some(layer) = t.name().strip_suffix(".weight_u") else {
+            continue;
+        };
+        let (Some(u), Some(v), Some(w)) = (
+            find(t.name()),
+            find(&format!("{layer}.weight_v")),
+            find(&format!("{layer}.weight")),
+        ) else {
+            continue;
+        };
+        let (rows, cols) = (w.shape()[0], v.len());
+        let Ok(w) = w.into_shape_with_order((rows, cols)) else {
+            continue;
+        };
+        let Ok(v) = v.into_shape_with_order(cols) else {
+            continue;
+        };
+        let sigma: f32 = u.iter().zip(w.dot(&v).iter()).map(|(a, b)| a * b).sum();
+        out.push((layer.to_string(), sigma));
+    }
+    out
+}
+
+fn note(report: &mut Report, pass: &str, n: usize) {
+    match report.passes.iter_mut().find(|(p, _)| p == pass) {
+        Some(entry) => entry.1 += n,
+        None => report.passes.push((pass.to_string(), n)),
+    }
+}
+
+/// Folds the model in place and reports what changed.
+pub fn fold(model: &mut ModelProto) -> Report {
+    let g = model.graph.get_or_insert_with(Default::default);
+    let mut report = Report {
+        nodes_before: g.node.len(),
+        ops_before: op_histogram(g),
+        initializer_bytes_before: initializer_bytes(g),
+        sigmas: spectral_sigmas(g),
+        ..Default::default()
+    };
+    loop {
+        let mut changed = 0;
+        let n = passes::eliminate::identities(g);
+        note(&mut report, "eliminate_identity", n);
+        changed += n;
+        let n = passes::constant_folding::run(g);
+        note(&mut report, "constant_folding", n);
+        changed += n;
+        let c = passes::fuse_into_weights::run(g, &mut report.warnings);
+        note(&mut report, "fuse_batchnorm_into_weights", c.batch_norm);
+        note(&mut report, "fuse_affine_into_weights", c.affine);
+        changed += c.batch_norm + c.affine;
+        let (nodes, inits) = passes::eliminate::dead_code(g);
+        note(&mut report, "eliminate_dead_nodes", nodes);
+        note(&mut report, "eliminate_unused_initializers", inits);
+        changed += nodes;
+        if changed == 0 {
+            break;
+        }
+    }
+    report.warnings.sort();
+    report.warnings.dedup();
+    report.nodes_after = g.node.len();
+    report.ops_after = op_histogram(g);
+    report.initializer_bytes_after = initializer_bytes(g);
+    meta::set(
+        model,
+        meta::FOLDED,
+        format!("msn-fold {}", env!("CARGO_PKG_VERSION")),
+    );
+    report
+}
+
+/// Errors of verification.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("tract cannot run the {which} model: {message}")]
+    Tract {
+        which: &'static str,
+        message: String,
+    },
+    #[error("the models' input is not a fixed-size tensor: {0}")]
+    Shape(String),
+}
+
+fn plan(
+    bytes: &[u8],
+    shape: &[usize],
+    which: &'static str,
+) -> Result<Arc<TypedRunnableModel>, VerifyError> {
+    let err = |e: TractError| VerifyError::Tract {
+        which,
+        message: format!("{e:#}"),
+    };
+    tract_onnx::onnx()
+        .model_for_read(&mut &bytes[..])
+        .map_err(err)?
+        .with_input_fact(0, f32::fact(shape).into())
+        .map_err(err)?
+        .into_optimized()
+        .map_err(err)?
+        .into_runnable()
+        .map_err(err)
+}
+
+/// The input shape of a model with batch 1 in place of a symbolic first dimension.
+pub fn input_shape(model: &ModelProto) -> Result<Vec<usize>, VerifyError> {
+    use msn_onnx::proto::tensor_shape_proto::dimension::Value as Dim;
+    use msn_onnx::proto::type_proto::Value;
+    let g = model
+        .graph
+        .as_ref()
+        .ok_or_else(|| VerifyError::Shape("no graph".into()))?;
+    let inits: std::collections::HashSet<&str> = g.initializer.iter().map(|t| t.name()).collect();
+    let input = g
+        .input
+        .iter()
+        .find(|v| !inits.contains(v.name()))
+        .ok_or_else(|| VerifyError::Shape("no input".into()))?;
+    let Some(Value::TensorType(t)) = input.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
+        return Err(VerifyError::Shape(format!(
+            "input '{}' is not a tensor",
+            input.name()
+        )));
+    };
+    let dims = &t
+        .shape
+        .as_ref()
+        .ok_or_else(|| VerifyError::Shape("no shape".into()))?
+        .dim;
+    dims.iter()
+        .enumerate()
+        .map(|(i, d)| match d.value {
+            Some(Dim::DimValue(v)) if v > 0 => Ok(v as usize),
+            _ if i == 0 => Ok(1),
+            _ => Err(VerifyError::Shape(format!(
+                "dimension {i} of '{}' is not fixed",
+                input.name()
+            ))),
+        })
+        .collect()
+}
+
+/// Runs both models in tract on `n` pseudo-random inputs (uniform in [-1, 1]) and returns the
+/// largest error relative to the largest output magnitude of the original.
+pub fn verify(
+    original: &ModelProto,
+    folded: &ModelProto,
+    n: usize,
+    seed: u64,
+) -> Result<f32, VerifyError> {
+    let shape = input_shape(original)?;
+    let a = plan(&msn_onnx::io::to_bytes(original), &shape, "original")?;
+    let b = plan(&msn_onnx::io::to_bytes(folded), &shape, "folded")?;
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut worst = 0.0f32;
+    for _ in 0..n {
+        let x = tract_ndarray::ArrayD::from_shape_simple_fn(shape.clone(), || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        });
+        let run =
+            |p: &Arc<TypedRunnableModel>, which: &'static str| -> Result<Vec<f32>, VerifyError> {
+                let out = p.run(tvec!(Tensor::from(x.clone()).into())).map_err(|e| {
+                    VerifyError::Tract {
+                        which,
+                        message: format!("{e:#}"),
+                    }
+                })?;
+                let v = out[0]
+                    .to_plain_array_view::<f32>()
+                    .map_err(|e| VerifyError::Tract {
+                        which,
+                        message: format!("{e:#}"),
+                    })?;
+                Ok(v.iter().copied().collect())
+            };
+        let (ya, yb) = (run(&a, "original")?, run(&b, "folded")?);
+        let scale = ya.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
+        let err = ya
+            .iter()
+            .zip(&yb)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0f32, f32::max)
+            / scale;
+        worst = worst.max(if err.is_nan() { f32::INFINITY } else { err });
+    }
+    Ok(worst)
+}

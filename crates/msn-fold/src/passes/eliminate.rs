@@ -1,0 +1,75 @@
+//! Clean-up passes: `Identity` and inference-mode `Dropout` removal; dead nodes and unused
+//! initializers. Graph inputs and outputs keep their names.
+
+use crate::graph::{rename_uses, Index};
+use msn_onnx::GraphProto;
+use std::collections::HashSet;
+
+/// Removes Identity nodes and Dropouts whose mask is unused. Returns how many were removed.
+pub fn identities(g: &mut GraphProto) -> usize {
+    let mut removed = 0;
+    loop {
+        let outputs: HashSet<String> = g.output.iter().map(|o| o.name().to_string()).collect();
+        let inputs: HashSet<String> = g.input.iter().map(|o| o.name().to_string()).collect();
+        let pos = g.node.iter().position(|n| {
+            let passthrough = n.op_type() == "Identity"
+                || (n.op_type() == "Dropout" && n.output.iter().skip(1).all(|o| o.is_empty()));
+            passthrough && n.input.first().is_some_and(|i| !i.is_empty()) && !n.output.is_empty()
+        });
+        let Some(i) = pos else { return removed };
+        let (src, dst) = (g.node[i].input[0].clone(), g.node[i].output[0].clone());
+        if outputs.contains(&dst) {
+            // Keep the graph output's name: make the producer of `src` write `dst` instead.
+            let idx = Index::new(g);
+            let src_ok =
+                !inputs.contains(&src) && !idx.init.contains_key(&src) && !outputs.contains(&src);
+            match idx.producer.get(&src) {
+                Some(&p) if src_ok && idx.uses(&src) == 1 => {
+                    g.node.remove(i);
+                    let p = if p > i { p - 1 } else { p };
+                    for o in &mut g.node[p].output {
+                        if *o == src {
+                            *o = dst.clone();
+                        }
+                    }
+                }
+                _ => return removed, // an Identity between two named graph values must stay
+            }
+        } else {
+            g.node.remove(i);
+            rename_uses(g, &dst, &src);
+        }
+        removed += 1;
+    }
+}
+
+/// Removes nodes whose outputs nobody reads, then initializers nobody reads. Returns the
+/// number of nodes and of initializers removed.
+pub fn dead_code(g: &mut GraphProto) -> (usize, usize) {
+    let mut nodes = 0;
+    loop {
+        let idx = Index::new(g);
+        let dead = g.node.iter().position(|n| {
+            n.output
+                .iter()
+                .all(|o| o.is_empty() || (idx.uses(o) == 0 && !idx.outputs.contains(o)))
+        });
+        match dead {
+            Some(i) => {
+                g.node.remove(i);
+                nodes += 1;
+            }
+            None => break,
+        }
+    }
+    let idx = Index::new(g);
+    let before = g.initializer.len();
+    g.initializer
+        .retain(|t| idx.uses(t.name()) > 0 || idx.outputs.contains(t.name()));
+    let live: HashSet<String> = g.initializer.iter().map(|t| t.name().to_string()).collect();
+    let all_inits: HashSet<String> = idx.init.keys().cloned().collect();
+    // Graph inputs that merely declared a removed initializer go too.
+    g.input
+        .retain(|v| !all_inits.contains(v.name()) || live.contains(v.name()));
+    (nodes, before - g.initializer.len())
+}

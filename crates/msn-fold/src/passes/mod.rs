@@ -1,0 +1,5 @@
+//! One pass per file, each named for its effect.
+
+pub mod constant_folding;
+pub mod eliminate;
+pub mod fuse_into_weights;
