@@ -112,16 +112,44 @@ fn check(arch: &str, dataset: &str, shape: [usize; 3]) {
         );
 
         let raw = |a: &[f32]| a.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
-        std::fs::write(
-            out_dir.join(format!("{name}.input.f32")),
-            raw(x.as_slice().unwrap()),
-        )
-        .unwrap();
-        std::fs::write(
-            out_dir.join(format!("{name}.output.f32")),
-            raw(ours.value().as_slice().unwrap()),
-        )
-        .unwrap();
+        for n in [name.clone(), format!("{name}.folded")] {
+            std::fs::write(
+                out_dir.join(format!("{n}.input.f32")),
+                raw(x.as_slice().unwrap()),
+            )
+            .unwrap();
+            std::fs::write(
+                out_dir.join(format!("{n}.output.f32")),
+                raw(ours.value().as_slice().unwrap()),
+            )
+            .unwrap();
+        }
+
+        // Folding leaves plain Conv/Gemm layers and the same outputs.
+        let mut folded = onnx.clone();
+        let report = msn_fold::fold(&mut folded);
+        let banned = [
+            "BatchNormalization",
+            "Sub",
+            "Div",
+            "Mul",
+            "Add",
+            "MatMul",
+            "Reshape",
+        ];
+        let left: Vec<&String> = report
+            .ops_after
+            .keys()
+            .filter(|op| banned.contains(&op.as_str()))
+            .collect();
+        assert!(left.is_empty(), "{name}: {left:?} left after folding");
+        let err = msn_fold::verify(&onnx, &folded, 3, 1).unwrap();
+        println!(
+            "{name}: folded {} -> {} nodes, max relative error {err:e}",
+            report.nodes_before, report.nodes_after
+        );
+        assert!(err < 1e-5, "{name}: folded model differs by {err}");
+        msn_onnx::io::save(&folded, out_dir.join(format!("{name}.folded.onnx"))).unwrap();
     }
 }
 

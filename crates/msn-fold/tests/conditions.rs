@@ -1,0 +1,244 @@
+//! Each condition under which a fold is exact, tested on a small hand-made graph: what folds is
+//! verified numerically in tract; what must not fold is left in place.
+
+use msn_onnx::builder::{attr, GraphBuilder};
+use msn_onnx::proto::tensor_proto::DataLocation;
+use msn_onnx::ModelProto;
+use ndarray::{ArrayD, IxDyn};
+
+fn arr(shape: &[usize], seed: u32) -> ArrayD<f32> {
+    let mut s = seed.wrapping_mul(2_654_435_761) | 1;
+    ArrayD::from_shape_simple_fn(IxDyn(shape), || {
+        s ^= s << 13;
+        s ^= s >> 17;
+        s ^= s << 5;
+        (s as f32 / u32::MAX as f32) - 0.5
+    })
+}
+
+fn positive(shape: &[usize], seed: u32) -> ArrayD<f32> {
+    arr(shape, seed).mapv(|v| v.abs() + 0.5)
+}
+
+/// input [1, 2, 5, 5] -> Conv(3 out, 3x3) named "conv" -> `conv.out`.
+fn conv_graph() -> GraphBuilder {
+    let mut b = GraphBuilder::new("t");
+    b.input("x", &[1, 2, 5, 5]);
+    b.initializer_f32("w", &arr(&[3, 2, 3, 3], 1));
+    b.initializer_f32("b", &arr(&[3], 2));
+    b.node(
+        "Conv",
+        &["x", "w", "b"],
+        "conv.out",
+        &[attr::ints("pads", &[1, 1, 1, 1])],
+    );
+    b
+}
+
+fn fold_and_verify(model: &ModelProto) -> (ModelProto, msn_fold::Report) {
+    let mut folded = model.clone();
+    let report = msn_fold::fold(&mut folded);
+    msn_onnx::graph::GraphView::new(&folded).expect("folded graph is valid");
+    let err = msn_fold::verify(model, &folded, 3, 7).unwrap();
+    assert!(err < 1e-5, "max relative error {err}");
+    (folded, report)
+}
+
+fn ops(m: &ModelProto) -> Vec<String> {
+    m.graph
+        .as_ref()
+        .unwrap()
+        .node
+        .iter()
+        .map(|n| n.op_type().to_string())
+        .collect()
+}
+
+#[test]
+fn batchnorm_and_an_affine_chain_fold_into_the_conv() {
+    let mut b = conv_graph();
+    b.initializer_f32("s", &positive(&[3], 3));
+    b.initializer_f32("o", &arr(&[3], 4));
+    b.initializer_f32("m", &arr(&[3], 5));
+    b.initializer_f32("v", &positive(&[3], 6));
+    b.node(
+        "BatchNormalization",
+        &["conv.out", "s", "o", "m", "v"],
+        "bn",
+        &[],
+    );
+    b.initializer_f32("k", &positive(&[1, 3, 1, 1], 7));
+    b.node("Mul", &["bn", "k"], "mul", &[]);
+    b.initializer_f32("c", &arr(&[3, 1, 1], 8));
+    b.node("Sub", &["c", "mul"], "sub", &[]); // c - x: the weights change sign
+    b.initializer_f32("d", &positive(&[], 9));
+    b.node("Div", &["sub", "d"], "y", &[]);
+    b.output("y", &[1, 3, 5, 5]);
+    let (folded, report) = fold_and_verify(&b.into_model(17));
+    assert_eq!(ops(&folded), vec!["Conv"]);
+    assert_eq!(
+        folded.graph.as_ref().unwrap().node[0].output[0],
+        "y",
+        "graph output keeps its name"
+    );
+    assert_eq!(report.nodes_before, 5);
+}
+
+#[test]
+fn a_weight_shared_by_two_convs_is_cloned_not_changed() {
+    let mut b = conv_graph();
+    b.node(
+        "Conv",
+        &["x", "w"],
+        "conv2.out",
+        &[attr::ints("pads", &[1, 1, 1, 1])],
+    );
+    b.initializer_f32("k", &positive(&[1, 3, 1, 1], 3));
+    b.node("Mul", &["conv.out", "k"], "y", &[]);
+    b.node("Add", &["y", "conv2.out"], "z", &[]);
+    b.output("z", &[1, 3, 5, 5]);
+    let (folded, _) = fold_and_verify(&b.into_model(17));
+    assert_eq!(ops(&folded), vec!["Conv", "Conv", "Add"]);
+    let g = folded.graph.as_ref().unwrap();
+    assert_ne!(
+        g.node[0].input[1], g.node[1].input[1],
+        "the second conv keeps the original weight"
+    );
+}
+
+#[test]
+fn a_value_with_two_consumers_or_a_graph_output_is_not_folded_through() {
+    let mut b = conv_graph();
+    b.initializer_f32("k", &positive(&[1, 3, 1, 1], 3));
+    b.node("Mul", &["conv.out", "k"], "y", &[]);
+    b.node("Relu", &["conv.out"], "r", &[]);
+    b.output("y", &[1, 3, 5, 5]);
+    b.output("r", &[1, 3, 5, 5]);
+    let (folded, _) = fold_and_verify(&b.into_model(17));
+    assert_eq!(ops(&folded), vec!["Conv", "Mul", "Relu"]);
+
+    let mut b = conv_graph();
+    b.initializer_f32("k", &positive(&[1, 3, 1, 1], 3));
+    b.node("Mul", &["conv.out", "k"], "y", &[]);
+    b.output("conv.out", &[1, 3, 5, 5]);
+    b.output("y", &[1, 3, 5, 5]);
+    let (folded, _) = fold_and_verify(&b.into_model(17));
+    assert_eq!(ops(&folded), vec!["Conv", "Mul"]);
+}
+
+#[test]
+fn constants_that_are_not_per_channel_are_not_folded() {
+    let mut b = conv_graph();
+    b.initializer_f32("k", &positive(&[1, 1, 5, 1], 3)); // varies along the height
+    b.node("Mul", &["conv.out", "k"], "y", &[]);
+    b.output("y", &[1, 3, 5, 5]);
+    let (folded, _) = fold_and_verify(&b.into_model(17));
+    assert_eq!(ops(&folded), vec!["Conv", "Mul"]);
+
+    let mut b = conv_graph();
+    b.initializer_f32("k", &positive(&[3], 3)); // [3] broadcasts along the width, not channels
+    b.node("Mul", &["conv.out", "k"], "y", &[]);
+    b.output("y", &[1, 3, 5, 3]);
+    let mut m = b.into_model(17);
+    msn_fold::fold(&mut m);
+    assert_eq!(ops(&m), vec!["Conv", "Mul"]);
+}
+
+fn bn_model(edit: impl FnOnce(&mut GraphBuilder) -> Vec<String>) -> ModelProto {
+    let mut b = conv_graph();
+    let inputs = edit(&mut b);
+    let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    b.node("BatchNormalization", &refs, "y", &[]);
+    b.output("y", &[1, 3, 5, 5]);
+    b.into_model(17)
+}
+
+#[test]
+fn malformed_batchnorms_are_left_with_a_warning() {
+    // Training mode.
+    let mut m = bn_model(|b| {
+        for (n, s) in [("s", 3), ("o", 4), ("m", 5), ("v", 6)] {
+            b.initializer_f32(n, &positive(&[3], s));
+        }
+        ["conv.out", "s", "o", "m", "v"].map(String::from).to_vec()
+    });
+    m.graph.as_mut().unwrap().node[1]
+        .attribute
+        .push(attr::int("training_mode", 1));
+    let report = msn_fold::fold(&mut m);
+    assert!(ops(&m).contains(&"BatchNormalization".to_string()));
+    assert!(
+        report.warnings.iter().any(|w| w.contains("training mode")),
+        "{:?}",
+        report.warnings
+    );
+
+    // Statistics that are not constants.
+    let mut m = bn_model(|b| {
+        b.input("mean", &[3]);
+        for (n, s) in [("s", 3), ("o", 4), ("v", 6)] {
+            b.initializer_f32(n, &positive(&[3], s));
+        }
+        ["conv.out", "s", "o", "mean", "v"]
+            .map(String::from)
+            .to_vec()
+    });
+    let report = msn_fold::fold(&mut m);
+    assert!(ops(&m).contains(&"BatchNormalization".to_string()));
+    assert!(
+        report.warnings.iter().any(|w| w.contains("not constant")),
+        "{:?}",
+        report.warnings
+    );
+
+    // Four channels of statistics for a three-channel conv.
+    let mut m = bn_model(|b| {
+        for (n, s) in [("s", 3), ("o", 4), ("m", 5), ("v", 6)] {
+            b.initializer_f32(n, &positive(&[4], s));
+        }
+        ["conv.out", "s", "o", "m", "v"].map(String::from).to_vec()
+    });
+    let report = msn_fold::fold(&mut m);
+    assert!(ops(&m).contains(&"BatchNormalization".to_string()));
+    assert!(
+        report.warnings.iter().any(|w| w.contains("channels")),
+        "{:?}",
+        report.warnings
+    );
+}
+
+#[test]
+fn a_weight_in_external_data_is_not_folded() {
+    let mut b = conv_graph();
+    b.initializer_f32("k", &positive(&[1, 3, 1, 1], 3));
+    b.node("Mul", &["conv.out", "k"], "y", &[]);
+    b.output("y", &[1, 3, 5, 5]);
+    let mut m = b.into_model(17);
+    let w = &mut m.graph.as_mut().unwrap().initializer[0];
+    w.data_location = Some(DataLocation::External as i32);
+    msn_fold::fold(&mut m);
+    assert_eq!(ops(&m), vec!["Conv", "Mul"]);
+}
+
+#[test]
+fn gemm_with_alpha_beta_and_transposed_weight_folds() {
+    let mut b = GraphBuilder::new("g");
+    b.input("x", &[2, 4]);
+    b.initializer_f32("w", &arr(&[3, 4], 1));
+    b.initializer_f32("c", &arr(&[3], 2));
+    b.node(
+        "Gemm",
+        &["x", "w", "c"],
+        "y0",
+        &[
+            attr::int("transB", 1),
+            attr::float("alpha", 0.5),
+            attr::float("beta", 2.0),
+        ],
+    );
+    b.initializer_f32("k", &positive(&[3], 3));
+    b.node("Mul", &["y0", "k"], "y", &[]);
+    b.output("y", &[2, 3]);
+    let (folded, _) = fold_and_verify(&b.into_model(17));
+    assert_eq!(ops(&folded), vec!["Gemm"]);
+}
