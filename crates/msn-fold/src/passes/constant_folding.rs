@@ -117,10 +117,41 @@ fn binary(op: &str, a: Value, b: Value) -> Option<Value> {
     }
 }
 
+/// `MatMul` of 1-D and 2-D operands, with NumPy's rules for 1-D (a vector on the left is a
+/// row, on the right a column, and that axis is dropped from the result).
 fn matmul(a: &ArrayD<f32>, b: &ArrayD<f32>) -> Option<ArrayD<f32>> {
-    let a2 = a.view().into_dimensionality::<ndarray::Ix2>().ok()?;
-    let b2 = b.view().into_dimensionality::<ndarray::Ix2>().ok()?;
-    (a2.ncols() == b2.nrows()).then(|| a2.dot(&b2).into_dyn())
+    let as2 = |x: &ArrayD<f32>, row: bool| -> Option<ndarray::Array2<f32>> {
+        match x.ndim() {
+            1 if row => x
+                .view()
+                .into_shape_with_order((1, x.len()))
+                .ok()
+                .map(|v| v.to_owned()),
+            1 => x
+                .view()
+                .into_shape_with_order((x.len(), 1))
+                .ok()
+                .map(|v| v.to_owned()),
+            2 => x
+                .view()
+                .into_dimensionality::<ndarray::Ix2>()
+                .ok()
+                .map(|v| v.to_owned()),
+            _ => None,
+        }
+    };
+    let (a2, b2) = (as2(a, true)?, as2(b, false)?);
+    if a2.ncols() != b2.nrows() {
+        return None;
+    }
+    let c = a2.dot(&b2);
+    let shape: Vec<usize> = match (a.ndim(), b.ndim()) {
+        (1, 1) => vec![],
+        (1, _) => vec![c.ncols()],
+        (_, 1) => vec![c.nrows()],
+        _ => vec![c.nrows(), c.ncols()],
+    };
+    c.into_shape_with_order(IxDyn(&shape)).ok()
 }
 
 /// The axes of Unsqueeze/Squeeze/Reduce: an attribute before opset 13, an input after.

@@ -1,0 +1,92 @@
+"""Compares msn-fold with onnxoptimizer's fusion passes, onnxsim and onnxruntime's basic graph
+optimization on the same models: node counts, and onnxruntime outputs before and after.
+
+    python tests/python/compare_folders.py [--msn-fold target/debug/msn-fold] [MODEL.onnx ...]
+
+Without models it uses tests/fixtures/fold/*.onnx (PyTorch exports with BatchNorm and a
+PyTorch MSN network). Fails (exit 1) if msn-fold leaves a BatchNormalization, if its output
+differs from the original by more than 1e-4 relative in onnxruntime, or if it ends with more
+nodes than onnxsim.
+"""
+import argparse
+import pathlib
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def run(path, x):
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def count(path):
+    return len(onnx.load(str(path)).graph.node)
+
+
+def rel(a, b):
+    return float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-6))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("models", nargs="*")
+    ap.add_argument("--msn-fold", default=str(ROOT / "target" / "debug" / "msn-fold"))
+    a = ap.parse_args()
+    models = [pathlib.Path(m) for m in a.models] or sorted((ROOT / "tests" / "fixtures" / "fold").glob("*.onnx"))
+    tmp = pathlib.Path(tempfile.mkdtemp())
+    tools = {}
+    try:
+        import onnxoptimizer
+        tools["onnxoptimizer"] = lambda m, out: onnx.save(onnxoptimizer.optimize(onnx.load(str(m)), [
+            "eliminate_identity", "eliminate_nop_dropout", "fuse_bn_into_conv", "fuse_add_bias_into_conv",
+            "fuse_matmul_add_bias_into_gemm", "eliminate_deadend", "eliminate_unused_initializer"]), str(out))
+    except ImportError:
+        print("onnxoptimizer not installed: skipped")
+    try:
+        import onnxsim
+        tools["onnxsim"] = lambda m, out: onnx.save(onnxsim.simplify(onnx.load(str(m)))[0], str(out))
+    except ImportError:
+        print("onnxsim not installed: skipped")
+
+    def ort_basic(m, out):
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        so.optimized_model_filepath = str(out)
+        ort.InferenceSession(str(m), so, providers=["CPUExecutionProvider"])
+    tools["ort-basic"] = ort_basic
+
+    failed = 0
+    header = f"{'model':<18} {'nodes':>5} {'msn-fold':>8} " + " ".join(f"{t:>13}" for t in tools) + "   msn-fold rel err"
+    print(header)
+    for m in models:
+        x = np.random.default_rng(0).standard_normal(
+            [d.dim_value or 1 for d in onnx.load(str(m)).graph.input[0].type.tensor_type.shape.dim]).astype(np.float32)
+        ref = run(m, x)
+        ours = tmp / f"{m.stem}.msn.onnx"
+        subprocess.run([a.msn_fold, str(m), "-o", str(ours)], check=True, capture_output=True)
+        err = rel(ref, run(ours, x))
+        bn_left = sum(n.op_type == "BatchNormalization" for n in onnx.load(str(ours)).graph.node)
+        counts = {}
+        for name, tool in tools.items():
+            out = tmp / f"{m.stem}.{name}.onnx"
+            tool(m, out)
+            counts[name] = count(out)
+            e = rel(ref, run(out, x))
+            assert e < 1e-3, f"{name} changed {m.stem} by {e}"
+        ok = bn_left == 0 and err <= 1e-4 and count(ours) <= counts.get("onnxsim", count(ours))
+        failed += not ok
+        print(f"{m.stem:<18} {count(m):>5} {count(ours):>8} " + " ".join(f"{counts[t]:>13}" for t in tools)
+              + f"   {err:.1e}{'' if ok else '  FAIL'}")
+    print(f"{len(models) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
