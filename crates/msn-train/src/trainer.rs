@@ -22,6 +22,8 @@ use std::time::Instant;
 
 /// How often (in steps) per-layer statistics are recorded.
 const RECORD_EVERY: usize = 10;
+/// Images per evaluation batch: small enough that im2col buffers stay modest.
+const EVAL_BATCH: usize = 100;
 
 /// What `msn train` asks for.
 #[derive(Debug, Clone)]
@@ -92,7 +94,7 @@ pub fn evaluate(model: &Sequential, data: &Dataset, spec: &BatchSpec) -> (f32, f
     let order: Vec<usize> = (0..data.len()).collect();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     no_grad(|| {
-        for idx in order.chunks(500) {
+        for idx in order.chunks(EVAL_BATCH) {
             let (x, y) = make_batch(data, idx, &spec, &mut rng);
             let logits = model.forward(&Var::constant(x.into_dyn()), &mut Ctx::eval());
             loss += logits.cross_entropy(&y).value()[[]] as f64 * idx.len() as f64;
@@ -203,7 +205,7 @@ pub fn start(req: &TrainRequest, out: &Path, stop: &AtomicBool, progress: bool) 
         model,
         optimizer,
         Progress::default(),
-        &train,
+        &Arc::new(train),
         &test,
         out,
         stop,
@@ -227,7 +229,15 @@ pub fn resume(dir: &Path, stop: &AtomicBool, progress: bool) -> Result<Outcome> 
         (make_optimizer(&cfg.train)?, Progress::default())
     };
     run(
-        &cfg, model, optimizer, prog, &train, &test, dir, stop, progress,
+        &cfg,
+        model,
+        optimizer,
+        prog,
+        &Arc::new(train),
+        &test,
+        dir,
+        stop,
+        progress,
     )
 }
 
@@ -246,7 +256,7 @@ fn run(
     model: Sequential,
     mut optimizer: Box<dyn Optimizer>,
     mut prog: Progress,
-    train: &Dataset,
+    train: &Arc<Dataset>,
     test: &Dataset,
     dir: &Path,
     stop: &AtomicBool,
@@ -263,13 +273,6 @@ fn run(
     };
     let steps = train.len().div_ceil(t.batch);
     let ckpt_path = dir.join(checkpoint::CHECKPOINT_FILE);
-    let shared = Arc::new((
-        train.images.clone(),
-        train.labels.clone(),
-        train.classes.clone(),
-        train.mean.clone(),
-        train.std.clone(),
-    ));
 
     while prog.epoch < t.epochs {
         let epoch = prog.epoch;
@@ -287,19 +290,11 @@ fn run(
         // Batches are made on another thread, a few ahead of the step.
         let (tx, rx) = mpsc::sync_channel(4);
         let worker = {
-            let shared = Arc::clone(&shared);
+            let data = Arc::clone(train);
             let spec = spec.clone();
             let order = order.clone();
             let (seed, batch) = (t.seed, t.batch);
             std::thread::spawn(move || {
-                let (images, labels, classes, mean, std) = &*shared;
-                let data = Dataset {
-                    images: images.clone(),
-                    labels: labels.clone(),
-                    classes: classes.clone(),
-                    mean: mean.clone(),
-                    std: std.clone(),
-                };
                 for step in first_step..steps {
                     let idx = &order[step * batch..((step + 1) * batch).min(order.len())];
                     let batch = make_batch(&data, idx, &spec, &mut step_rng(seed, epoch, step));
