@@ -1,0 +1,160 @@
+//! Training-step benchmark: `cargo bench -p msn-nn --bench step [-- --torch PYTHON]`.
+//!
+//! Prints, in one run:
+//! 1. the cnn3 (batch 64, 28x28) and vgg7 (batch 64, 32x32) training-step time
+//!    (forward + backward + SGD step) per norm, with the ratios msn/bn and sn/none;
+//! 2. forward + backward of the normalization layers alone: BatchNorm, mean-only BN, and the
+//!    SN power iteration with the weight normalization;
+//! 3. the conv kernels' GFLOP/s at the cnn3 and vgg7 layer shapes, forward and backward,
+//!    beside the machine's peak;
+//! 4. with `--torch PYTHON`, PyTorch's step times from `tests/python/bench_torch_step.py` on
+//!    the same machine, with the ratio ours/PyTorch.
+
+use msn_autograd::ops::conv::ConvOptions;
+use msn_autograd::ops::elementwise::spread;
+use msn_autograd::{no_grad, Var};
+use msn_nn::layers::{BatchNorm, MeanOnlyBatchNorm, SpectralNorm};
+use msn_nn::models::{build, ModelConfig};
+use msn_nn::optim::{zero_grad, Optimizer, Sgd};
+use msn_nn::{Ctx, Module, NormKind};
+use rand::SeedableRng;
+use std::time::Instant;
+
+const NORMS: [NormKind; 4] = [NormKind::None, NormKind::Bn, NormKind::Sn, NormKind::Msn];
+
+/// Median wall time of `f` over `iters` runs after `warmup` runs, in milliseconds.
+fn median_ms(warmup: usize, iters: usize, mut f: impl FnMut()) -> f64 {
+    for _ in 0..warmup {
+        f();
+    }
+    let mut t: Vec<f64> = (0..iters)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[t.len() / 2]
+}
+
+fn step_ms(arch: &str, norm: NormKind, shape: [usize; 3], iters: usize) -> f64 {
+    let cfg = ModelConfig { architecture: arch.into(), norm, input_shape: shape, num_classes: 10, width: 100, depth: 16 };
+    let model = build(&cfg, 1).unwrap();
+    let params = model.parameters();
+    let mut opt = Sgd::new(0.9, false, 0.0);
+    let x = Var::constant(spread(&[64, shape[0], shape[1], shape[2]], -1.0, 1.0, 3));
+    let labels: Vec<usize> = (0..64).map(|i| i % 10).collect();
+    median_ms(2, iters, || {
+        let loss = model.forward(&x, &mut Ctx::train(0)).cross_entropy(&labels);
+        loss.backward();
+        opt.step(&params, 0.01);
+        zero_grad(&params);
+    })
+}
+
+fn fwd_bwd_ms(iters: usize, f: impl Fn(&Var) -> Var, shape: &[usize]) -> f64 {
+    let x = Var::parameter(spread(shape, -1.0, 1.0, 4));
+    median_ms(3, iters, || {
+        x.zero_grad();
+        f(&x).sum().backward();
+    })
+}
+
+/// Peak single-precision GFLOP/s: cores x clock x 32 (two 8-wide FMA units, 2 FLOP each).
+fn peak_gflops() -> (f64, String) {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let mhz = info
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))
+        .and_then(|l| l.split(':').nth(1))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    let fma = info.contains(" fma ") && info.contains(" avx2 ");
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+    let per_cycle = if fma { 32.0 } else { 8.0 };
+    (cores * mhz / 1e3 * per_cycle, format!("{cores} cores x {mhz:.0} MHz x {per_cycle} FLOP/cycle"))
+}
+
+fn conv_gflops(name: &str, n: usize, c: usize, hw: usize, o: usize, k: usize, opts: ConvOptions) {
+    let x = Var::parameter(spread(&[n, c, hw, hw], -1.0, 1.0, 5));
+    let w = Var::parameter(spread(&[o, c, k, k], -1.0, 1.0, 6));
+    let y = no_grad(|| x.conv2d(&w, opts));
+    let (oh, ow) = (y.shape()[2], y.shape()[3]);
+    let flops = 2.0 * (n * o * oh * ow * c * k * k) as f64;
+    let fwd = median_ms(2, 5, || {
+        no_grad(|| x.conv2d(&w, opts));
+    });
+    let total = median_ms(2, 5, || {
+        x.zero_grad();
+        w.zero_grad();
+        x.conv2d(&w, opts).sum().backward();
+    });
+    let bwd = (total - fwd).max(1e-9);
+    println!(
+        "  {name:<28} fwd {fwd:7.2} ms {:6.1} GFLOP/s | bwd {bwd:7.2} ms {:6.1} GFLOP/s",
+        flops / fwd / 1e6,
+        2.0 * flops / bwd / 1e6
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let torch = args.iter().position(|a| a == "--torch").and_then(|i| args.get(i + 1)).cloned();
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    println!("msn training-step benchmark ({threads} threads for sgemm)\n");
+
+    let mut ours = Vec::new();
+    for (arch, shape, iters) in [("cnn3", [1, 28, 28], 10), ("vgg7", [3, 32, 32], 5)] {
+        println!("{arch}, batch 64, {}x{}: forward + backward + SGD step", shape[1], shape[2]);
+        let times: Vec<f64> = NORMS.iter().map(|&n| step_ms(arch, n, shape, iters)).collect();
+        for (n, t) in NORMS.iter().zip(&times) {
+            println!("  {n:<5} {t:8.2} ms");
+            ours.push((format!("{arch}-{n}"), *t));
+        }
+        println!("  ratio msn/bn = {:.3}   sn/none = {:.3}\n", times[3] / times[1], times[2] / times[0]);
+    }
+
+    println!("normalization layers alone, forward + backward, x = [64, 32, 16, 16]");
+    let shape = [64, 32, 16, 16];
+    let bn = BatchNorm::new(32);
+    let bn_ms = fwd_bwd_ms(20, |x| bn.forward(x, &mut Ctx::train(0)), &shape);
+    let mo = MeanOnlyBatchNorm::new(32);
+    let mo_ms = fwd_bwd_ms(20, |x| mo.forward(x, &mut Ctx::train(0)), &shape);
+    let w = spread(&[32, 32, 4, 4], -1.0, 1.0, 7);
+    let sn = SpectralNorm::new(&w, &mut rand_chacha::ChaCha8Rng::seed_from_u64(1));
+    let sn_ms = fwd_bwd_ms(20, |wv| sn.normalize(wv, true), &[32, 32, 4, 4]);
+    println!("  BatchNorm        {bn_ms:7.3} ms");
+    println!("  mean-only BN     {mo_ms:7.3} ms   (MSN/BN = {:.3})", mo_ms / bn_ms);
+    println!("  SN power iter.   {sn_ms:7.3} ms   (weight [32, 32, 4, 4])\n");
+
+    let (peak, how) = peak_gflops();
+    println!("conv2d kernels, batch 64 (peak {peak:.0} GFLOP/s = {how})");
+    let p = |pad| ConvOptions::default().padding(pad);
+    conv_gflops("cnn3 conv1 1->16 5x5 28", 64, 1, 28, 16, 5, p(2));
+    conv_gflops("cnn3 conv2 16->32 3x3 28", 64, 16, 28, 32, 3, p(2));
+    conv_gflops("cnn3 conv3 32->32 4x4 s2 30", 64, 32, 30, 32, 4, p(2).stride(2));
+    conv_gflops("vgg7 32->32 3x3 32", 64, 32, 32, 32, 3, p(1));
+    conv_gflops("vgg7 64->64 3x3 16", 64, 64, 16, 64, 3, p(1));
+    conv_gflops("vgg7 128->256 3x3 4", 64, 128, 4, 256, 3, p(1));
+
+    if let Some(py) = torch {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/python/bench_torch_step.py");
+        println!("\nPyTorch on the same machine ({py} {script})");
+        match std::process::Command::new(&py).arg(script).output() {
+            Ok(out) if out.status.success() => {
+                let text = String::from_utf8_lossy(&out.stdout);
+                for line in text.lines() {
+                    let mut it = line.split_whitespace();
+                    if let (Some(name), Some(ms)) = (it.next(), it.next().and_then(|v| v.parse::<f64>().ok())) {
+                        if let Some((_, t)) = ours.iter().find(|(n, _)| n == name) {
+                            println!("  {name:<12} ours {t:8.2} ms  torch {ms:8.2} ms  ours/torch {:.2}", t / ms);
+                        }
+                    }
+                }
+            }
+            Ok(out) => println!("  failed: {}", String::from_utf8_lossy(&out.stderr)),
+            Err(e) => println!("  cannot run {py}: {e}"),
+        }
+    }
+}

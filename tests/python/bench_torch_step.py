@@ -1,0 +1,78 @@
+"""Dev-only: PyTorch training-step times for the benchmark in crates/msn-nn/benches/step.rs.
+
+Prints `<arch>-<norm> <milliseconds>` per line: cnn3 (batch 64, 28x28) and vgg7 (batch 64,
+32x32), forward + backward + SGD step, median of 10 after 2 warm-up steps, the machine's
+thread count as PyTorch's default. MSN is SN (parametrizations.spectral_norm) + a mean-only
+batch norm written as PyTorch ops.
+"""
+import time
+
+import torch
+from torch import nn
+
+
+class MeanOnlyBN(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(c))
+        self.bias = nn.Parameter(torch.zeros(c))
+        self.register_buffer("running_mean", torch.zeros(c))
+
+    def forward(self, x):
+        mean = x.mean(dim=(0, 2, 3))
+        with torch.no_grad():
+            self.running_mean.mul_(0.9).add_(0.1 * mean)
+        return self.weight.view(1, -1, 1, 1) * (x - mean.view(1, -1, 1, 1)) + self.bias.view(1, -1, 1, 1)
+
+
+def block(cin, cout, k, stride, pad, norm):
+    conv = nn.Conv2d(cin, cout, k, stride, pad, bias=norm in ("none", "sn"))
+    if norm in ("sn", "msn"):
+        conv = nn.utils.parametrizations.spectral_norm(conv)
+    layers = [conv]
+    if norm == "bn":
+        layers.append(nn.BatchNorm2d(cout))
+    if norm == "msn":
+        layers.append(MeanOnlyBN(cout))
+    return layers + [nn.LeakyReLU(0.1)]
+
+
+def cnn3(norm):
+    return nn.Sequential(*block(1, 16, 5, 1, 2, norm), *block(16, 32, 3, 1, 2, norm), *block(32, 32, 4, 2, 2, norm),
+                         nn.Flatten(), nn.Linear(32 * 16 * 16, 10))
+
+
+def vgg7(norm):
+    layers, c = [], 3
+    for item in [32, 32, "M", 64, 64, "M", 128, "M", 256, "M"]:
+        if item == "M":
+            layers.append(nn.MaxPool2d(2))
+        else:
+            layers += block(c, item, 3, 1, 1, norm)
+            c = item
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(256 * 2 * 2, 10))
+
+
+def step_ms(net, shape):
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    x = torch.rand(64, *shape) * 2 - 1
+    y = torch.arange(64) % 10
+    times = []
+    for i in range(12):
+        t = time.perf_counter()
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+        if i >= 2:
+            times.append((time.perf_counter() - t) * 1e3)
+    return sorted(times)[len(times) // 2]
+
+
+def main():
+    for arch, make, shape in [("cnn3", cnn3, (1, 28, 28)), ("vgg7", vgg7, (3, 32, 32))]:
+        for norm in ("none", "bn", "sn", "msn"):
+            print(f"{arch}-{norm} {step_ms(make(norm), shape):.3f}")
+
+
+if __name__ == "__main__":
+    main()
