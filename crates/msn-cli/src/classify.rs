@@ -78,12 +78,19 @@ fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Loads the classifier named by `--model`.
+/// The built-in default model: the Fashion-MNIST `cnn3` MSN classifier that our trainer made
+/// (`models/README.md`), folded. Built into the binary so one file is all a board needs.
+pub const DEFAULT_MODEL: &[u8] = include_bytes!("../../../models/fashion-cnn3-msn.folded.onnx");
+
+/// How the built-in model is named in messages.
+pub const DEFAULT_MODEL_NAME: &str = "fashion-cnn3-msn.folded.onnx (built in)";
+
+/// Loads the classifier named by `--model`, or the built-in default.
 pub fn load_classifier(model: Option<&Path>, options: &LoadOptions) -> Result<Classifier> {
-    let Some(path) = model else {
-        bail!("no --model given, and this build has no default model");
-    };
-    Ok(Classifier::load(path, options)?)
+    Ok(match model {
+        Some(path) => Classifier::load(path, options)?,
+        None => Classifier::from_bytes(DEFAULT_MODEL, Path::new(DEFAULT_MODEL_NAME), options)?,
+    })
 }
 
 /// Runs the command, writing results to stdout. Per-image failures are reported on stderr and

@@ -20,6 +20,9 @@ pub struct ExportArgs {
     /// Batch dimension: dynamic, or a fixed size
     #[arg(long, default_value = "dynamic", value_name = "dynamic|N")]
     pub batch: String,
+    /// Write the folded model (msn-fold's passes applied, and verified in tract)
+    #[arg(long)]
+    pub folded: bool,
 }
 
 pub fn run(args: ExportArgs) -> Result<()> {
@@ -33,13 +36,16 @@ pub fn run(args: ExportArgs) -> Result<()> {
     if !(7..=21).contains(&args.opset) {
         bail!("--opset {} is not supported (7 to 21)", args.opset);
     }
-    let model = export_run(
-        &args.run,
-        &ExportOptions {
-            opset: args.opset,
-            batch,
-        },
-    )?;
+    let mut model = export_run(&args.run, &ExportOptions { opset: args.opset, batch })?;
+    if args.folded {
+        let exported = model.clone();
+        let report = msn_fold::fold(&mut model);
+        let err = msn_fold::verify(&exported, &model, 3, 1)?;
+        if err.is_nan() || err > 1e-4 {
+            bail!("folding changed the model's output (max relative error {err:.3e}); nothing written");
+        }
+        eprintln!("folded {} -> {} nodes (max relative error {err:.2e})", report.nodes_before, report.nodes_after);
+    }
     msn_onnx::io::save(&model, &args.output)
         .with_context(|| format!("writing {}", args.output.display()))?;
     let graph = model.graph.as_ref().expect("exported models have a graph");
