@@ -36,7 +36,13 @@ pub fn run(args: ExportArgs) -> Result<()> {
     if !(7..=21).contains(&args.opset) {
         bail!("--opset {} is not supported (7 to 21)", args.opset);
     }
-    let mut model = export_run(&args.run, &ExportOptions { opset: args.opset, batch })?;
+    let mut model = export_run(
+        &args.run,
+        &ExportOptions {
+            opset: args.opset,
+            batch,
+        },
+    )?;
     if args.folded {
         let exported = model.clone();
         let report = msn_fold::fold(&mut model);
@@ -44,7 +50,10 @@ pub fn run(args: ExportArgs) -> Result<()> {
         if err.is_nan() || err > 1e-4 {
             bail!("folding changed the model's output (max relative error {err:.3e}); nothing written");
         }
-        eprintln!("folded {} -> {} nodes (max relative error {err:.2e})", report.nodes_before, report.nodes_after);
+        eprintln!(
+            "folded {} -> {} nodes (max relative error {err:.2e})",
+            report.nodes_before, report.nodes_after
+        );
     }
     msn_onnx::io::save(&model, &args.output)
         .with_context(|| format!("writing {}", args.output.display()))?;

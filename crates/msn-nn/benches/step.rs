@@ -39,7 +39,14 @@ fn median_ms(warmup: usize, iters: usize, mut f: impl FnMut()) -> f64 {
 }
 
 fn step_ms(arch: &str, norm: NormKind, shape: [usize; 3], iters: usize) -> f64 {
-    let cfg = ModelConfig { architecture: arch.into(), norm, input_shape: shape, num_classes: 10, width: 100, depth: 16 };
+    let cfg = ModelConfig {
+        architecture: arch.into(),
+        norm,
+        input_shape: shape,
+        num_classes: 10,
+        width: 100,
+        depth: 16,
+    };
     let model = build(&cfg, 1).unwrap();
     let params = model.parameters();
     let mut opt = Sgd::new(0.9, false, 0.0);
@@ -71,9 +78,14 @@ fn peak_gflops() -> (f64, String) {
         .and_then(|v| v.trim().parse::<f64>().ok())
         .unwrap_or(0.0);
     let fma = info.contains(" fma ") && info.contains(" avx2 ");
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as f64;
     let per_cycle = if fma { 32.0 } else { 8.0 };
-    (cores * mhz / 1e3 * per_cycle, format!("{cores} cores x {mhz:.0} MHz x {per_cycle} FLOP/cycle"))
+    (
+        cores * mhz / 1e3 * per_cycle,
+        format!("{cores} cores x {mhz:.0} MHz x {per_cycle} FLOP/cycle"),
+    )
 }
 
 fn conv_gflops(name: &str, n: usize, c: usize, hw: usize, o: usize, k: usize, opts: ConvOptions) {
@@ -100,19 +112,35 @@ fn conv_gflops(name: &str, n: usize, c: usize, hw: usize, o: usize, k: usize, op
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let torch = args.iter().position(|a| a == "--torch").and_then(|i| args.get(i + 1)).cloned();
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let torch = args
+        .iter()
+        .position(|a| a == "--torch")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     println!("msn training-step benchmark ({threads} threads for sgemm)\n");
 
     let mut ours = Vec::new();
     for (arch, shape, iters) in [("cnn3", [1, 28, 28], 10), ("vgg7", [3, 32, 32], 5)] {
-        println!("{arch}, batch 64, {}x{}: forward + backward + SGD step", shape[1], shape[2]);
-        let times: Vec<f64> = NORMS.iter().map(|&n| step_ms(arch, n, shape, iters)).collect();
+        println!(
+            "{arch}, batch 64, {}x{}: forward + backward + SGD step",
+            shape[1], shape[2]
+        );
+        let times: Vec<f64> = NORMS
+            .iter()
+            .map(|&n| step_ms(arch, n, shape, iters))
+            .collect();
         for (n, t) in NORMS.iter().zip(&times) {
             println!("  {n:<5} {t:8.2} ms");
             ours.push((format!("{arch}-{n}"), *t));
         }
-        println!("  ratio msn/bn = {:.3}   sn/none = {:.3}\n", times[3] / times[1], times[2] / times[0]);
+        println!(
+            "  ratio msn/bn = {:.3}   sn/none = {:.3}\n",
+            times[3] / times[1],
+            times[2] / times[0]
+        );
     }
 
     println!("normalization layers alone, forward + backward, x = [64, 32, 16, 16]");
@@ -125,7 +153,10 @@ fn main() {
     let sn = SpectralNorm::new(&w, &mut rand_chacha::ChaCha8Rng::seed_from_u64(1));
     let sn_ms = fwd_bwd_ms(20, |wv| sn.normalize(wv, true), &[32, 32, 4, 4]);
     println!("  BatchNorm        {bn_ms:7.3} ms");
-    println!("  mean-only BN     {mo_ms:7.3} ms   (MSN/BN = {:.3})", mo_ms / bn_ms);
+    println!(
+        "  mean-only BN     {mo_ms:7.3} ms   (MSN/BN = {:.3})",
+        mo_ms / bn_ms
+    );
     println!("  SN power iter.   {sn_ms:7.3} ms   (weight [32, 32, 4, 4])\n");
 
     let (peak, how) = peak_gflops();
@@ -133,22 +164,38 @@ fn main() {
     let p = |pad| ConvOptions::default().padding(pad);
     conv_gflops("cnn3 conv1 1->16 5x5 28", 64, 1, 28, 16, 5, p(2));
     conv_gflops("cnn3 conv2 16->32 3x3 28", 64, 16, 28, 32, 3, p(2));
-    conv_gflops("cnn3 conv3 32->32 4x4 s2 30", 64, 32, 30, 32, 4, p(2).stride(2));
+    conv_gflops(
+        "cnn3 conv3 32->32 4x4 s2 30",
+        64,
+        32,
+        30,
+        32,
+        4,
+        p(2).stride(2),
+    );
     conv_gflops("vgg7 32->32 3x3 32", 64, 32, 32, 32, 3, p(1));
     conv_gflops("vgg7 64->64 3x3 16", 64, 64, 16, 64, 3, p(1));
     conv_gflops("vgg7 128->256 3x3 4", 64, 128, 4, 256, 3, p(1));
 
     if let Some(py) = torch {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/python/bench_torch_step.py");
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/python/bench_torch_step.py"
+        );
         println!("\nPyTorch on the same machine ({py} {script})");
         match std::process::Command::new(&py).arg(script).output() {
             Ok(out) if out.status.success() => {
                 let text = String::from_utf8_lossy(&out.stdout);
                 for line in text.lines() {
                     let mut it = line.split_whitespace();
-                    if let (Some(name), Some(ms)) = (it.next(), it.next().and_then(|v| v.parse::<f64>().ok())) {
+                    if let (Some(name), Some(ms)) =
+                        (it.next(), it.next().and_then(|v| v.parse::<f64>().ok()))
+                    {
                         if let Some((_, t)) = ours.iter().find(|(n, _)| n == name) {
-                            println!("  {name:<12} ours {t:8.2} ms  torch {ms:8.2} ms  ours/torch {:.2}", t / ms);
+                            println!(
+                                "  {name:<12} ours {t:8.2} ms  torch {ms:8.2} ms  ours/torch {:.2}",
+                                t / ms
+                            );
                         }
                     }
                 }

@@ -1,0 +1,234 @@
+//! Training, resuming and exporting as a user does it, on a small image-folder data set made
+//! here, plus the built-in default model on the shipped test images.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn msn(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_msn"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Two classes of 16x16 gray images: bright on the left or on the right, with noise.
+fn make_folder_dataset(root: &Path, train_per_class: usize) {
+    let mut state = 7u32;
+    let mut noise = move || {
+        state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        (state >> 26) as u8
+    };
+    for (split, n) in [("train", train_per_class), ("test", 16)] {
+        for (class, left) in [("left", true), ("right", false)] {
+            let dir = root.join(split).join(class);
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..n {
+                let img = image::GrayImage::from_fn(16, 16, |x, _| {
+                    let bright = (x < 8) == left;
+                    image::Luma([if bright { 180 } else { 40 } + noise()])
+                });
+                img.save(dir.join(format!("{i:03}.png"))).unwrap();
+            }
+        }
+    }
+}
+
+fn metrics(run: &Path) -> Vec<Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Metrics without the wall-clock fields, which differ between runs.
+fn comparable(mut m: Vec<Value>) -> Vec<Value> {
+    for v in &mut m {
+        let o = v.as_object_mut().unwrap();
+        o.remove("epoch_seconds");
+        o.remove("images_per_second");
+    }
+    m
+}
+
+fn train_args<'a>(data: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec![
+        "train",
+        "--model",
+        "cnn3",
+        "--norm",
+        "msn",
+        "--dataset",
+        "folder",
+        "--data-dir",
+        data,
+        "--epochs",
+        "3",
+        "--batch",
+        "16",
+        "--seed",
+        "5",
+        "--out",
+        out,
+    ]
+}
+
+#[test]
+fn a_run_killed_during_epoch_3_resumes_to_the_same_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    make_folder_dataset(&data, 256);
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+
+    let out = msn(&train_args(s(&data), s(&a)));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let uninterrupted = metrics(&a);
+    assert_eq!(uninterrupted.len(), 3);
+    assert!(
+        uninterrupted[2]["test_acc"].as_f64().unwrap() > 0.9,
+        "{:?}",
+        uninterrupted[2]
+    );
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_msn"))
+        .args(train_args(s(&data), s(&b)))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while metrics(&b).len() < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "epoch 2 never finished"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL: no chance to save anything
+    child.wait().unwrap();
+    assert_eq!(metrics(&b).len(), 2, "the kill must land during epoch 3");
+
+    let out = msn(&["train", "--resume", s(&b)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(comparable(metrics(&b)), comparable(uninterrupted));
+}
+
+fn trained_run(tmp: &Path) -> PathBuf {
+    let data = tmp.join("data");
+    make_folder_dataset(&data, 32);
+    let run = tmp.join("run");
+    let mut args = train_args(s(&data), s(&run));
+    args[10] = "1"; // one epoch
+    let out = msn(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    run
+}
+
+fn edit_config(run: &Path, f: impl FnOnce(&mut Value)) {
+    let path = run.join("config.json");
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    f(&mut v);
+    std::fs::write(path, v.to_string()).unwrap();
+}
+
+#[test]
+fn export_writes_a_classifier_and_rejects_broken_checkpoints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = trained_run(tmp.path());
+    let model = tmp.path().join("m.onnx");
+    let out = msn(&["export", s(&run), "-o", s(&model), "--folded"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let img = tmp.path().join("data/test/left/000.png");
+    let out = Command::new(env!("CARGO_BIN_EXE_msn-classify"))
+        .args(["--model", s(&model), "--json", s(&img)])
+        .output()
+        .unwrap();
+    let line: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(["left", "right"].contains(&line["top"][0]["label"].as_str().unwrap()));
+
+    let cases: [(&str, fn(&mut Value)); 3] = [
+        ("checkpoint version 99 is not supported", |v| {
+            v["version"] = 99.into()
+        }),
+        ("is missing", |v| v["model"]["norm"] = "bn".into()),
+        ("but the config implies", |v| {
+            v["model"]["num_classes"] = 3.into()
+        }),
+    ];
+    for (expected, edit) in cases {
+        let broken = tmp.path().join("broken");
+        let _ = std::fs::remove_dir_all(&broken);
+        std::fs::create_dir_all(&broken).unwrap();
+        for f in ["config.json", "checkpoint.safetensors", "metrics.jsonl"] {
+            std::fs::copy(run.join(f), broken.join(f)).unwrap();
+        }
+        edit_config(&broken, edit);
+        let target = tmp.path().join("never.onnx");
+        let out = msn(&["export", s(&broken), "-o", s(&target)]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains(expected),
+            "expected '{expected}' in {stderr}"
+        );
+        assert!(!target.exists(), "no output file after a failed export");
+    }
+}
+
+#[test]
+fn the_built_in_model_classifies_the_shipped_images() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/images");
+    let out = Command::new(env!("CARGO_BIN_EXE_msn-classify"))
+        .args(["--json", "--top-k", "1", s(&dir)])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 10);
+    // File names are <index>-<class>.png; labels are Fashion-MNIST's class names.
+    let short = |label: &str| {
+        label
+            .to_lowercase()
+            .replace("t-shirt/top", "t-shirt")
+            .replace(' ', "-")
+    };
+    let correct = lines
+        .iter()
+        .filter(|l| {
+            l["file"].as_str().unwrap().ends_with(&format!(
+                "-{}.png",
+                short(l["top"][0]["label"].as_str().unwrap())
+            ))
+        })
+        .count();
+    assert!(correct >= 8, "{correct} of 10 correct: {lines:?}");
+}
