@@ -167,7 +167,8 @@ fn export_writes_a_classifier_and_rejects_broken_checkpoints() {
     let line: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(["left", "right"].contains(&line["top"][0]["label"].as_str().unwrap()));
 
-    let cases: [(&str, fn(&mut Value)); 3] = [
+    type Edit = fn(&mut Value);
+    let cases: [(&str, Edit); 3] = [
         ("checkpoint version 99 is not supported", |v| {
             v["version"] = 99.into()
         }),
