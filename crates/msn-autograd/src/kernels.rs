@@ -152,21 +152,23 @@ impl ConvGeom {
             for i in 0..self.kh {
                 for j in 0..self.kw {
                     let row = (c * self.kh + i) * self.kw + j;
-                    for oy in 0..self.oh {
-                        let y = (oy * self.stride[0] + i * self.dilation[0]) as isize
-                            - self.padding[0] as isize;
-                        if y < 0 || y >= self.h as isize {
-                            continue;
-                        }
-                        for ox in 0..self.ow {
-                            let x = (ox * self.stride[1] + j * self.dilation[1]) as isize
-                                - self.padding[1] as isize;
-                            if x < 0 || x >= self.w as isize {
+                    // Images outermost after the tap, so each row of the column matrix is
+                    // written (or read) front to back.
+                    for n in 0..self.n {
+                        for oy in 0..self.oh {
+                            let y = (oy * self.stride[0] + i * self.dilation[0]) as isize
+                                - self.padding[0] as isize;
+                            if y < 0 || y >= self.h as isize {
                                 continue;
                             }
-                            let base = (c * self.h + y as usize) * self.w + x as usize;
-                            for n in 0..self.n {
-                                f(row, n * l + oy * self.ow + ox, n * image_stride + base);
+                            let base = n * image_stride + (c * self.h + y as usize) * self.w;
+                            let col0 = n * l + oy * self.ow;
+                            for ox in 0..self.ow {
+                                let x = (ox * self.stride[1] + j * self.dilation[1]) as isize
+                                    - self.padding[1] as isize;
+                                if x >= 0 && x < self.w as isize {
+                                    f(row, col0 + ox, base + x as usize);
+                                }
                             }
                         }
                     }

@@ -6,6 +6,7 @@ pub mod conv;
 pub mod elementwise;
 pub mod loss;
 pub mod matmul;
+pub mod norm;
 pub mod pool;
 pub mod reduce;
 pub mod shape;

@@ -1,23 +1,9 @@
 //! BatchNorm and the mean-only batch norm of MSN, over `[N, C]` or `[N, C, H, W]`.
 
 use crate::{join, Ctx, Module, StateKind};
+use msn_autograd::ops::norm::channel_vector;
 use msn_autograd::{Array, Var};
 use ndarray::IxDyn;
-
-/// Reshapes a `[C]` tensor to broadcast along axis 1 of an `ndim`-dimensional input.
-fn per_channel(v: &Var, ndim: usize) -> Var {
-    let mut shape = vec![1; ndim];
-    shape[1] = v.shape()[0];
-    v.reshape(&shape)
-}
-
-fn flat(v: &Var) -> Array {
-    let n = v.value().len();
-    v.value()
-        .clone()
-        .into_shape_with_order(IxDyn(&[n]))
-        .expect("per-channel statistic")
-}
 
 /// `running = (1 - momentum) * running + momentum * batch`.
 fn update_running(running: &Var, batch: &Array, momentum: f32) {
@@ -53,26 +39,27 @@ impl BatchNorm {
 
 impl Module for BatchNorm {
     fn forward(&self, x: &Var, ctx: &mut Ctx) -> Var {
-        let nd = x.shape().len();
-        let (mean, var) = if ctx.training {
-            let mean = x.channel_mean();
-            let var = x.channel_var();
+        if ctx.training {
+            let (y, mean, var) = x.batch_norm(&self.weight, &self.bias, self.eps);
             let count = x.value().len() / x.shape()[1];
-            let unbiased = flat(&var) * (count as f32 / (count.max(2) - 1) as f32);
-            update_running(&self.running_mean, &flat(&mean), self.momentum);
-            update_running(&self.running_var, &unbiased, self.momentum);
-            (mean, var)
+            let unbiased: Vec<f32> = var
+                .iter()
+                .map(|v| v * count as f32 / (count.max(2) - 1) as f32)
+                .collect();
+            update_running(&self.running_mean, &channel_vector(mean), self.momentum);
+            update_running(&self.running_var, &channel_vector(unbiased), self.momentum);
+            y
         } else {
-            (
-                per_channel(&self.running_mean, nd),
-                per_channel(&self.running_var, nd),
-            )
-        };
-        let inv_std = var.add_scalar(self.eps).sqrt();
-        x.sub(&mean)
-            .div(&inv_std)
-            .mul(&per_channel(&self.weight, nd))
-            .add(&per_channel(&self.bias, nd))
+            // y = x * s + (b - mean * s), s = g / sqrt(var + eps): one fused pass over x.
+            let inv_std = Var::constant(
+                self.running_var
+                    .value()
+                    .mapv(|v| 1.0 / (v + self.eps).sqrt()),
+            );
+            let scale = self.weight.mul(&inv_std);
+            let shift = self.bias.sub(&self.running_mean.mul(&scale));
+            x.channel_affine(Some(&scale), &shift)
+        }
     }
 
     fn visit_state(&self, prefix: &str, f: &mut dyn FnMut(String, &Var, StateKind)) {
@@ -113,17 +100,15 @@ impl MeanOnlyBatchNorm {
 
 impl Module for MeanOnlyBatchNorm {
     fn forward(&self, x: &Var, ctx: &mut Ctx) -> Var {
-        let nd = x.shape().len();
-        let mean = if ctx.training {
-            let mean = x.channel_mean();
-            update_running(&self.running_mean, &flat(&mean), self.momentum);
-            mean
+        if ctx.training {
+            let (y, mean) = x.mean_only_batch_norm(&self.weight, &self.bias);
+            update_running(&self.running_mean, &channel_vector(mean), self.momentum);
+            y
         } else {
-            per_channel(&self.running_mean, nd)
-        };
-        x.sub(&mean)
-            .mul(&per_channel(&self.weight, nd))
-            .add(&per_channel(&self.bias, nd))
+            // y = g * (x - running_mean) + b = x * g + (b - g * running_mean).
+            let shift = self.bias.sub(&self.weight.mul(&self.running_mean));
+            x.channel_affine(Some(&self.weight), &shift)
+        }
     }
 
     fn visit_state(&self, prefix: &str, f: &mut dyn FnMut(String, &Var, StateKind)) {
@@ -142,6 +127,14 @@ mod tests {
     use super::*;
     use msn_autograd::gradcheck::check;
     use msn_autograd::ops::elementwise::spread;
+
+    fn flat(v: &Var) -> Array {
+        let n = v.value().len();
+        v.value()
+            .clone()
+            .into_shape_with_order(IxDyn(&[n]))
+            .unwrap()
+    }
 
     #[test]
     fn batchnorm_normalizes_in_training_and_tracks_running_stats() {

@@ -12,12 +12,6 @@ pub struct Conv2d {
     pub options: ConvOptions,
 }
 
-/// The bias as `[1, C, 1, 1]`, to broadcast over an NCHW output.
-fn channel_bias(b: &Var) -> Var {
-    let c = b.shape()[0];
-    b.reshape(&[1, c, 1, 1])
-}
-
 impl Conv2d {
     pub fn new(
         input: usize,
@@ -59,7 +53,7 @@ impl Module for Conv2d {
     fn forward(&self, x: &Var, ctx: &mut Ctx) -> Var {
         let y = x.conv2d(&self.effective_weight(ctx.training), self.options);
         match &self.bias {
-            Some(b) => y.add(&channel_bias(b)),
+            Some(b) => y.channel_affine(None, b),
             None => y,
         }
     }
@@ -110,7 +104,7 @@ impl Module for ConvTranspose2d {
     fn forward(&self, x: &Var, _ctx: &mut Ctx) -> Var {
         let y = x.conv_transpose2d(&self.weight, self.options);
         match &self.bias {
-            Some(b) => y.add(&channel_bias(b)),
+            Some(b) => y.channel_affine(None, b),
             None => y,
         }
     }

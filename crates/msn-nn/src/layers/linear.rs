@@ -39,7 +39,7 @@ impl Module for Linear {
     fn forward(&self, x: &Var, ctx: &mut Ctx) -> Var {
         let y = x.matmul(&self.effective_weight(ctx.training).t());
         match &self.bias {
-            Some(b) => y.add(b),
+            Some(b) => y.channel_affine(None, b),
             None => y,
         }
     }
