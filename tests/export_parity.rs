@@ -71,6 +71,7 @@ fn check(arch: &str, dataset: &str, shape: [usize; 3]) {
             num_classes: 10,
             width: 50,
             depth: 10,
+            latent: 128,
         };
         let model = build(&cfg, 3).unwrap();
         train_a_little(&model, &x);
@@ -166,4 +167,152 @@ fn vgg7_exports_agree_with_the_trainer() {
 #[test]
 fn densenet_exports_agree_with_the_trainer() {
     check("densenet-bc", "cifar10", [3, 32, 32]);
+}
+
+/// A few Adam steps of the generator towards bright images, so BN statistics are real.
+fn train_generator_a_little(g: &Sequential, z: &Var) {
+    let params = g.parameters();
+    let mut opt = Adam::new(0.5, 0.999, 0.0);
+    for step in 0..3 {
+        let y = g.forward(z, &mut Ctx::train(step));
+        y.add_scalar(-0.5).square().mean().backward();
+        opt.step(&params, 2e-4);
+        msn_nn::optim::zero_grad(&params);
+    }
+}
+
+#[test]
+fn dcgan_generator_and_discriminator_exports_agree_with_the_trainer() {
+    let out_dir = repo_root().join("target/export-check");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    for (dataset, shape) in [("fashion-mnist", [1, 28, 28]), ("cifar10", [3, 32, 32])] {
+        let size = shape[1];
+        let cfg = |arch: &str, norm| ModelConfig {
+            architecture: arch.into(),
+            norm,
+            input_shape: shape,
+            num_classes: 1,
+            width: 100,
+            depth: 16,
+            latent: 32,
+        };
+        let g = build(&cfg("dcgan-g", NormKind::Bn), 4).unwrap();
+        let z = Var::constant(msn_autograd::ops::elementwise::spread(
+            &[8, 32],
+            -1.0,
+            1.0,
+            9,
+        ));
+        train_generator_a_little(&g, &z);
+        let ours = no_grad(|| g.forward(&z, &mut Ctx::eval()));
+        let info = ModelInfo {
+            architecture: "dcgan-g".into(),
+            norm: "bn".into(),
+            dataset: dataset.into(),
+            input_shape: shape,
+            input: InputKind::Latent(32),
+            labels: vec![],
+            test_accuracy: None,
+        };
+        let onnx = export(&g, &info, &ExportOptions::default());
+        let theirs = msn_e2e::run_tract(
+            &msn_onnx::io::to_bytes(&onnx),
+            &[8, 32],
+            z.value().iter().copied().collect(),
+        );
+        let diff = max_abs_diff(ours.value().as_slice().unwrap(), &theirs);
+        println!("dcgan-g {size}: max |trainer - tract| = {diff:e}");
+        assert!(diff < 1e-5, "generator {size}: {diff}");
+        let mut folded = onnx.clone();
+        let report = msn_fold::fold(&mut folded);
+        assert!(
+            !report.ops_after.contains_key("BatchNormalization"),
+            "{:?}",
+            report.ops_after
+        );
+        let err = msn_fold::verify(&onnx, &folded, 3, 1).unwrap();
+        println!(
+            "dcgan-g {size}: folded {} -> {} nodes, max relative error {err:e}",
+            report.nodes_before, report.nodes_after
+        );
+        assert!(err < 1e-5);
+        let raw = |a: &[f32]| a.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+        for (n, m) in [
+            (format!("dcgan-g-{size}"), &onnx),
+            (format!("dcgan-g-{size}.folded"), &folded),
+        ] {
+            msn_onnx::io::save(m, out_dir.join(format!("{n}.onnx"))).unwrap();
+            std::fs::write(
+                out_dir.join(format!("{n}.input.f32")),
+                raw(&z.value().iter().copied().collect::<Vec<_>>()),
+            )
+            .unwrap();
+            std::fs::write(
+                out_dir.join(format!("{n}.output.f32")),
+                raw(ours.value().as_slice().unwrap()),
+            )
+            .unwrap();
+        }
+
+        // Discriminators with every norm, on the generator's images.
+        let images: Array4<f32> = ours.value().clone().into_dimensionality().unwrap();
+        for norm in NORMS {
+            let d = build(&cfg("dcgan-d", norm), 5).unwrap();
+            let params = d.parameters();
+            let mut opt = Adam::new(0.5, 0.999, 0.0);
+            let targets = ndarray::Array::ones(ndarray::IxDyn(&[8, 1]));
+            for step in 0..3 {
+                d.forward(
+                    &Var::constant(images.clone().into_dyn()),
+                    &mut Ctx::train(step),
+                )
+                .bce_with_logits(&targets)
+                .backward();
+                opt.step(&params, 2e-4);
+                msn_nn::optim::zero_grad(&params);
+            }
+            let logits =
+                no_grad(|| d.forward(&Var::constant(images.clone().into_dyn()), &mut Ctx::eval()));
+            let info = ModelInfo {
+                architecture: "dcgan-d".into(),
+                norm: norm.to_string(),
+                dataset: dataset.into(),
+                input_shape: shape,
+                input: InputKind::Image {
+                    scale: 2.0 / 255.0,
+                    mean: vec![1.0; shape[0]],
+                    std: vec![1.0; shape[0]],
+                },
+                labels: vec!["real".into()],
+                test_accuracy: None,
+            };
+            let onnx = export(&d, &info, &ExportOptions::default());
+            let theirs = msn_e2e::run_tract(
+                &msn_onnx::io::to_bytes(&onnx),
+                &[8, shape[0], size, size],
+                images.iter().copied().collect(),
+            );
+            let diff = max_abs_diff(logits.value().as_slice().unwrap(), &theirs);
+            println!("dcgan-d-{norm} {size}: max |trainer - tract| = {diff:e}");
+            assert!(diff < 1e-5, "discriminator {norm} {size}: {diff}");
+            let mut folded = onnx.clone();
+            msn_fold::fold(&mut folded);
+            let err = msn_fold::verify(&onnx, &folded, 3, 1).unwrap();
+            assert!(err < 1e-5, "discriminator {norm} {size} folded: {err}");
+            let name = format!("dcgan-d-{norm}-{size}");
+            for (n, m) in [(name.clone(), &onnx), (format!("{name}.folded"), &folded)] {
+                msn_onnx::io::save(m, out_dir.join(format!("{n}.onnx"))).unwrap();
+                std::fs::write(
+                    out_dir.join(format!("{n}.input.f32")),
+                    raw(&images.iter().copied().collect::<Vec<_>>()),
+                )
+                .unwrap();
+                std::fs::write(
+                    out_dir.join(format!("{n}.output.f32")),
+                    raw(logits.value().as_slice().unwrap()),
+                )
+                .unwrap();
+            }
+        }
+    }
 }

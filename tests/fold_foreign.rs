@@ -30,37 +30,11 @@ fn check(name: &str, banned: &[&str]) {
     let n = x.len() / shape[1..].iter().product::<usize>();
     let mut full = shape.clone();
     full[0] = n;
-    let plan = tract_plan(&folded, &full);
-    let y = plan(x);
+    let y = msn_e2e::run_tract(&io::to_bytes(&folded), &full, x);
     let reference = read_f32(&fixture(&format!("fold/{name}.output.f32")));
     let scale = reference.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let diff = msn_e2e::max_abs_diff(&y, &reference) / scale;
     assert!(diff < 1e-4, "{name}: folded vs onnxruntime relative {diff}");
-}
-
-fn tract_plan(model: &msn_onnx::ModelProto, shape: &[usize]) -> impl Fn(Vec<f32>) -> Vec<f32> {
-    use tract_onnx::prelude::*;
-    let bytes = io::to_bytes(model);
-    let plan = tract_onnx::onnx()
-        .model_for_read(&mut &bytes[..])
-        .unwrap()
-        .with_input_fact(0, f32::fact(shape).into())
-        .unwrap()
-        .into_optimized()
-        .unwrap()
-        .into_runnable()
-        .unwrap();
-    let shape = shape.to_vec();
-    move |x| {
-        let t = tract_ndarray::ArrayD::from_shape_vec(shape.clone(), x).unwrap();
-        let out = plan.run(tvec!(Tensor::from(t).into())).unwrap();
-        out[0]
-            .to_plain_array_view::<f32>()
-            .unwrap()
-            .iter()
-            .copied()
-            .collect()
-    }
 }
 
 #[test]

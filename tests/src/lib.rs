@@ -43,3 +43,25 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }
+
+/// Runs an ONNX model (as bytes) in tract, optimised, on one input of the given shape.
+pub fn run_tract(model: &[u8], shape: &[usize], input: Vec<f32>) -> Vec<f32> {
+    use tract_onnx::prelude::*;
+    let plan = tract_onnx::onnx()
+        .model_for_read(&mut &model[..])
+        .unwrap()
+        .with_input_fact(0, f32::fact(shape).into())
+        .unwrap()
+        .into_optimized()
+        .unwrap()
+        .into_runnable()
+        .unwrap();
+    let x = tract_ndarray::ArrayD::from_shape_vec(shape.to_vec(), input).unwrap();
+    let out = plan.run(tvec!(Tensor::from(x).into())).unwrap();
+    out[0]
+        .to_plain_array_view::<f32>()
+        .unwrap()
+        .iter()
+        .copied()
+        .collect()
+}

@@ -103,6 +103,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
                     num_classes: 0,
                     width: args.width,
                     depth: args.depth,
+                    latent: 128,
                 },
                 dataset: args.dataset.clone(),
                 data_dir: data_dir.display().to_string(),

@@ -46,6 +46,7 @@ fn step_ms(arch: &str, norm: NormKind, shape: [usize; 3], iters: usize) -> f64 {
         num_classes: 10,
         width: 100,
         depth: 16,
+        latent: 128,
     };
     let model = build(&cfg, 1).unwrap();
     let params = model.parameters();

@@ -22,6 +22,13 @@ pub struct ModelConfig {
     /// Depth (densenet-bc): 3 dense blocks of (depth - 4) / 6 bottleneck layers.
     #[serde(default = "default_depth")]
     pub depth: usize,
+    /// Latent size of the DCGAN generator (its input is `[N, latent]`).
+    #[serde(default = "default_latent")]
+    pub latent: usize,
+}
+
+fn default_latent() -> usize {
+    128
 }
 
 fn default_width() -> usize {
@@ -75,8 +82,10 @@ pub fn build(config: &ModelConfig, seed: u64) -> Result<Sequential, String> {
         "cnn3" => Ok(cnn3(config, &mut rng)),
         "vgg7" => Ok(vgg7(config, &mut rng)),
         "densenet-bc" => densenet_bc(config, &mut rng),
+        "dcgan-g" => dcgan_generator(config, &mut rng),
+        "dcgan-d" => dcgan_discriminator(config, &mut rng),
         other => Err(format!(
-            "unknown architecture '{other}' (expected cnn3, vgg7 or densenet-bc)"
+            "unknown architecture '{other}' (expected cnn3, vgg7, densenet-bc, dcgan-g or dcgan-d)"
         )),
     }
 }
@@ -246,6 +255,107 @@ pub fn densenet_bc(config: &ModelConfig, rng: &mut ChaCha8Rng) -> Result<Sequent
     Ok(Sequential::new(l))
 }
 
+/// The DCGAN side lengths this crate builds: 28 (MNIST-like) and 32 (CIFAR-like).
+fn dcgan_start(config: &ModelConfig) -> Result<(usize, usize), String> {
+    match config.input_shape {
+        [_, 28, 28] => Ok((7, 2)),
+        [_, 32, 32] => Ok((4, 3)),
+        [_, h, w] => Err(format!(
+            "DCGAN models are built for 28x28 or 32x32 images, not {h}x{w}"
+        )),
+    }
+}
+
+/// Re-draws every Conv, ConvTranspose and Linear weight from N(0, 0.02), as DCGAN does
+/// (biases zero), and re-settles the spectral-norm vectors on the new weights.
+fn dcgan_init(model: &Sequential, rng: &mut ChaCha8Rng) {
+    for layer in &model.layers {
+        let (w, b, sn) = match layer {
+            Layer::Conv(l) => (&l.weight, &l.bias, l.sn.as_ref()),
+            Layer::Linear(l) => (&l.weight, &l.bias, l.sn.as_ref()),
+            Layer::ConvTranspose(l) => (&l.weight, &l.bias, None),
+            _ => continue,
+        };
+        w.set_value(crate::init::normal(&w.shape(), 0.02, rng));
+        if let Some(b) = b {
+            let dim = b.value().raw_dim();
+            b.set_value(msn_autograd::Array::zeros(dim));
+        }
+        if let Some(sn) = sn {
+            sn.power_iteration(&w.value(), 15);
+        }
+    }
+}
+
+/// DCGAN generator: `[N, latent]` viewed as `[N, latent, 1, 1]` -> ConvTranspose to
+/// `[N, C0, s, s]` -> (BN, ReLU, ConvTranspose 4x4 stride 2) per doubling -> Tanh, for 28x28
+/// (s = 7, two doublings) or 32x32 (s = 4, three).
+pub fn dcgan_generator(config: &ModelConfig, rng: &mut ChaCha8Rng) -> Result<Sequential, String> {
+    use crate::layers::ConvTranspose2d;
+    let (s, doublings) = dcgan_start(config)?;
+    let c_out = config.input_shape[0];
+    let mut c = 64 << doublings;
+    let mut l = vec![
+        Layer::Unflatten([config.latent, 1, 1]),
+        Layer::ConvTranspose(ConvTranspose2d::new(
+            config.latent,
+            c,
+            s,
+            ConvOptions::default(),
+            false,
+            rng,
+        )),
+    ];
+    for i in 0..doublings {
+        l.push(Layer::BatchNorm(BatchNorm::new(c)));
+        l.push(Layer::Relu);
+        let next = if i + 1 == doublings { c_out } else { c / 2 };
+        let opts = ConvOptions::default().stride(2).padding(1);
+        l.push(Layer::ConvTranspose(ConvTranspose2d::new(
+            c,
+            next,
+            4,
+            opts,
+            i + 1 == doublings,
+            rng,
+        )));
+        c = next;
+    }
+    l.push(Layer::Tanh);
+    let model = Sequential::new(l);
+    dcgan_init(&model, rng);
+    Ok(model)
+}
+
+/// DCGAN discriminator: 4x4 stride-2 convs (64, 128, 256 channels), each with the chosen norm
+/// and LeakyReLU 0.1, then a linear layer to one logit.
+pub fn dcgan_discriminator(
+    config: &ModelConfig,
+    rng: &mut ChaCha8Rng,
+) -> Result<Sequential, String> {
+    dcgan_start(config)?;
+    let [mut c, mut h, _] = config.input_shape;
+    let mut l = Vec::new();
+    for out in [64, 128, 256] {
+        conv_block(
+            &mut l,
+            c,
+            out,
+            4,
+            ConvOptions::default().stride(2).padding(1),
+            config.norm,
+            rng,
+        );
+        c = out;
+        h = conv_out(h, 4, 2, 1);
+    }
+    l.push(Layer::Flatten);
+    l.push(Layer::Linear(Linear::new(c * h * h, 1, true, rng)));
+    let model = Sequential::new(l);
+    dcgan_init(&model, rng);
+    Ok(model)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,7 +370,29 @@ mod tests {
             num_classes: 10,
             width: 25,
             depth: 10,
+            latent: 16,
         }
+    }
+
+    #[test]
+    fn dcgan_shapes() {
+        for size in [28, 32] {
+            let g = build(&config("dcgan-g", NormKind::Bn, [1, size, size]), 0).unwrap();
+            let z = Var::constant(msn_autograd::ops::elementwise::spread(
+                &[3, 16],
+                -1.0,
+                1.0,
+                2,
+            ));
+            let img = g.forward(&z, &mut Ctx::train(0));
+            assert_eq!(img.shape(), vec![3, 1, size, size]);
+            assert!(img.value().iter().all(|v| v.abs() <= 1.0));
+            for norm in [NormKind::None, NormKind::Bn, NormKind::Sn, NormKind::Msn] {
+                let d = build(&config("dcgan-d", norm, [1, size, size]), 0).unwrap();
+                assert_eq!(d.forward(&img, &mut Ctx::eval()).shape(), vec![3, 1]);
+            }
+        }
+        assert!(build(&config("dcgan-g", NormKind::Bn, [1, 20, 20]), 0).is_err());
     }
 
     #[test]
