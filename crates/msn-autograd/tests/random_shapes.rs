@@ -18,7 +18,7 @@ proptest! {
     #[test]
     fn conv2d(n in 1usize..3, cg in 1usize..3, og in 1usize..3, groups in 1usize..3, h in 3usize..7, w in 3usize..7,
               k in 1usize..4, stride in 1usize..3, padding in 0usize..2, dilation in 1usize..3, seed in 0u64..1000) {
-        prop_assume!(h + 2 * padding >= dilation * (k - 1) + 1 && w + 2 * padding >= dilation * (k - 1) + 1);
+        prop_assume!(h + 2 * padding > dilation * (k - 1) && w + 2 * padding > dilation * (k - 1));
         let x = spread(&[n, cg * groups, h, w], -1.0, 1.0, seed);
         let wt = spread(&[og * groups, cg, k, k], -1.0, 1.0, seed + 1);
         let o = ConvOptions::default().stride(stride).padding(padding).dilation(dilation).groups(groups);
