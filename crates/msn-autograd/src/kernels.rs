@@ -1,8 +1,10 @@
-//! Numeric kernels kept apart from the graph: im2col / col2im for convolutions, and moving a
-//! group of channels between `[N, C, L]` tensors and `[C_g, N * L]` matrices for sgemm.
+//! Numeric kernels kept apart from the graph: sgemm, per-image im2col / col2im for
+//! convolutions, and the batch split that runs images on all threads.
 
 use crate::Array;
-use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis};
+use ndarray::{Array2, ArrayView2, ArrayViewMut2};
+use rayon::prelude::*;
+use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 static THREADS: AtomicUsize = AtomicUsize::new(0);
@@ -13,13 +15,41 @@ pub fn set_threads(n: usize) {
     THREADS.store(n, Ordering::Relaxed);
 }
 
-/// `c = a b`, or `c += a b` when `accumulate`, on the `gemm` crate's sgemm. Any strides
-/// (transposed views included) are read directly, without copies.
+/// The thread count in use: the one set by [`set_threads`], or all cores.
+pub fn threads() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    match THREADS.load(Ordering::Relaxed) {
+        0 => *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        t => t,
+    }
+}
+
+/// `c = a b`, or `c += a b` when `accumulate`, on the `gemm` crate's sgemm over all threads.
+/// Any strides (transposed views included) are read directly, without copies.
 pub fn gemm_into(
     c: &mut ArrayViewMut2<f32>,
     a: ArrayView2<f32>,
     b: ArrayView2<f32>,
     accumulate: bool,
+) {
+    let (m, k) = a.dim();
+    let threads = threads();
+    // Small products are not worth waking threads for.
+    let parallel = m * c.ncols() * k >= 32 * 32 * 32 && threads > 1;
+    gemm_with(c, a, b, accumulate, parallel.then_some(threads));
+}
+
+/// [`gemm_into`] on the calling thread only: for work that is already split across threads.
+pub fn gemm_seq(c: &mut ArrayViewMut2<f32>, a: ArrayView2<f32>, b: ArrayView2<f32>, acc: bool) {
+    gemm_with(c, a, b, acc, None);
+}
+
+fn gemm_with(
+    c: &mut ArrayViewMut2<f32>,
+    a: ArrayView2<f32>,
+    b: ArrayView2<f32>,
+    accumulate: bool,
+    threads: Option<usize>,
 ) {
     let (m, k) = a.dim();
     let (k2, n) = b.dim();
@@ -28,13 +58,13 @@ pub fn gemm_into(
     if m == 0 || n == 0 {
         return;
     }
-    let threads = THREADS.load(Ordering::Relaxed);
-    // Small products are not worth waking threads for.
-    let parallelism = if m * n * k < 32 * 32 * 32 || threads == 1 {
-        gemm::Parallelism::None
-    } else {
-        gemm::Parallelism::Rayon(threads)
-    };
+    if k == 0 {
+        if !accumulate {
+            c.fill(0.0);
+        }
+        return;
+    }
+    let parallelism = threads.map_or(gemm::Parallelism::None, gemm::Parallelism::Rayon);
     let (cs, as_, bs) = (
         c.strides().to_vec(),
         a.strides().to_vec(),
@@ -82,10 +112,35 @@ pub fn as_2d(a: &Array) -> Array2<f32> {
         .to_owned()
 }
 
-/// The geometry of a 2-D convolution, seen from its (non-transposed) input side.
+/// Runs `f(images, out_part)` on contiguous chunks of a batch of `n` images, one chunk per
+/// thread, in parallel. `out` holds `stride` values per image and is split with the images
+/// (`stride` 0: every chunk gets an empty slice). Results come back in chunk order, and the
+/// chunks depend only on `n` and the thread count, so sums over them are reproducible.
+pub fn par_images<R: Send>(
+    n: usize,
+    out: &mut [f32],
+    stride: usize,
+    f: impl Fn(Range<usize>, &mut [f32]) -> R + Sync,
+) -> Vec<R> {
+    assert_eq!(out.len(), n * stride, "par_images: output size");
+    let per = n.div_ceil(threads().clamp(1, n.max(1))).max(1);
+    let mut parts = Vec::new();
+    let mut rest = out;
+    for start in (0..n).step_by(per) {
+        let end = (start + per).min(n);
+        let (head, tail) = rest.split_at_mut((end - start) * stride);
+        parts.push((start..end, head));
+        rest = tail;
+    }
+    if parts.len() <= 1 {
+        return parts.into_iter().map(|(r, o)| f(r, o)).collect();
+    }
+    parts.into_par_iter().map(|(r, o)| f(r, o)).collect()
+}
+
+/// The geometry of a 2-D convolution of one image, seen from its (non-transposed) input side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConvGeom {
-    pub n: usize,
     /// Input channels of one group.
     pub c: usize,
     pub h: usize,
@@ -102,7 +157,6 @@ pub struct ConvGeom {
 impl ConvGeom {
     /// Output size of a convolution; panics with a clear message if the kernel does not fit.
     pub fn new(
-        n: usize,
         c: usize,
         (h, w): (usize, usize),
         (kh, kw): (usize, usize),
@@ -119,7 +173,6 @@ impl ConvGeom {
             (size + 2 * p - span) / s + 1
         };
         ConvGeom {
-            n,
             c,
             h,
             w,
@@ -138,39 +191,51 @@ impl ConvGeom {
         self.c * self.kh * self.kw
     }
 
-    /// Columns of the column matrix: `n * oh * ow`.
+    /// Columns of the column matrix: `oh * ow`.
     pub fn cols(&self) -> usize {
-        self.n * self.oh * self.ow
+        self.oh * self.ow
     }
 
-    /// Calls `f(row, col, input_offset)` for every in-bounds tap; `input_offset` indexes one
-    /// group's `[n, c, h, w]` block given the per-image stride `image_stride`.
+    /// Input pixels per channel.
+    pub fn plane(&self) -> usize {
+        self.h * self.w
+    }
+
+    /// A 1x1 kernel with stride 1 and no padding: the column matrix is the input itself.
+    pub fn pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == [1, 1] && self.padding == [0, 0]
+    }
+
+    /// Calls `f(col_row, in_row, ox_range, in_offset)` for each (tap, output row) pair whose
+    /// input row is in bounds: output columns `ox_range` of that row read input columns
+    /// `in_offset + ox * stride_w`. Columns outside `ox_range` fall in the padding.
     #[inline]
-    fn for_each_tap(&self, image_stride: usize, mut f: impl FnMut(usize, usize, usize)) {
-        let l = self.oh * self.ow;
+    fn for_each_run(&self, mut f: impl FnMut(usize, usize, Range<usize>, isize)) {
+        let (sy, sx) = (self.stride[0] as isize, self.stride[1] as isize);
+        let (ph, pw) = (self.padding[0] as isize, self.padding[1] as isize);
+        let (h, w) = (self.h as isize, self.w as isize);
         for c in 0..self.c {
             for i in 0..self.kh {
                 for j in 0..self.kw {
                     let row = (c * self.kh + i) * self.kw + j;
-                    // Images outermost after the tap, so each row of the column matrix is
-                    // written (or read) front to back.
-                    for n in 0..self.n {
-                        for oy in 0..self.oh {
-                            let y = (oy * self.stride[0] + i * self.dilation[0]) as isize
-                                - self.padding[0] as isize;
-                            if y < 0 || y >= self.h as isize {
-                                continue;
-                            }
-                            let base = n * image_stride + (c * self.h + y as usize) * self.w;
-                            let col0 = n * l + oy * self.ow;
-                            for ox in 0..self.ow {
-                                let x = (ox * self.stride[1] + j * self.dilation[1]) as isize
-                                    - self.padding[1] as isize;
-                                if x >= 0 && x < self.w as isize {
-                                    f(row, col0 + ox, base + x as usize);
-                                }
-                            }
+                    let off = (j * self.dilation[1]) as isize - pw;
+                    // Output columns whose input column `ox * sx + off` lies in [0, w).
+                    let ow = self.ow as isize;
+                    let lo = if off >= 0 { 0 } else { (-off + sx - 1) / sx }.min(ow);
+                    let hi = if w - 1 - off < 0 {
+                        0
+                    } else {
+                        (w - 1 - off) / sx + 1
+                    }
+                    .clamp(lo, ow);
+                    let run = lo as usize..hi as usize;
+                    for oy in 0..self.oh {
+                        let y = oy as isize * sy + (i * self.dilation[0]) as isize - ph;
+                        if y < 0 || y >= h {
+                            f(row, oy, 0..0, 0);
+                            continue;
                         }
+                        f(row, oy, run.clone(), (c as isize * h + y) * w + off);
                     }
                 }
             }
@@ -178,62 +243,59 @@ impl ConvGeom {
     }
 }
 
-/// Unfolds group `g` of `x` (`[N, C_total, H, W]`, standard layout) into `[c*kh*kw, n*oh*ow]`.
-pub fn im2col(x: &[f32], channels_total: usize, g: usize, geom: &ConvGeom) -> Array2<f32> {
-    let mut col = Array2::<f32>::zeros((geom.rows(), geom.cols()));
-    let image = channels_total * geom.h * geom.w;
-    let src = &x[g * geom.c * geom.h * geom.w..];
-    let ncols = geom.cols();
-    let dst = col.as_slice_mut().expect("fresh array is contiguous");
-    geom.for_each_tap(image, |row, c, off| dst[row * ncols + c] = src[off]);
-    col
+/// Unfolds one image's group (`x`: `[c, h, w]`, contiguous) into the column matrix
+/// `col` (`[c*kh*kw, oh*ow]`, row-major). Every element of `col` is written.
+pub fn im2col(x: &[f32], geom: &ConvGeom, col: &mut [f32]) {
+    let (ow, l, sx) = (geom.ow, geom.cols(), geom.stride[1]);
+    debug_assert_eq!(col.len(), geom.rows() * l);
+    geom.for_each_run(|row, oy, run, base| {
+        let dst = &mut col[row * l + oy * ow..row * l + (oy + 1) * ow];
+        dst[..run.start].fill(0.0);
+        dst[run.end..].fill(0.0);
+        if run.is_empty() {
+            dst.fill(0.0);
+            return;
+        }
+        let first = (base + (run.start * sx) as isize) as usize;
+        if sx == 1 {
+            dst[run.clone()].copy_from_slice(&x[first..first + run.len()]);
+        } else {
+            for (k, d) in dst[run].iter_mut().enumerate() {
+                *d = x[first + k * sx];
+            }
+        }
+    });
 }
 
-/// Folds a column matrix back, adding into group `g` of `dx` (`[N, C_total, H, W]`).
-pub fn col2im(
-    col: ArrayView2<f32>,
-    dx: &mut [f32],
-    channels_total: usize,
-    g: usize,
-    geom: &ConvGeom,
-) {
-    let image = channels_total * geom.h * geom.w;
-    let dst = &mut dx[g * geom.c * geom.h * geom.w..];
-    let col = col.as_standard_layout();
-    let ncols = geom.cols();
-    let src = col.as_slice().expect("standard layout");
-    geom.for_each_tap(image, |row, c, off| dst[off] += src[row * ncols + c]);
+/// Folds a column matrix back, adding into one image's group `dx` (`[c, h, w]`).
+pub fn col2im(col: &[f32], geom: &ConvGeom, dx: &mut [f32]) {
+    let (ow, l, sx) = (geom.ow, geom.cols(), geom.stride[1]);
+    debug_assert_eq!(col.len(), geom.rows() * l);
+    geom.for_each_run(|row, oy, run, base| {
+        if run.is_empty() {
+            return;
+        }
+        let src = &col[row * l + oy * ow + run.start..row * l + oy * ow + run.end];
+        let first = (base + (run.start * sx) as isize) as usize;
+        if sx == 1 {
+            for (d, s) in dx[first..first + src.len()].iter_mut().zip(src) {
+                *d += s;
+            }
+        } else {
+            for (k, s) in src.iter().enumerate() {
+                dx[first + k * sx] += s;
+            }
+        }
+    });
 }
 
-/// Channels `[g*cg, (g+1)*cg)` of a `[N, C, ...]` tensor as a `[cg, N * L]` matrix.
-pub fn gather_group(a: &Array, g: usize, cg: usize) -> Array2<f32> {
-    let n = a.shape()[0];
-    let l: usize = a.shape()[2..].iter().product();
-    let c = a.shape()[1];
-    let a3 = a
-        .view()
-        .into_shape_with_order((n, c, l))
-        .expect("contiguous tensor");
-    let part = a3.slice(ndarray::s![.., g * cg..(g + 1) * cg, ..]);
-    let mut out = Array2::<f32>::zeros((cg, n * l));
-    for (ni, img) in part.axis_iter(Axis(0)).enumerate() {
-        out.slice_mut(ndarray::s![.., ni * l..(ni + 1) * l])
-            .assign(&img);
-    }
-    out
+/// A row-major `[rows, cols]` view of a slice.
+pub fn view2(s: &[f32], rows: usize, cols: usize) -> ArrayView2<'_, f32> {
+    ArrayView2::from_shape((rows, cols), &s[..rows * cols]).expect("slice of the stated size")
 }
 
-/// Writes a `[cg, N * L]` matrix into channels `[g*cg, (g+1)*cg)` of a `[N, C, L...]` tensor.
-pub fn scatter_group(m: ArrayView2<f32>, dst: &mut Array, g: usize, cg: usize) {
-    let n = dst.shape()[0];
-    let c = dst.shape()[1];
-    let l: usize = dst.shape()[2..].iter().product();
-    let mut d3 = dst
-        .view_mut()
-        .into_shape_with_order((n, c, l))
-        .expect("contiguous tensor");
-    for ni in 0..n {
-        d3.slice_mut(ndarray::s![ni, g * cg..(g + 1) * cg, ..])
-            .assign(&m.slice(ndarray::s![.., ni * l..(ni + 1) * l]));
-    }
+/// A mutable row-major `[rows, cols]` view of a slice.
+pub fn view2_mut(s: &mut [f32], rows: usize, cols: usize) -> ArrayViewMut2<'_, f32> {
+    ArrayViewMut2::from_shape((rows, cols), &mut s[..rows * cols])
+        .expect("slice of the stated size")
 }

@@ -15,6 +15,10 @@ pub use preprocess_args::PreprocessArgs;
 
 use std::process::ExitCode;
 
+#[cfg(not(target_env = "musl"))]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The exit code for every failure: bad input, a missing file, a model that cannot run.
 pub const FAILURE: u8 = 2;
 

@@ -66,9 +66,14 @@ pub struct TrainArgs {
     /// Continue the run in RUN_DIR from its last checkpoint (other flags are ignored)
     #[arg(long, value_name = "RUN_DIR", conflicts_with = "out")]
     pub resume: Option<PathBuf>,
+    /// Threads for the convolutions and matrix products (0: all cores). Results are
+    /// reproducible for a given seed and thread count.
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
+    msn_autograd::kernels::set_threads(args.threads);
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = Arc::clone(&stop);

@@ -20,6 +20,11 @@ use msn_nn::{Ctx, Module, NormKind};
 use rand::SeedableRng;
 use std::time::Instant;
 
+// The same allocator as the `msn` binary: large tensors are reused instead of being mapped
+// and faulted in afresh at every step.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const NORMS: [NormKind; 4] = [NormKind::None, NormKind::Bn, NormKind::Sn, NormKind::Msn];
 
 /// Median wall time of `f` over `iters` runs after `warmup` runs, in milliseconds.

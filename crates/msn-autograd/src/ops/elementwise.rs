@@ -4,63 +4,81 @@
 use crate::{Array, Var};
 
 impl Var {
-    fn unary(&self, f: impl Fn(f32) -> f32, df: impl Fn(f32, f32) -> f32 + 'static) -> Var {
-        let x = self.value().clone();
-        let y = x.mapv(f);
+    /// An elementwise op whose derivative is a function of the input: the input is read from
+    /// the parent during the backward pass, nothing is copied.
+    fn unary(&self, f: impl Fn(f32) -> f32, df: impl Fn(f32) -> f32 + 'static) -> Var {
+        let y = self.value().mapv(f);
+        let input = self.clone();
+        Var::from_op(
+            y,
+            vec![self.clone()],
+            Box::new(move |g, _| {
+                let mut dx = g.to_owned();
+                ndarray::Zip::from(&mut dx)
+                    .and(&*input.value())
+                    .for_each(|g, &x| *g *= df(x));
+                vec![Some(dx)]
+            }),
+        )
+    }
+
+    /// An elementwise op whose derivative is a function of the output (tanh, sigmoid, exp,
+    /// sqrt): the output is kept for the backward pass.
+    fn unary_y(&self, f: impl Fn(f32) -> f32, df: impl Fn(f32) -> f32 + 'static) -> Var {
+        let y = self.value().mapv(f);
         let y_saved = y.clone();
         Var::from_op(
             y,
             vec![self.clone()],
             Box::new(move |g, _| {
-                let mut dx = x;
+                let mut dx = g.to_owned();
                 ndarray::Zip::from(&mut dx)
                     .and(&y_saved)
-                    .and(g)
-                    .for_each(|x, &y, &g| *x = g * df(*x, y));
+                    .for_each(|g, &y| *g *= df(y));
                 vec![Some(dx)]
             }),
         )
     }
 
     pub fn relu(&self) -> Var {
-        self.unary(|x| x.max(0.0), |x, _| if x > 0.0 { 1.0 } else { 0.0 })
+        self.unary(|x| x.max(0.0), |x| if x > 0.0 { 1.0 } else { 0.0 })
     }
 
     pub fn leaky_relu(&self, slope: f32) -> Var {
         self.unary(
             move |x| if x > 0.0 { x } else { slope * x },
-            move |x, _| if x > 0.0 { 1.0 } else { slope },
+            move |x| if x > 0.0 { 1.0 } else { slope },
         )
     }
 
     pub fn tanh(&self) -> Var {
-        self.unary(f32::tanh, |_, y| 1.0 - y * y)
+        self.unary_y(f32::tanh, |y| 1.0 - y * y)
     }
 
     pub fn sigmoid(&self) -> Var {
-        self.unary(|x| 1.0 / (1.0 + (-x).exp()), |_, y| y * (1.0 - y))
+        self.unary_y(|x| 1.0 / (1.0 + (-x).exp()), |y| y * (1.0 - y))
     }
 
     pub fn exp(&self) -> Var {
-        self.unary(f32::exp, |_, y| y)
+        self.unary_y(f32::exp, |y| y)
     }
 
     pub fn sqrt(&self) -> Var {
-        self.unary(f32::sqrt, |_, y| 0.5 / y)
+        self.unary_y(f32::sqrt, |y| 0.5 / y)
     }
 
     pub fn square(&self) -> Var {
-        self.unary(|x| x * x, |x, _| 2.0 * x)
+        self.unary(|x| x * x, |x| 2.0 * x)
     }
 
     /// Multiplies by a constant.
     pub fn scale(&self, c: f32) -> Var {
-        self.unary(move |x| c * x, move |_, _| c)
+        self.unary(move |x| c * x, move |_| c)
     }
 
     /// Adds a constant.
     pub fn add_scalar(&self, c: f32) -> Var {
-        self.unary(move |x| x + c, |_, _| 1.0)
+        self.unary(move |x| x + c, |_| 1.0)
     }
 
     pub fn neg(&self) -> Var {

@@ -11,41 +11,90 @@ fn dims(x: &Array) -> (usize, usize, usize) {
     (s[0], s[1], s[2..].iter().product())
 }
 
-/// Per-channel sums of `f(i)` over every element of channel `c`, for a standard-layout slice.
-fn per_channel(
-    data: &[f32],
-    (n, c, l): (usize, usize, usize),
-    mut f: impl FnMut(usize, f32) -> f32,
-) -> Vec<f32> {
-    let mut out = vec![0.0f64; c];
-    for ni in 0..n {
-        for (ci, acc) in out.iter_mut().enumerate() {
-            let base = (ni * c + ci) * l;
-            let mut s = 0.0f32;
-            for (k, &v) in data[base..base + l].iter().enumerate() {
-                s += f(base + k, v);
-            }
-            *acc += s as f64;
+/// Sum of a slice with eight independent accumulators, so the loop vectorizes.
+fn lane_sum(s: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let chunks = s.chunks_exact(8);
+    let rest: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for k in 0..8 {
+            acc[k] += c[k];
         }
     }
-    out.into_iter().map(|v| v as f32).collect()
+    acc.iter().sum::<f32>() + rest
 }
 
-/// Applies `f(value, channel)` to every element.
-fn map_channels(
-    data: &[f32],
-    (n, c, l): (usize, usize, usize),
-    mut f: impl FnMut(usize, f32, usize) -> f32,
-) -> Vec<f32> {
-    let mut out = Vec::with_capacity(data.len());
+/// Dot product of two equally long slices, vectorized like [`lane_sum`].
+fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let rest: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    acc.iter().sum::<f32>() + rest
+}
+
+/// Per-channel sums of `a`, and of `a * b` when `b` is given (standard-layout slices);
+/// per-sample partial sums are accumulated in f64.
+fn channel_sums(a: &[f32], b: Option<&[f32]>, (n, c, l): (usize, usize, usize)) -> [Vec<f32>; 2] {
+    let mut sum = vec![0.0f64; c];
+    let mut dot = vec![0.0f64; if b.is_some() { c } else { 0 }];
     for ni in 0..n {
         for ci in 0..c {
+            let r = (ni * c + ci) * l..(ni * c + ci + 1) * l;
+            sum[ci] += lane_sum(&a[r.clone()]) as f64;
+            if let Some(b) = b {
+                dot[ci] += lane_dot(&a[r.clone()], &b[r]) as f64;
+            }
+        }
+    }
+    let f = |v: Vec<f64>| v.into_iter().map(|s| s as f32).collect();
+    [f(sum), f(dot)]
+}
+
+/// `y = scale[c] * x + shift[c]` over a standard-layout slice.
+fn channel_map(
+    x: &[f32],
+    (n, c, l): (usize, usize, usize),
+    scale: &[f32],
+    shift: &[f32],
+) -> Vec<f32> {
+    let mut out = Vec::with_capacity(x.len());
+    for ni in 0..n {
+        for ci in 0..c {
+            let (a, b) = (scale[ci], shift[ci]);
+            let base = (ni * c + ci) * l;
+            out.extend(x[base..base + l].iter().map(|&v| a * v + b));
+        }
+    }
+    out
+}
+
+/// `y = p[c] * x + q[c] * z + r[c]` over two standard-layout slices.
+fn channel_map2(
+    x: &[f32],
+    z: &[f32],
+    (n, c, l): (usize, usize, usize),
+    [p, q, r]: [&[f32]; 3],
+) -> Vec<f32> {
+    let mut out = Vec::with_capacity(x.len());
+    for ni in 0..n {
+        for ci in 0..c {
+            let (a, b, k) = (p[ci], q[ci], r[ci]);
             let base = (ni * c + ci) * l;
             out.extend(
-                data[base..base + l]
+                x[base..base + l]
                     .iter()
-                    .enumerate()
-                    .map(|(k, &v)| f(base + k, v, ci)),
+                    .zip(&z[base..base + l])
+                    .map(|(&v, &w)| a * v + b * w + k),
             );
         }
     }
@@ -56,42 +105,55 @@ fn vec1(v: &Var) -> Vec<f32> {
     v.value().iter().copied().collect()
 }
 
+/// Runs `f` on the standard-layout data of a value (copying only if it is not contiguous).
+fn with_slice<R>(a: &Array, f: impl FnOnce(&[f32]) -> R) -> R {
+    match a.as_slice() {
+        Some(s) => f(s),
+        None => f(a.as_standard_layout().as_slice().expect("standard layout")),
+    }
+}
+
 impl Var {
     /// `y = x * scale[c] + shift[c]` (scale optional): eval-mode batch norms and conv biases.
     pub fn channel_affine(&self, scale: Option<&Var>, shift: &Var) -> Var {
-        let x = self.value().as_standard_layout().into_owned();
-        let d = dims(&x);
-        let s = scale.map(vec1);
+        let xshape = self.value().raw_dim();
+        let d = dims(&self.value());
+        let s = scale.map_or_else(|| vec![1.0; d.1], vec1);
         let t = vec1(shift);
-        let xs = x.as_slice().expect("standard layout");
-        let y = map_channels(xs, d, |_, v, c| v * s.as_ref().map_or(1.0, |s| s[c]) + t[c]);
-        let y = Array::from_shape_vec(x.raw_dim(), y).expect("same size");
+        let y = with_slice(&self.value(), |xs| channel_map(xs, d, &s, &t));
+        let y = Array::from_shape_vec(xshape.clone(), y).expect("same size");
         let mut parents = vec![self.clone(), shift.clone()];
         parents.extend(scale.cloned());
         let shift_shape = shift.value().raw_dim();
         let scale_shape = scale.map(|s| s.value().raw_dim());
+        let input = self.clone();
         Var::from_op(
             y,
             parents,
             Box::new(move |g, needs| {
-                let g = g.as_standard_layout();
-                let gs = g.as_slice().expect("standard layout");
-                let xs = x.as_slice().expect("standard layout");
-                let dx = needs[0].then(|| {
-                    let v = map_channels(gs, d, |_, gv, c| gv * s.as_ref().map_or(1.0, |s| s[c]));
-                    Array::from_shape_vec(x.raw_dim(), v).expect("same size")
-                });
-                let dt = needs[1].then(|| {
-                    Array::from_shape_vec(shift_shape, per_channel(gs, d, |_, gv| gv)).expect("C")
-                });
-                let mut out = vec![dx, dt];
-                if let Some(shape) = scale_shape {
-                    out.push(needs[2].then(|| {
-                        Array::from_shape_vec(shape, per_channel(gs, d, |i, gv| gv * xs[i]))
-                            .expect("C")
-                    }));
-                }
-                out
+                with_slice(g, |gs| {
+                    let dx = needs[0].then(|| {
+                        let v = match scale_shape {
+                            Some(_) => channel_map(gs, d, &s, &vec![0.0; d.1]),
+                            None => gs.to_vec(),
+                        };
+                        Array::from_shape_vec(xshape.clone(), v).expect("same size")
+                    });
+                    let want_scale = scale_shape.is_some() && needs[2];
+                    let [dt, ds] = if want_scale {
+                        with_slice(&input.value(), |xs| channel_sums(gs, Some(xs), d))
+                    } else {
+                        channel_sums(gs, None, d)
+                    };
+                    let mut out = vec![
+                        dx,
+                        needs[1].then(|| Array::from_shape_vec(shift_shape, dt).expect("C")),
+                    ];
+                    if let Some(shape) = scale_shape {
+                        out.push(want_scale.then(|| Array::from_shape_vec(shape, ds).expect("C")));
+                    }
+                    out
+                })
             }),
         )
     }
@@ -99,42 +161,46 @@ impl Var {
     /// Training-mode mean-only batch norm: `y = g[c] * (x - mean[c]) + b[c]` with the batch
     /// mean; returns `y` and the per-channel means (for the running mean).
     pub fn mean_only_batch_norm(&self, weight: &Var, bias: &Var) -> (Var, Vec<f32>) {
-        let x = self.value().as_standard_layout().into_owned();
-        let d = dims(&x);
+        let xshape = self.value().raw_dim();
+        let d = dims(&self.value());
         let count = (d.0 * d.2) as f32;
-        let xs = x.as_slice().expect("standard layout");
-        let mean: Vec<f32> = per_channel(xs, d, |_, v| v)
-            .into_iter()
-            .map(|s| s / count)
-            .collect();
         let (g, b) = (vec1(weight), vec1(bias));
-        let y = map_channels(xs, d, |_, v, c| g[c] * (v - mean[c]) + b[c]);
-        let y = Array::from_shape_vec(x.raw_dim(), y).expect("same size");
+        let (y, mean) = with_slice(&self.value(), |xs| {
+            let [sum, _] = channel_sums(xs, None, d);
+            let mean: Vec<f32> = sum.iter().map(|s| s / count).collect();
+            // g * (x - mean) + b = g * x + (b - g * mean)
+            let shift: Vec<f32> = (0..d.1).map(|c| b[c] - g[c] * mean[c]).collect();
+            (channel_map(xs, d, &g, &shift), mean)
+        });
+        let y = Array::from_shape_vec(xshape.clone(), y).expect("same size");
         let m = mean.clone();
         let shape = weight.value().raw_dim();
+        let input = self.clone();
         let out = Var::from_op(
             y,
             vec![self.clone(), weight.clone(), bias.clone()],
             Box::new(move |gy, needs| {
-                let gy = gy.as_standard_layout();
-                let gs = gy.as_slice().expect("standard layout");
-                let xs = x.as_slice().expect("standard layout");
-                let gsum = per_channel(gs, d, |_, v| v);
-                // d/dx of g * (x - mean(x)) applied to dy: g * (dy - mean(dy)).
-                let dx = needs[0].then(|| {
-                    let v = map_channels(gs, d, |_, gv, c| g[c] * (gv - gsum[c] / count));
-                    Array::from_shape_vec(x.raw_dim(), v).expect("same size")
-                });
-                let dg = needs[1].then(|| {
-                    Array::from_shape_vec(
-                        shape.clone(),
-                        per_channel(gs, d, |i, gv| gv * (xs[i] - m[i / d.2 % d.1])),
-                    )
-                    .expect("C")
-                });
-                let db = needs[2]
-                    .then(|| Array::from_shape_vec(shape.clone(), gsum.clone()).expect("C"));
-                vec![dx, dg, db]
+                with_slice(gy, |gs| {
+                    let [gsum, gx] = if needs[1] {
+                        with_slice(&input.value(), |xs| channel_sums(gs, Some(xs), d))
+                    } else {
+                        channel_sums(gs, None, d)
+                    };
+                    // d/dx of g * (x - mean(x)) applied to dy: g * (dy - mean(dy)).
+                    let dx = needs[0].then(|| {
+                        let shift: Vec<f32> = (0..d.1).map(|c| -g[c] * gsum[c] / count).collect();
+                        let v = channel_map(gs, d, &g, &shift);
+                        Array::from_shape_vec(xshape.clone(), v).expect("same size")
+                    });
+                    // sum dy * (x - mean) = sum dy * x - mean * sum dy
+                    let dg = needs[1].then(|| {
+                        let v = (0..d.1).map(|c| gx[c] - m[c] * gsum[c]).collect();
+                        Array::from_shape_vec(shape.clone(), v).expect("C")
+                    });
+                    let db = needs[2]
+                        .then(|| Array::from_shape_vec(shape.clone(), gsum.clone()).expect("C"));
+                    vec![dx, dg, db]
+                })
             }),
         );
         (out, mean)
@@ -143,47 +209,46 @@ impl Var {
     /// Training-mode batch norm: `y = g[c] * (x - mean[c]) / sqrt(var[c] + eps) + b[c]` with the
     /// batch mean and biased variance; returns `y`, the means and the biased variances.
     pub fn batch_norm(&self, weight: &Var, bias: &Var, eps: f32) -> (Var, Vec<f32>, Vec<f32>) {
-        let x = self.value().as_standard_layout().into_owned();
-        let d = dims(&x);
+        let xshape = self.value().raw_dim();
+        let d = dims(&self.value());
         let count = (d.0 * d.2) as f32;
-        let xs = x.as_slice().expect("standard layout");
-        let mean: Vec<f32> = per_channel(xs, d, |_, v| v)
-            .into_iter()
-            .map(|s| s / count)
-            .collect();
-        let var: Vec<f32> = per_channel(xs, d, |i, v| {
-            let c = i / d.2 % d.1;
-            (v - mean[c]) * (v - mean[c])
-        })
-        .into_iter()
-        .map(|s| s / count)
-        .collect();
-        let inv: Vec<f32> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
         let (g, b) = (vec1(weight), vec1(bias));
-        let xhat = map_channels(xs, d, |_, v, c| (v - mean[c]) * inv[c]);
-        let y = map_channels(&xhat, d, |_, v, c| g[c] * v + b[c]);
-        let y = Array::from_shape_vec(x.raw_dim(), y).expect("same size");
+        let (mean, var, xhat) = with_slice(&self.value(), |xs| {
+            let [sum, _] = channel_sums(xs, None, d);
+            let mean: Vec<f32> = sum.iter().map(|s| s / count).collect();
+            // Two passes: the variance of the centred values, not E[x^2] - E[x]^2.
+            let neg: Vec<f32> = mean.iter().map(|m| -m).collect();
+            let centred = channel_map(xs, d, &vec![1.0; d.1], &neg);
+            let [_, sq] = channel_sums(&centred, Some(&centred), d);
+            let var: Vec<f32> = sq.iter().map(|s| s / count).collect();
+            let inv: Vec<f32> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+            let xhat = channel_map(&centred, d, &inv, &vec![0.0; d.1]);
+            (mean, var, xhat)
+        });
+        let inv: Vec<f32> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+        let y = channel_map(&xhat, d, &g, &b);
+        let y = Array::from_shape_vec(xshape.clone(), y).expect("same size");
         let shape = weight.value().raw_dim();
-        let xshape = x.raw_dim();
         let out = Var::from_op(
             y,
             vec![self.clone(), weight.clone(), bias.clone()],
             Box::new(move |gy, needs| {
-                let gy = gy.as_standard_layout();
-                let gs = gy.as_slice().expect("standard layout");
-                let gsum = per_channel(gs, d, |_, v| v);
-                let gxhat = per_channel(gs, d, |i, v| v * xhat[i]);
-                let dx = needs[0].then(|| {
-                    let v = map_channels(gs, d, |i, gv, c| {
-                        g[c] * inv[c] * (gv - gsum[c] / count - xhat[i] * gxhat[c] / count)
+                with_slice(gy, |gs| {
+                    let [gsum, gxhat] = channel_sums(gs, Some(&xhat), d);
+                    let dx = needs[0].then(|| {
+                        // g * inv * (dy - mean(dy) - xhat * mean(dy * xhat))
+                        let p: Vec<f32> = (0..d.1).map(|c| g[c] * inv[c]).collect();
+                        let q: Vec<f32> = (0..d.1).map(|c| -p[c] * gxhat[c] / count).collect();
+                        let r: Vec<f32> = (0..d.1).map(|c| -p[c] * gsum[c] / count).collect();
+                        let v = channel_map2(gs, &xhat, d, [&p, &q, &r]);
+                        Array::from_shape_vec(xshape.clone(), v).expect("same size")
                     });
-                    Array::from_shape_vec(xshape.clone(), v).expect("same size")
-                });
-                let dg = needs[1]
-                    .then(|| Array::from_shape_vec(shape.clone(), gxhat.clone()).expect("C"));
-                let db = needs[2]
-                    .then(|| Array::from_shape_vec(shape.clone(), gsum.clone()).expect("C"));
-                vec![dx, dg, db]
+                    let dg = needs[1]
+                        .then(|| Array::from_shape_vec(shape.clone(), gxhat.clone()).expect("C"));
+                    let db = needs[2]
+                        .then(|| Array::from_shape_vec(shape.clone(), gsum.clone()).expect("C"));
+                    vec![dx, dg, db]
+                })
             }),
         );
         (out, mean, var)
