@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod classify;
+pub mod experiment;
 pub mod export;
 pub mod fold;
 mod preprocess_args;

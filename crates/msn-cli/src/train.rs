@@ -6,7 +6,6 @@ use msn_nn::models::ModelConfig;
 use msn_nn::{Module, NormKind};
 use msn_train::checkpoint::TrainSettings;
 use msn_train::trainer::{self, Outcome, TrainRequest};
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -14,12 +13,25 @@ use std::sync::Arc;
 /// Train a classifier; metrics go to RUN_DIR/metrics.jsonl, checkpoints to RUN_DIR.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// Architecture: cnn3, vgg7 or densenet-bc
-    #[arg(long, default_value = "cnn3")]
-    pub model: String,
     /// Normalization: none, bn, sn or msn
     #[arg(long, default_value = "msn")]
     pub norm: NormKind,
+    #[command(flatten)]
+    pub options: TrainOptions,
+    /// Run directory to create
+    #[arg(long, value_name = "RUN_DIR", required_unless_present = "resume")]
+    pub out: Option<PathBuf>,
+    /// Continue the run in RUN_DIR from its last checkpoint (other flags are ignored)
+    #[arg(long, value_name = "RUN_DIR", conflicts_with = "out")]
+    pub resume: Option<PathBuf>,
+}
+
+/// The model, data and optimization settings that `msn train` and `msn experiment` share.
+#[derive(Debug, Clone, Args)]
+pub struct TrainOptions {
+    /// Architecture: cnn3, vgg7 or densenet-bc
+    #[arg(long, default_value = "cnn3")]
+    pub model: String,
     /// Data set: mnist, fashion-mnist, cifar10 or folder (DIR/train/<class>/*.png, DIR/test/...)
     #[arg(long, default_value = "fashion-mnist")]
     pub dataset: String,
@@ -60,33 +72,67 @@ pub struct TrainArgs {
     /// Evaluate on the first N test images only
     #[arg(long, value_name = "N")]
     pub test_limit: Option<usize>,
-    /// Run directory to create
-    #[arg(long, value_name = "RUN_DIR", required_unless_present = "resume")]
-    pub out: Option<PathBuf>,
-    /// Continue the run in RUN_DIR from its last checkpoint (other flags are ignored)
-    #[arg(long, value_name = "RUN_DIR", conflicts_with = "out")]
-    pub resume: Option<PathBuf>,
     /// Threads for the convolutions and matrix products (0: all cores). Results are
     /// reproducible for a given seed and thread count.
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
 }
 
-pub fn run(args: TrainArgs) -> Result<()> {
-    msn_autograd::kernels::set_threads(args.threads);
+/// Ctrl-C sets the returned flag (the trainer then saves and stops); a second one exits.
+pub(crate) fn stop_on_ctrl_c() -> Arc<AtomicBool> {
     let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = Arc::clone(&stop);
-        // A second Ctrl-C exits at once.
-        let _ = ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-            eprintln!("\ninterrupted: saving a checkpoint (Ctrl-C again to quit without saving)");
-        });
+    let flag = Arc::clone(&stop);
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupted: saving a checkpoint (Ctrl-C again to quit without saving)");
+    });
+    stop
+}
+
+impl TrainOptions {
+    /// The request that starts a run with normalization `norm`.
+    pub fn request(&self, norm: NormKind) -> Result<TrainRequest> {
+        let Some(data_dir) = self.data_dir.clone() else {
+            bail!(
+                "--data-dir is required: the folder with the {} files",
+                self.dataset
+            );
+        };
+        Ok(TrainRequest {
+            model: ModelConfig {
+                architecture: self.model.clone(),
+                norm,
+                input_shape: [0, 0, 0],
+                num_classes: 0,
+                width: self.width,
+                depth: self.depth,
+                latent: 128,
+            },
+            dataset: self.dataset.clone(),
+            data_dir: data_dir.display().to_string(),
+            train: TrainSettings {
+                epochs: self.epochs,
+                batch: self.batch,
+                optimizer: self.optimizer.clone(),
+                lr: self.lr,
+                momentum: self.momentum,
+                weight_decay: self.weight_decay,
+                schedule: self.schedule.clone(),
+                seed: self.seed,
+                augment: self.augment.unwrap_or(self.dataset == "cifar10"),
+                train_limit: self.train_limit,
+                test_limit: self.test_limit,
+            },
+        })
     }
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    msn_autograd::kernels::set_threads(args.options.threads);
+    let stop = stop_on_ctrl_c();
     let progress = true;
-    let _ = std::io::stderr().is_terminal();
     let (outcome, dir) = match &args.resume {
         Some(dir) => (trainer::resume(dir, &stop, progress)?, dir.clone()),
         None => {
@@ -94,38 +140,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 .out
                 .clone()
                 .expect("clap requires --out without --resume");
-            let Some(data_dir) = args.data_dir.clone() else {
-                bail!(
-                    "--data-dir is required: the folder with the {} files",
-                    args.dataset
-                );
-            };
-            let req = TrainRequest {
-                model: ModelConfig {
-                    architecture: args.model.clone(),
-                    norm: args.norm,
-                    input_shape: [0, 0, 0],
-                    num_classes: 0,
-                    width: args.width,
-                    depth: args.depth,
-                    latent: 128,
-                },
-                dataset: args.dataset.clone(),
-                data_dir: data_dir.display().to_string(),
-                train: TrainSettings {
-                    epochs: args.epochs,
-                    batch: args.batch,
-                    optimizer: args.optimizer.clone(),
-                    lr: args.lr,
-                    momentum: args.momentum,
-                    weight_decay: args.weight_decay,
-                    schedule: args.schedule.clone(),
-                    seed: args.seed,
-                    augment: args.augment.unwrap_or(args.dataset == "cifar10"),
-                    train_limit: args.train_limit,
-                    test_limit: args.test_limit,
-                },
-            };
+            let req = args.options.request(args.norm)?;
             (trainer::start(&req, &out, &stop, progress)?, out)
         }
     };

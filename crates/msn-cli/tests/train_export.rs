@@ -233,3 +233,87 @@ fn the_built_in_model_classifies_the_shipped_images() {
         .count();
     assert!(correct >= 8, "{correct} of 10 correct: {lines:?}");
 }
+
+#[test]
+fn experiment_trains_each_norm_then_writes_the_table_and_figures() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    make_folder_dataset(&data, 16);
+    let exp = tmp.path().join("exp");
+    let args = [
+        "experiment",
+        "--norms",
+        "bn,msn",
+        "--model",
+        "cnn3",
+        "--dataset",
+        "folder",
+        "--data-dir",
+        s(&data),
+        "--epochs",
+        "2",
+        "--batch",
+        "16",
+        "--out",
+        s(&exp),
+    ];
+    let out = msn(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results = std::fs::read_to_string(exp.join("RESULTS.md")).unwrap();
+    // One table row per norm, with the parameter counts of the two models.
+    let row = |norm: &str| {
+        results
+            .lines()
+            .find(|l| l.starts_with(&format!("| cnn3 | {norm} | folder | 2 |")))
+            .unwrap_or_else(|| panic!("no {norm} row in\n{results}"))
+            .to_string()
+    };
+    for norm in ["bn", "msn"] {
+        assert_eq!(metrics(&exp.join(norm)).len(), 2);
+        let line = row(norm);
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let best: f64 = cells[5].trim_end_matches('%').parse().unwrap();
+        let last: f64 = cells[6].trim_end_matches('%').parse().unwrap();
+        assert!(best >= last && (0.0..=100.0).contains(&best), "{cells:?}");
+    }
+    assert!(results.contains("![accuracy.png](accuracy.png)"));
+    for f in ["accuracy.png", "drift.png", "sparsity.png"] {
+        let img = image::open(exp.join(f)).unwrap();
+        assert!(img.width() > 400 && img.height() > 300, "{f}");
+        // Something was drawn: not a blank page.
+        let gray = img.to_luma8();
+        let dark = gray.pixels().filter(|p| p.0[0] < 128).count();
+        assert!(dark > 1000, "{f}: {dark} dark pixels");
+    }
+    // A second call reuses the finished runs: same metrics, no retraining.
+    let before = metrics(&exp.join("msn"));
+    let out = msn(&args);
+    assert!(out.status.success());
+    assert_eq!(metrics(&exp.join("msn")), before);
+
+    // `msn plot` on the runs, and its error on a folder that is not a run.
+    let plots = tmp.path().join("plots");
+    let (bn, msn_run) = (exp.join("bn"), exp.join("msn"));
+    let out = msn(&[
+        "plot",
+        s(&bn),
+        s(&msn_run),
+        "-o",
+        s(&plots),
+        "--table",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("| cnn3 | msn | folder | 2 |"));
+    assert!(plots.join("sparsity.png").exists());
+    let out = msn(&["plot", s(&data), "-o", s(&plots)]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("config.json"));
+}

@@ -3,11 +3,13 @@
 //! - [`data`]: MNIST, Fashion-MNIST, CIFAR-10 and image folders; seeded shuffles; batches.
 //! - [`checkpoint`]: a run directory: `config.json`, `checkpoint.safetensors` (weights,
 //!   buffers, optimizer state and progress, written atomically) and `metrics.jsonl`.
+//! - [`report`]: figures of runs and the Markdown table of an experiment.
 //! - [`trainer`]: the loop: progress bar, per-epoch metrics with per-layer statistics,
 //!   resume exactly where a run stopped, NaN detection, Ctrl-C handling.
 
 pub mod checkpoint;
 pub mod data;
+pub mod report;
 pub mod trainer;
 
 use std::path::{Path, PathBuf};

@@ -20,6 +20,10 @@ enum Command {
     Fold(msn_cli::fold::FoldArgs),
     /// Train a classifier (cnn3, vgg7, densenet-bc) with a chosen normalization
     Train(msn_cli::train::TrainArgs),
+    /// Train one model with several normalizations and write a comparison table and figures
+    Experiment(msn_cli::experiment::ExperimentArgs),
+    /// Draw test accuracy, mean drift and gradient sparsity figures of runs
+    Plot(msn_cli::experiment::PlotArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -29,6 +33,8 @@ fn main() -> std::process::ExitCode {
         Command::Train(args) => msn_cli::train::run(args),
         Command::Export(args) => msn_cli::export::run(args),
         Command::Fold(args) => msn_cli::fold::run(args),
+        Command::Experiment(args) => msn_cli::experiment::run_experiment(args),
+        Command::Plot(args) => msn_cli::experiment::run_plot(args),
     })
 }
 
