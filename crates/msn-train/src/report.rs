@@ -143,13 +143,16 @@ fn bounds(points: impl Iterator<Item = (f64, f64)>) -> (f64, f64, f64, f64) {
     (b.0, b.1.max(b.0 + 1.0), b.2 - pad, b.3 + pad)
 }
 
+/// Per line, `(x, low, high)` of a shaded band around it.
+type Bands = [Vec<(f64, f64, f64)>];
+
 /// Lines of `(label, points)` on one chart.
 fn line_chart(
     area: &DrawingArea<BitMapBackend, plotters::coord::Shift>,
     title: &str,
     y_desc: &str,
     lines: &[(String, Vec<(f64, f64)>)],
-    bands: Option<&[Vec<(f64, f64, f64)>]>,
+    bands: Option<&Bands>,
 ) -> Result<()> {
     let all = lines.iter().flat_map(|(_, p)| p.iter().copied());
     let band_points = bands
