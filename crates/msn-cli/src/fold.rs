@@ -23,6 +23,10 @@ pub struct FoldArgs {
     /// Write a JSON report
     #[arg(long, value_name = "FILE.json")]
     pub report: Option<PathBuf>,
+    /// Compute each folded Conv/Gemm layer's operator norm and their product, an upper bound
+    /// on the network's Lipschitz constant (on by default for models with spectral norms)
+    #[arg(long)]
+    pub lipschitz: bool,
 }
 
 fn histogram(h: &std::collections::BTreeMap<String, usize>) -> String {
@@ -61,6 +65,26 @@ pub fn run(args: FoldArgs) -> Result<()> {
     for w in &report.warnings {
         eprintln!("warning: {w}");
     }
+    let lipschitz = if args.lipschitz || !report.sigmas.is_empty() {
+        let shape = msn_fold::input_shape(&folded)?;
+        let graph = folded.graph.as_ref().expect("a folded model has a graph");
+        let b = msn_fold::lipschitz::bound(graph, &shape);
+        println!("  operator norms of the folded layers at input {shape:?} (power iteration):");
+        for l in &b.layers {
+            println!(
+                "    {} ({}) at {:?}: {:.6}",
+                l.node, l.op, l.input_shape, l.norm
+            );
+        }
+        match (b.product, &b.reason) {
+            (Some(p), _) => println!("  Lipschitz bound (product of the layer norms): {p:.6}"),
+            (None, Some(r)) => println!("  no Lipschitz bound: {r}"),
+            (None, None) => {}
+        }
+        Some(b)
+    } else {
+        None
+    };
 
     let max_rel_error = match args.verify {
         Some(n) if n > 0 => {
@@ -98,6 +122,13 @@ pub fn run(args: FoldArgs) -> Result<()> {
             "warnings": report.warnings,
             "sigmas": report.sigmas.iter().map(|(l, s)| json!({"layer": l, "sigma": s})).collect::<Vec<_>>(),
             "max_rel_error": max_rel_error,
+            "lipschitz": lipschitz.as_ref().map(|b| json!({
+                "layers": b.layers.iter().map(|l| json!({
+                    "node": l.node, "op": l.op, "input_shape": l.input_shape, "operator_norm": l.norm,
+                })).collect::<Vec<_>>(),
+                "bound": b.product,
+                "reason": b.reason,
+            })),
         });
         msn_onnx::io::write_atomic(path, serde_json::to_string_pretty(&value)?.as_bytes())?;
     }

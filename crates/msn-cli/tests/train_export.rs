@@ -298,14 +298,7 @@ fn experiment_trains_each_norm_then_writes_the_table_and_figures() {
     // `msn plot` on the runs, and its error on a folder that is not a run.
     let plots = tmp.path().join("plots");
     let (bn, msn_run) = (exp.join("bn"), exp.join("msn"));
-    let out = msn(&[
-        "plot",
-        s(&bn),
-        s(&msn_run),
-        "-o",
-        s(&plots),
-        "--table",
-    ]);
+    let out = msn(&["plot", s(&bn), s(&msn_run), "-o", s(&plots), "--table"]);
     assert!(
         out.status.success(),
         "{}",

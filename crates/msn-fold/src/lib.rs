@@ -14,6 +14,7 @@
 //! tract on the same random inputs.
 
 pub mod graph;
+pub mod lipschitz;
 pub mod passes;
 
 use msn_onnx::graph::op_histogram;

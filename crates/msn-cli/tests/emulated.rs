@@ -1,0 +1,142 @@
+//! The cross-built binaries, run under qemu-user, give the host's answers: same top-1 and
+//! probabilities within 1e-4, on the built-in default model, the unfolded model file, and a
+//! model folded by the cross-built msn-fold.
+//!
+//! Runs for each target in `MSN_CROSS_TARGETS` (comma-separated, e.g.
+//! `aarch64-unknown-linux-gnu,armv7-unknown-linux-gnueabihf`), with binaries in
+//! `target/TARGET/PROFILE/` (`MSN_CROSS_PROFILE`, default `dist`): build them first with
+//! `scripts/cross.sh`. Without `MSN_CROSS_TARGETS` the test says so and does nothing.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn images() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(root().join("models/images"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    v.sort();
+    v
+}
+
+/// The qemu-user command line that runs a binary of `target`.
+fn emulator(target: &str) -> Vec<String> {
+    let (qemu, sysroot) = match target {
+        t if t.starts_with("aarch64") => ("qemu-aarch64", "/usr/aarch64-linux-gnu"),
+        t if t.starts_with("armv7") => ("qemu-arm", "/usr/arm-linux-gnueabihf"),
+        other => panic!("no emulator known for {other}"),
+    };
+    let mut cmd = vec![qemu.to_string()];
+    // Static musl binaries need no loader or libc from a sysroot.
+    if !target.contains("musl") {
+        cmd.extend(["-L".to_string(), sysroot.to_string()]);
+    }
+    cmd
+}
+
+fn run(cmd: &[String], args: &[&str]) -> String {
+    let out = Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", cmd[0]));
+    assert!(
+        out.status.success(),
+        "{cmd:?} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn classify(cmd: &[String], model: Option<&Path>) -> Vec<Value> {
+    let mut args = vec!["--json".to_string(), "--top-k".into(), "10".into()];
+    if let Some(m) = model {
+        args.extend(["--model".into(), m.display().to_string()]);
+    }
+    args.extend(images().iter().map(|p| p.display().to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    run(cmd, &args)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Same top-1 per image and every class probability within 1e-4; returns the largest gap.
+fn compare(what: &str, host: &[Value], board: &[Value]) -> f64 {
+    assert_eq!(host.len(), board.len(), "{what}: number of results");
+    let mut worst = 0.0f64;
+    for (h, b) in host.iter().zip(board) {
+        let (ht, bt) = (h["top"].as_array().unwrap(), b["top"].as_array().unwrap());
+        assert_eq!(
+            ht[0]["index"], bt[0]["index"],
+            "{what}: top-1 of {}",
+            h["file"]
+        );
+        for e in ht {
+            let p = bt.iter().find(|x| x["index"] == e["index"]).unwrap();
+            let d = (e["prob"].as_f64().unwrap() - p["prob"].as_f64().unwrap()).abs();
+            worst = worst.max(d);
+        }
+    }
+    assert!(worst <= 1e-4, "{what}: probabilities differ by {worst}");
+    worst
+}
+
+#[test]
+fn cross_built_binaries_match_the_host_under_qemu() {
+    let Ok(targets) = std::env::var("MSN_CROSS_TARGETS") else {
+        eprintln!(
+            "MSN_CROSS_TARGETS not set: no cross-built binaries to check (see scripts/cross.sh)"
+        );
+        return;
+    };
+    let profile = std::env::var("MSN_CROSS_PROFILE").unwrap_or_else(|_| "dist".into());
+    let host = vec![env!("CARGO_BIN_EXE_msn-classify").to_string()];
+    let unfolded = root().join("models/fashion-cnn3-msn.onnx");
+    let tmp = tempfile::tempdir().unwrap();
+    for target in targets.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        let bin = |name: &str| root().join("target").join(target).join(&profile).join(name);
+        let mut board = emulator(target);
+        board.push(bin("msn-classify").display().to_string());
+
+        let t = Instant::now();
+        let built_in = classify(&board, None);
+        let seconds = t.elapsed().as_secs_f64();
+        let d1 = compare(target, &classify(&host, None), &built_in);
+        let d2 = compare(
+            target,
+            &classify(&host, Some(&unfolded)),
+            &classify(&board, Some(&unfolded)),
+        );
+        // msn-fold on the board, its output classified on the host.
+        let folded = tmp.path().join(format!("{target}.folded.onnx"));
+        let mut fold = emulator(target);
+        fold.push(bin("msn-fold").display().to_string());
+        run(
+            &fold,
+            &[
+                unfolded.to_str().unwrap(),
+                "-o",
+                folded.to_str().unwrap(),
+                "--verify",
+                "4",
+            ],
+        );
+        let d3 = compare(
+            target,
+            &classify(&host, None),
+            &classify(&host, Some(&folded)),
+        );
+        eprintln!(
+            "{target}: built-in model max |dp| {d1:.1e}, unfolded {d2:.1e}, folded on the board {d3:.1e}; \
+             {} images in {seconds:.2} s under qemu",
+            images().len()
+        );
+    }
+}

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Cross-builds msn-classify, msn-fold and msn for the boards, installing what is missing.
+#
+#   scripts/cross.sh [--profile PROFILE] [TARGET...]
+#
+# Targets (default: all three):
+#   aarch64-unknown-linux-gnu      Raspberry Pi 4/5 with a 64-bit OS, Jetson
+#   aarch64-unknown-linux-musl     the same boards, one static file whatever the libc
+#   armv7-unknown-linux-gnueabihf  Raspberry Pi 2/3 with a 32-bit OS
+# (armv7-unknown-linux-musleabihf is not offered: rustup cannot fetch its standard library
+# from the registries this project builds from.)
+# PROFILE defaults to `dist` (small, stripped; see Cargo.toml). Binaries end up in
+# target/TARGET/PROFILE/. Linkers come from .cargo/config.toml; the C compilers that build
+# tract's assembly kernels and mimalloc are Debian's cross gcc.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+profile=dist
+targets=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --profile) profile="$2"; shift 2 ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        *) targets+=("$1"); shift ;;
+    esac
+done
+[ ${#targets[@]} -gt 0 ] || targets=(aarch64-unknown-linux-gnu aarch64-unknown-linux-musl
+                                     armv7-unknown-linux-gnueabihf)
+
+need_apt=()
+for t in "${targets[@]}"; do
+    case "$t" in
+        aarch64-*) command -v aarch64-linux-gnu-gcc >/dev/null || need_apt+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross) ;;
+        armv7-*) command -v arm-linux-gnueabihf-gcc >/dev/null || need_apt+=(gcc-arm-linux-gnueabihf libc6-dev-armhf-cross) ;;
+        *) echo "unknown target $t" >&2; exit 2 ;;
+    esac
+done
+command -v qemu-aarch64 >/dev/null || need_apt+=(qemu-user)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+installed=$(rustup target list --installed)
+for t in "${targets[@]}"; do
+    grep -qx "$t" <<<"$installed" || rustup target add "$t"
+done
+
+for t in "${targets[@]}"; do
+    echo "== $t ($profile)"
+    cargo build --profile "$profile" --target "$t" -p msn-cli \
+        --bin msn-classify --bin msn-fold --bin msn
+    for b in msn-classify msn-fold msn; do
+        f="target/$t/$profile/$b"
+        printf '  %-14s %6.1f MB  %s\n' "$b" "$(echo "$(stat -c %s "$f") / 1048576" | bc -l)" "$f"
+    done
+done
