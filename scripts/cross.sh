@@ -52,6 +52,7 @@ for t in "${targets[@]}"; do
         --bin msn-classify --bin msn-fold --bin msn
     for b in msn-classify msn-fold msn; do
         f="target/$t/$profile/$b"
-        printf '  %-14s %6.1f MB  %s\n' "$b" "$(echo "$(stat -c %s "$f") / 1048576" | bc -l)" "$f"
+        awk -v b="$b" -v f="$f" -v s="$(stat -c %s "$f")" \
+            'BEGIN { printf "  %-14s %6.1f MB  %s\n", b, s / 1048576, f }'
     done
 done

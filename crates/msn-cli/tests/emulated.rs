@@ -40,10 +40,25 @@ fn emulator(target: &str) -> Vec<String> {
     cmd
 }
 
+/// The environment that makes tract pick the kernels of a real board rather than the
+/// generic ones it picks under qemu (which shows the host's /proc/cpuinfo).
+fn board_kernels(target: &str) -> (&'static str, &'static str) {
+    if target.starts_with("armv7") {
+        ("TRACT_CPU_ARM32_NEON", "true")
+    } else {
+        ("TRACT_CPU_AARCH64_KIND", "a53")
+    }
+}
+
 fn run(cmd: &[String], args: &[&str]) -> String {
+    run_env(cmd, args, &[])
+}
+
+fn run_env(cmd: &[String], args: &[&str], env: &[(&str, &str)]) -> String {
     let out = Command::new(&cmd[0])
         .args(&cmd[1..])
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", cmd[0]));
     assert!(
@@ -55,13 +70,17 @@ fn run(cmd: &[String], args: &[&str]) -> String {
 }
 
 fn classify(cmd: &[String], model: Option<&Path>) -> Vec<Value> {
+    classify_env(cmd, model, &[])
+}
+
+fn classify_env(cmd: &[String], model: Option<&Path>, env: &[(&str, &str)]) -> Vec<Value> {
     let mut args = vec!["--json".to_string(), "--top-k".into(), "10".into()];
     if let Some(m) = model {
         args.extend(["--model".into(), m.display().to_string()]);
     }
     args.extend(images().iter().map(|p| p.display().to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    run(cmd, &args)
+    run_env(cmd, &args, env)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
@@ -114,6 +133,13 @@ fn cross_built_binaries_match_the_host_under_qemu() {
             &classify(&host, Some(&unfolded)),
             &classify(&board, Some(&unfolded)),
         );
+        // The kernels tract picks on a real board (NEON on armv7, Cortex-A53 on aarch64).
+        let kernels = board_kernels(target);
+        let d4 = compare(
+            target,
+            &classify(&host, None),
+            &classify_env(&board, None, &[kernels]),
+        );
         // msn-fold on the board, its output classified on the host.
         let folded = tmp.path().join(format!("{target}.folded.onnx"));
         let mut fold = emulator(target);
@@ -134,8 +160,10 @@ fn cross_built_binaries_match_the_host_under_qemu() {
             &classify(&host, Some(&folded)),
         );
         eprintln!(
-            "{target}: built-in model max |dp| {d1:.1e}, unfolded {d2:.1e}, folded on the board {d3:.1e}; \
-             {} images in {seconds:.2} s under qemu",
+            "{target}: built-in model max |dp| {d1:.1e}, unfolded {d2:.1e}, folded on the board {d3:.1e}, \
+             with {}={} {d4:.1e}; {} images in {seconds:.2} s under qemu",
+            kernels.0,
+            kernels.1,
             images().len()
         );
     }

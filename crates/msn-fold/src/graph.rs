@@ -61,6 +61,16 @@ impl Index {
             .flatten()
     }
 
+    /// The shape of a float initializer, without decoding its data.
+    pub fn float_shape(&self, g: &GraphProto, name: &str) -> Option<Vec<usize>> {
+        let &i = self.init.get(name)?;
+        let t = &g.initializer[i];
+        if !tensor::is_float(t) || t.dims.iter().any(|&d| d < 0) {
+            return None;
+        }
+        Some(t.dims.iter().map(|&d| d as usize).collect())
+    }
+
     pub fn int(&self, g: &GraphProto, name: &str) -> Option<ArrayD<i64>> {
         let &i = self.init.get(name)?;
         tensor::to_i64(&g.initializer[i]).ok()

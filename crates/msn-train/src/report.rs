@@ -169,6 +169,7 @@ fn line_chart(
         .map_err(|e| draw_error(title, e))?;
     chart
         .configure_mesh()
+        .max_light_lines(0)
         .x_desc("epoch")
         .y_desc(y_desc)
         .label_style(("sans-serif", 13))

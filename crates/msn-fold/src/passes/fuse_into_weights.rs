@@ -37,17 +37,16 @@ fn layout(node: &NodeProto) -> Option<Layout> {
     }
 }
 
-fn out_channels(w: &ArrayD<f32>, l: Layout) -> usize {
+fn out_channels(shape: &[usize], l: Layout) -> usize {
     match l {
-        Layout::Conv => w.shape()[0],
-        Layout::ConvTranspose(g) => w.shape()[1] * g,
-        Layout::Gemm { trans_b } => w.shape()[if trans_b { 0 } else { 1 }],
+        Layout::Conv => shape[0],
+        Layout::ConvTranspose(g) => shape[1] * g,
+        Layout::Gemm { trans_b } => shape[if trans_b { 0 } else { 1 }],
     }
 }
 
-/// Multiplies each output channel `o` of the weight by `s[o]`.
-fn scale_weight(w: &ArrayD<f32>, l: Layout, s: &Array1<f32>) -> ArrayD<f32> {
-    let mut w = w.as_standard_layout().into_owned();
+/// Multiplies each output channel `o` of the weight by `s[o]`, in place.
+fn scale_weight(mut w: ArrayD<f32>, l: Layout, s: &Array1<f32>) -> ArrayD<f32> {
     match l {
         Layout::Conv => {
             for (o, mut sub) in w.axis_iter_mut(Axis(0)).enumerate() {
@@ -227,9 +226,13 @@ fn fold_one(g: &mut GraphProto, warnings: &mut Vec<String>) -> Option<&'static s
         let Some(wname) = producer.input.get(1) else {
             continue;
         };
-        let Some(w) = idx.float(g, wname) else {
+        // Decide from the weight's shape; decode it (it may be large) only to fold.
+        let Some(wshape) = idx.float_shape(g, wname) else {
             continue;
         };
+        if wshape.len() < 2 {
+            continue;
+        }
         let bias_name = producer.input.get(2).filter(|s| !s.is_empty());
         let bias = match bias_name {
             Some(b) => match idx.float(g, b) {
@@ -238,10 +241,10 @@ fn fold_one(g: &mut GraphProto, warnings: &mut Vec<String>) -> Option<&'static s
             },
             None => None,
         };
-        let channels = out_channels(&w, l);
+        let channels = out_channels(&wshape, l);
         let rank = match l {
             Layout::Gemm { .. } => 2,
-            _ => w.ndim(),
+            _ => wshape.len(),
         };
         let (alpha, beta) = match l {
             Layout::Gemm { .. } => (
@@ -268,7 +271,10 @@ fn fold_one(g: &mut GraphProto, warnings: &mut Vec<String>) -> Option<&'static s
         };
 
         // The fold is exact: W' = s * alpha * W, b' = s * b + t.
-        let new_w = scale_weight(&w, l, &(aff.scale.clone() * alpha));
+        let Some(w) = idx.float(g, wname) else {
+            continue;
+        };
+        let new_w = scale_weight(w, l, &(aff.scale.clone() * alpha));
         let new_b: Array1<f32> = &aff.scale * &bias_vec + &aff.shift;
         let consumer_out = consumer.output[0].clone();
         let (wname, bname) = (wname.clone(), bias_name.cloned());
