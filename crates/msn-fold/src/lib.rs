@@ -7,6 +7,8 @@
 //! 2. [`passes::fuse_into_weights`]: inference `BatchNormalization` and per-channel or scalar
 //!    `Add`/`Sub`/`Mul`/`Div` after Conv, ConvTranspose and Gemm go into the weights and bias
 //!    (the mean-only batch norm of MSN is such a chain);
+//!    A 2-D `MatMul` by a constant followed by such a node becomes a Gemm first
+//!    ([`passes::matmul_to_gemm`]), so `MatMul + Add + BatchNormalization` folds too;
 //! 3. [`passes::eliminate`]: Identity and inference Dropout removal, dead nodes and unused
 //!    initializers.
 //!
@@ -108,6 +110,9 @@ pub fn fold(model: &mut ModelProto) -> Report {
         changed += n;
         let n = passes::constant_folding::run(g);
         note(&mut report, "constant_folding", n);
+        changed += n;
+        let n = passes::matmul_to_gemm::run(g);
+        note(&mut report, "matmul_to_gemm", n);
         changed += n;
         let c = passes::fuse_into_weights::run(g, &mut report.warnings);
         note(&mut report, "fuse_batchnorm_into_weights", c.batch_norm);

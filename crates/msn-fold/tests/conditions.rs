@@ -242,3 +242,53 @@ fn gemm_with_alpha_beta_and_transposed_weight_folds() {
     let (folded, _) = fold_and_verify(&b.into_model(17));
     assert_eq!(ops(&folded), vec!["Gemm"]);
 }
+
+/// x [2, 3, 2, 2] -> Flatten -> MatMul(W [12, 5]) -> Add(bias) -> `tail` ops -> y.
+fn matmul_model(rank_known: bool, batchnorm: bool) -> ModelProto {
+    let mut b = GraphBuilder::new("m");
+    b.input("x", &[2, 3, 2, 2]);
+    if rank_known {
+        b.node("Flatten", &["x"], "f", &[]);
+    } else {
+        // A Reshape to [2, 12]: rank 2 at run time, but not known without shape inference.
+        b.initializer_i64("shape", &ndarray::arr1(&[2i64, 12]).into_dyn());
+        b.node("Reshape", &["x", "shape"], "f", &[]);
+    }
+    b.initializer_f32("w", &arr(&[12, 5], 1));
+    b.node("MatMul", &["f", "w"], "mm", &[]);
+    b.initializer_f32("bias", &arr(&[5], 2));
+    b.node("Add", &["mm", "bias"], "lin", &[]);
+    if batchnorm {
+        b.initializer_f32("g", &positive(&[5], 3));
+        b.initializer_f32("beta", &arr(&[5], 4));
+        b.initializer_f32("mean", &arr(&[5], 5));
+        b.initializer_f32("var", &positive(&[5], 6));
+        b.node(
+            "BatchNormalization",
+            &["lin", "g", "beta", "mean", "var"],
+            "y",
+            &[],
+        );
+    } else {
+        b.node("Relu", &["lin"], "y", &[]);
+    }
+    b.output("y", &[2, 5]);
+    b.into_model(17)
+}
+
+#[test]
+fn batchnorm_after_matmul_and_add_folds_into_a_gemm() {
+    let (folded, report) = fold_and_verify(&matmul_model(true, true));
+    assert_eq!(ops(&folded), vec!["Flatten", "Gemm"]);
+    assert!(report.passes.contains(&("matmul_to_gemm".to_string(), 1)));
+    // Without a BN, MatMul + Add folds the same way.
+    let (folded, _) = fold_and_verify(&matmul_model(true, false));
+    assert_eq!(ops(&folded), vec!["Flatten", "Gemm", "Relu"]);
+    // When x's rank is not known to be 2, the MatMul is left alone.
+    let (folded, _) = fold_and_verify(&matmul_model(false, true));
+    assert!(
+        ops(&folded).contains(&"MatMul".to_string()),
+        "{:?}",
+        ops(&folded)
+    );
+}

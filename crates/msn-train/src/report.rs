@@ -259,7 +259,7 @@ pub fn plot(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>> {
                 let y = if key == "mean" {
                     "mean ± std"
                 } else {
-                    "fraction of zero gradients"
+                    "inputs <= 0 (zero or leaked gradient)"
                 };
                 let title = format!("{}: {what}", run.label());
                 line_chart(area, &title, y, &lines, bands.as_deref())?;

@@ -3,3 +3,4 @@
 pub mod constant_folding;
 pub mod eliminate;
 pub mod fuse_into_weights;
+pub mod matmul_to_gemm;
