@@ -8,7 +8,9 @@
 //!    `Add`/`Sub`/`Mul`/`Div` after Conv, ConvTranspose and Gemm go into the weights and bias
 //!    (the mean-only batch norm of MSN is such a chain);
 //!    A 2-D `MatMul` by a constant followed by such a node becomes a Gemm first
-//!    ([`passes::matmul_to_gemm`]), so `MatMul + Add + BatchNormalization` folds too;
+//!    ([`passes::matmul_to_gemm`]), so `MatMul + Add + BatchNormalization` folds too; a
+//!    scale before a Conv always folds into it, a shift only when the Conv pads nothing
+//!    ([`passes::fuse_into_following_conv`]);
 //! 3. [`passes::eliminate`]: Identity and inference Dropout removal, dead nodes and unused
 //!    initializers.
 //!
@@ -118,6 +120,9 @@ pub fn fold(model: &mut ModelProto) -> Report {
         note(&mut report, "fuse_batchnorm_into_weights", c.batch_norm);
         note(&mut report, "fuse_affine_into_weights", c.affine);
         changed += c.batch_norm + c.affine;
+        let n = passes::fuse_into_following_conv::run(g, &mut report.warnings);
+        note(&mut report, "fuse_affine_into_following_conv", n);
+        changed += n;
         let (nodes, inits) = passes::eliminate::dead_code(g);
         note(&mut report, "eliminate_dead_nodes", nodes);
         note(&mut report, "eliminate_unused_initializers", inits);

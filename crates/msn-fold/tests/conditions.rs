@@ -292,3 +292,44 @@ fn batchnorm_after_matmul_and_add_folds_into_a_gemm() {
         ops(&folded)
     );
 }
+
+/// x [1, 4, 6, 6] -> `op`(x, c) -> Conv(w [6, 4/groups, 3, 3], pads) -> y.
+fn affine_before_conv(op: &str, x_first: bool, pads: i64, groups: i64) -> ModelProto {
+    let mut b = GraphBuilder::new("pre");
+    b.input("x", &[1, 4, 6, 6]);
+    b.initializer_f32("c", &positive(&[1, 4, 1, 1], 9));
+    let ins = if x_first { ["x", "c"] } else { ["c", "x"] };
+    b.node(op, &ins, "v", &[]);
+    b.initializer_f32("w", &arr(&[6, 4 / groups as usize, 3, 3], 10));
+    b.initializer_f32("b", &arr(&[6], 11));
+    let attrs = [attr::ints("pads", &[pads; 4]), attr::int("group", groups)];
+    b.node("Conv", &["v", "w", "b"], "y", &attrs);
+    let out = if pads == 1 { 6 } else { 4 };
+    b.output("y", &[1, 6, out, out]);
+    b.into_model(17)
+}
+
+#[test]
+fn a_scale_before_a_conv_folds_and_a_shift_only_without_padding() {
+    for (op, x_first) in [("Mul", true), ("Mul", false), ("Div", true)] {
+        for groups in [1, 2] {
+            let (folded, _) = fold_and_verify(&affine_before_conv(op, x_first, 1, groups));
+            assert_eq!(ops(&folded), vec!["Conv"], "{op} groups {groups}");
+        }
+    }
+    for (op, x_first) in [("Add", true), ("Sub", true), ("Sub", false)] {
+        let (folded, _) = fold_and_verify(&affine_before_conv(op, x_first, 0, 2));
+        assert_eq!(ops(&folded), vec!["Conv"], "{op} without padding");
+        // With padding the border would change: left in place, with a warning.
+        let (folded, report) = fold_and_verify(&affine_before_conv(op, x_first, 1, 1));
+        assert_eq!(ops(&folded), vec![op, "Conv"]);
+        assert!(
+            report.warnings.iter().any(|w| w.contains("padded Conv")),
+            "{:?}",
+            report.warnings
+        );
+    }
+    // Div with the constant first (c / x) is not affine: left alone.
+    let (folded, _) = fold_and_verify(&affine_before_conv("Div", false, 1, 1));
+    assert_eq!(ops(&folded), vec!["Div", "Conv"]);
+}

@@ -75,7 +75,7 @@ fn scale_weight(mut w: ArrayD<f32>, l: Layout, s: &Array1<f32>) -> ArrayD<f32> {
 
 /// The constant as one value per output channel, if it broadcasts that way over an output of
 /// rank `rank` with channels on axis 1.
-fn per_channel(c: &ArrayD<f32>, rank: usize, channels: usize) -> Option<Array1<f32>> {
+pub(crate) fn per_channel(c: &ArrayD<f32>, rank: usize, channels: usize) -> Option<Array1<f32>> {
     if c.ndim() > rank {
         return None;
     }

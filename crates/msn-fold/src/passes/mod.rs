@@ -2,5 +2,6 @@
 
 pub mod constant_folding;
 pub mod eliminate;
+pub mod fuse_into_following_conv;
 pub mod fuse_into_weights;
 pub mod matmul_to_gemm;
