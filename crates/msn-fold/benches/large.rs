@@ -1,6 +1,6 @@
 //! Folding a 45 MB model: `cargo bench -p msn-fold --bench large`.
 //!
-//! Builds a VGG-style model with about 44 MB of conv weights, each conv followed by an
+//! Builds a VGG-style model with about 46 MB of conv weights, each conv followed by an
 //! inference BatchNormalization, writes it to a temporary file, then folds it in a child
 //! process (load, fold, save), which reports its wall time per phase and its peak resident
 //! memory (VmHWM) against the file's size.
@@ -55,7 +55,7 @@ fn main() {
     }
     let mut b = GraphBuilder::new("large");
     let mut x = b.input("x", &[-1, 3, 32, 32]);
-    let widths = [3usize, 256, 512, 512, 640, 768];
+    let widths = [3usize, 256, 512, 512, 704, 768];
     for (i, pair) in widths.windows(2).enumerate() {
         let (cin, cout) = (pair[0], pair[1]);
         let w = b.initializer_f32(&format!("c{i}.w"), &spread(&[cout, cin, 3, 3], i as u64));
@@ -98,7 +98,7 @@ fn main() {
         .map(|s| s.parse().unwrap())
         .collect();
     let (load, fold, save, peak, base) = (v[0], v[1], v[2], v[3], v[4]);
-    println!("folding a {size:.1} MB model ({} -> {} nodes)", v[5], v[6]);
+    println!("folding a {size:.1} MiB model ({} -> {} nodes)", v[5], v[6]);
     println!(
         "  load {:.0} ms, fold {:.0} ms, save {:.0} ms: total {:.0} ms",
         load * 1e3,
@@ -107,7 +107,7 @@ fn main() {
         (load + fold + save) * 1e3
     );
     println!(
-        "  peak resident memory {peak:.1} MB ({:.1} MB above the {base:.1} MB before loading): {:.2}x the model's size",
+        "  peak resident memory {peak:.1} MiB ({:.1} MiB above the {base:.1} MiB before loading): {:.2}x the model's size",
         peak - base,
         (peak - base) / size
     );
