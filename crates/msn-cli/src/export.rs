@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use msn_export::{export_run, ExportOptions};
+use msn_export::{export_gan_run, export_run, ExportOptions, GanPart};
 use std::path::PathBuf;
 
 /// Export a trained network to standard ONNX (SN and MSN visible as standard ops).
@@ -23,6 +23,9 @@ pub struct ExportArgs {
     /// Write the folded model (msn-fold's passes applied, and verified in tract)
     #[arg(long)]
     pub folded: bool,
+    /// For a GAN run (msn train-gan): export the discriminator instead of the generator
+    #[arg(long)]
+    pub discriminator: bool,
 }
 
 pub fn run(args: ExportArgs) -> Result<()> {
@@ -36,13 +39,21 @@ pub fn run(args: ExportArgs) -> Result<()> {
     if !(7..=21).contains(&args.opset) {
         bail!("--opset {} is not supported (7 to 21)", args.opset);
     }
-    let mut model = export_run(
-        &args.run,
-        &ExportOptions {
-            opset: args.opset,
-            batch,
-        },
-    )?;
+    let options = ExportOptions {
+        opset: args.opset,
+        batch,
+    };
+    let mut model = if args.discriminator {
+        if !msn_train::gan::is_gan_run(&msn_train::gan::run_dir(&args.run)) {
+            bail!(
+                "{}: --discriminator needs a GAN run (made by msn train-gan)",
+                args.run.display()
+            );
+        }
+        export_gan_run(&args.run, GanPart::Discriminator, &options)?
+    } else {
+        export_run(&args.run, &options)?
+    };
     if args.folded {
         let exported = model.clone();
         let report = msn_fold::fold(&mut model);

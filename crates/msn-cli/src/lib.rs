@@ -9,6 +9,7 @@ pub mod classify;
 pub mod experiment;
 pub mod export;
 pub mod fold;
+pub mod gan;
 mod preprocess_args;
 pub mod train;
 

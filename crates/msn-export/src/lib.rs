@@ -436,8 +436,56 @@ pub enum Error {
     Onnx(#[from] msn_onnx::Error),
 }
 
-/// Loads a run directory (or its checkpoint file) and exports it; nothing is written.
+/// Which network of a GAN run to export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GanPart {
+    Generator,
+    Discriminator,
+}
+
+/// Loads a GAN run directory (or its checkpoint file) and exports its generator (input
+/// `[N, latent]`, output `[N, C, H, W]` in `[-1, 1]`) or its discriminator (input an image
+/// preprocessed to `[-1, 1]`, output one logit, "real"); nothing is written.
+pub fn export_gan_run(
+    run: &std::path::Path,
+    part: GanPart,
+    options: &ExportOptions,
+) -> Result<ModelProto, Error> {
+    let dir = msn_train::gan::run_dir(run);
+    let (cfg, g, d) = msn_train::gan::load(&dir)?;
+    let (model, model_cfg, input) = match part {
+        GanPart::Generator => (&g, &cfg.generator, InputKind::Latent(cfg.generator.latent)),
+        GanPart::Discriminator => (
+            &d,
+            &cfg.discriminator,
+            InputKind::Image {
+                scale: cfg.preprocessing.scale,
+                mean: cfg.preprocessing.mean.clone(),
+                std: cfg.preprocessing.std.clone(),
+            },
+        ),
+    };
+    let info = ModelInfo {
+        architecture: model_cfg.architecture.clone(),
+        norm: model_cfg.norm.to_string(),
+        dataset: cfg.dataset.clone(),
+        input_shape: model_cfg.input_shape,
+        input,
+        labels: match part {
+            GanPart::Generator => vec![],
+            GanPart::Discriminator => vec!["real".into()],
+        },
+        test_accuracy: None,
+    };
+    Ok(export(model, &info, options))
+}
+
+/// Loads a run directory (or its checkpoint file) and exports it; nothing is written. A GAN
+/// run exports its generator (see [`export_gan_run`]).
 pub fn export_run(run: &std::path::Path, options: &ExportOptions) -> Result<ModelProto, Error> {
+    if msn_train::gan::is_gan_run(&msn_train::gan::run_dir(run)) {
+        return export_gan_run(run, GanPart::Generator, options);
+    }
     let (cfg, model) = msn_train::checkpoint::load_model(run)?;
     let dir = if run.is_dir() {
         run.to_path_buf()

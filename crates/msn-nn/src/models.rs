@@ -16,7 +16,7 @@ pub struct ModelConfig {
     /// Channels, height, width of one input image.
     pub input_shape: [usize; 3],
     pub num_classes: usize,
-    /// Width multiplier (vgg7) in percent; 100 is the paper's width.
+    /// Width multiplier (vgg7, DCGAN) in percent; 100 is the paper's width.
     #[serde(default = "default_width")]
     pub width: usize,
     /// Depth (densenet-bc): 3 dense blocks of (depth - 4) / 6 bottleneck layers.
@@ -266,6 +266,11 @@ fn dcgan_start(config: &ModelConfig) -> Result<(usize, usize), String> {
     }
 }
 
+/// A DCGAN channel count scaled by the config's `width` percent (100: the usual 64, 128, 256).
+fn dcgan_width(config: &ModelConfig, channels: usize) -> usize {
+    (channels * config.width / 100).max(1)
+}
+
 /// Re-draws every Conv, ConvTranspose and Linear weight from N(0, 0.02), as DCGAN does
 /// (biases zero), and re-settles the spectral-norm vectors on the new weights.
 fn dcgan_init(model: &Sequential, rng: &mut ChaCha8Rng) {
@@ -289,12 +294,12 @@ fn dcgan_init(model: &Sequential, rng: &mut ChaCha8Rng) {
 
 /// DCGAN generator: `[N, latent]` viewed as `[N, latent, 1, 1]` -> ConvTranspose to
 /// `[N, C0, s, s]` -> (BN, ReLU, ConvTranspose 4x4 stride 2) per doubling -> Tanh, for 28x28
-/// (s = 7, two doublings) or 32x32 (s = 4, three).
+/// (s = 7, two doublings) or 32x32 (s = 4, three). `C0` is 64 << doublings at width 100.
 pub fn dcgan_generator(config: &ModelConfig, rng: &mut ChaCha8Rng) -> Result<Sequential, String> {
     use crate::layers::ConvTranspose2d;
     let (s, doublings) = dcgan_start(config)?;
     let c_out = config.input_shape[0];
-    let mut c = 64 << doublings;
+    let mut c = dcgan_width(config, 64) << doublings;
     let mut l = vec![
         Layer::Unflatten([config.latent, 1, 1]),
         Layer::ConvTranspose(ConvTranspose2d::new(
@@ -327,7 +332,7 @@ pub fn dcgan_generator(config: &ModelConfig, rng: &mut ChaCha8Rng) -> Result<Seq
     Ok(model)
 }
 
-/// DCGAN discriminator: 4x4 stride-2 convs (64, 128, 256 channels), each with the chosen norm
+/// DCGAN discriminator: 4x4 stride-2 convs (64, 128, 256 channels at width 100), each with the chosen norm
 /// and LeakyReLU 0.1, then a linear layer to one logit.
 pub fn dcgan_discriminator(
     config: &ModelConfig,
@@ -336,7 +341,7 @@ pub fn dcgan_discriminator(
     dcgan_start(config)?;
     let [mut c, mut h, _] = config.input_shape;
     let mut l = Vec::new();
-    for out in [64, 128, 256] {
+    for out in [64, 128, 256].map(|n| dcgan_width(config, n)) {
         conv_block(
             &mut l,
             c,

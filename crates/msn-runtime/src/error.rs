@@ -19,6 +19,8 @@ pub enum Error {
     },
     #[error("{path}: model input is not an image: {reason}")]
     NotImageModel { path: PathBuf, reason: String },
+    #[error("{path}: not a generator: {reason}")]
+    NotGenerator { path: PathBuf, reason: String },
     #[error("{path}: not a readable image: {reason}")]
     BadImage { path: PathBuf, reason: String },
     #[error("{path}: image is too large ({width}x{height}; the limit is {limit} pixels a side)")]

@@ -6,6 +6,7 @@
 //!    tract optimise it, run batches.
 //! 3. [`topk`]: softmax and the k most probable classes.
 //! 4. [`bench`]: latency percentiles and throughput, several models interleaved.
+//! 5. [`gan`]: generators, and the classifier score and Fréchet distance of their samples.
 //!
 //! ```no_run
 //! use msn_runtime::{Classifier, LoadOptions};
@@ -21,6 +22,7 @@
 pub mod bench;
 mod classifier;
 mod error;
+pub mod gan;
 pub mod preprocess;
 
 pub use classifier::{Classifier, LoadOptions, PreprocessOverrides};

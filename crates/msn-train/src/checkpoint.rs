@@ -61,6 +61,12 @@ impl RunConfig {
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join(CONFIG_FILE);
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        if crate::gan::is_gan_config(&text) {
+            return Err(Error::Checkpoint {
+                path,
+                reason: "this is a GAN run (msn train-gan), not a classifier".into(),
+            });
+        }
         let cfg: RunConfig = serde_json::from_str(&text).map_err(|e| Error::Checkpoint {
             path: path.clone(),
             reason: e.to_string(),
@@ -101,16 +107,33 @@ pub fn save(
     optimizer: &[(String, Array)],
     progress: &Progress,
 ) -> Result<()> {
-    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = model
-        .named_state()
-        .into_iter()
-        .map(|(name, v, _)| (name, v.shape(), to_bytes(&v.value())))
-        .collect();
-    tensors.extend(
-        optimizer
-            .iter()
-            .map(|(n, a)| (format!("optimizer.{n}"), a.shape().to_vec(), to_bytes(a))),
-    );
+    save_parts(path, &[("", model)], &[("optimizer", optimizer)], progress)
+}
+
+/// Writes several models' states (each tensor named `PREFIX.name`, or `name` for an empty
+/// prefix), optimizer states (likewise) and the progress to `path`, atomically.
+pub fn save_parts(
+    path: &Path,
+    models: &[(&str, &Sequential)],
+    optimizers: &[(&str, &[(String, Array)])],
+    progress: &Progress,
+) -> Result<()> {
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (prefix, model) in models {
+        tensors.extend(
+            model
+                .named_state()
+                .into_iter()
+                .map(|(name, v, _)| (msn_nn::join(prefix, &name), v.shape(), to_bytes(&v.value()))),
+        );
+    }
+    for (prefix, state) in optimizers {
+        tensors.extend(
+            state
+                .iter()
+                .map(|(n, a)| (msn_nn::join(prefix, n), a.shape().to_vec(), to_bytes(a))),
+        );
+    }
     let views: Vec<(String, TensorView)> = tensors
         .iter()
         .map(|(n, s, b)| {
@@ -186,7 +209,18 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
 /// Copies the checkpoint's tensors into the model, checking that every one is present and has
 /// the shape the config implies.
 pub fn restore(model: &Sequential, ckpt: &Checkpoint, path: &Path) -> Result<()> {
+    restore_part(model, "", ckpt, path)
+}
+
+/// [`restore`] for the tensors saved under `prefix` by [`save_parts`].
+pub fn restore_part(
+    model: &Sequential,
+    prefix: &str,
+    ckpt: &Checkpoint,
+    path: &Path,
+) -> Result<()> {
     for (name, var, _) in model.named_state() {
+        let name = msn_nn::join(prefix, &name);
         let Some(a) = ckpt.tensors.get(&name) else {
             return Err(Error::Checkpoint {
                 path: path.to_path_buf(),
@@ -210,12 +244,15 @@ pub fn restore(model: &Sequential, ckpt: &Checkpoint, path: &Path) -> Result<()>
 
 /// The optimizer's tensors in a checkpoint, with the `optimizer.` prefix removed.
 pub fn optimizer_state(ckpt: &Checkpoint) -> Vec<(String, Array)> {
+    optimizer_state_part(ckpt, "optimizer")
+}
+
+/// The tensors saved under `prefix.`, with the prefix removed.
+pub fn optimizer_state_part(ckpt: &Checkpoint, prefix: &str) -> Vec<(String, Array)> {
+    let prefix = format!("{prefix}.");
     ckpt.tensors
         .iter()
-        .filter_map(|(n, a)| {
-            n.strip_prefix("optimizer.")
-                .map(|n| (n.to_string(), a.clone()))
-        })
+        .filter_map(|(n, a)| n.strip_prefix(&prefix).map(|n| (n.to_string(), a.clone())))
         .collect()
 }
 

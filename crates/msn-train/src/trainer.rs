@@ -76,7 +76,7 @@ fn make_optimizer(t: &TrainSettings) -> Result<Box<dyn Optimizer>> {
     }
 }
 
-fn step_rng(seed: u64, epoch: usize, step: usize) -> ChaCha8Rng {
+pub(crate) fn step_rng(seed: u64, epoch: usize, step: usize) -> ChaCha8Rng {
     let mix = seed
         .wrapping_mul(0x9E37_79B9_7F4A_7C15)
         .wrapping_add((epoch as u64) << 32)
@@ -122,6 +122,61 @@ fn count_correct(logits: &Var, labels: &[usize]) -> usize {
             best.0 == l
         })
         .count()
+}
+
+/// A batch, its labels, and its step number.
+pub(crate) type Batch = (usize, (ndarray::Array4<f32>, Vec<usize>));
+
+/// Makes the batches of one epoch (steps `first_step..`) on another thread, a few ahead of
+/// the step that uses them.
+pub(crate) fn prefetch(
+    train: &Arc<Dataset>,
+    spec: &BatchSpec,
+    seed: u64,
+    epoch: usize,
+    first_step: usize,
+) -> (mpsc::Receiver<Batch>, std::thread::JoinHandle<()>) {
+    let (tx, rx) = mpsc::sync_channel(4);
+    let data = Arc::clone(train);
+    let spec = spec.clone();
+    let order = data::epoch_order(train.len(), seed, epoch);
+    let worker = std::thread::spawn(move || {
+        let steps = order.len().div_ceil(spec.batch);
+        for step in first_step..steps {
+            let idx = &order[step * spec.batch..((step + 1) * spec.batch).min(order.len())];
+            let batch = make_batch(&data, idx, &spec, &mut step_rng(seed, epoch, step));
+            if tx.send((step, batch)).is_err() {
+                return;
+            }
+        }
+    });
+    (rx, worker)
+}
+
+/// The progress bar of one epoch, and whether to print plain lines instead (no TTY).
+pub(crate) fn epoch_bar(
+    show: bool,
+    steps: usize,
+    epoch: usize,
+    epochs: usize,
+    first_step: usize,
+) -> (indicatif::ProgressBar, bool) {
+    let bar = if show {
+        indicatif::ProgressBar::new(steps as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "epoch {prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(format!("{}/{epochs}", epoch + 1));
+    bar.set_position(first_step as u64);
+    let plain = show && bar.is_hidden();
+    (bar, plain)
 }
 
 /// Running sums of one epoch.
@@ -241,7 +296,7 @@ pub fn resume(dir: &Path, stop: &AtomicBool, progress: bool) -> Result<Outcome> 
     )
 }
 
-fn write_metrics(dir: &Path, history: &[Value]) -> Result<()> {
+pub(crate) fn write_metrics(dir: &Path, history: &[Value]) -> Result<()> {
     let mut text = String::new();
     for m in history {
         text.push_str(&m.to_string());
@@ -284,42 +339,10 @@ fn run(
             })?,
             None => EpochSums::default(),
         };
-        let order = data::epoch_order(train.len(), t.seed, epoch);
         let first_step = prog.step;
+        let (rx, worker) = prefetch(train, &spec, t.seed, epoch, first_step);
 
-        // Batches are made on another thread, a few ahead of the step.
-        let (tx, rx) = mpsc::sync_channel(4);
-        let worker = {
-            let data = Arc::clone(train);
-            let spec = spec.clone();
-            let order = order.clone();
-            let (seed, batch) = (t.seed, t.batch);
-            std::thread::spawn(move || {
-                for step in first_step..steps {
-                    let idx = &order[step * batch..((step + 1) * batch).min(order.len())];
-                    let batch = make_batch(&data, idx, &spec, &mut step_rng(seed, epoch, step));
-                    if tx.send((step, batch)).is_err() {
-                        return;
-                    }
-                }
-            })
-        };
-
-        let bar = if show_progress {
-            indicatif::ProgressBar::new(steps as u64)
-        } else {
-            indicatif::ProgressBar::hidden()
-        };
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "epoch {prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
-        bar.set_prefix(format!("{}/{}", epoch + 1, t.epochs));
-        bar.set_position(first_step as u64);
-        let plain = show_progress && bar.is_hidden();
+        let (bar, plain) = epoch_bar(show_progress, steps, epoch, t.epochs, first_step);
 
         let epoch_start = Instant::now();
         let mut interrupted = None;

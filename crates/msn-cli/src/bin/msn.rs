@@ -22,6 +22,12 @@ enum Command {
     Train(msn_cli::train::TrainArgs),
     /// Train one model with several normalizations and write a comparison table and figures
     Experiment(msn_cli::experiment::ExperimentArgs),
+    /// Train a DCGAN (generator against an SN, MSN, BN or plain discriminator)
+    TrainGan(msn_cli::gan::TrainGanArgs),
+    /// Write a grid of images from a generator (ONNX file or GAN run), run with tract
+    Generate(msn_cli::gan::GenerateArgs),
+    /// Classifier score and Frechet distance of a generator's samples, on our classifier
+    GanScore(msn_cli::gan::GanScoreArgs),
     /// Draw test accuracy, mean drift and gradient sparsity figures of runs
     Plot(msn_cli::experiment::PlotArgs),
 }
@@ -35,6 +41,9 @@ fn main() -> std::process::ExitCode {
         Command::Fold(args) => msn_cli::fold::run(args),
         Command::Experiment(args) => msn_cli::experiment::run_experiment(args),
         Command::Plot(args) => msn_cli::experiment::run_plot(args),
+        Command::TrainGan(args) => msn_cli::gan::run_train_gan(args),
+        Command::Generate(args) => msn_cli::gan::run_generate(args),
+        Command::GanScore(args) => msn_cli::gan::run_gan_score(args),
     })
 }
 

@@ -1,0 +1,661 @@
+//! DCGAN training: a generator (ConvTranspose + BN + ReLU, tanh output) against a
+//! discriminator (conv + the chosen norm + LeakyReLU 0.1), with the non-saturating loss in its
+//! softplus form or the hinge loss, Adam (2e-4, betas 0.5 and 0.999) and N(0, 0.02) weights.
+//!
+//! A run directory holds `config.json` (`"kind": "gan"`), `checkpoint.safetensors` (generator
+//! tensors under `g.`, discriminator under `d.`, optimizer states under `optimizer.g.` and
+//! `optimizer.d.`, progress in the metadata), `metrics.jsonl` (one object per epoch) and
+//! `samples/epoch-NNN.png` (a grid from a fixed latent batch, the generator in eval mode), with
+//! `samples.png` the latest. As in the classifier trainer, everything random is drawn from
+//! `(seed, epoch, step)`, so `--resume` continues exactly.
+
+use crate::checkpoint::{self, Preprocessing, Progress, FORMAT_VERSION};
+use crate::data::{self, BatchSpec, Dataset, Split};
+use crate::trainer::{epoch_bar, prefetch, step_rng, Outcome};
+use crate::{write_atomic, Error, Result};
+use msn_autograd::{no_grad, Array, Var};
+use msn_nn::models::ModelConfig;
+use msn_nn::optim::{self, Adam, Optimizer};
+use msn_nn::{Ctx, Module, NormKind, Sequential};
+use ndarray::{ArrayView4, Axis};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The `kind` of a GAN run's `config.json`.
+pub const KIND: &str = "gan";
+/// Where each epoch's sample grid goes, inside the run directory.
+pub const SAMPLES_DIR: &str = "samples";
+/// The latest sample grid, inside the run directory.
+pub const SAMPLES_FILE: &str = "samples.png";
+/// Samples in each epoch's grid (8 x 8).
+pub const GRID_SAMPLES: usize = 64;
+
+/// The GAN objective.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GanLoss {
+    /// Non-saturating: D minimises `softplus(-D(x)) + softplus(D(G(z)))`, G `softplus(-D(G(z)))`.
+    Softplus,
+    /// Hinge: D minimises `relu(1 - D(x)) + relu(1 + D(G(z)))`, G `-D(G(z))`.
+    Hinge,
+}
+
+impl std::str::FromStr for GanLoss {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "softplus" => Ok(GanLoss::Softplus),
+            "hinge" => Ok(GanLoss::Hinge),
+            _ => Err(format!(
+                "unknown GAN loss '{s}' (expected softplus or hinge)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for GanLoss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            GanLoss::Softplus => "softplus",
+            GanLoss::Hinge => "hinge",
+        })
+    }
+}
+
+/// The training settings of a GAN run, saved so that `--resume` continues the same run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GanSettings {
+    pub epochs: usize,
+    pub batch: usize,
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub loss: GanLoss,
+    /// Discriminator steps per generator step.
+    pub d_steps: usize,
+    pub seed: u64,
+    pub train_limit: Option<usize>,
+}
+
+/// `config.json` of a GAN run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GanConfig {
+    pub version: u32,
+    /// Always [`KIND`]: tells a GAN run from a classifier run.
+    pub kind: String,
+    pub generator: ModelConfig,
+    pub discriminator: ModelConfig,
+    pub dataset: String,
+    pub data_dir: String,
+    /// How real images become the discriminator's input (pixels to `[-1, 1]`), and so how the
+    /// generator's tanh output maps back to pixels.
+    pub preprocessing: Preprocessing,
+    /// The data set's class names (the GAN does not use them; `msn gan-score` does).
+    pub labels: Vec<String>,
+    pub train: GanSettings,
+}
+
+/// Whether the text of a `config.json` describes a GAN run.
+pub fn is_gan_config(text: &str) -> bool {
+    serde_json::from_str::<Value>(text)
+        .ok()
+        .and_then(|v| v.get("kind")?.as_str().map(|k| k == KIND))
+        .unwrap_or(false)
+}
+
+/// Whether `dir` holds a GAN run.
+pub fn is_gan_run(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join(checkpoint::CONFIG_FILE))
+        .map(|t| is_gan_config(&t))
+        .unwrap_or(false)
+}
+
+impl GanConfig {
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join(checkpoint::CONFIG_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let bad = |reason: String| Error::Checkpoint {
+            path: path.clone(),
+            reason,
+        };
+        if !is_gan_config(&text) {
+            return Err(bad("not a GAN run (no \"kind\": \"gan\")".into()));
+        }
+        let cfg: GanConfig = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        if cfg.version != FORMAT_VERSION {
+            return Err(bad(format!(
+                "checkpoint version {} is not supported (this build reads version {FORMAT_VERSION})",
+                cfg.version
+            )));
+        }
+        Ok(cfg)
+    }
+
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self).expect("config serializes");
+        write_atomic(&dir.join(checkpoint::CONFIG_FILE), text.as_bytes())
+    }
+
+    fn batch_spec(&self) -> BatchSpec {
+        BatchSpec {
+            batch: self.train.batch,
+            mean: self.preprocessing.mean.clone(),
+            std: self.preprocessing.std.clone(),
+            augment: None,
+        }
+    }
+}
+
+/// What `msn train-gan` asks for.
+#[derive(Debug, Clone)]
+pub struct GanRequest {
+    pub dataset: String,
+    pub data_dir: String,
+    pub d_norm: NormKind,
+    pub latent: usize,
+    /// Channel widths of both networks in percent of DCGAN's (64, 128, 256).
+    pub width: usize,
+    pub train: GanSettings,
+}
+
+/// Builds the generator and discriminator a config describes, with weights drawn from the seed.
+pub fn build(cfg: &GanConfig) -> Result<(Sequential, Sequential)> {
+    let seed = cfg.train.seed;
+    let g = msn_nn::models::build(&cfg.generator, seed).map_err(Error::Config)?;
+    let d =
+        msn_nn::models::build(&cfg.discriminator, seed.wrapping_add(1)).map_err(Error::Config)?;
+    Ok((g, d))
+}
+
+fn load_train(dataset: &str, dir: &str, t: &GanSettings) -> Result<Dataset> {
+    let mut train = data::load(dataset, Path::new(dir), Split::Train)?;
+    if let Some(n) = t.train_limit {
+        train.truncate(n);
+    }
+    if train.len() < t.batch {
+        return Err(Error::Data(format!(
+            "{dir}: {} training images, fewer than one batch of {}",
+            train.len(),
+            t.batch
+        )));
+    }
+    Ok(train)
+}
+
+fn optimizer(t: &GanSettings) -> Adam {
+    Adam::new(t.beta1, t.beta2, 0.0)
+}
+
+/// Starts a new GAN run in `out` (which must not hold one) and trains it.
+pub fn start(req: &GanRequest, out: &Path, stop: &AtomicBool, progress: bool) -> Result<Outcome> {
+    if out.join(checkpoint::CHECKPOINT_FILE).exists() {
+        return Err(Error::Config(format!(
+            "{} already holds a run; use --resume {} to continue it, or another --out",
+            out.display(),
+            out.display()
+        )));
+    }
+    if req.train.d_steps == 0 || req.train.batch == 0 || req.latent == 0 || req.width == 0 {
+        return Err(Error::Config(
+            "--d-steps, --batch, --latent and --width must be positive".into(),
+        ));
+    }
+    let train = load_train(&req.dataset, &req.data_dir, &req.train)?;
+    let shape = train.shape();
+    let cfg = GanConfig {
+        version: FORMAT_VERSION,
+        kind: KIND.into(),
+        generator: model_config("dcgan-g", NormKind::Bn, shape, req),
+        discriminator: model_config("dcgan-d", req.d_norm, shape, req),
+        dataset: req.dataset.clone(),
+        data_dir: req.data_dir.clone(),
+        preprocessing: Preprocessing {
+            scale: 1.0 / 255.0,
+            mean: vec![0.5; shape[0]],
+            std: vec![0.5; shape[0]],
+        },
+        labels: train.classes.clone(),
+        train: req.train.clone(),
+    };
+    let (g, d) = build(&cfg)?;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    cfg.save(out)?;
+    let opts = [optimizer(&cfg.train), optimizer(&cfg.train)];
+    run(
+        &cfg,
+        g,
+        d,
+        opts,
+        Progress::default(),
+        &Arc::new(train),
+        out,
+        stop,
+        progress,
+    )
+}
+
+fn model_config(arch: &str, norm: NormKind, shape: [usize; 3], req: &GanRequest) -> ModelConfig {
+    ModelConfig {
+        architecture: arch.into(),
+        norm,
+        input_shape: shape,
+        num_classes: 1,
+        width: req.width,
+        depth: 16,
+        latent: req.latent,
+    }
+}
+
+/// A trained GAN: its config, generator and discriminator, from a run directory.
+pub fn load(dir: &Path) -> Result<(GanConfig, Sequential, Sequential)> {
+    let cfg = GanConfig::load(dir)?;
+    let (g, d) = build(&cfg)?;
+    let path = dir.join(checkpoint::CHECKPOINT_FILE);
+    let ckpt = checkpoint::load(&path)?;
+    checkpoint::restore_part(&g, "g", &ckpt, &path)?;
+    checkpoint::restore_part(&d, "d", &ckpt, &path)?;
+    Ok((cfg, g, d))
+}
+
+/// Continues the GAN run in `dir` from its last checkpoint.
+pub fn resume(dir: &Path, stop: &AtomicBool, progress: bool) -> Result<Outcome> {
+    let cfg = GanConfig::load(dir)?;
+    let (g, d) = build(&cfg)?;
+    let path = dir.join(checkpoint::CHECKPOINT_FILE);
+    let mut opts = [optimizer(&cfg.train), optimizer(&cfg.train)];
+    let prog = if path.exists() {
+        let ckpt = checkpoint::load(&path)?;
+        checkpoint::restore_part(&g, "g", &ckpt, &path)?;
+        checkpoint::restore_part(&d, "d", &ckpt, &path)?;
+        opts[0].load_state(checkpoint::optimizer_state_part(&ckpt, "optimizer.g"));
+        opts[1].load_state(checkpoint::optimizer_state_part(&ckpt, "optimizer.d"));
+        ckpt.progress
+    } else {
+        Progress::default()
+    };
+    let train = load_train(&cfg.dataset, &cfg.data_dir, &cfg.train)?;
+    run(
+        &cfg,
+        g,
+        d,
+        opts,
+        prog,
+        &Arc::new(train),
+        dir,
+        stop,
+        progress,
+    )
+}
+
+/// The discriminator's loss on real and fake logits.
+pub fn d_loss(loss: GanLoss, real: &Var, fake: &Var) -> Var {
+    match loss {
+        GanLoss::Softplus => {
+            let ones = Array::ones(real.value().raw_dim());
+            let zeros = Array::zeros(fake.value().raw_dim());
+            real.bce_with_logits(&ones)
+                .add(&fake.bce_with_logits(&zeros))
+        }
+        GanLoss::Hinge => real
+            .neg()
+            .add_scalar(1.0)
+            .relu()
+            .mean()
+            .add(&fake.add_scalar(1.0).relu().mean()),
+    }
+}
+
+/// The generator's loss on the discriminator's logits of its samples.
+pub fn g_loss(loss: GanLoss, fake: &Var) -> Var {
+    match loss {
+        GanLoss::Softplus => fake.bce_with_logits(&Array::ones(fake.value().raw_dim())),
+        GanLoss::Hinge => fake.mean().neg(),
+    }
+}
+
+/// `n` latent vectors from N(0, 1), drawn from `rng`.
+pub fn latent_batch(n: usize, latent: usize, rng: &mut ChaCha8Rng) -> Array {
+    msn_nn::init::normal(&[n, latent], 1.0, rng)
+}
+
+/// The fixed latent batch behind every epoch's sample grid.
+pub fn grid_latents(cfg: &GanConfig) -> Array {
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.train.seed ^ 0x5A3B_1E55);
+    latent_batch(GRID_SAMPLES, cfg.generator.latent, &mut rng)
+}
+
+/// Running sums of one epoch.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct GanSums {
+    d_loss: f64,
+    g_loss: f64,
+    /// Sums over samples of sigmoid(D(x)) and sigmoid(D(G(z))).
+    d_real: f64,
+    d_fake: f64,
+    /// Real samples scored above 0 plus fakes below 0.
+    d_correct: usize,
+    /// Real samples seen (as many fakes).
+    seen: usize,
+    d_steps: usize,
+    g_steps: usize,
+    seconds: f64,
+}
+
+fn sigmoid(x: f32) -> f64 {
+    1.0 / (1.0 + (-x as f64).exp())
+}
+
+fn finite(v: f32, what: &str, epoch: usize, step: usize, lr: f32) -> Result<f32> {
+    if v.is_finite() {
+        Ok(v)
+    } else {
+        Err(Error::Diverged(format!(
+            "the {what} loss became {v} at epoch {} step {}; lower --lr (now {lr}) or use another --d-norm",
+            epoch + 1,
+            step + 1
+        )))
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
+    cfg: &GanConfig,
+    g: Sequential,
+    d: Sequential,
+    mut opts: [Adam; 2],
+    mut prog: Progress,
+    train: &Arc<Dataset>,
+    dir: &Path,
+    stop: &AtomicBool,
+    show_progress: bool,
+) -> Result<Outcome> {
+    let t = &cfg.train;
+    let (g_params, d_params) = (g.parameters(), d.parameters());
+    let spec = cfg.batch_spec();
+    let steps = train.len().div_ceil(t.batch);
+    let ckpt_path = dir.join(checkpoint::CHECKPOINT_FILE);
+    let fixed_z = grid_latents(cfg);
+    let save = |opts: &[Adam; 2], prog: &Progress| {
+        checkpoint::save_parts(
+            &ckpt_path,
+            &[("g", &g), ("d", &d)],
+            &[
+                ("optimizer.g", &opts[0].state()),
+                ("optimizer.d", &opts[1].state()),
+            ],
+            prog,
+        )
+    };
+
+    while prog.epoch < t.epochs {
+        let epoch = prog.epoch;
+        let mut sums: GanSums = match prog.partial.take() {
+            Some(p) => serde_json::from_value(p).map_err(|e| Error::Checkpoint {
+                path: ckpt_path.clone(),
+                reason: e.to_string(),
+            })?,
+            None => GanSums::default(),
+        };
+        let first_step = prog.step;
+        let (rx, worker) = prefetch(train, &spec, t.seed, epoch, first_step);
+        let (bar, plain) = epoch_bar(show_progress, steps, epoch, t.epochs, first_step);
+        let epoch_start = Instant::now();
+        let mut interrupted = None;
+        for (step, (x, _)) in rx.iter() {
+            let n = x.shape()[0];
+            let z = latent_batch(
+                n,
+                cfg.generator.latent,
+                &mut step_rng(t.seed ^ 0x6A17, epoch, step),
+            );
+            let mut ctx = Ctx {
+                training: true,
+                rng: step_rng(t.seed ^ 0xD20F, epoch, step),
+                record: None,
+            };
+            let fake = g.forward(&Var::constant(z), &mut ctx);
+
+            // Discriminator step, on a real batch and a detached fake batch.
+            let real_logits = d.forward(&Var::constant(x.into_dyn()), &mut ctx);
+            let fake_logits = d.forward(&fake.detach(), &mut ctx);
+            let loss = d_loss(t.loss, &real_logits, &fake_logits);
+            let value = finite(loss.value()[[]], "discriminator", epoch, step, t.lr)?;
+            loss.backward();
+            opts[1].step(&d_params, t.lr);
+            optim::zero_grad(&d_params);
+            sums.d_loss += value as f64;
+            sums.d_steps += 1;
+            for &v in real_logits.value().iter() {
+                sums.d_real += sigmoid(v);
+                sums.d_correct += usize::from(v > 0.0);
+            }
+            for &v in fake_logits.value().iter() {
+                sums.d_fake += sigmoid(v);
+                sums.d_correct += usize::from(v < 0.0);
+            }
+            sums.seen += n;
+
+            // Generator step through the updated discriminator.
+            if (step + 1) % t.d_steps == 0 {
+                let loss = g_loss(t.loss, &d.forward(&fake, &mut ctx));
+                let value = finite(loss.value()[[]], "generator", epoch, step, t.lr)?;
+                loss.backward();
+                opts[0].step(&g_params, t.lr);
+                optim::zero_grad(&g_params);
+                optim::zero_grad(&d_params);
+                sums.g_loss += value as f64;
+                sums.g_steps += 1;
+            }
+
+            let elapsed = sums.seconds + epoch_start.elapsed().as_secs_f64();
+            let line = format!(
+                "D loss {:.3} G loss {:.3} D(x) {:.2} D(G(z)) {:.2} {:.0} img/s",
+                sums.d_loss / sums.d_steps as f64,
+                sums.g_loss / sums.g_steps.max(1) as f64,
+                sums.d_real / sums.seen as f64,
+                sums.d_fake / sums.seen as f64,
+                sums.seen as f64 / elapsed.max(1e-9)
+            );
+            bar.set_position(step as u64 + 1);
+            if plain && (step + 1) % (steps / 10).max(1) == 0 {
+                eprintln!(
+                    "epoch {}/{} step {}/{steps} {line}",
+                    epoch + 1,
+                    t.epochs,
+                    step + 1
+                );
+            }
+            bar.set_message(line);
+            if stop.load(Ordering::SeqCst) && step + 1 < steps {
+                interrupted = Some(step + 1);
+                break;
+            }
+        }
+        drop(rx);
+        let _ = worker.join();
+        bar.finish_and_clear();
+        sums.seconds += epoch_start.elapsed().as_secs_f64();
+
+        if let Some(next_step) = interrupted {
+            prog.step = next_step;
+            prog.partial = Some(serde_json::to_value(&sums).expect("serializes"));
+            save(&opts, &prog)?;
+            return Ok(Outcome::Interrupted {
+                epoch: epoch + 1,
+                step: next_step,
+            });
+        }
+
+        let samples = generate(&g, &fixed_z);
+        write_grid(
+            &samples.view(),
+            &dir.join(SAMPLES_DIR)
+                .join(format!("epoch-{:03}.png", epoch + 1)),
+        )?;
+        write_grid(&samples.view(), &dir.join(SAMPLES_FILE))?;
+        let metrics = json!({
+            "epoch": epoch + 1,
+            "d_loss": sums.d_loss / sums.d_steps as f64,
+            "g_loss": sums.g_loss / sums.g_steps.max(1) as f64,
+            "d_real": sums.d_real / sums.seen as f64,
+            "d_fake": sums.d_fake / sums.seen as f64,
+            "d_acc": sums.d_correct as f64 / (2 * sums.seen) as f64,
+            "d_steps": sums.d_steps,
+            "g_steps": sums.g_steps,
+            "epoch_seconds": sums.seconds,
+            "images_per_second": sums.seen as f64 / sums.seconds,
+            "lr": t.lr,
+        });
+        if show_progress {
+            eprintln!(
+                "epoch {}/{}: D loss {:.4} G loss {:.4} D(x) {:.3} D(G(z)) {:.3} D acc {:.3} | {:.1} s",
+                epoch + 1,
+                t.epochs,
+                metrics["d_loss"].as_f64().unwrap_or(0.0),
+                metrics["g_loss"].as_f64().unwrap_or(0.0),
+                metrics["d_real"].as_f64().unwrap_or(0.0),
+                metrics["d_fake"].as_f64().unwrap_or(0.0),
+                metrics["d_acc"].as_f64().unwrap_or(0.0),
+                sums.seconds
+            );
+        }
+        prog.history.push(metrics);
+        prog.epoch += 1;
+        prog.step = 0;
+        save(&opts, &prog)?;
+        crate::trainer::write_metrics(dir, &prog.history)?;
+        if stop.load(Ordering::SeqCst) && prog.epoch < t.epochs {
+            return Ok(Outcome::Interrupted {
+                epoch: prog.epoch + 1,
+                step: 0,
+            });
+        }
+    }
+    Ok(Outcome::Finished(prog.history))
+}
+
+/// The generator's images for latent vectors `z` (`[N, latent]`), in eval mode: `[N, C, H, W]`
+/// in `[-1, 1]`.
+pub fn generate(g: &Sequential, z: &Array) -> ndarray::Array4<f32> {
+    no_grad(|| {
+        g.forward(&Var::constant(z.clone()), &mut Ctx::eval())
+            .value()
+            .clone()
+            .into_dimensionality()
+            .expect("the generator makes images")
+    })
+}
+
+/// Lays images (`[N, C, H, W]` in `[-1, 1]`, C = 1 or 3) out in a grid of `ceil(sqrt(N))`
+/// columns with 2-pixel gaps, as an 8-bit gray or RGB image.
+pub fn grid(images: &ArrayView4<f32>) -> image::DynamicImage {
+    let (n, c, h, w) = images.dim();
+    let cols = (n as f64).sqrt().ceil().max(1.0) as usize;
+    let rows = n.div_ceil(cols).max(1);
+    let gap = 2;
+    let (gw, gh) = (
+        (cols * (w + gap) + gap) as u32,
+        (rows * (h + gap) + gap) as u32,
+    );
+    let pixel = |v: f32| (((v.clamp(-1.0, 1.0) + 1.0) * 127.5).round()) as u8;
+    let mut gray = image::GrayImage::new(gw, gh);
+    let mut rgb = image::RgbImage::new(gw, gh);
+    for (i, img) in images.axis_iter(Axis(0)).enumerate() {
+        let (x0, y0) = ((i % cols) * (w + gap) + gap, (i / cols) * (h + gap) + gap);
+        for y in 0..h {
+            for x in 0..w {
+                let (px, py) = ((x0 + x) as u32, (y0 + y) as u32);
+                if c == 1 {
+                    gray.put_pixel(px, py, image::Luma([pixel(img[[0, y, x]])]));
+                } else {
+                    let p = |ch: usize| pixel(img[[ch.min(c - 1), y, x]]);
+                    rgb.put_pixel(px, py, image::Rgb([p(0), p(1), p(2)]));
+                }
+            }
+        }
+    }
+    if c == 1 {
+        image::DynamicImage::ImageLuma8(gray)
+    } else {
+        image::DynamicImage::ImageRgb8(rgb)
+    }
+}
+
+/// Writes the [`grid`] of `images` as a PNG to `path`, atomically (creating its folder).
+pub fn write_grid(images: &ArrayView4<f32>, path: &Path) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let mut bytes = Vec::new();
+    grid(images)
+        .write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
+        .map_err(|e| Error::Data(format!("{}: cannot encode the PNG: {e}", path.display())))?;
+    write_atomic(path, &bytes)
+}
+
+/// The run directory of `path`: itself if a folder, else its parent (a checkpoint file).
+pub fn run_dir(path: &Path) -> PathBuf {
+    if path.is_dir() {
+        path.to_path_buf()
+    } else {
+        path.parent().unwrap_or(Path::new(".")).to_path_buf()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use msn_autograd::gradcheck::check;
+    use msn_autograd::ops::elementwise::spread;
+
+    #[test]
+    fn softplus_losses_are_the_closed_forms() {
+        let real =
+            Var::constant(Array::from_shape_vec(ndarray::IxDyn(&[2, 1]), vec![0.5, -1.0]).unwrap());
+        let fake =
+            Var::constant(Array::from_shape_vec(ndarray::IxDyn(&[2, 1]), vec![2.0, 0.0]).unwrap());
+        let sp = |x: f32| (1.0 + x.exp()).ln();
+        let want_d = (sp(-0.5) + sp(1.0)) / 2.0 + (sp(2.0) + sp(0.0)) / 2.0;
+        let got = d_loss(GanLoss::Softplus, &real, &fake).value()[[]];
+        assert!((got - want_d).abs() < 1e-6, "{got} vs {want_d}");
+        let want_g = (sp(-2.0) + sp(0.0)) / 2.0;
+        let got = g_loss(GanLoss::Softplus, &fake).value()[[]];
+        assert!((got - want_g).abs() < 1e-6, "{got} vs {want_g}");
+        // Hinge: relu(1 - 0.5) + relu(1 + 1) over 2, relu(1 + 2) + relu(1 + 0) over 2.
+        let got = d_loss(GanLoss::Hinge, &real, &fake).value()[[]];
+        assert!((got - (2.5 / 2.0 + 4.0 / 2.0)).abs() < 1e-6, "{got}");
+        assert!((g_loss(GanLoss::Hinge, &fake).value()[[]] + 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn loss_gradients_match_finite_differences() {
+        // Values kept away from the hinge's kinks at -1 and 1.
+        let real = spread(&[3, 1], -0.7, 0.6, 3);
+        let fake = spread(&[3, 1], -0.8, 0.5, 4);
+        for loss in [GanLoss::Softplus, GanLoss::Hinge] {
+            check("d_loss", &[&real, &fake], |v| d_loss(loss, &v[0], &v[1])).unwrap();
+            check("g_loss", &[&fake], |v| g_loss(loss, &v[0])).unwrap();
+        }
+    }
+
+    #[test]
+    fn grid_places_each_image_and_maps_minus_one_to_black() {
+        let mut imgs = ndarray::Array4::<f32>::from_elem((5, 1, 3, 4), -1.0);
+        imgs[[4, 0, 2, 3]] = 1.0;
+        let g = grid(&imgs.view()).into_luma8();
+        // 5 images: 3 columns, 2 rows, 2-pixel gaps.
+        assert_eq!(g.dimensions(), (3 * 6 + 2, 2 * 5 + 2));
+        // Image 4 is row 1, column 1: its pixel (3, 2) is at (6 + 2 + 3, 5 + 2 + 2).
+        assert_eq!(g.get_pixel(11, 9).0, [255]);
+        assert_eq!(g.pixels().filter(|p| p.0 == [255]).count(), 1);
+    }
+}
