@@ -64,7 +64,7 @@ fn gemm_with(
         }
         return;
     }
-    let parallelism = threads.map_or(gemm::Parallelism::None, gemm::Parallelism::Rayon);
+    let parallelism = threads.map_or(gemm_common::Parallelism::None, gemm_common::Parallelism::Rayon);
     let (cs, as_, bs) = (
         c.strides().to_vec(),
         a.strides().to_vec(),
@@ -73,7 +73,7 @@ fn gemm_with(
     // SAFETY: the pointers and strides come from live ndarray views of the stated shapes,
     // `c` is borrowed mutably and cannot alias `a` or `b`.
     unsafe {
-        gemm::gemm(
+        gemm_f32::gemm::f32::get_gemm_fn()(
             m,
             n,
             k,
