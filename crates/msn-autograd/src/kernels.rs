@@ -64,7 +64,10 @@ fn gemm_with(
         }
         return;
     }
-    let parallelism = threads.map_or(gemm_common::Parallelism::None, gemm_common::Parallelism::Rayon);
+    let parallelism = threads.map_or(
+        gemm_common::Parallelism::None,
+        gemm_common::Parallelism::Rayon,
+    );
     let (cs, as_, bs) = (
         c.strides().to_vec(),
         a.strides().to_vec(),
