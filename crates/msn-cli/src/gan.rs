@@ -324,7 +324,7 @@ pub fn run_gan_score(args: GanScoreArgs) -> Result<()> {
         );
         println!("  classifier score   {score:8.3}   (real test images: {real_score:.3})");
         println!(
-            "  Frechet distance   {distance:8.3}   (real test vs real train: {real_distance:.3}; {} features)",
+            "  Frechet distance   {distance:8.4}   (real test vs real train: {real_distance:.4}; {} features)",
             fake_feat.shape()[1]
         );
         println!("  samples per class  {counts:?}");
