@@ -96,6 +96,23 @@ pub struct Progress {
     pub history: Vec<serde_json::Value>,
 }
 
+impl Progress {
+    /// The running sums of the unfinished epoch saved in the checkpoint at `path` (taken out,
+    /// so the next epoch starts afresh), or empty sums when the epoch starts at its beginning.
+    pub fn take_partial<T: serde::de::DeserializeOwned + Default>(
+        &mut self,
+        path: &Path,
+    ) -> Result<T> {
+        match self.partial.take() {
+            Some(p) => serde_json::from_value(p).map_err(|e| Error::Checkpoint {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            }),
+            None => Ok(T::default()),
+        }
+    }
+}
+
 fn to_bytes(a: &Array) -> Vec<u8> {
     a.iter().flat_map(|v| v.to_le_bytes()).collect()
 }

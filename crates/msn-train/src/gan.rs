@@ -395,13 +395,7 @@ fn run(
 
     while prog.epoch < t.epochs {
         let epoch = prog.epoch;
-        let mut sums: GanSums = match prog.partial.take() {
-            Some(p) => serde_json::from_value(p).map_err(|e| Error::Checkpoint {
-                path: ckpt_path.clone(),
-                reason: e.to_string(),
-            })?,
-            None => GanSums::default(),
-        };
+        let mut sums: GanSums = prog.take_partial(&ckpt_path)?;
         let first_step = prog.step;
         let (rx, worker) = prefetch(train, &spec, t.seed, epoch, first_step);
         let (bar, plain) = epoch_bar(show_progress, steps, epoch, t.epochs, first_step);

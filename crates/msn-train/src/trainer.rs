@@ -332,13 +332,7 @@ fn run(
     while prog.epoch < t.epochs {
         let epoch = prog.epoch;
         let lr = schedule.lr(t.lr, epoch);
-        let mut sums: EpochSums = match prog.partial.take() {
-            Some(p) => serde_json::from_value(p).map_err(|e| Error::Checkpoint {
-                path: ckpt_path.clone(),
-                reason: e.to_string(),
-            })?,
-            None => EpochSums::default(),
-        };
+        let mut sums: EpochSums = prog.take_partial(&ckpt_path)?;
         let first_step = prog.step;
         let (rx, worker) = prefetch(train, &spec, t.seed, epoch, first_step);
 
