@@ -1,8 +1,8 @@
 """Dev-only: PyTorch training-step times for the benchmark in crates/msn-nn/benches/step.rs.
 
 Prints `<arch>-<norm> <milliseconds>` per line: cnn3 (batch 64, 28x28) and vgg7 (batch 64,
-32x32), forward + backward + SGD step, median of 10 after 2 warm-up steps, the machine's
-thread count as PyTorch's default. MSN is SN (parametrizations.spectral_norm) + a mean-only
+32x32), forward + backward + SGD step, median of 21 (cnn3) or 9 (vgg7) round-robin rounds after
+2 warm-up rounds, the machine's thread count as PyTorch's default. MSN is SN (parametrizations.spectral_norm) + a mean-only
 batch norm written as PyTorch ops.
 """
 import time
@@ -53,25 +53,29 @@ def vgg7(norm):
     return nn.Sequential(*layers, nn.Flatten(), nn.Linear(256 * 2 * 2, 10))
 
 
-def step_ms(net, shape):
-    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+def step_times(nets, shape, rounds):
+    """Median step time per net; the nets take turns step by step (round-robin), as in the
+    Rust benchmark, so drift in the machine's speed falls on all of them alike."""
     x = torch.rand(64, *shape) * 2 - 1
     y = torch.arange(64) % 10
-    times = []
-    for i in range(12):
-        t = time.perf_counter()
-        opt.zero_grad()
-        nn.functional.cross_entropy(net(x), y).backward()
-        opt.step()
-        if i >= 2:
-            times.append((time.perf_counter() - t) * 1e3)
-    return sorted(times)[len(times) // 2]
+    opts = [torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9) for net in nets]
+    times = [[] for _ in nets]
+    for r in range(rounds + 2):
+        for net, opt, t in zip(nets, opts, times):
+            start = time.perf_counter()
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+            if r >= 2:
+                t.append((time.perf_counter() - start) * 1e3)
+    return [sorted(t)[len(t) // 2] for t in times]
 
 
 def main():
-    for arch, make, shape in [("cnn3", cnn3, (1, 28, 28)), ("vgg7", vgg7, (3, 32, 32))]:
-        for norm in ("none", "bn", "sn", "msn"):
-            print(f"{arch}-{norm} {step_ms(make(norm), shape):.3f}")
+    norms = ("none", "bn", "sn", "msn")
+    for arch, make, shape, rounds in [("cnn3", cnn3, (1, 28, 28), 21), ("vgg7", vgg7, (3, 32, 32), 9)]:
+        for norm, ms in zip(norms, step_times([make(n) for n in norms], shape, rounds)):
+            print(f"{arch}-{norm} {ms:.3f}")
 
 
 if __name__ == "__main__":

@@ -255,37 +255,45 @@ impl ConvGeom {
         self.kh == 1 && self.kw == 1 && self.stride == [1, 1] && self.padding == [0, 0]
     }
 
-    /// Calls `f(col_row, in_row, ox_range, in_offset)` for each (tap, output row) pair whose
-    /// input row is in bounds: output columns `ox_range` of that row read input columns
-    /// `in_offset + ox * stride_w`. Columns outside `ox_range` fall in the padding.
-    #[inline]
-    fn for_each_run(&self, mut f: impl FnMut(usize, usize, Range<usize>, isize)) {
-        let (sy, sx) = (self.stride[0] as isize, self.stride[1] as isize);
-        let (ph, pw) = (self.padding[0] as isize, self.padding[1] as isize);
-        let (h, w) = (self.h as isize, self.w as isize);
-        for c in 0..self.c {
-            for i in 0..self.kh {
-                for j in 0..self.kw {
-                    let row = (c * self.kh + i) * self.kw + j;
-                    let off = (j * self.dilation[1]) as isize - pw;
-                    // Output columns whose input column `ox * sx + off` lies in [0, w).
-                    let ow = self.ow as isize;
-                    let lo = if off >= 0 { 0 } else { (-off + sx - 1) / sx }.min(ow);
-                    let hi = if w - 1 - off < 0 {
-                        0
-                    } else {
-                        (w - 1 - off) / sx + 1
-                    }
-                    .clamp(lo, ow);
-                    let run = lo as usize..hi as usize;
-                    for oy in 0..self.oh {
-                        let y = oy as isize * sy + (i * self.dilation[0]) as isize - ph;
-                        if y < 0 || y >= h {
-                            f(row, oy, 0..0, 0);
-                            continue;
-                        }
-                        f(row, oy, run.clone(), (c as isize * h + y) * w + off);
-                    }
+    /// The padded input plane: `(h + 2 ph, w + 2 pw)`.
+    fn padded(&self) -> (usize, usize) {
+        (self.h + 2 * self.padding[0], self.w + 2 * self.padding[1])
+    }
+}
+
+thread_local! {
+    /// Per-thread scratch for one zero-padded image group (im2col) or its gradient (col2im).
+    static PADDED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Copies `x` (`[c, h, w]`) into `buf` with a zero border of the geometry's padding.
+fn pad_into(x: &[f32], g: &ConvGeom, buf: &mut Vec<f32>) {
+    let (hp, wp) = g.padded();
+    let (ph, pw) = (g.padding[0], g.padding[1]);
+    buf.clear();
+    buf.resize(g.c * hp * wp, 0.0);
+    for c in 0..g.c {
+        for y in 0..g.h {
+            let dst = (c * hp + y + ph) * wp + pw;
+            let src = (c * g.h + y) * g.w;
+            buf[dst..dst + g.w].copy_from_slice(&x[src..src + g.w]);
+        }
+    }
+}
+
+/// Calls `f(col_row_slice_offset, src_offset)` for every (tap, output row) pair, with source
+/// offsets into the padded `[c, hp, wp]` plane: output column `ox` of that row reads
+/// `src_offset + ox * stride_w`. Every pair is in bounds of the padded plane.
+#[inline(always)]
+fn for_each_tap_row(g: &ConvGeom, wp: usize, hp: usize, mut f: impl FnMut(usize, usize)) {
+    let l = g.cols();
+    for c in 0..g.c {
+        for i in 0..g.kh {
+            for j in 0..g.kw {
+                let row = (c * g.kh + i) * g.kw + j;
+                for oy in 0..g.oh {
+                    let y = oy * g.stride[0] + i * g.dilation[0];
+                    f(row * l + oy * g.ow, (c * hp + y) * wp + j * g.dilation[1]);
                 }
             }
         }
@@ -294,23 +302,32 @@ impl ConvGeom {
 
 /// Unfolds one image's group (`x`: `[c, h, w]`, contiguous) into the column matrix
 /// `col` (`[c*kh*kw, oh*ow]`, row-major). Every element of `col` is written.
+///
+/// The image is first copied into a zero-padded scratch plane, so each (tap, output row) is
+/// one plain copy (or strided gather) with no bounds tests and no separate zero fills.
 pub fn im2col(x: &[f32], geom: &ConvGeom, col: &mut [f32]) {
-    let (ow, l, sx) = (geom.ow, geom.cols(), geom.stride[1]);
-    debug_assert_eq!(col.len(), geom.rows() * l);
-    geom.for_each_run(|row, oy, run, base| {
-        let dst = &mut col[row * l + oy * ow..row * l + (oy + 1) * ow];
-        dst[..run.start].fill(0.0);
-        dst[run.end..].fill(0.0);
-        if run.is_empty() {
-            dst.fill(0.0);
-            return;
-        }
-        let first = (base + (run.start * sx) as isize) as usize;
+    debug_assert_eq!(col.len(), geom.rows() * geom.cols());
+    if geom.padding == [0, 0] {
+        im2col_padded(x, geom, col);
+        return;
+    }
+    PADDED.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        pad_into(x, geom, &mut buf);
+        im2col_padded(&buf, geom, col);
+    });
+}
+
+fn im2col_padded(xp: &[f32], g: &ConvGeom, col: &mut [f32]) {
+    let (hp, wp) = g.padded();
+    let (ow, sx) = (g.ow, g.stride[1]);
+    for_each_tap_row(g, wp, hp, |dst, src| {
+        let d = &mut col[dst..dst + ow];
         if sx == 1 {
-            dst[run.clone()].copy_from_slice(&x[first..first + run.len()]);
+            d.copy_from_slice(&xp[src..src + ow]);
         } else {
-            for (k, d) in dst[run].iter_mut().enumerate() {
-                *d = x[first + k * sx];
+            for (k, v) in d.iter_mut().enumerate() {
+                *v = xp[src + k * sx];
             }
         }
     });
@@ -318,21 +335,43 @@ pub fn im2col(x: &[f32], geom: &ConvGeom, col: &mut [f32]) {
 
 /// Folds a column matrix back, adding into one image's group `dx` (`[c, h, w]`).
 pub fn col2im(col: &[f32], geom: &ConvGeom, dx: &mut [f32]) {
-    let (ow, l, sx) = (geom.ow, geom.cols(), geom.stride[1]);
-    debug_assert_eq!(col.len(), geom.rows() * l);
-    geom.for_each_run(|row, oy, run, base| {
-        if run.is_empty() {
-            return;
-        }
-        let src = &col[row * l + oy * ow + run.start..row * l + oy * ow + run.end];
-        let first = (base + (run.start * sx) as isize) as usize;
-        if sx == 1 {
-            for (d, s) in dx[first..first + src.len()].iter_mut().zip(src) {
-                *d += s;
+    debug_assert_eq!(col.len(), geom.rows() * geom.cols());
+    let (hp, wp) = geom.padded();
+    let (ow, sx) = (geom.ow, geom.stride[1]);
+    let add = |acc: &mut [f32]| {
+        for_each_tap_row(geom, wp, hp, |src, dst| {
+            let s = &col[src..src + ow];
+            if sx == 1 {
+                for (d, v) in acc[dst..dst + ow].iter_mut().zip(s) {
+                    *d += v;
+                }
+            } else {
+                for (k, v) in s.iter().enumerate() {
+                    acc[dst + k * sx] += v;
+                }
             }
-        } else {
-            for (k, s) in src.iter().enumerate() {
-                dx[first + k * sx] += s;
+        });
+    };
+    if geom.padding == [0, 0] {
+        add(dx);
+        return;
+    }
+    PADDED.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        buf.clear();
+        buf.resize(geom.c * hp * wp, 0.0);
+        add(&mut buf);
+        let (ph, pw) = (geom.padding[0], geom.padding[1]);
+        for c in 0..geom.c {
+            for y in 0..geom.h {
+                let src = (c * hp + y + ph) * wp + pw;
+                let dst = (c * geom.h + y) * geom.w;
+                for (d, v) in dx[dst..dst + geom.w]
+                    .iter_mut()
+                    .zip(&buf[src..src + geom.w])
+                {
+                    *d += v;
+                }
             }
         }
     });
@@ -347,4 +386,57 @@ pub fn view2(s: &[f32], rows: usize, cols: usize) -> ArrayView2<'_, f32> {
 pub fn view2_mut(s: &mut [f32], rows: usize, cols: usize) -> ArrayViewMut2<'_, f32> {
     ArrayViewMut2::from_shape((rows, cols), &mut s[..rows * cols])
         .expect("slice of the stated size")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{col2im, im2col, ConvGeom};
+
+    /// im2col against its definition, and col2im as its adjoint, over strides, paddings,
+    /// dilations and non-square shapes.
+    #[test]
+    fn im2col_matches_its_definition_and_col2im_is_its_adjoint() {
+        for (c, h, w, kh, kw, s, p, d) in [
+            (2, 5, 7, 3, 3, [1, 1], [1, 1], [1, 1]),
+            (3, 6, 6, 4, 4, [2, 2], [2, 2], [1, 1]),
+            (1, 7, 5, 3, 2, [2, 1], [0, 1], [2, 1]),
+            (2, 4, 4, 1, 1, [1, 1], [0, 0], [1, 1]),
+            (2, 6, 8, 5, 3, [1, 3], [2, 0], [1, 2]),
+        ] {
+            let g = ConvGeom::new(c, (h, w), (kh, kw), s, p, d);
+            let x: Vec<f32> = (0..c * h * w).map(|i| (i as f32 * 0.37).sin()).collect();
+            let mut col = vec![f32::NAN; g.rows() * g.cols()];
+            im2col(&x, &g, &mut col);
+            for ci in 0..c {
+                for i in 0..kh {
+                    for j in 0..kw {
+                        for oy in 0..g.oh {
+                            for ox in 0..g.ow {
+                                let y = (oy * s[0] + i * d[0]) as isize - p[0] as isize;
+                                let xx = (ox * s[1] + j * d[1]) as isize - p[1] as isize;
+                                let inside =
+                                    (0..h as isize).contains(&y) && (0..w as isize).contains(&xx);
+                                let want = if inside {
+                                    x[(ci * h + y as usize) * w + xx as usize]
+                                } else {
+                                    0.0
+                                };
+                                let row = (ci * kh + i) * kw + j;
+                                assert_eq!(col[row * g.cols() + oy * g.ow + ox], want);
+                            }
+                        }
+                    }
+                }
+            }
+            let cv: Vec<f32> = (0..col.len()).map(|i| (i as f32 * 0.11).cos()).collect();
+            let mut dx = vec![0.0f32; x.len()];
+            col2im(&cv, &g, &mut dx);
+            let lhs: f64 = col.iter().zip(&cv).map(|(a, b)| (a * b) as f64).sum();
+            let rhs: f64 = x.iter().zip(&dx).map(|(a, b)| (a * b) as f64).sum();
+            assert!(
+                (lhs - rhs).abs() < 1e-4 * lhs.abs().max(1.0),
+                "{lhs} vs {rhs}"
+            );
+        }
+    }
 }

@@ -43,27 +43,48 @@ fn median_ms(warmup: usize, iters: usize, mut f: impl FnMut()) -> f64 {
     t[t.len() / 2]
 }
 
-fn step_ms(arch: &str, norm: NormKind, shape: [usize; 3], iters: usize) -> f64 {
-    let cfg = ModelConfig {
-        architecture: arch.into(),
-        norm,
-        input_shape: shape,
-        num_classes: 10,
-        width: 100,
-        depth: 16,
-        latent: 128,
-    };
-    let model = build(&cfg, 1).unwrap();
-    let params = model.parameters();
-    let mut opt = Sgd::new(0.9, false, 0.0);
+/// Training-step times of one architecture for every norm, in milliseconds. The norms take
+/// turns step by step (round-robin) and each reports its median, so drift in the machine's
+/// speed (frequency, neighbours on a shared host) falls on all four alike.
+fn step_ms(arch: &str, shape: [usize; 3], rounds: usize) -> Vec<f64> {
     let x = Var::constant(spread(&[64, shape[0], shape[1], shape[2]], -1.0, 1.0, 3));
     let labels: Vec<usize> = (0..64).map(|i| i % 10).collect();
-    median_ms(2, iters, || {
-        let loss = model.forward(&x, &mut Ctx::train(0)).cross_entropy(&labels);
-        loss.backward();
-        opt.step(&params, 0.01);
-        zero_grad(&params);
-    })
+    let mut runs: Vec<_> = NORMS
+        .iter()
+        .map(|&norm| {
+            let cfg = ModelConfig {
+                architecture: arch.into(),
+                norm,
+                input_shape: shape,
+                num_classes: 10,
+                width: 100,
+                depth: 16,
+                latent: 128,
+            };
+            let model = build(&cfg, 1).unwrap();
+            let params = model.parameters();
+            (model, params, Sgd::new(0.9, false, 0.0), Vec::new())
+        })
+        .collect();
+    for round in 0..rounds + 2 {
+        for (model, params, opt, times) in runs.iter_mut() {
+            let start = Instant::now();
+            let loss = model.forward(&x, &mut Ctx::train(0)).cross_entropy(&labels);
+            loss.backward();
+            opt.step(params, 0.01);
+            zero_grad(params);
+            // The first two rounds warm up the allocator and caches.
+            if round >= 2 {
+                times.push(start.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+    }
+    runs.into_iter()
+        .map(|(_, _, _, mut t)| {
+            t.sort_by(f64::total_cmp);
+            t[t.len() / 2]
+        })
+        .collect()
 }
 
 fn fwd_bwd_ms(iters: usize, f: impl Fn(&Var) -> Var, shape: &[usize]) -> f64 {
@@ -129,15 +150,13 @@ fn main() {
     println!("msn training-step benchmark ({threads} threads for sgemm)\n");
 
     let mut ours = Vec::new();
-    for (arch, shape, iters) in [("cnn3", [1, 28, 28], 10), ("vgg7", [3, 32, 32], 5)] {
+    for (arch, shape, rounds) in [("cnn3", [1, 28, 28], 21), ("vgg7", [3, 32, 32], 9)] {
         println!(
-            "{arch}, batch 64, {}x{}: forward + backward + SGD step",
+            "{arch}, batch 64, {}x{}: forward + backward + SGD step, median of {rounds} \
+             round-robin rounds",
             shape[1], shape[2]
         );
-        let times: Vec<f64> = NORMS
-            .iter()
-            .map(|&n| step_ms(arch, n, shape, iters))
-            .collect();
+        let times = step_ms(arch, shape, rounds);
         for (n, t) in NORMS.iter().zip(&times) {
             println!("  {n:<5} {t:8.2} ms");
             ours.push((format!("{arch}-{n}"), *t));
