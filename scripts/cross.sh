@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Cross-builds msn-classify, msn-fold and msn for the boards, installing what is missing.
 #
-#   scripts/cross.sh [--profile PROFILE] [TARGET...]
+#   scripts/cross.sh [--profile PROFILE] [--runtime-only] [TARGET...]
+#
+# --runtime-only builds msn-classify and msn-fold alone, without the training feature (what
+# CI runs under qemu).
 #
 # Targets (default: all three):
 #   aarch64-unknown-linux-gnu      Raspberry Pi 4/5 with a 64-bit OS, Jetson
@@ -16,11 +19,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 profile=dist
+runtime_only=0
 targets=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --profile) profile="$2"; shift 2 ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        --runtime-only) runtime_only=1; shift ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         *) targets+=("$1"); shift ;;
     esac
 done
@@ -48,9 +53,16 @@ done
 
 for t in "${targets[@]}"; do
     echo "== $t ($profile)"
-    cargo build --profile "$profile" --target "$t" -p msn-cli \
-        --bin msn-classify --bin msn-fold --bin msn
-    for b in msn-classify msn-fold msn; do
+    if [ "$runtime_only" = 1 ]; then
+        bins=(msn-classify msn-fold)
+        cargo build --profile "$profile" --target "$t" -p msn-cli --no-default-features \
+            --bin msn-classify --bin msn-fold
+    else
+        bins=(msn-classify msn-fold msn)
+        cargo build --profile "$profile" --target "$t" -p msn-cli \
+            --bin msn-classify --bin msn-fold --bin msn
+    fi
+    for b in "${bins[@]}"; do
         f="target/$t/$profile/$b"
         awk -v b="$b" -v f="$f" -v s="$(stat -c %s "$f")" \
             'BEGIN { printf "  %-14s %6.1f MB  %s\n", b, s / 1048576, f }'

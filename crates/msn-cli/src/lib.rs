@@ -6,11 +6,15 @@
 
 pub mod bench;
 pub mod classify;
+#[cfg(feature = "train")]
 pub mod experiment;
+#[cfg(feature = "train")]
 pub mod export;
 pub mod fold;
+#[cfg(feature = "train")]
 pub mod gan;
 mod preprocess_args;
+#[cfg(feature = "train")]
 pub mod train;
 
 pub use preprocess_args::PreprocessArgs;

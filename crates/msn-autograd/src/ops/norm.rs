@@ -206,6 +206,42 @@ impl Var {
         (out, mean)
     }
 
+    /// Training-mode mean subtraction with a shift, `y = x - mean[c] + b[c]` with the batch
+    /// mean; returns `y` and the per-channel means. This is the mean-only batch norm with its
+    /// scale folded into the preceding layer's weight (MSN's training path): its backward,
+    /// `dx = dy - mean(dy)`, reads only `dy`, where the scaled form also needs `x` for `dg`.
+    pub fn mean_shift(&self, bias: &Var) -> (Var, Vec<f32>) {
+        let xshape = self.value().raw_dim();
+        let d = dims(&self.value());
+        let count = (d.0 * d.2) as f32;
+        let b = vec1(bias);
+        let (y, mean) = with_slice(&self.value(), |xs| {
+            let [sum, _] = channel_sums(xs, None, d);
+            let mean: Vec<f32> = sum.iter().map(|s| s / count).collect();
+            let shift: Vec<f32> = (0..d.1).map(|c| b[c] - mean[c]).collect();
+            (channel_map(xs, d, &vec![1.0; d.1], &shift), mean)
+        });
+        let y = Array::from_shape_vec(xshape.clone(), y).expect("same size");
+        let shape = bias.value().raw_dim();
+        let out = Var::from_op(
+            y,
+            vec![self.clone(), bias.clone()],
+            Box::new(move |gy, needs| {
+                with_slice(gy, |gs| {
+                    let [gsum, _] = channel_sums(gs, None, d);
+                    let dx = needs[0].then(|| {
+                        let shift: Vec<f32> = gsum.iter().map(|s| -s / count).collect();
+                        let v = channel_map(gs, d, &vec![1.0; d.1], &shift);
+                        Array::from_shape_vec(xshape.clone(), v).expect("same size")
+                    });
+                    let db = needs[1].then(|| Array::from_shape_vec(shape, gsum).expect("C"));
+                    vec![dx, db]
+                })
+            }),
+        );
+        (out, mean)
+    }
+
     /// Training-mode batch norm: `y = g[c] * (x - mean[c]) / sqrt(var[c] + eps) + b[c]` with the
     /// batch mean and biased variance; returns `y`, the means and the biased variances.
     pub fn batch_norm(&self, weight: &Var, bias: &Var, eps: f32) -> (Var, Vec<f32>, Vec<f32>) {
@@ -283,6 +319,7 @@ mod tests {
             v[0].mean_only_batch_norm(&v[1], &v[2]).0
         })
         .unwrap();
+        check("mean_shift", &[&x, &b], |v| v[0].mean_shift(&v[1]).0).unwrap();
         check("batch_norm", &[&x, &g, &b], |v| {
             v[0].batch_norm(&v[1], &v[2], 1e-5).0
         })

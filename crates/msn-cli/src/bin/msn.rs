@@ -15,20 +15,27 @@ enum Command {
     /// Measure a model's latency and throughput with tract
     Bench(msn_cli::bench::BenchArgs),
     /// Export a trained network to ONNX (same as msn-export)
+    #[cfg(feature = "train")]
     Export(msn_cli::export::ExportArgs),
     /// Fold normalization into Conv/Gemm weights (same as msn-fold)
     Fold(msn_cli::fold::FoldArgs),
     /// Train a classifier (cnn3, vgg7, densenet-bc) with a chosen normalization
+    #[cfg(feature = "train")]
     Train(msn_cli::train::TrainArgs),
     /// Train one model with several normalizations and write a comparison table and figures
+    #[cfg(feature = "train")]
     Experiment(msn_cli::experiment::ExperimentArgs),
     /// Train a DCGAN (generator against an SN, MSN, BN or plain discriminator)
+    #[cfg(feature = "train")]
     TrainGan(msn_cli::gan::TrainGanArgs),
     /// Write a grid of images from a generator (ONNX file or GAN run), run with tract
+    #[cfg(feature = "train")]
     Generate(msn_cli::gan::GenerateArgs),
     /// Classifier score and Frechet distance of a generator's samples, on our classifier
+    #[cfg(feature = "train")]
     GanScore(msn_cli::gan::GanScoreArgs),
     /// Draw test accuracy, mean drift and gradient sparsity figures of runs
+    #[cfg(feature = "train")]
     Plot(msn_cli::experiment::PlotArgs),
 }
 
@@ -36,13 +43,20 @@ fn main() -> std::process::ExitCode {
     msn_cli::exit(match Cli::parse().command {
         Command::Classify(args) => msn_cli::classify::run(args),
         Command::Bench(args) => msn_cli::bench::run(args),
+        #[cfg(feature = "train")]
         Command::Train(args) => msn_cli::train::run(args),
+        #[cfg(feature = "train")]
         Command::Export(args) => msn_cli::export::run(args),
         Command::Fold(args) => msn_cli::fold::run(args),
+        #[cfg(feature = "train")]
         Command::Experiment(args) => msn_cli::experiment::run_experiment(args),
+        #[cfg(feature = "train")]
         Command::Plot(args) => msn_cli::experiment::run_plot(args),
+        #[cfg(feature = "train")]
         Command::TrainGan(args) => msn_cli::gan::run_train_gan(args),
+        #[cfg(feature = "train")]
         Command::Generate(args) => msn_cli::gan::run_generate(args),
+        #[cfg(feature = "train")]
         Command::GanScore(args) => msn_cli::gan::run_gan_score(args),
     })
 }

@@ -98,11 +98,22 @@ impl MeanOnlyBatchNorm {
     }
 }
 
+impl MeanOnlyBatchNorm {
+    /// Moves the running mean towards a batch's per-channel means, with the momentum.
+    pub fn update_running_mean(&self, mean: &[f32]) {
+        update_running(
+            &self.running_mean,
+            &channel_vector(mean.to_vec()),
+            self.momentum,
+        );
+    }
+}
+
 impl Module for MeanOnlyBatchNorm {
     fn forward(&self, x: &Var, ctx: &mut Ctx) -> Var {
         if ctx.training {
             let (y, mean) = x.mean_only_batch_norm(&self.weight, &self.bias);
-            update_running(&self.running_mean, &channel_vector(mean), self.momentum);
+            self.update_running_mean(&mean);
             y
         } else {
             // y = g * (x - running_mean) + b = x * g + (b - g * running_mean).

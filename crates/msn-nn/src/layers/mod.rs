@@ -127,11 +127,54 @@ impl Layer {
     }
 }
 
+/// The training forward of an MSN block, a bias-free conv followed by the mean-only batch
+/// norm, `y = g * (conv(x, W_sn) - mean) + b`, computed as `conv(x, g * W_sn) - mean + b`:
+/// the same function (convolution is linear in each output channel's weights), with `g` applied
+/// to the weight instead of the activations, so the backward pass of the norm reads only the
+/// incoming gradient. The running mean gets `mean(conv(x, g W_sn)) / g`, the mean of the
+/// unscaled conv. `None` (use the two layers one by one) when the conv has a bias or a scale is
+/// zero.
+fn msn_train_forward(
+    conv: &Conv2d,
+    norm: &MeanOnlyBatchNorm,
+    x: &Var,
+    ctx: &mut Ctx,
+) -> Option<Var> {
+    let g = norm.weight.value().iter().copied().collect::<Vec<f32>>();
+    if !ctx.training || conv.bias.is_some() || g.iter().any(|&v| v == 0.0 || !v.is_finite()) {
+        return None;
+    }
+    let w = conv.effective_weight(true);
+    let shape = w.shape();
+    let (out, rest) = (shape[0], w.value().len() / shape[0]);
+    // Scales each output channel's weights with the fused channel op ([1, out, rest] view).
+    let zero = Var::constant(msn_autograd::Array::zeros(ndarray::IxDyn(&[out])));
+    let scaled = w
+        .reshape(&[1, out, rest])
+        .channel_affine(Some(&norm.weight), &zero)
+        .reshape(&shape);
+    let (y, mean) = x.conv2d(&scaled, conv.options).mean_shift(&norm.bias);
+    let unscaled: Vec<f32> = mean.iter().zip(&g).map(|(m, g)| m / g).collect();
+    norm.update_running_mean(&unscaled);
+    Some(y)
+}
+
 impl Sequential {
     fn forward_prefixed(&self, prefix: &str, x: &Var, ctx: &mut Ctx) -> Var {
         let mut x = x.clone();
-        for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward_named(&join(prefix, &i.to_string()), &x, ctx);
+        let mut i = 0;
+        while i < self.layers.len() {
+            if let (Layer::Conv(conv), Some(Layer::MeanOnlyBatchNorm(norm))) =
+                (&self.layers[i], self.layers.get(i + 1))
+            {
+                if let Some(y) = msn_train_forward(conv, norm, &x, ctx) {
+                    x = y;
+                    i += 2;
+                    continue;
+                }
+            }
+            x = self.layers[i].forward_named(&join(prefix, &i.to_string()), &x, ctx);
+            i += 1;
         }
         x
     }
@@ -146,5 +189,80 @@ impl Module for Sequential {
         for (i, layer) in self.layers.iter().enumerate() {
             layer.visit(&join(prefix, &i.to_string()), f);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use msn_autograd::ops::conv::ConvOptions;
+    use msn_autograd::ops::elementwise::spread;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    fn msn_block() -> Sequential {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let options = ConvOptions::default().padding(1).stride(2);
+        let conv = Conv2d::new(3, 4, 3, options, false, &mut rng).spectral(&mut rng);
+        let norm = MeanOnlyBatchNorm::new(4);
+        norm.weight.set_value(spread(&[4], 0.5, 1.5, 2));
+        norm.bias.set_value(spread(&[4], -0.5, 0.5, 3));
+        Sequential::new(vec![Layer::Conv(conv), Layer::MeanOnlyBatchNorm(norm)])
+    }
+
+    fn max_rel(a: &msn_autograd::Array, b: &msn_autograd::Array) -> f32 {
+        let scale = b.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+        a.iter()
+            .zip(b)
+            .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
+            / scale
+    }
+
+    /// The fused MSN training path (g folded into the conv weight) against the conv and the
+    /// mean-only batch norm run one after the other: outputs, every gradient, running mean
+    /// and the SN vectors agree.
+    #[test]
+    fn fused_msn_training_forward_equals_the_two_layers() {
+        let (fused, plain) = (msn_block(), msn_block());
+        let x_f = Var::parameter(spread(&[3, 3, 7, 6], -1.0, 1.0, 4));
+        let x_p = Var::parameter(spread(&[3, 3, 7, 6], -1.0, 1.0, 4));
+        let r = Var::constant(spread(&[3, 4, 4, 3], -1.0, 1.0, 6));
+        for _ in 0..2 {
+            let (Layer::Conv(conv), Layer::MeanOnlyBatchNorm(norm)) =
+                (&fused.layers[0], &fused.layers[1])
+            else {
+                unreachable!()
+            };
+            let y_f = msn_train_forward(conv, norm, &x_f, &mut Ctx::train(0))
+                .expect("the fused path applies");
+            let mut ctx = Ctx::train(0);
+            let h = plain.layers[0].forward_named("0", &x_p, &mut ctx);
+            let y_p = plain.layers[1].forward_named("1", &h, &mut ctx);
+            assert!(max_rel(&y_f.value(), &y_p.value()) < 1e-5);
+            y_f.mul(&r).sum().backward();
+            y_p.mul(&r).sum().backward();
+        }
+        assert!(max_rel(&x_f.grad().unwrap(), &x_p.grad().unwrap()) < 1e-5);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        fused.visit_state("", &mut |n, v, _| a.push((n, v.clone())));
+        plain.visit_state("", &mut |n, v, _| b.push((n, v.clone())));
+        let mut grads = 0;
+        for ((name, va), (_, vb)) in a.iter().zip(&b) {
+            let err = max_rel(&va.value(), &vb.value());
+            assert!(err < 1e-5, "{name}: value differs by {err}");
+            if let (Some(ga), Some(gb)) = (va.grad(), vb.grad()) {
+                let err = max_rel(&ga, &gb);
+                assert!(err < 1e-5, "{name}: gradient differs by {err}");
+                grads += 1;
+            }
+        }
+        assert_eq!(a.len(), 6, "weight, u, v, g, b, running mean");
+        assert_eq!(grads, 3, "weight, g and b have gradients");
+        // The fused path is the one a model takes when training.
+        let y = fused.forward(&x_f, &mut Ctx::train(0));
+        let mut ctx = Ctx::train(0);
+        let h = plain.layers[0].forward_named("0", &x_p, &mut ctx);
+        let y_p = plain.layers[1].forward_named("1", &h, &mut ctx);
+        assert!(max_rel(&y.value(), &y_p.value()) < 1e-5);
     }
 }
