@@ -108,8 +108,8 @@ impl SpectralNorm {
                 .into_shape_with_order(IxDyn(&[cols, 1]))
                 .expect("1-D v"),
         );
-        let sigma = u.matmul(&w_mat.matmul(&v)).reshape(&vec![1; shape.len()]);
-        weight.div(&sigma)
+        let sigma = u.matmul(&w_mat.matmul(&v));
+        weight.div_scalar(&sigma)
     }
 }
 
