@@ -1,7 +1,7 @@
 """Dev-only: PyTorch training-step times for the benchmark in crates/msn-nn/benches/step.rs.
 
 Prints `<arch>-<norm> <milliseconds>` per line: cnn3 (batch 64, 28x28) and vgg7 (batch 64,
-32x32), forward + backward + SGD step, median of 21 (cnn3) or 9 (vgg7) round-robin rounds after
+32x32), forward + backward + SGD step, median of 41 (cnn3) or 15 (vgg7) round-robin rounds after
 2 warm-up rounds, the machine's thread count as PyTorch's default. MSN is SN (parametrizations.spectral_norm) + a mean-only
 batch norm written as PyTorch ops.
 """
@@ -73,7 +73,7 @@ def step_times(nets, shape, rounds):
 
 def main():
     norms = ("none", "bn", "sn", "msn")
-    for arch, make, shape, rounds in [("cnn3", cnn3, (1, 28, 28), 21), ("vgg7", vgg7, (3, 32, 32), 9)]:
+    for arch, make, shape, rounds in [("cnn3", cnn3, (1, 28, 28), 41), ("vgg7", vgg7, (3, 32, 32), 15)]:
         for norm, ms in zip(norms, step_times([make(n) for n in norms], shape, rounds)):
             print(f"{arch}-{norm} {ms:.3f}")
 

@@ -150,7 +150,7 @@ fn main() {
     println!("msn training-step benchmark ({threads} threads for sgemm)\n");
 
     let mut ours = Vec::new();
-    for (arch, shape, rounds) in [("cnn3", [1, 28, 28], 21), ("vgg7", [3, 32, 32], 9)] {
+    for (arch, shape, rounds) in [("cnn3", [1, 28, 28], 41), ("vgg7", [3, 32, 32], 15)] {
         println!(
             "{arch}, batch 64, {}x{}: forward + backward + SGD step, median of {rounds} \
              round-robin rounds",

@@ -25,7 +25,7 @@ fn lane_sum(s: &[f32]) -> f32 {
 }
 
 /// Dot product of two equally long slices, vectorized like [`lane_sum`].
-fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let rest: f32 = ca

@@ -7,7 +7,7 @@
 //! the stored vectors unchanged.
 
 use msn_autograd::{no_grad, Array, Var};
-use ndarray::{Array1, Array2, Ix1, IxDyn};
+use ndarray::{Array1, Array2, Ix1};
 use rand_chacha::ChaCha8Rng;
 
 /// `x / max(||x||, eps)`, as torch.nn.functional.normalize.
@@ -90,26 +90,9 @@ impl SpectralNorm {
         if training {
             no_grad(|| self.power_iteration(&weight.value(), self.n_power_iterations));
         }
-        let shape = weight.shape();
-        let out = shape[0];
-        let cols = weight.value().len() / out;
-        let w_mat = weight.reshape(&[out, cols]);
-        let u = Var::constant(
-            self.u
-                .value()
-                .clone()
-                .into_shape_with_order(IxDyn(&[1, out]))
-                .expect("1-D u"),
-        );
-        let v = Var::constant(
-            self.v
-                .value()
-                .clone()
-                .into_shape_with_order(IxDyn(&[cols, 1]))
-                .expect("1-D v"),
-        );
-        let sigma = u.matmul(&w_mat.matmul(&v));
-        weight.div_scalar(&sigma)
+        let (u, v) = (self.u.value(), self.v.value());
+        let (u, v) = (u.as_slice().expect("1-D u"), v.as_slice().expect("1-D v"));
+        weight.divide_by_sigma(u, v)
     }
 }
 
@@ -121,7 +104,7 @@ mod tests {
     #[test]
     fn sigma_converges_to_the_largest_singular_value() {
         // diag(3, 2, 1) padded: largest singular value 3.
-        let mut w = Array::zeros(IxDyn(&[3, 4]));
+        let mut w = Array::zeros(ndarray::IxDyn(&[3, 4]));
         for (i, s) in [3.0, 2.0, 1.0].into_iter().enumerate() {
             w[[i, i]] = s;
         }
