@@ -324,13 +324,65 @@ fn im2col_padded(xp: &[f32], g: &ConvGeom, col: &mut [f32]) {
     for_each_tap_row(g, wp, hp, |dst, src| {
         let d = &mut col[dst..dst + ow];
         if sx == 1 {
-            d.copy_from_slice(&xp[src..src + ow]);
+            copy_row(d, &xp[src..src + ow]);
         } else {
-            for (k, v) in d.iter_mut().enumerate() {
-                *v = xp[src + k * sx];
+            // Output columns 0..ow-1 take the first value of each `sx`-wide chunk (a loop
+            // without bounds tests that vectorizes), the last one is read alone so the
+            // read never passes the end of the plane.
+            let (head, last) = d.split_at_mut(ow - 1);
+            let run = &xp[src..src + (ow - 1) * sx];
+            if sx == 2 {
+                gather_every::<2>(head, run);
+            } else {
+                for (v, chunk) in head.iter_mut().zip(run.chunks_exact(sx)) {
+                    *v = chunk[0];
+                }
             }
+            last[0] = xp[src + (ow - 1) * sx];
         }
     });
+}
+
+/// `dst[k] = src[k * S]`, with the stride known at compile time (the common stride 2).
+#[inline(always)]
+fn gather_every<const S: usize>(dst: &mut [f32], src: &[f32]) {
+    for (v, chunk) in dst.iter_mut().zip(src.chunks_exact(S)) {
+        *v = chunk[0];
+    }
+}
+
+/// `dst[k * S] += src[k]`, the adjoint of [`gather_every`].
+#[inline(always)]
+fn scatter_add_every<const S: usize>(dst: &mut [f32], src: &[f32]) {
+    for (chunk, v) in dst.chunks_exact_mut(S).zip(src) {
+        chunk[0] += v;
+    }
+}
+
+/// Copies a short row (a conv output row: tens of values) inline, in 8-wide blocks, the last
+/// block overlapping the one before, instead of a `memcpy` call per row.
+#[inline(always)]
+fn copy_row(dst: &mut [f32], src: &[f32]) {
+    let n = dst.len();
+    debug_assert_eq!(n, src.len());
+    if n < 8 {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = *s;
+        }
+        return;
+    }
+    let block = |dst: &mut [f32], src: &[f32], at: usize| {
+        let s: [f32; 8] = src[at..at + 8].try_into().expect("8 values");
+        dst[at..at + 8].copy_from_slice(&s);
+    };
+    let mut i = 0;
+    while i + 8 <= n {
+        block(dst, src, i);
+        i += 8;
+    }
+    if i < n {
+        block(dst, src, n - 8);
+    }
 }
 
 /// Folds a column matrix back, adding into one image's group `dx` (`[c, h, w]`).
@@ -346,9 +398,16 @@ pub fn col2im(col: &[f32], geom: &ConvGeom, dx: &mut [f32]) {
                     *d += v;
                 }
             } else {
-                for (k, v) in s.iter().enumerate() {
-                    acc[dst + k * sx] += v;
+                // As in im2col: chunked without bounds tests, the last column alone.
+                let run = &mut acc[dst..dst + (ow - 1) * sx];
+                if sx == 2 {
+                    scatter_add_every::<2>(run, &s[..ow - 1]);
+                } else {
+                    for (chunk, v) in run.chunks_exact_mut(sx).zip(&s[..ow - 1]) {
+                        chunk[0] += v;
+                    }
                 }
+                acc[dst + (ow - 1) * sx] += s[ow - 1];
             }
         });
     };
