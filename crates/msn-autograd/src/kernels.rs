@@ -56,15 +56,24 @@ pub fn gemm_seq(c: &mut ArrayViewMut2<f32>, a: ArrayView2<f32>, b: ArrayView2<f3
     }
 }
 
-/// `c = a b` or `c += a b` with `matrixmultiply`'s sgemm on the calling thread.
-fn gemm_mm(c: &mut ArrayViewMut2<f32>, a: ArrayView2<f32>, b: ArrayView2<f32>, accumulate: bool) {
+/// `(m, k, n)` of `c[m, n] = a[m, k] b[k, n]`, checked; `None` when `c` is empty.
+fn gemm_dims(
+    c: &ArrayViewMut2<f32>,
+    a: &ArrayView2<f32>,
+    b: &ArrayView2<f32>,
+) -> Option<(usize, usize, usize)> {
     let (m, k) = a.dim();
     let (k2, n) = b.dim();
     assert_eq!(k, k2, "gemm: inner dimensions differ");
     assert_eq!(c.dim(), (m, n), "gemm: output shape");
-    if m == 0 || n == 0 {
+    (m != 0 && n != 0).then_some((m, k, n))
+}
+
+/// `c = a b` or `c += a b` with `matrixmultiply`'s sgemm on the calling thread.
+fn gemm_mm(c: &mut ArrayViewMut2<f32>, a: ArrayView2<f32>, b: ArrayView2<f32>, accumulate: bool) {
+    let Some((m, k, n)) = gemm_dims(c, &a, &b) else {
         return;
-    }
+    };
     let (cs, as_, bs) = (c.strides(), a.strides(), b.strides());
     let (cs, as_, bs) = ([cs[0], cs[1]], [as_[0], as_[1]], [bs[0], bs[1]]);
     let beta = if accumulate { 1.0 } else { 0.0 };
@@ -97,13 +106,9 @@ fn gemm_with(
     accumulate: bool,
     threads: Option<usize>,
 ) {
-    let (m, k) = a.dim();
-    let (k2, n) = b.dim();
-    assert_eq!(k, k2, "gemm: inner dimensions differ");
-    assert_eq!(c.dim(), (m, n), "gemm: output shape");
-    if m == 0 || n == 0 {
+    let Some((m, k, n)) = gemm_dims(c, &a, &b) else {
         return;
-    }
+    };
     if k == 0 {
         if !accumulate {
             c.fill(0.0);
