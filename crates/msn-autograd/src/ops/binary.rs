@@ -51,35 +51,6 @@ impl Var {
         })
     }
 
-    /// `x / s` for a single-element `s` (any shape of one element): spectral norm's `W / sigma`.
-    /// One vectorized pass each way, where [`Var::div`]'s broadcasting would walk `x` several
-    /// times (and copy it) to reduce the gradient of `s`.
-    pub fn div_scalar(&self, s: &Var) -> Var {
-        let sv = {
-            let s = s.value();
-            assert_eq!(s.len(), 1, "div_scalar: the divisor must have one element");
-            s.iter().copied().next().expect("one element")
-        };
-        let x = self.value().as_standard_layout().into_owned();
-        let y = x.mapv(|v| v / sv);
-        let s_shape = s.value().raw_dim();
-        Var::from_op(
-            y,
-            vec![self.clone(), s.clone()],
-            Box::new(move |g, needs| {
-                let g = g.as_standard_layout();
-                let gs = g.as_slice().expect("standard layout");
-                let dx = needs[0].then(|| g.mapv(|v| v / sv));
-                let ds = needs[1].then(|| {
-                    let xs = x.as_slice().expect("standard layout");
-                    let dot: f64 = gs.iter().zip(xs).map(|(a, b)| (a * b) as f64).sum();
-                    crate::Array::from_elem(s_shape, (-dot / (sv as f64 * sv as f64)) as f32)
-                });
-                vec![dx, ds]
-            }),
-        )
-    }
-
     /// `W / sigma` with `sigma = u . (W_mat v)`, `W_mat` the weight viewed as
     /// `[u.len(), v.len()]`, and the gradient flowing through `sigma` (`u`, `v` held fixed):
     /// spectral normalization's reparameterization as one op, two passes over the weight each
@@ -144,10 +115,6 @@ mod tests {
         check("mul", &[&x, &c], |v| v[0].mul(&v[1])).unwrap();
         check("div", &[&x, &c], |v| v[0].div(&v[1])).unwrap();
         check("mul row", &[&x, &row], |v| v[0].mul(&v[1])).unwrap();
-        let s = spread(&[1, 1, 1, 1], 0.7, 0.7, 5);
-        check("div_scalar", &[&x, &s], |v| v[0].div_scalar(&v[1])).unwrap();
-        let s1 = spread(&[1], -1.3, -1.3, 6);
-        check("div_scalar 1-D", &[&x, &s1], |v| v[0].div_scalar(&v[1])).unwrap();
         // W / (u . W v), u and v fixed, against finite differences and the composed ops.
         let w = spread(&[3, 2, 2, 2], -1.0, 1.0, 7);
         let u = vec![0.6f32, -0.3, 0.74];
@@ -169,7 +136,7 @@ mod tests {
                 .into_dyn(),
         );
         let sigma = um.matmul(&wv.reshape(&[3, 8]).matmul(&vm));
-        let composed = wv.div_scalar(&sigma);
+        let composed = wv.div(&sigma.reshape(&[1, 1, 1, 1]));
         let fused = wv.divide_by_sigma(&u, &v);
         let diff = (&*fused.value() - &*composed.value())
             .iter()
