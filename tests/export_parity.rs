@@ -148,7 +148,7 @@ fn check(arch: &str, dataset: &str, shape: [usize; 3]) {
             .filter(|op| banned.contains(&op.as_str()))
             .collect();
         assert!(left.is_empty(), "{name}: {left:?} left after folding");
-        let err = msn_fold::verify(&onnx, &folded, 3, 1).unwrap();
+        let err = msn_runtime::verify::models(&onnx, &folded, 3, 1, &[]).unwrap();
         println!(
             "{name}: folded {} -> {} nodes, max relative error {err:e}",
             report.nodes_before, report.nodes_after
@@ -234,7 +234,7 @@ fn dcgan_generator_and_discriminator_exports_agree_with_the_trainer() {
             "{:?}",
             report.ops_after
         );
-        let err = msn_fold::verify(&onnx, &folded, 3, 1).unwrap();
+        let err = msn_runtime::verify::models(&onnx, &folded, 3, 1, &[]).unwrap();
         println!(
             "dcgan-g {size}: folded {} -> {} nodes, max relative error {err:e}",
             report.nodes_before, report.nodes_after
@@ -301,7 +301,7 @@ fn dcgan_generator_and_discriminator_exports_agree_with_the_trainer() {
             assert!(diff < 1e-5, "discriminator {norm} {size}: {diff}");
             let mut folded = onnx.clone();
             msn_fold::fold(&mut folded);
-            let err = msn_fold::verify(&onnx, &folded, 3, 1).unwrap();
+            let err = msn_runtime::verify::models(&onnx, &folded, 3, 1, &[]).unwrap();
             assert!(err < 1e-5, "discriminator {norm} {size} folded: {err}");
             let name = format!("dcgan-d-{norm}-{size}");
             for (n, m) in [(name.clone(), &onnx), (format!("{name}.folded"), &folded)] {

@@ -17,7 +17,7 @@ fn check(name: &str, banned: &[&str]) {
             report.ops_after
         );
     }
-    let err = msn_fold::verify(&original, &folded, 3, 2).unwrap();
+    let err = msn_runtime::verify::models(&original, &folded, 3, 2, &[]).unwrap();
     println!(
         "{name}: {} -> {} nodes, max relative error {err:e}",
         report.nodes_before, report.nodes_after

@@ -44,24 +44,13 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-/// Runs an ONNX model (as bytes) in tract, optimised, on one input of the given shape.
+/// Runs an ONNX model (as bytes) through the runtime's loader (folded, guarded, optimised by
+/// tract) on one input of the given shape.
 pub fn run_tract(model: &[u8], shape: &[usize], input: Vec<f32>) -> Vec<f32> {
-    use tract_onnx::prelude::*;
-    let plan = tract_onnx::onnx()
-        .model_for_read(&mut &model[..])
-        .unwrap()
-        .with_input_fact(0, f32::fact(shape).into())
-        .unwrap()
-        .into_optimized()
-        .unwrap()
-        .into_runnable()
+    let source = msn_runtime::Source::from_bytes(model.to_vec(), Path::new("test model")).unwrap();
+    let plan = source
+        .plan(&[shape.to_vec()], msn_runtime::Plan::Optimized)
         .unwrap();
-    let x = tract_ndarray::ArrayD::from_shape_vec(shape.to_vec(), input).unwrap();
-    let out = plan.run(tvec!(Tensor::from(x).into())).unwrap();
-    out[0]
-        .to_plain_array_view::<f32>()
-        .unwrap()
-        .iter()
-        .copied()
-        .collect()
+    let x = ndarray::ArrayD::from_shape_vec(shape.to_vec(), input).unwrap();
+    plan.run_f32(x).unwrap().remove(0).iter().copied().collect()
 }

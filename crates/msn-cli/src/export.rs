@@ -57,7 +57,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
     if args.folded {
         let exported = model.clone();
         let report = msn_fold::fold(&mut model);
-        let err = msn_fold::verify(&exported, &model, 3, 1)?;
+        let err = msn_runtime::verify::models(&exported, &model, 3, 1, &[])?;
         if err.is_nan() || err > 1e-4 {
             bail!("folding changed the model's output (max relative error {err:.3e}); nothing written");
         }

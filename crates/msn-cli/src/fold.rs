@@ -19,7 +19,7 @@ pub struct FoldArgs {
     pub verify: Option<usize>,
     /// Largest relative error --verify accepts
     #[arg(long, default_value_t = 1e-4)]
-    pub tolerance: f32,
+    pub tolerance: f64,
     /// Write a JSON report
     #[arg(long, value_name = "FILE.json")]
     pub report: Option<PathBuf>,
@@ -88,7 +88,7 @@ pub fn run(args: FoldArgs) -> Result<()> {
 
     let max_rel_error = match args.verify {
         Some(n) if n > 0 => {
-            let err = msn_fold::verify(&original, &folded, n, 1)?;
+            let err = msn_runtime::verify::models(&original, &folded, n, 1, &[])?;
             println!(
                 "  verify: max relative error {err:.3e} on {n} random inputs (tolerance {:.1e})",
                 args.tolerance

@@ -132,13 +132,13 @@ fn load_generator(
             msn_export::GanPart::Generator,
             &msn_export::ExportOptions::default(),
         )?;
-        let g = Generator::from_bytes(&msn_onnx::io::to_bytes(&model), path, batch)?;
+        let g = Generator::from_bytes(msn_onnx::io::to_bytes(&model), path, batch)?;
         Ok((g, Some(cfg.dataset), Some(cfg.data_dir)))
     } else {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let model = msn_onnx::io::from_bytes_named(&bytes, &path.display().to_string())?;
         let dataset = msn_onnx::graph::metadata(&model, msn_onnx::meta::DATASET).map(String::from);
-        Ok((Generator::from_bytes(&bytes, path, batch)?, dataset, None))
+        Ok((Generator::from_bytes(bytes, path, batch)?, dataset, None))
     }
 }
 

@@ -171,7 +171,7 @@ fn a_short_gan_run_keeps_finite_losses_and_its_discriminator_leaves_chance() {
     let z2: ndarray::Array2<f32> = z.into_dimensionality().unwrap();
     for (what, model) in [("exported", &exported), ("folded", &folded)] {
         let bytes = msn_onnx::io::to_bytes(model);
-        let got = Generator::from_bytes(&bytes, Path::new(what), 16)
+        let got = Generator::from_bytes(bytes.clone(), Path::new(what), 16)
             .unwrap()
             .run(z2.view())
             .unwrap();

@@ -14,8 +14,8 @@
 //! 3. [`passes::eliminate`]: Identity and inference Dropout removal, dead nodes and unused
 //!    initializers.
 //!
-//! The passes run to a fixed point. [`verify`] proves the result by running both models in
-//! tract on the same random inputs.
+//! The passes run to a fixed point. This crate is a pure graph rewrite: it runs no model.
+//! `msn_runtime::verify` proves a fold by running both models on the same inputs.
 
 pub mod graph;
 pub mod lipschitz;
@@ -24,7 +24,6 @@ pub mod passes;
 use msn_onnx::graph::op_histogram;
 use msn_onnx::{meta, tensor, GraphProto, ModelProto};
 use std::collections::BTreeMap;
-use tract_onnx::prelude::*;
 
 /// What folding did to a model.
 #[derive(Debug, Clone, Default)]
@@ -144,52 +143,27 @@ pub fn fold(model: &mut ModelProto) -> Report {
     report
 }
 
-/// Errors of verification.
+/// Why a model's input shape cannot be told.
 #[derive(Debug, thiserror::Error)]
-pub enum VerifyError {
-    #[error("tract cannot run the {which} model: {message}")]
-    Tract {
-        which: &'static str,
-        message: String,
-    },
-    #[error("the models' input is not a fixed-size tensor: {0}")]
-    Shape(String),
-}
-
-type Plan = Arc<tract_onnx::tract_hir::infer::InferenceSimplePlan>;
-
-/// The reference evaluation: tract's plain, unoptimised plan. (tract 0.23.9's optimiser
-/// miscomputes `Sub(constant, Conv(x))`, so an optimised original cannot be the reference.)
-fn plan(bytes: &[u8], shape: &[usize], which: &'static str) -> Result<Plan, VerifyError> {
-    let err = |e: TractError| VerifyError::Tract {
-        which,
-        message: format!("{e:#}"),
-    };
-    tract_onnx::onnx()
-        .model_for_read(&mut &bytes[..])
-        .map_err(err)?
-        .with_input_fact(0, f32::fact(shape).into())
-        .map_err(err)?
-        .into_runnable()
-        .map_err(err)
-}
+#[error("the model's input is not a fixed-size tensor: {0}")]
+pub struct ShapeError(pub String);
 
 /// The input shape of a model with batch 1 in place of a symbolic first dimension.
-pub fn input_shape(model: &ModelProto) -> Result<Vec<usize>, VerifyError> {
+pub fn input_shape(model: &ModelProto) -> Result<Vec<usize>, ShapeError> {
     use msn_onnx::proto::tensor_shape_proto::dimension::Value as Dim;
     use msn_onnx::proto::type_proto::Value;
     let g = model
         .graph
         .as_ref()
-        .ok_or_else(|| VerifyError::Shape("no graph".into()))?;
+        .ok_or_else(|| ShapeError("no graph".into()))?;
     let inits: std::collections::HashSet<&str> = g.initializer.iter().map(|t| t.name()).collect();
     let input = g
         .input
         .iter()
         .find(|v| !inits.contains(v.name()))
-        .ok_or_else(|| VerifyError::Shape("no input".into()))?;
+        .ok_or_else(|| ShapeError("no input".into()))?;
     let Some(Value::TensorType(t)) = input.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
-        return Err(VerifyError::Shape(format!(
+        return Err(ShapeError(format!(
             "input '{}' is not a tensor",
             input.name()
         )));
@@ -197,65 +171,17 @@ pub fn input_shape(model: &ModelProto) -> Result<Vec<usize>, VerifyError> {
     let dims = &t
         .shape
         .as_ref()
-        .ok_or_else(|| VerifyError::Shape("no shape".into()))?
+        .ok_or_else(|| ShapeError("no shape".into()))?
         .dim;
     dims.iter()
         .enumerate()
         .map(|(i, d)| match d.value {
             Some(Dim::DimValue(v)) if v > 0 => Ok(v as usize),
             _ if i == 0 => Ok(1),
-            _ => Err(VerifyError::Shape(format!(
+            _ => Err(ShapeError(format!(
                 "dimension {i} of '{}' is not fixed",
                 input.name()
             ))),
         })
         .collect()
-}
-
-/// Runs both models in tract on `n` pseudo-random inputs (uniform in [-1, 1]) and returns the
-/// largest error relative to the largest output magnitude of the original.
-pub fn verify(
-    original: &ModelProto,
-    folded: &ModelProto,
-    n: usize,
-    seed: u64,
-) -> Result<f32, VerifyError> {
-    let shape = input_shape(original)?;
-    let a = plan(&msn_onnx::io::to_bytes(original), &shape, "original")?;
-    let b = plan(&msn_onnx::io::to_bytes(folded), &shape, "folded")?;
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut worst = 0.0f32;
-    for _ in 0..n {
-        let x = tract_ndarray::ArrayD::from_shape_simple_fn(shape.clone(), || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        });
-        let run = |p: &Plan, which: &'static str| -> Result<Vec<f32>, VerifyError> {
-            let out =
-                p.run(tvec!(Tensor::from(x.clone()).into()))
-                    .map_err(|e| VerifyError::Tract {
-                        which,
-                        message: format!("{e:#}"),
-                    })?;
-            let v = out[0]
-                .to_plain_array_view::<f32>()
-                .map_err(|e| VerifyError::Tract {
-                    which,
-                    message: format!("{e:#}"),
-                })?;
-            Ok(v.iter().copied().collect())
-        };
-        let (ya, yb) = (run(&a, "original")?, run(&b, "folded")?);
-        let scale = ya.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
-        let err = ya
-            .iter()
-            .zip(&yb)
-            .map(|(p, q)| (p - q).abs())
-            .fold(0.0f32, f32::max)
-            / scale;
-        worst = worst.max(if err.is_nan() { f32::INFINITY } else { err });
-    }
-    Ok(worst)
 }

@@ -9,8 +9,6 @@
 //! or worst-case constants. Graphs with branches (a value used twice, Concat, Add of two
 //! computed values) get per-layer norms but no product bound, which would not be valid.
 
-use msn_autograd::ops::conv::ConvOptions;
-use msn_autograd::{no_grad, Array, Var};
 use msn_onnx::{attr_float, attr_int, attr_ints, tensor, GraphProto, NodeProto};
 use ndarray::{s, Array2, ArrayD, IxDyn};
 use std::collections::HashMap;
@@ -37,6 +35,9 @@ pub struct Bound {
 }
 
 const ITERATIONS: usize = 50;
+
+/// The arrays of this module: f32 values of any rank.
+type Array = ArrayD<f32>;
 
 fn ints(node: &NodeProto, name: &str, n: usize, default: usize) -> Vec<usize> {
     let v = attr_ints(node, name);
@@ -107,6 +108,36 @@ impl ConvSpec {
         let stride = ints(node, "strides", 2, 1);
         let dilation = ints(node, "dilations", 2, 1);
         let mut pads = ints(node, "pads", 4, 0);
+        let groups = attr_int(node, "group", 1);
+        let (o_ch, cg) = (weight.shape()[0], weight.shape()[1]);
+        if groups < 1
+            || o_ch % groups as usize != 0
+            || cg.checked_mul(groups as usize) != Some(input[1])
+        {
+            return Err(format!(
+                "group {groups} does not fit a {o_ch}x{cg} weight on {} input channels",
+                input[1]
+            ));
+        }
+        if stride.len() != 2 || dilation.len() != 2 || pads.len() != 4 {
+            return Err("strides, dilations and pads must have 2, 2 and 4 values".into());
+        }
+        if stride.iter().chain(&dilation).any(|&v| v == 0) || kh == 0 || kw == 0 {
+            return Err("strides, dilations and kernel sizes must be at least 1".into());
+        }
+        // Far beyond any real layer; keeps the index arithmetic below from overflowing.
+        const LIMIT: usize = 1 << 20;
+        if stride
+            .iter()
+            .chain(&dilation)
+            .chain(&pads)
+            .chain(&input[2..])
+            .any(|&v| v > LIMIT)
+            || input[2] == 0
+            || input[3] == 0
+        {
+            return Err("strides, dilations, pads or the input size are out of range".into());
+        }
         let auto = msn_onnx::attribute(node, "auto_pad")
             .map(|a| String::from_utf8_lossy(a.s()).to_string())
             .unwrap_or_default();
@@ -126,23 +157,19 @@ impl ConvSpec {
         } else if auto == "VALID" {
             pads = vec![0; 4];
         }
+        for a in 0..2 {
+            let span = dilation[a] * (weight.shape()[2 + a] - 1) + 1;
+            if input[2 + a] + pads[a] + pads[a + 2] < span {
+                return Err("the kernel is larger than the padded input".into());
+            }
+        }
         Ok(ConvSpec {
             weight,
             stride: [stride[0], stride[1]],
             dilation: [dilation[0], dilation[1]],
             pads: [pads[0], pads[1], pads[2], pads[3]],
-            groups: attr_int(node, "group", 1).max(1) as usize,
+            groups: groups as usize,
         })
-    }
-
-    fn options(&self) -> ConvOptions {
-        ConvOptions {
-            stride: self.stride,
-            padding: [0, 0],
-            dilation: self.dilation,
-            groups: self.groups,
-            output_padding: [0, 0],
-        }
     }
 
     /// The padded input's height and width.
@@ -161,7 +188,41 @@ impl ConvSpec {
         vec![input[0], w[0], o(0), o(1)]
     }
 
-    /// Conv (zero padding made explicit, so asymmetric pads work too).
+    /// Visits every (input index, output index, weight index) triple of the convolution on
+    /// the zero-padded input of `padded` size: the forward and the adjoint are the same walk,
+    /// one gathering and one scattering.
+    fn for_each_tap(
+        &self,
+        padded: [usize; 2],
+        out: [usize; 2],
+        mut f: impl FnMut(usize, usize, usize),
+    ) {
+        let w = self.weight.shape();
+        let (o_ch, cg, kh, kw) = (w[0], w[1], w[2], w[3]);
+        let og = o_ch / self.groups;
+        for o in 0..o_ch {
+            let g = o / og;
+            for c in 0..cg {
+                let ci = g * cg + c;
+                for i in 0..kh {
+                    for j in 0..kw {
+                        let wi = ((o * cg + c) * kh + i) * kw + j;
+                        for y in 0..out[0] {
+                            let py = y * self.stride[0] + i * self.dilation[0];
+                            let row_in = (ci * padded[0] + py) * padded[1];
+                            let row_out = (o * out[0] + y) * out[1];
+                            for x in 0..out[1] {
+                                let px = x * self.stride[1] + j * self.dilation[1];
+                                f(row_in + px, row_out + x, wi);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Conv (zero padding made explicit, so asymmetric pads work too), batch 1.
     fn apply(&self, x: &Array) -> Array {
         let sh = x.shape();
         let p = self.padded(sh);
@@ -173,29 +234,31 @@ impl ConvSpec {
             self.pads[1]..self.pads[1] + sh[3]
         ])
         .assign(x);
-        no_grad(|| {
-            Var::constant(xp)
-                .conv2d(&Var::constant(self.weight.clone()), self.options())
-                .value()
-                .clone()
-        })
+        let out_shape = self.output(sh);
+        let mut y = Array::zeros(IxDyn(&out_shape));
+        let (xs, ws) = (
+            xp.as_slice().expect("standard"),
+            self.weight.as_standard_layout(),
+        );
+        let ws = ws.as_slice().expect("standard");
+        let ys = y.as_slice_mut().expect("standard");
+        self.for_each_tap(p, [out_shape[2], out_shape[3]], |xi, yi, wi| {
+            ys[yi] += ws[wi] * xs[xi];
+        });
+        y
     }
 
-    /// The adjoint: transposed conv back to the padded size, then the crop.
+    /// The adjoint: each output scatters back through the taps it gathered, then the crop.
     fn adjoint(&self, y: &Array, input: &[usize]) -> Array {
         let p = self.padded(input);
-        let w = self.weight.shape();
-        let mut o = self.options();
-        for a in 0..2 {
-            let base =
-                (y.shape()[2 + a] - 1) * self.stride[a] + self.dilation[a] * (w[2 + a] - 1) + 1;
-            o.output_padding[a] = p[a] - base;
-        }
-        let full = no_grad(|| {
-            Var::constant(y.clone())
-                .conv_transpose2d(&Var::constant(self.weight.clone()), o)
-                .value()
-                .clone()
+        let mut full = Array::zeros(IxDyn(&[input[0], input[1], p[0], p[1]]));
+        let y = y.as_standard_layout();
+        let ys = y.as_slice().expect("standard");
+        let w = self.weight.as_standard_layout();
+        let ws = w.as_slice().expect("standard");
+        let fs = full.as_slice_mut().expect("standard");
+        self.for_each_tap(p, [y.shape()[2], y.shape()[3]], |xi, yi, wi| {
+            fs[xi] += ws[wi] * ys[yi];
         });
         full.slice(s![
             ..,
@@ -214,9 +277,15 @@ fn conv_norm(
     weight: Array,
     input: &[usize],
 ) -> Result<(f64, Vec<usize>), String> {
-    let spec = ConvSpec::from_node(node, weight, input)?;
-    let out = spec.output(input);
-    let norm = power_iteration(input, |x| spec.apply(x), |y| spec.adjoint(y, input));
+    // The norm does not depend on the batch (the operator is block diagonal over it).
+    let mut one = input.to_vec();
+    if let Some(b) = one.first_mut() {
+        *b = 1;
+    }
+    let spec = ConvSpec::from_node(node, weight, &one)?;
+    let mut out = spec.output(&one);
+    let norm = power_iteration(&one, |x| spec.apply(x), |y| spec.adjoint(y, &one));
+    out[0] = input[0];
     Ok((norm, out))
 }
 

@@ -39,7 +39,7 @@ fn fold_and_verify(model: &ModelProto) -> (ModelProto, msn_fold::Report) {
     let mut folded = model.clone();
     let report = msn_fold::fold(&mut folded);
     msn_onnx::graph::GraphView::new(&folded).expect("folded graph is valid");
-    let err = msn_fold::verify(model, &folded, 3, 7).unwrap();
+    let err = msn_runtime::verify::models(model, &folded, 3, 7, &[]).unwrap();
     assert!(err < 1e-5, "max relative error {err}");
     (folded, report)
 }

@@ -39,6 +39,12 @@ pub enum Error {
     },
     #[error("graph output '{name}' is not produced by any node, input or initializer")]
     DanglingOutput { name: String },
+    #[error("node '{node}' ({op}): {reason}")]
+    BadNode {
+        node: String,
+        op: String,
+        reason: String,
+    },
     #[error("metadata '{key}': {reason}")]
     BadMetadata { key: String, reason: String },
 }

@@ -7,7 +7,11 @@
 //! - [`tensor`]: initializers to `ndarray` arrays and back (float, int64, raw and typed fields).
 //! - [`graph`]: a read-only view of a graph (topological order, producers, consumers,
 //!   initializers by name) and its validation.
+//! - [`index`]: the producer/consumer index that graph rewrites and readers share (subgraph
+//!   bodies included), and the small edits they make (`set_init`, `fresh_name`, `rename_uses`).
 //! - [`builder`]: a small builder for graphs, used by the exporter and by tests.
+//! - [`validate`]: the checks a model passes before anything computes with it (structure,
+//!   element counts against data, attribute ranges).
 //! - [`meta`]: the metadata keys that describe an image model (input size, colour mode,
 //!   preprocessing, labels), documented in one place.
 //!
@@ -23,9 +27,11 @@
 pub mod builder;
 mod error;
 pub mod graph;
+pub mod index;
 pub mod io;
 pub mod meta;
 pub mod tensor;
+pub mod validate;
 
 pub use error::Error;
 

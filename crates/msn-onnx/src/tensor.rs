@@ -128,6 +128,11 @@ pub fn is_float(t: &TensorProto) -> bool {
     )
 }
 
+/// True when the tensor holds FLOAT (f32) values.
+pub fn is_f32(t: &TensorProto) -> bool {
+    t.data_type() == DataType::Float as i32
+}
+
 fn dims(shape: &[usize]) -> Vec<i64> {
     shape.iter().map(|&d| d as i64).collect()
 }

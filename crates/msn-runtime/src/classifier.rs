@@ -1,14 +1,11 @@
 //! A loaded, optimised classifier: the model plan, its batch size, its preprocessing and labels.
 
+use crate::model::{Model, Plan, Source};
 use crate::preprocess::{stack, Preprocess};
 use crate::{Error, Result};
 use msn_onnx::meta::{Color, ImageMeta, Resize};
-use msn_onnx::proto::tensor_shape_proto::dimension::Value as Dim;
-use msn_onnx::proto::type_proto;
 use ndarray::{Array2, Array3, Array4, Axis};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use tract_onnx::prelude::*;
 
 /// Preprocessing settings given by the user; each one set here wins over the model's metadata.
 #[derive(Debug, Clone, Default)]
@@ -37,7 +34,7 @@ pub struct LoadOptions {
 /// An ONNX image classifier, optimised by tract for a fixed batch size.
 pub struct Classifier {
     path: PathBuf,
-    plan: Arc<TypedRunnableModel>,
+    model: Model,
     batch: usize,
     classes: usize,
     preprocess: Preprocess,
@@ -46,16 +43,15 @@ pub struct Classifier {
     load_seconds: f64,
 }
 
-/// The input's dimensions as written in the file: `Some(n)` fixed, `None` symbolic.
-fn input_dims(path: &Path, model: &msn_onnx::ModelProto) -> Result<Vec<Option<usize>>> {
+/// The image input's dimensions as written in the file: `Some(n)` fixed, `None` symbolic.
+fn input_dims(source: &Source) -> Result<Vec<Option<usize>>> {
     let not_image = |reason: String| Error::NotImageModel {
-        path: path.to_path_buf(),
+        path: source.origin().to_path_buf(),
         reason,
     };
-    let view = msn_onnx::graph::GraphView::new(model)?;
-    let inputs: Vec<_> = view.real_inputs().collect();
+    let inputs = source.inputs();
     let input = match inputs.as_slice() {
-        [one] => *one,
+        [one] => one,
         [] => return Err(not_image("the graph has no input".into())),
         many => {
             return Err(not_image(format!(
@@ -64,30 +60,17 @@ fn input_dims(path: &Path, model: &msn_onnx::ModelProto) -> Result<Vec<Option<us
             )))
         }
     };
-    let shape = match input.r#type.as_ref().and_then(|t| t.value.as_ref()) {
-        Some(type_proto::Value::TensorType(t)) => t.shape.as_ref(),
-        _ => {
-            return Err(not_image(format!(
-                "input '{}' is not a tensor",
-                input.name()
-            )))
-        }
-    };
-    let dims: Vec<Option<usize>> = shape
-        .map(|s| {
-            s.dim
-                .iter()
-                .map(|d| match d.value {
-                    Some(Dim::DimValue(v)) if v > 0 => Some(v as usize),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    if input.dtype != "FLOAT" {
+        return Err(not_image(format!(
+            "input '{}' is {}, expected FLOAT",
+            input.name, input.dtype
+        )));
+    }
+    let dims = input.dims.clone().unwrap_or_default();
     if dims.len() != 4 {
         return Err(not_image(format!(
             "input '{}' has rank {}, expected 4 (N x C x H x W)",
-            input.name(),
+            input.name,
             dims.len()
         )));
     }
@@ -102,19 +85,23 @@ impl Classifier {
             path: path.to_path_buf(),
             cause: e,
         })?;
-        Self::from_bytes(&bytes, path, options)
+        Self::from_bytes(bytes, path, options)
     }
 
     /// Loads a model held in memory; `path` names it in messages.
-    pub fn from_bytes(bytes: &[u8], path: &Path, options: &LoadOptions) -> Result<Self> {
+    pub fn from_bytes(
+        bytes: impl Into<Vec<u8>>,
+        path: &Path,
+        options: &LoadOptions,
+    ) -> Result<Self> {
         let start = std::time::Instant::now();
         let not_image = |reason: String| Error::NotImageModel {
             path: path.to_path_buf(),
             reason,
         };
-        let model = msn_onnx::io::from_bytes_named(bytes, &path.display().to_string())?;
-        let meta = ImageMeta::from_model(&model)?;
-        let dims = input_dims(path, &model)?;
+        let source = Source::from_bytes(bytes.into(), path)?;
+        let meta = ImageMeta::from_model(source.model())?;
+        let dims = input_dims(&source)?;
         let o = &options.preprocess;
 
         let meta_shape = meta.input_shape;
@@ -166,29 +153,12 @@ impl Classifier {
         preprocess.validate()?;
 
         let batch = dims[0].unwrap_or(options.batch.unwrap_or(1).max(1));
-        let tract_err = |action: &'static str| {
-            move |e: TractError| Error::Tract {
-                path: path.to_path_buf(),
-                action,
-                message: format!("{e:#}"),
-            }
-        };
-        let plan = tract_onnx::onnx()
-            .model_for_read(&mut &bytes[..])
-            .map_err(tract_err("load the model"))?
-            .with_input_fact(0, f32::fact([batch, channels, height, width]).into())
-            .map_err(tract_err("set the input shape"))?
-            .into_optimized()
-            .map_err(tract_err("optimize the model"))?
-            .into_runnable()
-            .map_err(tract_err("plan the model"))?;
-        let out_fact = plan
-            .model()
-            .output_fact(0)
-            .map_err(tract_err("read the output shape"))?;
-        let out_shape = out_fact
-            .shape
-            .as_concrete()
+        let model = source.plan(&[vec![batch, channels, height, width]], Plan::Optimized)?;
+        let out_shape = model
+            .outputs()
+            .first()
+            .and_then(|o| o.dims.clone())
+            .and_then(|d| d.into_iter().collect::<Option<Vec<usize>>>())
             .ok_or_else(|| not_image("the output shape is not fixed".into()))?;
         if out_shape.first() != Some(&batch) {
             return Err(not_image(format!(
@@ -223,7 +193,7 @@ impl Classifier {
         };
         Ok(Classifier {
             path: path.to_path_buf(),
-            plan,
+            model,
             batch,
             classes,
             preprocess,
@@ -271,20 +241,21 @@ impl Classifier {
             .unwrap_or_else(|| format!("class {i}"))
     }
 
+    /// The planned model.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
     /// Runs one full batch (`batch x C x H x W`) and returns `batch x classes` logits.
     pub fn run(&self, input: Array4<f32>) -> Result<Array2<f32>> {
-        let outputs = self
-            .plan
-            .run(tvec!(Tensor::from(input).into()))
-            .map_err(|e| Error::Inference(format!("{}: {e:#}", self.path.display())))?;
-        let view = outputs[0]
-            .to_plain_array_view::<f32>()
-            .map_err(|e| Error::Inference(format!("{e:#}")))?;
-        let n = view.shape()[0];
-        Ok(view
-            .to_shape((n, self.classes))
-            .map_err(|e| Error::Inference(e.to_string()))?
-            .to_owned())
+        let outputs = self.model.run_f32(input.into_dyn())?;
+        let out = outputs
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::Inference(format!("{}: no output", self.path.display())))?;
+        let n = out.shape()[0];
+        out.into_shape_with_order((n, self.classes))
+            .map_err(|e| Error::Inference(e.to_string()))
     }
 
     /// Runs any number of preprocessed images, in batches, and returns one logits row each.

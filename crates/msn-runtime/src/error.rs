@@ -17,6 +17,8 @@ pub enum Error {
         action: &'static str,
         message: String,
     },
+    #[error("{path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
     #[error("{path}: model input is not an image: {reason}")]
     NotImageModel { path: PathBuf, reason: String },
     #[error("{path}: not a generator: {reason}")]

@@ -10,45 +10,16 @@
 //! - [`frechet_distance`]: `|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1^1/2 S2 S1^1/2)^1/2)` between
 //!   Gaussians fitted to two sets of features.
 
+use crate::model::{Model, Plan, Source};
 use crate::{Error, Result};
-use msn_onnx::proto::tensor_shape_proto::dimension::Value as Dim;
-use msn_onnx::proto::type_proto;
-use msn_onnx::{ModelProto, NodeProto, ValueInfoProto};
+use msn_onnx::{ModelProto, NodeProto};
 use ndarray::{s, Array1, Array2, Array4, ArrayView2, ArrayView4, Axis};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use tract_onnx::prelude::*;
-
-fn dims_of(v: &ValueInfoProto) -> Option<Vec<Option<usize>>> {
-    match v.r#type.as_ref()?.value.as_ref()? {
-        type_proto::Value::TensorType(t) => Some(
-            t.shape
-                .as_ref()?
-                .dim
-                .iter()
-                .map(|d| match d.value {
-                    Some(Dim::DimValue(v)) if v > 0 => Some(v as usize),
-                    _ => None,
-                })
-                .collect(),
-        ),
-        _ => None,
-    }
-}
-
-fn tract_err<'a>(path: &'a Path, action: &'static str) -> impl Fn(TractError) -> Error + 'a {
-    move |e| Error::Tract {
-        path: path.to_path_buf(),
-        action,
-        message: format!("{e:#}"),
-    }
-}
 
 /// Runs `input` through `plan` in chunks of `batch` rows (the last one padded), returning each
 /// output with the padding removed.
 fn run_chunked(
-    plan: &Arc<TypedRunnableModel>,
-    path: &Path,
+    model: &Model,
     input: ArrayView4<f32>,
     batch: usize,
     outputs: usize,
@@ -62,14 +33,9 @@ fn run_chunked(
         chunk
             .slice_mut(s![..len, .., .., ..])
             .assign(&input.slice(s![start..start + len, .., .., ..]));
-        let result = plan
-            .run(tvec!(Tensor::from(chunk).into()))
-            .map_err(|e| Error::Inference(format!("{}: {e:#}", path.display())))?;
-        for (k, slot) in out.iter_mut().enumerate() {
-            let view = result[k]
-                .to_plain_array_view::<f32>()
-                .map_err(|e| Error::Inference(format!("{}: {e:#}", path.display())))?;
-            slot.push(view.slice_axis(Axis(0), (..len).into()).to_owned());
+        let result = model.run_f32(chunk.into_dyn())?;
+        for (slot, r) in out.iter_mut().zip(result) {
+            slot.push(r.slice_axis(Axis(0), (..len).into()).to_owned());
         }
     }
     out.into_iter()
@@ -83,7 +49,7 @@ fn run_chunked(
 /// An ONNX generator, optimised by tract for a fixed batch size.
 pub struct Generator {
     path: PathBuf,
-    plan: Arc<TypedRunnableModel>,
+    model: Model,
     batch: usize,
     latent: usize,
     shape: [usize; 3],
@@ -98,25 +64,24 @@ impl Generator {
             path: path.to_path_buf(),
             cause: e,
         })?;
-        Self::from_bytes(&bytes, path, batch)
+        Self::from_bytes(bytes, path, batch)
     }
 
     /// Loads a generator held in memory; `path` names it in messages.
-    pub fn from_bytes(bytes: &[u8], path: &Path, batch: usize) -> Result<Self> {
+    pub fn from_bytes(bytes: impl Into<Vec<u8>>, path: &Path, batch: usize) -> Result<Self> {
         let not_gen = |reason: String| Error::NotGenerator {
             path: path.to_path_buf(),
             reason,
         };
-        let model = msn_onnx::io::from_bytes_named(bytes, &path.display().to_string())?;
-        let view = msn_onnx::graph::GraphView::new(&model)?;
-        let inputs: Vec<_> = view.real_inputs().collect();
+        let source = Source::from_bytes(bytes.into(), path)?;
+        let inputs = source.inputs();
         let [input] = inputs.as_slice() else {
             return Err(not_gen(format!(
                 "{} inputs, expected one latent vector",
                 inputs.len()
             )));
         };
-        let dims = dims_of(input).unwrap_or_default();
+        let dims = input.dims.clone().unwrap_or_default();
         let latent = match dims.as_slice() {
             [n, Some(z)] => {
                 if let Some(n) = n {
@@ -129,26 +94,16 @@ impl Generator {
             _ => {
                 return Err(not_gen(format!(
                     "input '{}' is not [N, latent] with a fixed latent size",
-                    input.name()
+                    input.name
                 )))
             }
         };
-        let plan = tract_onnx::onnx()
-            .model_for_read(&mut &bytes[..])
-            .map_err(tract_err(path, "load the model"))?
-            .with_input_fact(0, f32::fact([batch, latent]).into())
-            .map_err(tract_err(path, "set the input shape"))?
-            .into_optimized()
-            .map_err(tract_err(path, "optimize the model"))?
-            .into_runnable()
-            .map_err(tract_err(path, "plan the model"))?;
-        let out = plan
-            .model()
-            .output_fact(0)
-            .map_err(tract_err(path, "read the output shape"))?
-            .shape
-            .as_concrete()
-            .map(|s| s.to_vec())
+        let model = source.plan(&[vec![batch, latent]], Plan::Optimized)?;
+        let out: Vec<usize> = model
+            .outputs()
+            .first()
+            .and_then(|o| o.dims.clone())
+            .and_then(|d| d.into_iter().collect())
             .unwrap_or_default();
         let shape = match out.as_slice() {
             [n, c, h, w] if *n == batch => [*c, *h, *w],
@@ -160,7 +115,7 @@ impl Generator {
         };
         Ok(Generator {
             path: path.to_path_buf(),
-            plan,
+            model,
             batch,
             latent,
             shape,
@@ -194,14 +149,8 @@ impl Generator {
             chunk
                 .slice_mut(s![..len, ..])
                 .assign(&z4.slice(s![start..start + len, .., 0, 0]));
-            let result = self
-                .plan
-                .run(tvec!(Tensor::from(chunk).into()))
-                .map_err(|e| Error::Inference(format!("{}: {e:#}", self.path.display())))?;
-            let view = result[0]
-                .to_plain_array_view::<f32>()
-                .map_err(|e| Error::Inference(format!("{e:#}")))?;
-            out.push(view.slice_axis(Axis(0), (..len).into()).to_owned());
+            let result = self.model.run_f32(chunk.into_dyn())?;
+            out.push(result[0].slice_axis(Axis(0), (..len).into()).to_owned());
         }
         let views: Vec<_> = out.iter().map(|a| a.view()).collect();
         let [c, h, w] = self.shape;
@@ -216,7 +165,7 @@ impl Generator {
 /// preprocessing of its metadata.
 pub struct FeatureClassifier {
     path: PathBuf,
-    plan: Arc<TypedRunnableModel>,
+    model: Model,
     batch: usize,
     shape: [usize; 3],
     mean: Vec<f32>,
@@ -311,19 +260,14 @@ impl FeatureClassifier {
             });
         }
         add_features_output(&mut model, path)?;
-        let bytes = msn_onnx::io::to_bytes(&model);
-        let plan = tract_onnx::onnx()
-            .model_for_read(&mut &bytes[..])
-            .map_err(tract_err(path, "load the model"))?
-            .with_input_fact(0, f32::fact([batch, shape[0], shape[1], shape[2]]).into())
-            .map_err(tract_err(path, "set the input shape"))?
-            .into_optimized()
-            .map_err(tract_err(path, "optimize the model"))?
-            .into_runnable()
-            .map_err(tract_err(path, "plan the model"))?;
+        let source = Source::from_bytes(msn_onnx::io::to_bytes(&model), path)?;
+        let plan = source.plan(
+            &[vec![batch, shape[0], shape[1], shape[2]]],
+            Plan::Optimized,
+        )?;
         Ok(FeatureClassifier {
             path: path.to_path_buf(),
-            plan,
+            model: plan,
             batch,
             shape,
             mean,
@@ -352,7 +296,7 @@ impl FeatureClassifier {
             let (m, s) = (self.mean[ch], self.std[ch]);
             plane.mapv_inplace(|v| (v - m) / s);
         }
-        let mut out = run_chunked(&self.plan, &self.path, x.view(), self.batch, 2)?.into_iter();
+        let mut out = run_chunked(&self.model, x.view(), self.batch, 2)?.into_iter();
         let mut next = || -> Result<Array2<f32>> {
             let a = out.next().expect("two outputs");
             let n = a.shape()[0];

@@ -1,5 +1,9 @@
-//! # msn-runtime: classify images with an ONNX model on tract
+//! # msn-runtime: run ONNX models on tract, and classify images with them
 //!
+//! 0. [`model`]: the one loader. Bytes are decoded and validated by msn-onnx, folded by
+//!    msn-fold in memory, guarded against what tract computes wrongly, then planned by tract
+//!    for fixed input shapes. No other crate builds a tract plan. [`verify`] proves a
+//!    rewrite by running the original and the rewritten model on the same inputs.
 //! 1. [`preprocess`]: decode a JPEG or PNG, convert to gray or RGB, resize (shorter side then
 //!    centre crop, or plain), scale, normalise, lay out as NCHW.
 //! 2. [`Classifier`]: load an ONNX model (validated by `msn-onnx`), fix its batch size, let
@@ -23,10 +27,14 @@ pub mod bench;
 mod classifier;
 mod error;
 pub mod gan;
+mod guard;
+pub mod model;
 pub mod preprocess;
+pub mod verify;
 
 pub use classifier::{Classifier, LoadOptions, PreprocessOverrides};
 pub use error::Error;
+pub use model::{Model, Plan, Source, TensorSpec};
 pub use preprocess::Preprocess;
 
 /// A `Result` whose error is this crate's [`Error`].

@@ -22,13 +22,16 @@ impl Value {
     }
 }
 
+/// A constant this pass can compute with: FLOAT or INT64. Nodes reading any other type
+/// (DOUBLE, FLOAT16, INT32, ...) are left alone, so every value keeps its element type.
 fn read(g: &GraphProto, idx: &Index, name: &str) -> Option<Value> {
-    let &i = idx.init.get(name)?;
-    let t = &g.initializer[i];
-    if tensor::is_float(t) {
+    let t = idx.constant(g, name)?;
+    if tensor::is_f32(t) {
         tensor::to_f32(t).ok().map(Value::F)
-    } else {
+    } else if t.data_type() == DataType::Int64 as i32 {
         tensor::to_i64(t).ok().map(Value::I)
+    } else {
+        None
     }
 }
 
@@ -401,7 +404,7 @@ pub fn run(g: &mut GraphProto) -> usize {
                 continue;
             }
             let ins: Vec<&String> = node.input.iter().filter(|s| !s.is_empty()).collect();
-            if ins.is_empty() || !ins.iter().all(|n| idx.init.contains_key(n.as_str())) {
+            if ins.is_empty() || !ins.iter().all(|n| idx.is_constant(n.as_str())) {
                 continue;
             }
             let Some(values) = ins

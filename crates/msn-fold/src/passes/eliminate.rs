@@ -2,7 +2,8 @@
 //! initializers. Graph inputs and outputs keep their names.
 
 use crate::graph::{rename_uses, Index};
-use msn_onnx::GraphProto;
+use msn_onnx::proto::tensor_proto::DataType;
+use msn_onnx::{GraphProto, NodeProto};
 use std::collections::HashSet;
 
 /// Removes Identity nodes and Dropouts whose mask is unused. Returns how many were removed.
@@ -13,7 +14,9 @@ pub fn identities(g: &mut GraphProto) -> usize {
         let inputs: HashSet<String> = g.input.iter().map(|o| o.name().to_string()).collect();
         let pos = g.node.iter().position(|n| {
             let passthrough = n.op_type() == "Identity"
-                || (n.op_type() == "Dropout" && n.output.iter().skip(1).all(|o| o.is_empty()));
+                || (n.op_type() == "Dropout"
+                    && n.output.iter().skip(1).all(|o| o.is_empty())
+                    && !training(g, n));
             passthrough && n.input.first().is_some_and(|i| !i.is_empty()) && !n.output.is_empty()
         });
         let Some(i) = pos else { return removed };
@@ -22,7 +25,7 @@ pub fn identities(g: &mut GraphProto) -> usize {
             // Keep the graph output's name: make the producer of `src` write `dst` instead.
             let idx = Index::new(g);
             let src_ok =
-                !inputs.contains(&src) && !idx.init.contains_key(&src) && !outputs.contains(&src);
+                !inputs.contains(&src) && !idx.is_constant(&src) && !outputs.contains(&src);
             match idx.producer.get(&src) {
                 Some(&p) if src_ok && idx.uses(&src) == 1 => {
                     g.node.remove(i);
@@ -41,6 +44,21 @@ pub fn identities(g: &mut GraphProto) -> usize {
         }
         removed += 1;
     }
+}
+
+/// True unless the Dropout is known to run in inference mode: its `training_mode` input
+/// (opset 12 on) is absent or a constant false. A computed one may be true.
+fn training(g: &GraphProto, n: &NodeProto) -> bool {
+    let Some(mode) = n.input.get(2).filter(|m| !m.is_empty()) else {
+        return false;
+    };
+    let idx = Index::new(g);
+    let Some(t) = idx.constant(g, mode) else {
+        return true;
+    };
+    let raw = t.raw_data.as_deref().unwrap_or(&[]);
+    let set = raw.iter().any(|&b| b != 0) || t.int32_data.iter().any(|&v| v != 0);
+    t.data_type() != DataType::Bool as i32 || set
 }
 
 /// Removes nodes whose outputs nobody reads, then initializers nobody reads. Returns the

@@ -34,14 +34,13 @@ fn fold_one(g: &mut GraphProto, warnings: &mut Vec<String>) -> bool {
             continue;
         }
         let (a, b) = (&op.input[0], &op.input[1]);
-        let (x, c_name, x_first) =
-            if idx.init.contains_key(b.as_str()) && !idx.init.contains_key(a.as_str()) {
-                (a, b, true)
-            } else if idx.init.contains_key(a.as_str()) && !idx.init.contains_key(b.as_str()) {
-                (b, a, false)
-            } else {
-                continue;
-            };
+        let (x, c_name, x_first) = if idx.is_constant(b.as_str()) && !idx.is_constant(a.as_str()) {
+            (a, b, true)
+        } else if idx.is_constant(a.as_str()) && !idx.is_constant(b.as_str()) {
+            (b, a, false)
+        } else {
+            continue;
+        };
         let Some(wshape) = idx.float_shape(g, &conv.input[1]) else {
             continue;
         };

@@ -57,7 +57,7 @@ fn enables_a_fold(consumer: &NodeProto, idx: &Index, y: &str) -> bool {
         "Add" | "Sub" | "Mul" | "Div" => consumer
             .input
             .iter()
-            .any(|i| i != y && idx.init.contains_key(i.as_str())),
+            .any(|i| i != y && idx.is_constant(i.as_str())),
         _ => false,
     }
 }
@@ -74,7 +74,7 @@ pub fn run(g: &mut GraphProto) -> usize {
         let b_is_2d = idx
             .float_shape(g, &n.input[1])
             .is_some_and(|s| s.len() == 2);
-        if !b_is_2d || idx.init.contains_key(n.input[0].as_str()) || !idx.single_use(y) {
+        if !b_is_2d || idx.is_constant(n.input[0].as_str()) || !idx.single_use(y) {
             continue;
         }
         let consumer = &g.node[idx.consumers[y.as_str()][0]];

@@ -1,0 +1,377 @@
+//! The one way a model reaches tract.
+//!
+//! ```text
+//! bytes -> msn-onnx decode and validation -> msn-fold's passes, in memory
+//!       -> guards for what tract computes wrongly -> tract, with fixed input facts -> plan
+//! ```
+//!
+//! Every command and test that runs a model goes through [`Source::plan`]; nothing else in
+//! the workspace builds a tract plan. The file on disk is never changed.
+
+use crate::{guard, Error, Result};
+use msn_onnx::proto::tensor_proto::DataType;
+use msn_onnx::proto::tensor_shape_proto::dimension::Value as Dim;
+use msn_onnx::proto::type_proto;
+use msn_onnx::{ModelProto, ValueInfoProto};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+use tract_onnx::prelude::*;
+
+/// A tensor as a graph declares it: name, element type, and each dimension (`None` when
+/// symbolic or absent).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorSpec {
+    pub name: String,
+    /// The ONNX element type (`FLOAT`, `INT64`, ...).
+    pub dtype: String,
+    pub dims: Option<Vec<Option<usize>>>,
+}
+
+impl TensorSpec {
+    fn of(v: &ValueInfoProto) -> TensorSpec {
+        let (dtype, dims) = match v.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+            Some(type_proto::Value::TensorType(t)) => (
+                DataType::try_from(t.elem_type())
+                    .map(|d| d.as_str_name().to_string())
+                    .unwrap_or_else(|_| format!("unknown ({})", t.elem_type())),
+                t.shape.as_ref().map(|s| {
+                    s.dim
+                        .iter()
+                        .map(|d| match d.value {
+                            Some(Dim::DimValue(v)) if v > 0 => usize::try_from(v).ok(),
+                            _ => None,
+                        })
+                        .collect()
+                }),
+            ),
+            _ => ("not a tensor".to_string(), None),
+        };
+        TensorSpec {
+            name: v.name().to_string(),
+            dtype,
+            dims,
+        }
+    }
+
+    /// tract's element type for this tensor, if tract has one.
+    pub fn datum_type(&self) -> Option<DatumType> {
+        datum_type(&self.dtype)
+    }
+}
+
+/// tract's element type for an ONNX element type name.
+pub fn datum_type(onnx: &str) -> Option<DatumType> {
+    Some(match onnx {
+        "FLOAT" => f32::datum_type(),
+        "DOUBLE" => f64::datum_type(),
+        "FLOAT16" => f16::datum_type(),
+        "INT8" => i8::datum_type(),
+        "INT16" => i16::datum_type(),
+        "INT32" => i32::datum_type(),
+        "INT64" => i64::datum_type(),
+        "UINT8" => u8::datum_type(),
+        "UINT16" => u16::datum_type(),
+        "UINT32" => u32::datum_type(),
+        "UINT64" => u64::datum_type(),
+        "BOOL" => bool::datum_type(),
+        _ => return None,
+    })
+}
+
+/// Which tract plan to build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Plan {
+    /// msn-fold's passes and the guards, then tract's optimiser: what every command runs.
+    #[default]
+    Optimized,
+    /// The model exactly as written, through tract's typed translation without its
+    /// optimiser: the reference a fold is verified against.
+    Reference,
+}
+
+/// A decoded and validated model, not yet planned.
+pub struct Source {
+    origin: PathBuf,
+    bytes: Vec<u8>,
+    model: ModelProto,
+}
+
+/// What loading cost, in seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LoadTimes {
+    /// Decoding and validating the file.
+    pub read: f64,
+    /// msn-fold's passes and the guards, re-encoding included.
+    pub passes: f64,
+    /// tract: reading, typing, optimising and planning.
+    pub tract: f64,
+}
+
+impl LoadTimes {
+    pub fn total(&self) -> f64 {
+        self.read + self.passes + self.tract
+    }
+}
+
+/// A planned model: tract's runnable plan with the inputs it was planned for.
+pub struct Model {
+    origin: PathBuf,
+    plan: Arc<TypedRunnableModel>,
+    inputs: Vec<TensorSpec>,
+    outputs: Vec<TensorSpec>,
+    times: LoadTimes,
+    fold: Option<msn_fold::Report>,
+    guarded: usize,
+}
+
+impl Source {
+    /// Reads and validates the model at `path`.
+    pub fn read(path: impl AsRef<Path>) -> Result<Source> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|e| Error::Io {
+            path: path.to_path_buf(),
+            cause: e,
+        })?;
+        Source::from_bytes(bytes, path)
+    }
+
+    /// Decodes and validates a model held in memory; `origin` names it in messages.
+    pub fn from_bytes(bytes: Vec<u8>, origin: &Path) -> Result<Source> {
+        let model = msn_onnx::io::from_bytes_named(&bytes, &origin.display().to_string())?;
+        msn_onnx::validate::model(&model).map_err(|e| Error::Invalid {
+            path: origin.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        Ok(Source {
+            origin: origin.to_path_buf(),
+            bytes,
+            model,
+        })
+    }
+
+    /// The model as decoded.
+    pub fn model(&self) -> &ModelProto {
+        &self.model
+    }
+
+    /// Where the model came from.
+    pub fn origin(&self) -> &Path {
+        &self.origin
+    }
+
+    /// The inputs a caller feeds (graph inputs that are not initializers), in order.
+    pub fn inputs(&self) -> Vec<TensorSpec> {
+        msn_onnx::graph::GraphView::new(&self.model)
+            .map(|v| v.real_inputs().map(TensorSpec::of).collect())
+            .unwrap_or_default()
+    }
+
+    /// The graph outputs, in order.
+    pub fn outputs(&self) -> Vec<TensorSpec> {
+        let g = self.model.graph.as_ref().expect("validated: has a graph");
+        g.output.iter().map(TensorSpec::of).collect()
+    }
+
+    /// Plans the model for inputs of exactly these shapes (one per input, in order).
+    pub fn plan(&self, shapes: &[Vec<usize>], kind: Plan) -> Result<Model> {
+        let start = Instant::now();
+        let inputs = self.inputs();
+        if shapes.len() != inputs.len() {
+            return Err(self.invalid(format!(
+                "the model has {} input(s), {} shape(s) given",
+                inputs.len(),
+                shapes.len()
+            )));
+        }
+        let mut fold = None;
+        let mut guarded = 0;
+        let rewritten = match kind {
+            Plan::Reference => None,
+            Plan::Optimized => {
+                let mut model = self.model.clone();
+                let report = msn_fold::fold(&mut model);
+                let folded = report.passes.iter().any(|(_, n)| *n > 0);
+                guarded = guard::run(model.graph.as_mut().expect("has a graph"));
+                fold = Some(report);
+                (folded || guarded > 0).then(|| msn_onnx::io::to_bytes(&model))
+            }
+        };
+        let passes = start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        let bytes = rewritten.as_deref().unwrap_or(&self.bytes);
+        let err = |action: &'static str| {
+            move |e: TractError| Error::Tract {
+                path: self.origin.clone(),
+                action,
+                message: format!("{e:#}"),
+            }
+        };
+        let mut model = tract_onnx::onnx()
+            .model_for_read(&mut &bytes[..])
+            .map_err(err("load the model"))?;
+        let mut planned = Vec::with_capacity(inputs.len());
+        for (i, (spec, shape)) in inputs.iter().zip(shapes).enumerate() {
+            let dt = spec.datum_type().ok_or_else(|| {
+                self.invalid(format!(
+                    "input '{}' has element type {}, which tract does not run",
+                    spec.name, spec.dtype
+                ))
+            })?;
+            if let Some(dims) = &spec.dims {
+                let fits = dims.len() == shape.len()
+                    && dims
+                        .iter()
+                        .zip(shape)
+                        .all(|(d, &s)| d.is_none_or(|d| d == s));
+                if !fits {
+                    return Err(self.invalid(format!(
+                        "input '{}' is declared {}, cannot run it at {shape:?}",
+                        spec.name,
+                        show_dims(dims)
+                    )));
+                }
+            }
+            model = model
+                .with_input_fact(i, dt.fact(shape).into())
+                .map_err(err("set the input shape"))?;
+            planned.push(TensorSpec {
+                dims: Some(shape.iter().map(|&d| Some(d)).collect()),
+                ..spec.clone()
+            });
+        }
+        let typed = model.into_typed().map_err(err("analyse the model"))?;
+        let typed = match kind {
+            Plan::Optimized => typed.into_optimized().map_err(err("optimize the model"))?,
+            Plan::Reference => typed,
+        };
+        let plan = typed.into_runnable().map_err(err("plan the model"))?;
+        let outputs = self
+            .outputs()
+            .into_iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                let fact = plan.model().output_fact(i).ok();
+                TensorSpec {
+                    dims: fact.and_then(|f| {
+                        f.shape
+                            .as_concrete()
+                            .map(|s| s.iter().map(|&d| Some(d)).collect())
+                    }),
+                    ..spec
+                }
+            })
+            .collect();
+        Ok(Model {
+            origin: self.origin.clone(),
+            plan,
+            inputs: planned,
+            outputs,
+            times: LoadTimes {
+                read: 0.0,
+                passes,
+                tract: start.elapsed().as_secs_f64(),
+            },
+            fold,
+            guarded,
+        })
+    }
+
+    fn invalid(&self, reason: String) -> Error {
+        Error::Invalid {
+            path: self.origin.clone(),
+            reason,
+        }
+    }
+}
+
+fn show_dims(dims: &[Option<usize>]) -> String {
+    let parts: Vec<String> = dims
+        .iter()
+        .map(|d| d.map_or("?".to_string(), |d| d.to_string()))
+        .collect();
+    format!("[{}]", parts.join(", "))
+}
+
+impl Model {
+    /// Reads, validates and plans the model at `path` for inputs of these shapes.
+    pub fn load(path: impl AsRef<Path>, shapes: &[Vec<usize>], kind: Plan) -> Result<Model> {
+        let start = Instant::now();
+        let source = Source::read(path)?;
+        let read = start.elapsed().as_secs_f64();
+        let mut m = source.plan(shapes, kind)?;
+        m.times.read = read;
+        Ok(m)
+    }
+
+    /// Where the model came from.
+    pub fn origin(&self) -> &Path {
+        &self.origin
+    }
+
+    /// The inputs as planned (fixed shapes).
+    pub fn inputs(&self) -> &[TensorSpec] {
+        &self.inputs
+    }
+
+    /// The outputs, with their shapes when tract knows them.
+    pub fn outputs(&self) -> &[TensorSpec] {
+        &self.outputs
+    }
+
+    /// What loading cost.
+    pub fn times(&self) -> LoadTimes {
+        self.times
+    }
+
+    /// What msn-fold's passes did before tract saw the model (`None` for a reference plan).
+    pub fn fold_report(&self) -> Option<&msn_fold::Report> {
+        self.fold.as_ref()
+    }
+
+    /// How many nodes the guards rewrote.
+    pub fn guarded(&self) -> usize {
+        self.guarded
+    }
+
+    /// Runs the model on tract tensors, one per input, after checking their types and shapes.
+    pub fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
+        if inputs.len() != self.inputs.len() {
+            return Err(Error::Inference(format!(
+                "{}: {} input(s) given, the model takes {}",
+                self.origin.display(),
+                inputs.len(),
+                self.inputs.len()
+            )));
+        }
+        for (t, spec) in inputs.iter().zip(&self.inputs) {
+            let want: Vec<usize> = spec.dims.iter().flatten().flatten().copied().collect();
+            if t.shape() != want.as_slice() || Some(t.datum_type()) != spec.datum_type() {
+                return Err(Error::Inference(format!(
+                    "{}: input '{}' is {:?} of {:?}, the plan takes {want:?} of {}",
+                    self.origin.display(),
+                    spec.name,
+                    t.shape(),
+                    t.datum_type(),
+                    spec.dtype
+                )));
+            }
+        }
+        let out = self
+            .plan
+            .run(inputs.into_iter().map(|t| t.into_tvalue()).collect())
+            .map_err(|e| Error::Inference(format!("{}: {e:#}", self.origin.display())))?;
+        Ok(out.into_iter().map(|v| v.into_tensor()).collect())
+    }
+
+    /// Runs a model with one f32 input and returns its f32 outputs.
+    pub fn run_f32(&self, input: ndarray::ArrayD<f32>) -> Result<Vec<ndarray::ArrayD<f32>>> {
+        self.run(vec![Tensor::from(input)])?
+            .into_iter()
+            .map(|t| {
+                t.into_plain_array::<f32>()
+                    .map_err(|e| Error::Inference(format!("{}: {e:#}", self.origin.display())))
+            })
+            .collect()
+    }
+}
