@@ -14,6 +14,7 @@ pub mod fold;
 #[cfg(feature = "train")]
 pub mod gan;
 mod preprocess_args;
+pub mod run;
 #[cfg(feature = "train")]
 pub mod train;
 

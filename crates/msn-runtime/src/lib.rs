@@ -29,6 +29,7 @@ mod error;
 pub mod gan;
 mod guard;
 pub mod model;
+pub mod npy;
 pub mod preprocess;
 pub mod verify;
 
@@ -36,6 +37,8 @@ pub use classifier::{Classifier, LoadOptions, PreprocessOverrides};
 pub use error::Error;
 pub use model::{Model, Plan, Source, TensorSpec};
 pub use preprocess::Preprocess;
+/// tract's tensor, the type [`Model::run`] takes and returns.
+pub use tract_onnx::prelude::Tensor;
 
 /// A `Result` whose error is this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -277,6 +277,81 @@ impl Source {
         })
     }
 
+    /// Orders the given tensors as the model's inputs: named ones by name, unnamed ones in
+    /// the order of the inputs not named, and checks each one's element type and rank (and
+    /// the dimensions the file fixes). Every mismatch is an error naming the input.
+    pub fn bind(&self, given: Vec<(Option<String>, Tensor)>) -> Result<Vec<Tensor>> {
+        let specs = self.inputs();
+        let mut slots: Vec<Option<Tensor>> = vec![None; specs.len()];
+        let mut unnamed = Vec::new();
+        for (name, t) in given {
+            match name {
+                Some(n) => {
+                    let Some(i) = specs.iter().position(|s| s.name == n) else {
+                        let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+                        return Err(self.invalid(format!(
+                            "the model has no input '{n}' (its inputs: {})",
+                            names.join(", ")
+                        )));
+                    };
+                    if slots[i].replace(t).is_some() {
+                        return Err(self.invalid(format!("input '{n}' is given twice")));
+                    }
+                }
+                None => unnamed.push(t),
+            }
+        }
+        let mut unnamed = unnamed.into_iter();
+        for slot in slots.iter_mut().filter(|s| s.is_none()) {
+            *slot = unnamed.next();
+        }
+        if unnamed.next().is_some() {
+            return Err(self.invalid(format!(
+                "more tensors given than the model has inputs ({})",
+                specs.len()
+            )));
+        }
+        specs
+            .iter()
+            .zip(slots)
+            .map(|(spec, t)| {
+                let t = t.ok_or_else(|| {
+                    self.invalid(format!(
+                        "input '{}' ({} {}) is missing",
+                        spec.name,
+                        spec.dtype,
+                        spec.dims.as_deref().map(show_dims).unwrap_or_default()
+                    ))
+                })?;
+                if Some(t.datum_type()) != spec.datum_type() {
+                    return Err(self.invalid(format!(
+                        "input '{}' is {}, the tensor given is {:?}",
+                        spec.name,
+                        spec.dtype,
+                        t.datum_type()
+                    )));
+                }
+                if let Some(dims) = &spec.dims {
+                    let fits = dims.len() == t.rank()
+                        && dims
+                            .iter()
+                            .zip(t.shape())
+                            .all(|(d, &s)| d.is_none_or(|d| d == s));
+                    if !fits {
+                        return Err(self.invalid(format!(
+                            "input '{}' is {} {}, the tensor given has shape {:?}",
+                            spec.name,
+                            spec.dtype,
+                            show_dims(dims),
+                            t.shape()
+                        )));
+                    }
+                }
+                Ok(t)
+            })
+            .collect()
+    }
+
     fn invalid(&self, reason: String) -> Error {
         Error::Invalid {
             path: self.origin.clone(),

@@ -14,6 +14,8 @@ enum Command {
     Classify(msn_cli::classify::ClassifyArgs),
     /// Measure a model's latency and throughput with tract
     Bench(msn_cli::bench::BenchArgs),
+    /// Run any ONNX model on NumPy .npy/.npz inputs and write its outputs
+    Run(msn_cli::run::RunArgs),
     /// Export a trained network to ONNX (same as msn-export)
     #[cfg(feature = "train")]
     Export(msn_cli::export::ExportArgs),
@@ -43,6 +45,7 @@ fn main() -> std::process::ExitCode {
     msn_cli::exit(match Cli::parse().command {
         Command::Classify(args) => msn_cli::classify::run(args),
         Command::Bench(args) => msn_cli::bench::run(args),
+        Command::Run(args) => msn_cli::run::run(args),
         #[cfg(feature = "train")]
         Command::Train(args) => msn_cli::train::run(args),
         #[cfg(feature = "train")]

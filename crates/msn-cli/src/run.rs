@@ -1,0 +1,102 @@
+//! `msn run`: any ONNX model on NumPy tensors, outputs to `.npy` / `.npz`.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use msn_runtime::{Plan, Source};
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Run an ONNX model on NumPy inputs and write its outputs (any model tract runs).
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The ONNX model
+    #[arg(value_name = "MODEL.onnx")]
+    pub model: PathBuf,
+    /// An input tensor: X.npy (inputs in order), NAME=X.npy, or X.npz (keys are input names)
+    #[arg(
+        long = "input",
+        short = 'i',
+        value_name = "[NAME=]X.npy|X.npz",
+        required = true
+    )]
+    pub inputs: Vec<String>,
+    /// Where to write the outputs: OUT.npy (one output) or OUT.npz (keyed by output name)
+    #[arg(short, long, value_name = "OUT.npy|OUT.npz")]
+    pub output: PathBuf,
+    /// Print the outputs' names, shapes and element types and the timing as JSON
+    #[arg(long)]
+    pub json: bool,
+    /// tract's plain plan of the file as written (no folding, no optimiser): a reference
+    #[arg(long)]
+    pub reference: bool,
+}
+
+pub fn run(args: RunArgs) -> Result<()> {
+    let start = Instant::now();
+    let source = Source::read(&args.model)?;
+    let mut given = Vec::new();
+    for spec in &args.inputs {
+        let (name, file) = match spec.split_once('=') {
+            Some((n, f)) if !n.is_empty() && !n.contains('/') => (Some(n.to_string()), f),
+            _ => (None, spec.as_str()),
+        };
+        let file = PathBuf::from(file);
+        let arrays = msn_runtime::npy::read(&file)?;
+        if name.is_some() && arrays.len() != 1 {
+            bail!(
+                "{}: NAME=FILE takes a file with one array, this one holds {}",
+                file.display(),
+                arrays.len()
+            );
+        }
+        for (key, t) in arrays {
+            given.push((name.clone().or(key), t));
+        }
+    }
+    let inputs = source.bind(given)?;
+    let shapes: Vec<Vec<usize>> = inputs.iter().map(|t| t.shape().to_vec()).collect();
+    let kind = if args.reference {
+        Plan::Reference
+    } else {
+        Plan::Optimized
+    };
+    let model = source.plan(&shapes, kind)?;
+    let load_ms = start.elapsed().as_secs_f64() * 1e3;
+    let t = Instant::now();
+    let outputs = model.run(inputs)?;
+    let run_ms = t.elapsed().as_secs_f64() * 1e3;
+    let named: Vec<(String, _)> = model
+        .outputs()
+        .iter()
+        .map(|o| o.name.clone())
+        .zip(outputs)
+        .collect();
+    msn_runtime::npy::write(&args.output, &named)
+        .with_context(|| format!("writing {}", args.output.display()))?;
+    if args.json {
+        let outs: Vec<_> = named
+            .iter()
+            .map(|(n, t)| json!({"name": n, "shape": t.shape(), "dtype": format!("{:?}", t.datum_type()).to_lowercase()}))
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "model": args.model.display().to_string(),
+                "output_file": args.output.display().to_string(),
+                "outputs": outs,
+                "load_ms": load_ms,
+                "run_ms": run_ms,
+            })
+        );
+    } else {
+        for (n, t) in &named {
+            println!("{n}: {:?} {:?}", t.datum_type(), t.shape());
+        }
+        println!(
+            "wrote {} (load {load_ms:.1} ms, run {run_ms:.2} ms)",
+            args.output.display()
+        );
+    }
+    Ok(())
+}

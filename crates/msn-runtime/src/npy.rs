@@ -1,0 +1,246 @@
+//! NumPy `.npy` and `.npz` files to tract tensors and back, through `ndarray-npy` (and `zip`
+//! for the archive's entries). Every header is checked against the bytes that follow it
+//! before an array is allocated, so a hostile file cannot ask for more memory than it holds.
+
+use crate::{Error, Result};
+use ndarray::ArrayD;
+use ndarray_npy::{ReadNpyExt, WriteNpyExt};
+use std::io::{Cursor, Read};
+use std::path::Path;
+use tract_onnx::prelude::*;
+
+/// The largest `.npy` or `.npz` file (or archive entry) read: 4 GiB.
+pub const MAX_BYTES: u64 = 4 << 30;
+
+fn bad(path: &Path, reason: impl std::fmt::Display) -> Error {
+    Error::Invalid {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Calls `$body` with `$t` bound to the Rust type of an npy descriptor.
+macro_rules! by_descriptor {
+    ($descr:expr, $t:ident => $body:expr, $other:expr) => {
+        match $descr {
+            "<f4" => {
+                type $t = f32;
+                $body
+            }
+            "<f8" => {
+                type $t = f64;
+                $body
+            }
+            "|i1" | "i1" => {
+                type $t = i8;
+                $body
+            }
+            "|u1" | "u1" => {
+                type $t = u8;
+                $body
+            }
+            "<i2" => {
+                type $t = i16;
+                $body
+            }
+            "<u2" => {
+                type $t = u16;
+                $body
+            }
+            "<i4" => {
+                type $t = i32;
+                $body
+            }
+            "<u4" => {
+                type $t = u32;
+                $body
+            }
+            "<i8" => {
+                type $t = i64;
+                $body
+            }
+            "<u8" => {
+                type $t = u64;
+                $body
+            }
+            "|b1" => {
+                type $t = bool;
+                $body
+            }
+            _ => $other,
+        }
+    };
+}
+
+/// Decodes one `.npy` image held in memory; `path` names it in messages.
+pub fn decode(bytes: &[u8], path: &Path) -> Result<Tensor> {
+    let header = ndarray_npy::npy::header::Header::from_reader(&mut &bytes[..])
+        .map_err(|e| bad(path, format!("not a NumPy .npy array: {e}")))?;
+    let descr = header.type_descriptor.to_string();
+    let descr = descr.trim_matches(|c| c == '\'' || c == '"');
+    let size = by_descriptor!(descr, T => std::mem::size_of::<T>(),
+        return Err(bad(path, format!("element type {descr} is not supported (floats, integers, bool)"))));
+    let count = header
+        .shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .and_then(|n| n.checked_mul(size))
+        .ok_or_else(|| bad(path, format!("shape {:?} is too large", header.shape)))?;
+    if count > bytes.len() {
+        return Err(bad(
+            path,
+            format!(
+                "shape {:?} needs {count} bytes of data, the file holds fewer ({})",
+                header.shape,
+                bytes.len()
+            ),
+        ));
+    }
+    by_descriptor!(descr, T => {
+        let a = ArrayD::<T>::read_npy(bytes).map_err(|e| bad(path, e))?;
+        Ok(Tensor::from(a))
+    }, unreachable!("checked above"))
+}
+
+/// The arrays in a `.npy` (one, unnamed) or `.npz` file (named by their keys, `.npy` dropped).
+pub fn read(path: &Path) -> Result<Vec<(Option<String>, Tensor)>> {
+    let file = std::fs::File::open(path).map_err(|e| Error::Io {
+        path: path.to_path_buf(),
+        cause: e,
+    })?;
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if len > MAX_BYTES {
+        return Err(bad(path, format!("{len} bytes is larger than {MAX_BYTES}")));
+    }
+    let bytes = std::fs::read(path).map_err(|e| Error::Io {
+        path: path.to_path_buf(),
+        cause: e,
+    })?;
+    if !bytes.starts_with(b"PK") {
+        return Ok(vec![(None, decode(&bytes, path)?)]);
+    }
+    let mut zip = zip::ZipArchive::new(Cursor::new(&bytes))
+        .map_err(|e| bad(path, format!("not a NumPy .npz archive: {e}")))?;
+    let mut out = Vec::with_capacity(zip.len());
+    let mut total = 0u64;
+    for i in 0..zip.len() {
+        let mut entry = zip.by_index(i).map_err(|e| bad(path, e))?;
+        let name = entry.name().trim_end_matches(".npy").to_string();
+        // Decompress no more than the limit, whatever the entry's header claims.
+        let mut data = Vec::new();
+        (&mut entry)
+            .take(MAX_BYTES - total + 1)
+            .read_to_end(&mut data)
+            .map_err(|e| bad(path, format!("entry '{name}': {e}")))?;
+        total += data.len() as u64;
+        if total > MAX_BYTES {
+            return Err(bad(
+                path,
+                format!("the arrays unpack to more than {MAX_BYTES} bytes"),
+            ));
+        }
+        let shown = path.join(&name);
+        out.push((Some(name), decode(&data, &shown)?));
+    }
+    if out.is_empty() {
+        return Err(bad(path, "the archive holds no arrays"));
+    }
+    Ok(out)
+}
+
+fn encode(t: &Tensor, name: &str) -> Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    let descr = match t.datum_type() {
+        DatumType::F32 => "<f4",
+        DatumType::F64 => "<f8",
+        DatumType::I8 => "|i1",
+        DatumType::U8 => "|u1",
+        DatumType::I16 => "<i2",
+        DatumType::U16 => "<u2",
+        DatumType::I32 => "<i4",
+        DatumType::U32 => "<u4",
+        DatumType::I64 => "<i8",
+        DatumType::U64 => "<u8",
+        DatumType::Bool => "|b1",
+        DatumType::F16 => {
+            let t = t.cast_to::<f32>().map_err(Error::from)?;
+            return encode(&t, name);
+        }
+        other => {
+            return Err(Error::Inference(format!(
+                "output '{name}' is {other:?}, which NumPy files do not hold here"
+            )))
+        }
+    };
+    by_descriptor!(descr, T => {
+        let view = t.to_plain_array_view::<T>().map_err(Error::from)?;
+        view.to_owned().write_npy(&mut buf).map_err(|e| Error::Inference(format!("output '{name}': {e}")))?;
+    }, unreachable!("every descriptor above is known"));
+    Ok(buf)
+}
+
+/// Writes the outputs atomically: `.npy` when `path` ends so (exactly one output), else an
+/// `.npz` archive keyed by output name.
+pub fn write(path: &Path, outputs: &[(String, Tensor)]) -> Result<()> {
+    let is_npy = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("npy"));
+    let bytes = if is_npy {
+        let [(name, t)] = outputs else {
+            return Err(bad(
+                path,
+                format!(
+                    "the model has {} outputs; write them to an .npz file",
+                    outputs.len()
+                ),
+            ));
+        };
+        encode(t, name)?
+    } else {
+        let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        for (name, t) in outputs {
+            zip.start_file(format!("{name}.npy"), options)
+                .map_err(|e| bad(path, e))?;
+            std::io::Write::write_all(&mut zip, &encode(t, name)?).map_err(|e| bad(path, e))?;
+        }
+        zip.finish().map_err(|e| bad(path, e))?.into_inner()
+    };
+    msn_onnx::io::write_atomic(path, &bytes)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arrays_round_trip_through_npy_and_npz() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Tensor::from(ndarray::arr2(&[[1.5f32, -2.0], [3.0, 4.0]]).into_dyn());
+        let b = Tensor::from(ndarray::arr1(&[7i64, -1, 0]).into_dyn());
+        let one = dir.path().join("a.npy");
+        write(&one, &[("y".into(), a.clone())]).unwrap();
+        assert_eq!(read(&one).unwrap(), vec![(None, a.clone())]);
+        let many = dir.path().join("out.npz");
+        write(&many, &[("y".into(), a.clone()), ("z".into(), b.clone())]).unwrap();
+        let back = read(&many).unwrap();
+        assert_eq!(back, vec![(Some("y".into()), a), (Some("z".into()), b)]);
+    }
+
+    #[test]
+    fn a_header_asking_for_more_than_the_file_holds_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("big.npy");
+        let mut bytes = Vec::new();
+        ndarray::arr1(&[1.0f32]).write_npy(&mut bytes).unwrap();
+        // The same header length: ten more digits, ten fewer padding spaces.
+        let text = String::from_utf8_lossy(&bytes)
+            .replace("(1,)", "(99999999999,)")
+            .replacen("          \n", "\n", 1);
+        std::fs::write(&p, text.as_bytes()).unwrap();
+        let err = read(&p).unwrap_err().to_string();
+        assert!(err.contains("big.npy") && err.contains("bytes"), "{err}");
+    }
+}
