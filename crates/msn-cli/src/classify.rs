@@ -27,7 +27,7 @@ pub struct ClassifyArgs {
     pub batch: usize,
     #[command(flatten)]
     pub preprocess: PreprocessArgs,
-    /// Image files (PNG, JPEG) or folders of them
+    /// Image files (PNG, JPEG, WebP, BMP, TIFF) or folders of them
     #[arg(required = true, value_name = "IMAGE|DIR")]
     pub inputs: Vec<PathBuf>,
 }
@@ -46,9 +46,12 @@ struct Line<'a> {
 }
 
 fn is_image_name(p: &Path) -> bool {
-    p.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
+    p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+        matches!(
+            e.to_ascii_lowercase().as_str(),
+            "png" | "jpg" | "jpeg" | "webp" | "bmp" | "tif" | "tiff"
+        )
+    })
 }
 
 /// The files to classify: files as given, folders expanded to their images in name order.
@@ -63,7 +66,7 @@ fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
                 .collect();
             if found.is_empty() {
                 bail!(
-                    "{}: the folder has no .png, .jpg or .jpeg files",
+                    "{}: the folder has no .png, .jpg, .jpeg, .webp, .bmp or .tiff files",
                     input.display()
                 );
             }

@@ -101,7 +101,7 @@ fn initializer(t: &crate::TensorProto) -> Result<()> {
     };
     let held = match t.raw_data.as_deref() {
         Some(raw) if !raw.is_empty() => {
-            if raw.len() % size != 0 {
+            if !raw.len().is_multiple_of(size) {
                 return Err(bad(
                     t.name().into(),
                     format!("raw_data has {} bytes, not a multiple of {size}", raw.len()),
@@ -165,7 +165,7 @@ fn node(n: &NodeProto) -> std::result::Result<(), String> {
                 .into_iter()
                 .filter(|&l| l > 0)
                 .collect::<Vec<_>>();
-            if spatial.windows(2).any(|w| w[0] != w[1]) || pads.len() % 2 != 0 {
+            if spatial.windows(2).any(|w| w[0] != w[1]) || !pads.len().is_multiple_of(2) {
                 return Err(format!(
                     "kernel_shape, strides, dilations and pads disagree on the number of \
                      spatial axes ({}, {}, {}, {} values)",

@@ -25,7 +25,7 @@ pub enum Error {
     NotGenerator { path: PathBuf, reason: String },
     #[error("{path}: not a readable image: {reason}")]
     BadImage { path: PathBuf, reason: String },
-    #[error("{path}: image is too large ({width}x{height}; the limit is {limit} pixels a side)")]
+    #[error("{path}: image is too large ({width}x{height}; the limits are {limit} pixels a side and 64 M pixels)")]
     ImageTooLarge {
         path: PathBuf,
         width: u32,

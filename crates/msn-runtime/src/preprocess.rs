@@ -1,14 +1,16 @@
 //! From an image file to the model's input tensor.
 //!
 //! The order is the one torchvision and PIL pipelines use, so models trained there see the same
-//! numbers: decode; convert to gray or RGB; resize with an antialiased bilinear (triangle)
+//! numbers: decode (PNG, JPEG, WebP, BMP, TIFF; 8- or 16-bit, palette or not; upright by the
+//! EXIF orientation); convert to gray or RGB (an alpha channel is dropped, as PIL's
+//! `convert("RGB")` does; 16-bit values are scaled to 0-255); resize with an antialiased bilinear (triangle)
 //! filter, either the shorter side to N and a centre crop, or straight to height x width;
 //! multiply the raw 0-255 values by `scale`; subtract `mean` and divide by `std` per channel;
 //! lay out channels first.
 
 use crate::{Error, Result};
 use image::imageops::FilterType;
-use image::{DynamicImage, ImageReader};
+use image::{DynamicImage, ImageDecoder, ImageReader};
 use msn_onnx::meta::Resize;
 use ndarray::{Array3, Array4, ArrayView3, Axis};
 use std::io::Cursor;
@@ -16,6 +18,12 @@ use std::path::Path;
 
 /// The largest width or height accepted, so a hostile file cannot exhaust memory.
 pub const MAX_SIDE: u32 = 16_384;
+/// The most pixels an image may have (64 M, an 8192 x 8192 photo).
+pub const MAX_PIXELS: u64 = 64 << 20;
+/// The largest image file read.
+pub const MAX_FILE_BYTES: u64 = 256 << 20;
+/// The most memory a decoder may allocate.
+pub const MAX_DECODE_BYTES: u64 = 1 << 30;
 
 /// How to turn an image into one `C x H x W` input.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,30 +41,46 @@ pub struct Preprocess {
     pub std: Vec<f32>,
 }
 
-/// Decodes an image file, whatever its extension says, refusing absurd sizes.
+/// Decodes an image file (PNG, JPEG, WebP, BMP or TIFF, whatever its extension says) upright:
+/// an EXIF orientation (how phones store photos) is applied. Sizes are checked from the
+/// header before anything is allocated, and the decoder runs under the image crate's limits.
 pub fn decode(path: &Path) -> Result<DynamicImage> {
     let bad = |reason: String| Error::BadImage {
         path: path.to_path_buf(),
         reason,
     };
-    let bytes = std::fs::read(path).map_err(|e| Error::Io {
+    let io = |e| Error::Io {
         path: path.to_path_buf(),
         cause: e,
-    })?;
+    };
+    let len = std::fs::metadata(path).map_err(io)?.len();
+    if len > MAX_FILE_BYTES {
+        return Err(bad(format!(
+            "the file has {len} bytes, more than the {MAX_FILE_BYTES} accepted"
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(io)?;
     let reader = || -> Result<ImageReader<Cursor<&[u8]>>> {
-        let r = ImageReader::new(Cursor::new(bytes.as_slice()))
+        let mut r = ImageReader::new(Cursor::new(bytes.as_slice()))
             .with_guessed_format()
             .map_err(|e| bad(e.to_string()))?;
-        match r.format() {
-            Some(_) => Ok(r),
-            None => Err(bad("unknown format (expected PNG or JPEG)".into())),
+        if r.format().is_none() {
+            return Err(bad(
+                "unknown format (expected PNG, JPEG, WebP, BMP or TIFF)".into(),
+            ));
         }
+        let mut limits = image::Limits::default();
+        limits.max_image_width = Some(MAX_SIDE);
+        limits.max_image_height = Some(MAX_SIDE);
+        limits.max_alloc = Some(MAX_DECODE_BYTES);
+        r.limits(limits);
+        Ok(r)
     };
     // The header alone tells the size: refuse before allocating anything.
     let (width, height) = reader()?
         .into_dimensions()
         .map_err(|e| bad(e.to_string()))?;
-    if width > MAX_SIDE || height > MAX_SIDE {
+    if width > MAX_SIDE || height > MAX_SIDE || u64::from(width) * u64::from(height) > MAX_PIXELS {
         return Err(Error::ImageTooLarge {
             path: path.to_path_buf(),
             width,
@@ -64,7 +88,16 @@ pub fn decode(path: &Path) -> Result<DynamicImage> {
             limit: MAX_SIDE,
         });
     }
-    reader()?.decode().map_err(|e| bad(e.to_string()))
+    if width == 0 || height == 0 {
+        return Err(bad(format!("the image is {width}x{height}")));
+    }
+    let mut decoder = reader()?.into_decoder().map_err(|e| bad(e.to_string()))?;
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| bad(e.to_string()))?;
+    img.apply_orientation(orientation);
+    Ok(img)
 }
 
 impl Preprocess {
