@@ -236,10 +236,13 @@ mod tests {
         let mut bytes = Vec::new();
         ndarray::arr1(&[1.0f32]).write_npy(&mut bytes).unwrap();
         // The same header length: ten more digits, ten fewer padding spaces.
-        let text = String::from_utf8_lossy(&bytes)
+        let (magic, rest) = bytes.split_at(10);
+        let (header, data) = rest.split_at(rest.len() - 4);
+        let text = String::from_utf8(header.to_vec())
+            .unwrap()
             .replace("(1,)", "(99999999999,)")
             .replacen("          \n", "\n", 1);
-        std::fs::write(&p, text.as_bytes()).unwrap();
+        std::fs::write(&p, [magic, text.as_bytes(), data].concat()).unwrap();
         let err = read(&p).unwrap_err().to_string();
         assert!(err.contains("big.npy") && err.contains("bytes"), "{err}");
     }
