@@ -137,7 +137,7 @@ fn wrong_shapes_types_names_and_files_are_one_error_line() {
         &msn(&["run", s(&model), "-i", s(&garbage), "-o", "/tmp/x.npy"]),
         "g.npy",
     );
-    let two = format!("{}", s(&ok));
+    let two = s(&ok).to_string();
     assert_fails_with(
         &msn(&["run", s(&model), "-i", &two, "-i", &two, "-o", "/tmp/x.npy"]),
         "more tensors",
