@@ -38,8 +38,8 @@ fn histogram(h: &std::collections::BTreeMap<String, usize>) -> String {
 
 pub fn run(args: FoldArgs) -> Result<()> {
     let original = msn_onnx::io::load(&args.input)?;
-    msn_onnx::graph::GraphView::new(&original)
-        .with_context(|| format!("{}: invalid graph", args.input.display()))?;
+    msn_onnx::validate::model(&original)
+        .with_context(|| format!("{}: invalid model", args.input.display()))?;
     let mut folded = original.clone();
     let report = msn_fold::fold(&mut folded);
     msn_onnx::graph::GraphView::new(&folded)

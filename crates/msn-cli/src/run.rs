@@ -86,6 +86,8 @@ pub fn run(args: RunArgs) -> Result<()> {
                 "output_file": args.output.display().to_string(),
                 "outputs": outs,
                 "load_ms": load_ms,
+                "passes_ms": model.times().passes * 1e3,
+                "tract_ms": model.times().tract * 1e3,
                 "run_ms": run_ms,
             })
         );

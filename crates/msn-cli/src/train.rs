@@ -27,6 +27,15 @@ pub struct TrainArgs {
 }
 
 /// The model, data and optimization settings that `msn train` and `msn experiment` share.
+/// clap's parser for counts and sizes that must be at least 1 (batch, epochs, limits).
+pub fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct TrainOptions {
     /// Architecture: cnn3, vgg7 or densenet-bc
@@ -38,9 +47,9 @@ pub struct TrainOptions {
     /// Folder holding the data set's files
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = at_least_one)]
     pub epochs: usize,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = at_least_one)]
     pub batch: usize,
     /// sgd or adam
     #[arg(long, default_value = "adam")]
@@ -58,7 +67,7 @@ pub struct TrainOptions {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// vgg7 width in percent of the paper's
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = at_least_one)]
     pub width: usize,
     /// densenet-bc depth (6n + 4)
     #[arg(long, default_value_t = 16)]
@@ -67,10 +76,10 @@ pub struct TrainOptions {
     #[arg(long)]
     pub augment: Option<bool>,
     /// Train on the first N training images only
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
     pub train_limit: Option<usize>,
     /// Evaluate on the first N test images only
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
     pub test_limit: Option<usize>,
     /// Threads for the convolutions and matrix products (0: all cores). Results are
     /// reproducible for a given seed and thread count.

@@ -222,3 +222,63 @@ fn bench_reports_json_with_a_ratio_when_comparing() {
     assert_eq!(models[0]["batch"], 2);
     assert!(v["ratio_p50"].as_f64().unwrap() > 0.0);
 }
+
+/// The cases issue 15 found, as a user meets them: each exits 0 or 2, never panics, and a
+/// refused command writes nothing.
+#[test]
+fn hostile_files_and_flags_are_refused_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    // A 16384x1 strip with a shorter-side resize: classified, the resize bounded by the crop.
+    let strip = dir.path().join("strip.png");
+    image::GrayImage::from_fn(16_384, 1, |x, _| image::Luma([(x % 251) as u8]))
+        .save(&strip)
+        .unwrap();
+    let out = classify(&["--resize", "32", "--top-k", "1", s(&strip)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A model whose metadata asks for an absurd input: refused before any allocation.
+    let mut b = GraphBuilder::new("huge");
+    let x = b.input("x", &[-1, 1, -1, -1]);
+    let y = b.node("Relu", &[&x], "y", &[]);
+    b.output(&y, &[-1, 1, -1, -1]);
+    b.metadata("msn.input_shape", "1,1000000000,1000000000");
+    let model = dir.path().join("huge.onnx");
+    msn_onnx::io::save(&b.into_model(17), &model).unwrap();
+    assert_fails_with(
+        &classify(&["--model", s(&model), s(&strip)]),
+        "msn.input_shape",
+    );
+
+    // A Conv with group = 0: msn-fold refuses it and writes nothing.
+    let mut b = GraphBuilder::new("group0");
+    let x = b.input("x", &[1, 2, 4, 4]);
+    let w = b.initializer_f32("w", &ndarray::ArrayD::from_elem(vec![2, 2, 3, 3], 0.1));
+    let y = b.node(
+        "Conv",
+        &[&x, &w],
+        "y",
+        &[msn_onnx::builder::attr::int("group", 0)],
+    );
+    b.output(&y, &[1, 2, 2, 2]);
+    let model = dir.path().join("group0.onnx");
+    msn_onnx::io::save(&b.into_model(17), &model).unwrap();
+    let folded = dir.path().join("folded.onnx");
+    let out = Command::new(env!("CARGO_BIN_EXE_msn-fold"))
+        .args([s(&model), "-o", s(&folded)])
+        .output()
+        .unwrap();
+    assert_fails_with(&out, "group 0");
+    assert!(!folded.exists());
+
+    // Counts of zero are refused by the argument parser (clap's usage error, exit 2).
+    let out = Command::new(env!("CARGO_BIN_EXE_msn"))
+        .args(["bench", s(&model), "--iters", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+}

@@ -310,3 +310,17 @@ fn experiment_trains_each_norm_then_writes_the_table_and_figures() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("config.json"));
 }
+
+#[test]
+fn zero_counts_are_refused_by_the_argument_parser() {
+    for flag in ["--batch", "--epochs", "--train-limit"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_msn"))
+            .args(["train", flag, "0", "--out", "/nonexistent/run"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag}: {stderr}");
+        assert!(stderr.contains("must be at least 1"), "{flag}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}

@@ -137,6 +137,13 @@ impl ImageMeta {
             let shape: [usize; 3] = dims
                 .try_into()
                 .map_err(|_| bad(INPUT_SHAPE, format!("expected C,H,W, got '{s}'")))?;
+            let [c, h, w] = shape;
+            if !(1..=4).contains(&c) || !(1..=16_384).contains(&h) || !(1..=16_384).contains(&w) {
+                return Err(bad(
+                    INPUT_SHAPE,
+                    format!("'{s}' is out of range (1 to 4 channels, 1 to 16384 pixels a side)"),
+                ));
+            }
             m.input_shape = Some(shape);
         }
         m.color = match get(model, COLOR) {

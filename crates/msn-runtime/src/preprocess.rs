@@ -22,6 +22,8 @@ pub const MAX_SIDE: u32 = 16_384;
 pub const MAX_PIXELS: u64 = 64 << 20;
 /// The largest image file read.
 pub const MAX_FILE_BYTES: u64 = 256 << 20;
+/// Above this many pixels, a shorter-side resize works on the cropped region only.
+pub const MAX_RESIZED_PIXELS: u64 = 4 << 20;
 /// The most memory a decoder may allocate.
 pub const MAX_DECODE_BYTES: u64 = 1 << 30;
 
@@ -141,14 +143,7 @@ impl Preprocess {
         };
         let resized = match self.resize {
             Resize::Exact => img.resize_exact(w, h, FilterType::Triangle),
-            Resize::ShorterThenCrop(n) => {
-                let (iw, ih) = (img.width() as f64, img.height() as f64);
-                let s = n as f64 / iw.min(ih);
-                let nw = ((iw * s).round() as u32).max(w);
-                let nh = ((ih * s).round() as u32).max(h);
-                let r = img.resize_exact(nw, nh, FilterType::Triangle);
-                r.crop_imm((nw - w) / 2, (nh - h) / 2, w, h)
-            }
+            Resize::ShorterThenCrop(n) => shorter_then_crop(&img, n, w, h, MAX_RESIZED_PIXELS),
         };
         let raw = resized.into_bytes();
         let c = self.channels;
@@ -166,6 +161,37 @@ impl Preprocess {
         }
         out
     }
+}
+
+/// Resizes the shorter side to `n`, then centre-crops `w x h`. When the full resize would
+/// exceed `budget` pixels (a long strip), only the part of the source that the crop keeps is
+/// resized (with a margin for the filter's support), so memory follows the output size.
+fn shorter_then_crop(img: &DynamicImage, n: u32, w: u32, h: u32, budget: u64) -> DynamicImage {
+    let (iw, ih) = (img.width() as f64, img.height() as f64);
+    let s = n as f64 / iw.min(ih);
+    let nw = ((iw * s).round() as u32).max(w);
+    let nh = ((ih * s).round() as u32).max(h);
+    let (cx, cy) = ((nw - w) / 2, (nh - h) / 2);
+    if u64::from(nw) * u64::from(nh) <= budget {
+        return img
+            .resize_exact(nw, nh, FilterType::Triangle)
+            .crop_imm(cx, cy, w, h);
+    }
+    let margin = (1.0 / s).ceil().max(1.0) * 2.0;
+    let span = |c: u32, out: u32, size: f64| {
+        let lo = (c as f64 / s - margin).floor().clamp(0.0, size - 1.0);
+        let hi = ((c + out) as f64 / s + margin).ceil().clamp(lo + 1.0, size);
+        (lo as u32, hi as u32)
+    };
+    let (x0, x1) = span(cx, w, iw);
+    let (y0, y1) = span(cy, h, ih);
+    let ox = (cx as f64 - x0 as f64 * s).round().max(0.0) as u32;
+    let oy = (cy as f64 - y0 as f64 * s).round().max(0.0) as u32;
+    let rw = (((x1 - x0) as f64 * s).round() as u32).max(ox + w);
+    let rh = (((y1 - y0) as f64 * s).round() as u32).max(oy + h);
+    img.crop_imm(x0, y0, x1 - x0, y1 - y0)
+        .resize_exact(rw, rh, FilterType::Triangle)
+        .crop_imm(ox, oy, w, h)
 }
 
 /// Stacks `C x H x W` images into an `N x C x H x W` batch, zero-padded up to `batch` rows.
@@ -226,6 +252,24 @@ mod tests {
         assert_eq!(t[[0, 1, 1]], 20.0);
         assert_eq!(t[[1, 0, 0]], 100.0);
         assert_eq!(t[[2, 1, 0]], 200.0);
+    }
+
+    #[test]
+    fn resizing_only_the_cropped_region_matches_the_full_resize() {
+        // A smooth 300x40 gradient, shorter side to 80 then a 60x60 crop: with a budget
+        // below the full resize (600x80), only the kept region is resized.
+        let img = DynamicImage::ImageRgb8(RgbImage::from_fn(300, 40, |x, y| {
+            image::Rgb([(x * 255 / 299) as u8, (y * 6) as u8, 100])
+        }));
+        let full = shorter_then_crop(&img, 80, 60, 60, u64::MAX).into_bytes();
+        let part = shorter_then_crop(&img, 80, 60, 60, 1000).into_bytes();
+        let worst = full
+            .iter()
+            .zip(&part)
+            .map(|(a, b)| (*a as i32 - *b as i32).abs())
+            .max()
+            .unwrap();
+        assert!(worst <= 2, "max difference {worst} grey levels");
     }
 
     #[test]

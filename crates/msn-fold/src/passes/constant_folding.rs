@@ -208,7 +208,9 @@ fn eval(node: &NodeProto, inputs: Vec<Value>) -> Option<Value> {
         }
         "Flatten" => {
             let s = inputs[0].shape();
-            let axis = norm_axis(attr_int(node, "axis", 1), s.len() + 1)?;
+            // Flatten's axis lies in [-r, r]: a negative one counts from r, not r + 1.
+            let a = attr_int(node, "axis", 1);
+            let axis = norm_axis(if a < 0 { a + s.len() as i64 } else { a }, s.len() + 1)?;
             let shape = [s[..axis].iter().product(), s[axis..].iter().product()];
             match &inputs[0] {
                 Value::F(a) => reshape(a, &shape).map(Value::F),
@@ -403,7 +405,14 @@ pub fn run(g: &mut GraphProto) -> usize {
                 }
                 continue;
             }
-            let ins: Vec<&String> = node.input.iter().filter(|s| !s.is_empty()).collect();
+            // An empty optional input followed by a given one would shift positions: such
+            // a node is left alone; trailing empty inputs are simply absent.
+            let given =
+                node.input.len() - node.input.iter().rev().take_while(|s| s.is_empty()).count();
+            if node.input[..given].iter().any(|s| s.is_empty()) {
+                continue;
+            }
+            let ins: Vec<&String> = node.input[..given].iter().collect();
             if ins.is_empty() || !ins.iter().all(|n| idx.is_constant(n.as_str())) {
                 continue;
             }
