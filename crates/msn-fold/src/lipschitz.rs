@@ -9,7 +9,8 @@
 //! or worst-case constants. Graphs with branches (a value used twice, Concat, Add of two
 //! computed values) get per-layer norms but no product bound, which would not be valid.
 
-use msn_onnx::{attr_float, attr_int, attr_ints, tensor, GraphProto, NodeProto};
+use msn_onnx::index::Index;
+use msn_onnx::{attr_float, attr_int, attr_ints, GraphProto, NodeProto};
 use ndarray::{s, Array2, ArrayD, IxDyn};
 use std::collections::HashMap;
 
@@ -327,20 +328,9 @@ fn pool_output(node: &NodeProto, input: &[usize]) -> Vec<usize> {
 /// Computes per-layer operator norms along the graph for an input of `input_shape`, and
 /// their product when the graph is a chain.
 pub fn bound(g: &GraphProto, input_shape: &[usize]) -> Bound {
-    let inits: HashMap<&str, &msn_onnx::TensorProto> =
-        g.initializer.iter().map(|t| (t.name(), t)).collect();
-    let mut uses: HashMap<&str, usize> = HashMap::new();
-    for n in &g.node {
-        for i in n
-            .input
-            .iter()
-            .filter(|i| !inits.contains_key(i.as_str()) && !i.is_empty())
-        {
-            *uses.entry(i.as_str()).or_default() += 1;
-        }
-    }
+    let idx = Index::new(g);
     let mut shapes: HashMap<String, Vec<usize>> = HashMap::new();
-    let Some(input) = g.input.iter().find(|v| !inits.contains_key(v.name())) else {
+    let Some(input) = g.input.iter().find(|v| !idx.init.contains_key(v.name())) else {
         return Bound {
             reason: Some("the graph has no input".into()),
             ..Default::default()
@@ -350,14 +340,14 @@ pub fn bound(g: &GraphProto, input_shape: &[usize]) -> Bound {
     let mut out = Bound::default();
     let mut product = 1.0f64;
     let mut chain_error: Option<String> = None;
-    let weight = |name: &str| -> Option<ArrayD<f32>> { tensor::to_f32(inits.get(name)?).ok() };
+    let weight = |name: &str| idx.float(g, name);
     for node in &g.node {
         let name = crate::graph::node_name(node);
         let op = node.op_type();
         let data: Vec<&String> = node
             .input
             .iter()
-            .filter(|i| !i.is_empty() && !inits.contains_key(i.as_str()))
+            .filter(|i| !i.is_empty() && !idx.is_constant(i))
             .collect();
         if data.len() != 1 {
             chain_error.get_or_insert(format!(
@@ -366,7 +356,7 @@ pub fn bound(g: &GraphProto, input_shape: &[usize]) -> Bound {
             ));
             break;
         }
-        if uses.get(data[0].as_str()).copied().unwrap_or(0) > 1 {
+        if idx.uses(data[0]) > 1 {
             chain_error.get_or_insert(format!("{} feeds several nodes: not a chain", data[0]));
         }
         let Some(x) = shapes.get(data[0].as_str()).cloned() else {

@@ -50,7 +50,7 @@ fn input_dims(source: &Source) -> Result<Vec<Option<usize>>> {
         reason,
     };
     let inputs = source.inputs();
-    let input = match inputs.as_slice() {
+    let input = match inputs {
         [one] => one,
         [] => return Err(not_image("the graph has no input".into())),
         many => {

@@ -43,3 +43,9 @@ pub enum Error {
     #[error("inference: {0}")]
     Inference(String),
 }
+
+impl From<tract_onnx::prelude::TractError> for Error {
+    fn from(e: tract_onnx::prelude::TractError) -> Self {
+        Error::Inference(format!("{e:#}"))
+    }
+}

@@ -75,7 +75,7 @@ impl Generator {
         };
         let source = Source::from_bytes(bytes.into(), path)?;
         let inputs = source.inputs();
-        let [input] = inputs.as_slice() else {
+        let [input] = inputs else {
             return Err(not_gen(format!(
                 "{} inputs, expected one latent vector",
                 inputs.len()
@@ -183,13 +183,8 @@ fn add_features_output(model: &mut ModelProto, path: &Path) -> Result<()> {
         reason: format!("cannot find its features: {reason}"),
     };
     let graph = model.graph.as_mut().ok_or_else(|| not_clf("no graph"))?;
-    let producer = |name: &str| {
-        graph
-            .node
-            .iter()
-            .find(|n| n.output.iter().any(|o| o == name))
-            .cloned()
-    };
+    let idx = msn_onnx::index::Index::new(graph);
+    let producer = |name: &str| idx.producer.get(name).map(|&i| graph.node[i].clone());
     let mut value = graph
         .output
         .first()

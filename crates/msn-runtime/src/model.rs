@@ -95,6 +95,7 @@ pub struct Source {
     origin: PathBuf,
     bytes: Vec<u8>,
     model: ModelProto,
+    inputs: Vec<TensorSpec>,
 }
 
 /// What loading cost, in seconds.
@@ -143,10 +144,15 @@ impl Source {
             path: origin.to_path_buf(),
             reason: e.to_string(),
         })?;
+        let inputs = msn_onnx::graph::GraphView::new(&model)?
+            .real_inputs()
+            .map(TensorSpec::of)
+            .collect();
         Ok(Source {
             origin: origin.to_path_buf(),
             bytes,
             model,
+            inputs,
         })
     }
 
@@ -161,10 +167,8 @@ impl Source {
     }
 
     /// The inputs a caller feeds (graph inputs that are not initializers), in order.
-    pub fn inputs(&self) -> Vec<TensorSpec> {
-        msn_onnx::graph::GraphView::new(&self.model)
-            .map(|v| v.real_inputs().map(TensorSpec::of).collect())
-            .unwrap_or_default()
+    pub fn inputs(&self) -> &[TensorSpec] {
+        &self.inputs
     }
 
     /// The graph outputs, in order.
@@ -176,7 +180,7 @@ impl Source {
     /// Plans the model for inputs of exactly these shapes (one per input, in order).
     pub fn plan(&self, shapes: &[Vec<usize>], kind: Plan) -> Result<Model> {
         let start = Instant::now();
-        let inputs = self.inputs();
+        let inputs = &self.inputs;
         if shapes.len() != inputs.len() {
             return Err(self.invalid(format!(
                 "the model has {} input(s), {} shape(s) given",
@@ -281,7 +285,7 @@ impl Source {
     /// the order of the inputs not named, and checks each one's element type and rank (and
     /// the dimensions the file fixes). Every mismatch is an error naming the input.
     pub fn bind(&self, given: Vec<(Option<String>, Tensor)>) -> Result<Vec<Tensor>> {
-        let specs = self.inputs();
+        let specs = &self.inputs;
         let mut slots: Vec<Option<Tensor>> = vec![None; specs.len()];
         let mut unnamed = Vec::new();
         for (name, t) in given {

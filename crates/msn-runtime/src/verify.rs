@@ -106,7 +106,7 @@ pub fn models(
 ) -> Result<f64> {
     let a = Source::from_bytes(msn_onnx::io::to_bytes(original), Path::new("original"))?;
     let b = Source::from_bytes(msn_onnx::io::to_bytes(rewritten), Path::new("rewritten"))?;
-    let specs = a.inputs();
+    let specs = a.inputs().to_vec();
     let shapes = shapes(&specs, overrides)?;
     let pa = a.plan(&shapes, Plan::Reference)?;
     let pb = b.plan(&shapes, Plan::Reference)?;
@@ -132,12 +132,6 @@ pub fn models(
         }
     }
     Ok(worst)
-}
-
-impl From<TractError> for Error {
-    fn from(e: TractError) -> Self {
-        Error::Inference(format!("{e:#}"))
-    }
 }
 
 #[cfg(test)]
