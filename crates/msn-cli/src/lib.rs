@@ -39,3 +39,40 @@ pub fn exit(result: anyhow::Result<()>) -> ExitCode {
         }
     }
 }
+
+/// A binary that is one command (`msn-classify`, `msn-export`, `msn-fold`): its arguments are
+/// the command's, under the binary's own name and description.
+#[derive(clap::Parser)]
+#[command(version)]
+struct Single<A: clap::Args> {
+    #[command(flatten)]
+    args: A,
+}
+
+fn single_command<A: clap::Args>(name: &'static str, about: &'static str) -> clap::Command {
+    use clap::CommandFactory;
+    Single::<A>::command().name(name).about(about)
+}
+
+/// The `main` of a one-command binary: parse, run, and turn the result into the exit code.
+pub fn single_main<A: clap::Args>(
+    name: &'static str,
+    about: &'static str,
+    run: fn(A) -> anyhow::Result<()>,
+) -> ExitCode {
+    use clap::FromArgMatches;
+    let matches = single_command::<A>(name, about).get_matches();
+    let cli = Single::<A>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    exit(run(cli.args))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_one_command_binaries_are_consistent() {
+        super::single_command::<crate::classify::ClassifyArgs>("msn-classify", "").debug_assert();
+        super::single_command::<crate::fold::FoldArgs>("msn-fold", "").debug_assert();
+        #[cfg(feature = "train")]
+        super::single_command::<crate::export::ExportArgs>("msn-export", "").debug_assert();
+    }
+}

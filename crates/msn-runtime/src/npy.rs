@@ -19,54 +19,21 @@ fn bad(path: &Path, reason: impl std::fmt::Display) -> Error {
     }
 }
 
-/// Calls `$body` with `$t` bound to the Rust type of an npy descriptor.
+/// Calls `$body` with `$t` bound to the Rust type of an npy descriptor, `$other` when the
+/// descriptor is none of these.
 macro_rules! by_descriptor {
     ($descr:expr, $t:ident => $body:expr, $other:expr) => {
+        by_descriptor!(@table $descr, $t, $body, $other,
+            "<f4" => f32, "<f8" => f64, "|i1" | "i1" => i8, "|u1" | "u1" => u8,
+            "<i2" => i16, "<u2" => u16, "<i4" => i32, "<u4" => u32,
+            "<i8" => i64, "<u8" => u64, "|b1" => bool)
+    };
+    (@table $descr:expr, $t:ident, $body:expr, $other:expr, $($($d:literal)|+ => $ty:ty),+) => {
         match $descr {
-            "<f4" => {
-                type $t = f32;
+            $($($d)|+ => {
+                type $t = $ty;
                 $body
-            }
-            "<f8" => {
-                type $t = f64;
-                $body
-            }
-            "|i1" | "i1" => {
-                type $t = i8;
-                $body
-            }
-            "|u1" | "u1" => {
-                type $t = u8;
-                $body
-            }
-            "<i2" => {
-                type $t = i16;
-                $body
-            }
-            "<u2" => {
-                type $t = u16;
-                $body
-            }
-            "<i4" => {
-                type $t = i32;
-                $body
-            }
-            "<u4" => {
-                type $t = u32;
-                $body
-            }
-            "<i8" => {
-                type $t = i64;
-                $body
-            }
-            "<u8" => {
-                type $t = u64;
-                $body
-            }
-            "|b1" => {
-                type $t = bool;
-                $body
-            }
+            })+
             _ => $other,
         }
     };

@@ -1,23 +1,9 @@
-use clap::Parser;
-use msn_cli::classify::{run, ClassifyArgs};
-
-/// Classify images with an ONNX model: prints the top-k labels for each image.
-#[derive(Parser)]
-#[command(name = "msn-classify", version)]
-struct Cli {
-    #[command(flatten)]
-    args: ClassifyArgs,
-}
+//! `msn-classify`: the same command as `msn classify`.
 
 fn main() -> std::process::ExitCode {
-    msn_cli::exit(run(Cli::parse().args))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_command_line_definition_is_consistent() {
-        use clap::CommandFactory;
-        super::Cli::command().debug_assert();
-    }
+    msn_cli::single_main(
+        "msn-classify",
+        "Classify images with an ONNX model: prints the top-k labels for each image.",
+        msn_cli::classify::run,
+    )
 }

@@ -1,23 +1,9 @@
-use clap::Parser;
-use msn_cli::export::{run, ExportArgs};
-
-/// Export a trained msn network to standard ONNX.
-#[derive(Parser)]
-#[command(name = "msn-export", version)]
-struct Cli {
-    #[command(flatten)]
-    args: ExportArgs,
-}
+//! `msn-export`: the same command as `msn export`.
 
 fn main() -> std::process::ExitCode {
-    msn_cli::exit(run(Cli::parse().args))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_command_line_definition_is_consistent() {
-        use clap::CommandFactory;
-        super::Cli::command().debug_assert();
-    }
+    msn_cli::single_main(
+        "msn-export",
+        "Export a trained msn network to standard ONNX.",
+        msn_cli::export::run,
+    )
 }
