@@ -258,10 +258,44 @@ fn a_gan_run_killed_during_epoch_2_resumes_to_the_same_metrics() {
         }
         m
     };
-    assert_eq!(strip(metrics(&b)), strip(uninterrupted));
+    assert_eq!(strip(metrics(&b)), strip(uninterrupted.clone()));
     assert_eq!(
         std::fs::read(a.join("samples.png")).unwrap(),
         std::fs::read(b.join("samples.png")).unwrap()
+    );
+
+    // Ctrl-C in the middle of epoch 2: the same metrics and samples after resuming.
+    let c = tmp.path().join("c");
+    let child = Command::new(env!("CARGO_BIN_EXE_msn"))
+        .args(args(s(&c)))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while metrics(&c).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "epoch 1 never finished"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    std::thread::sleep(Duration::from_millis(30));
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("interrupted at epoch 2 step") && !stderr.contains("step 0;"),
+        "Ctrl-C must land mid-epoch 2: {stderr}"
+    );
+    ok(&msn(&["train-gan", "--resume", s(&c)]));
+    assert_eq!(strip(metrics(&c)), strip(uninterrupted));
+    assert_eq!(
+        std::fs::read(a.join("samples.png")).unwrap(),
+        std::fs::read(c.join("samples.png")).unwrap()
     );
 }
 

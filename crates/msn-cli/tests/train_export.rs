@@ -123,7 +123,59 @@ fn a_run_killed_during_epoch_3_resumes_to_the_same_metrics() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(comparable(metrics(&b)), comparable(uninterrupted));
+    assert_eq!(comparable(metrics(&b)), comparable(uninterrupted.clone()));
+
+    // Ctrl-C in the middle of epoch 2: a checkpoint with the partial sums, then the same
+    // metrics after resuming.
+    let c = tmp.path().join("c");
+    let child = Command::new(env!("CARGO_BIN_EXE_msn"))
+        .args(train_args(s(&data), s(&c)))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while metrics(&c).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "epoch 1 never finished"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    std::thread::sleep(Duration::from_millis(30));
+    let step = interrupt(child);
+    assert!(step > 0, "Ctrl-C must land mid-epoch");
+    let out = msn(&["train", "--resume", s(&c)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(comparable(metrics(&c)), comparable(uninterrupted));
+}
+
+/// Sends SIGINT (Ctrl-C) to a running `msn` and returns the step its message says it
+/// stopped at.
+fn interrupt(child: std::process::Child) -> usize {
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let tail = stderr
+        .split("interrupted at epoch ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no interruption message in: {stderr}"));
+    tail.split(" step ")
+        .nth(1)
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 fn trained_run(tmp: &Path) -> PathBuf {

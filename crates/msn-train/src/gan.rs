@@ -11,7 +11,8 @@
 
 use crate::checkpoint::{self, Preprocessing, Progress, FORMAT_VERSION};
 use crate::data::{self, BatchSpec, Dataset, Split};
-use crate::trainer::{epoch_bar, prefetch, step_rng, Outcome};
+use crate::epochs::{stop_mid_epoch, Epoch};
+use crate::trainer::{step_rng, Outcome};
 use crate::{write_atomic, Error, Result};
 use msn_autograd::{no_grad, Array, Var};
 use msn_nn::models::ModelConfig;
@@ -25,7 +26,6 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 /// The `kind` of a GAN run's `config.json`.
 pub const KIND: &str = "gan";
@@ -397,11 +397,18 @@ fn run(
         let epoch = prog.epoch;
         let mut sums: GanSums = prog.take_partial(&ckpt_path)?;
         let first_step = prog.step;
-        let (rx, worker) = prefetch(train, &spec, t.seed, epoch, first_step);
-        let (bar, plain) = epoch_bar(show_progress, steps, epoch, t.epochs, first_step);
-        let epoch_start = Instant::now();
-        let mut interrupted = None;
-        for (step, (x, _)) in rx.iter() {
+        let run = Epoch {
+            train,
+            spec: &spec,
+            seed: t.seed,
+            epoch,
+            epochs: t.epochs,
+            first_step,
+            steps,
+            show_progress,
+            stop,
+        }
+        .run(|step, x, _, seconds| {
             let n = x.shape()[0];
             let z = latent_batch(
                 n,
@@ -447,7 +454,7 @@ fn run(
                 sums.g_steps += 1;
             }
 
-            let elapsed = sums.seconds + epoch_start.elapsed().as_secs_f64();
+            let elapsed = sums.seconds + seconds;
             let line = format!(
                 "D loss {:.3} G loss {:.3} D(x) {:.2} D(G(z)) {:.2} {:.0} img/s",
                 sums.d_loss / sums.d_steps as f64,
@@ -456,34 +463,11 @@ fn run(
                 sums.d_fake / sums.seen as f64,
                 sums.seen as f64 / elapsed.max(1e-9)
             );
-            bar.set_position(step as u64 + 1);
-            if plain && (step + 1) % (steps / 10).max(1) == 0 {
-                eprintln!(
-                    "epoch {}/{} step {}/{steps} {line}",
-                    epoch + 1,
-                    t.epochs,
-                    step + 1
-                );
-            }
-            bar.set_message(line);
-            if stop.load(Ordering::SeqCst) && step + 1 < steps {
-                interrupted = Some(step + 1);
-                break;
-            }
-        }
-        drop(rx);
-        let _ = worker.join();
-        bar.finish_and_clear();
-        sums.seconds += epoch_start.elapsed().as_secs_f64();
-
-        if let Some(next_step) = interrupted {
-            prog.step = next_step;
-            prog.partial = Some(serde_json::to_value(&sums).expect("serializes"));
-            save(&opts, &prog)?;
-            return Ok(Outcome::Interrupted {
-                epoch: epoch + 1,
-                step: next_step,
-            });
+            Ok(line)
+        })?;
+        sums.seconds += run.seconds;
+        if let Some(next_step) = run.interrupted {
+            return stop_mid_epoch(&mut prog, &sums, next_step, |prog| save(&opts, prog));
         }
 
         let samples = generate(&g, &fixed_z);

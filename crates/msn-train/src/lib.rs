@@ -11,6 +11,7 @@
 
 pub mod checkpoint;
 pub mod data;
+mod epochs;
 pub mod gan;
 pub mod report;
 pub mod trainer;

@@ -7,6 +7,7 @@
 
 use crate::checkpoint::{self, Preprocessing, Progress, RunConfig, TrainSettings};
 use crate::data::{self, make_batch, BatchSpec, Dataset, Split};
+use crate::epochs::{stop_mid_epoch, Epoch};
 use crate::{write_atomic, Error, Result};
 use msn_autograd::{no_grad, Var};
 use msn_nn::models::ModelConfig;
@@ -18,7 +19,6 @@ use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::Instant;
 
 /// How often (in steps) per-layer statistics are recorded.
 const RECORD_EVERY: usize = 10;
@@ -334,13 +334,18 @@ fn run(
         let lr = schedule.lr(t.lr, epoch);
         let mut sums: EpochSums = prog.take_partial(&ckpt_path)?;
         let first_step = prog.step;
-        let (rx, worker) = prefetch(train, &spec, t.seed, epoch, first_step);
-
-        let (bar, plain) = epoch_bar(show_progress, steps, epoch, t.epochs, first_step);
-
-        let epoch_start = Instant::now();
-        let mut interrupted = None;
-        for (step, (x, y)) in rx.iter() {
+        let run = Epoch {
+            train,
+            spec: &spec,
+            seed: t.seed,
+            epoch,
+            epochs: t.epochs,
+            first_step,
+            steps,
+            show_progress,
+            stop,
+        }
+        .run(|step, x, y, seconds| {
             let mut ctx = Ctx {
                 training: true,
                 rng: step_rng(t.seed ^ 0xD20F, epoch, step),
@@ -365,41 +370,18 @@ fn run(
             if let Some(stats) = ctx.record.take() {
                 sums.add_stats(&stats);
             }
-            let elapsed = sums.seconds + epoch_start.elapsed().as_secs_f64();
-            bar.set_position(step as u64 + 1);
-            bar.set_message(format!(
+            let elapsed = sums.seconds + seconds;
+            Ok(format!(
                 "loss {:.4} acc {:.4} {:.0} img/s",
                 sums.loss / sums.seen as f64,
                 sums.correct as f64 / sums.seen as f64,
                 (sums.seen as f64) / elapsed.max(1e-9)
-            ));
-            if plain && (step + 1) % (steps / 10).max(1) == 0 {
-                eprintln!(
-                    "epoch {}/{} step {}/{steps} loss {:.4} acc {:.4}",
-                    epoch + 1,
-                    t.epochs,
-                    step + 1,
-                    sums.loss / sums.seen as f64,
-                    sums.correct as f64 / sums.seen as f64
-                );
-            }
-            if stop.load(Ordering::SeqCst) && step + 1 < steps {
-                interrupted = Some(step + 1);
-                break;
-            }
-        }
-        drop(rx);
-        let _ = worker.join();
-        bar.finish_and_clear();
-        sums.seconds += epoch_start.elapsed().as_secs_f64();
-
-        if let Some(next_step) = interrupted {
-            prog.step = next_step;
-            prog.partial = Some(serde_json::to_value(&sums).expect("serializes"));
-            checkpoint::save(&ckpt_path, &model, &optimizer.state(), &prog)?;
-            return Ok(Outcome::Interrupted {
-                epoch: epoch + 1,
-                step: next_step,
+            ))
+        })?;
+        sums.seconds += run.seconds;
+        if let Some(next_step) = run.interrupted {
+            return stop_mid_epoch(&mut prog, &sums, next_step, |prog| {
+                checkpoint::save(&ckpt_path, &model, &optimizer.state(), prog)
             });
         }
 
