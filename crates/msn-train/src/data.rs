@@ -84,6 +84,9 @@ pub fn load(name: &str, dir: &Path, split: Split) -> Result<Dataset> {
     }
 }
 
+/// The most bytes a gzipped data file may unpack to (a data set of this toolkit is far smaller).
+const MAX_DECOMPRESSED: u64 = 2 << 30;
+
 fn read_maybe_gz(dir: &Path, stem: &str, published: &str, expected: &[&str]) -> Result<Vec<u8>> {
     for name in [format!("{stem}.gz"), stem.to_string()] {
         let path = dir.join(&name);
@@ -91,11 +94,19 @@ fn read_maybe_gz(dir: &Path, stem: &str, published: &str, expected: &[&str]) -> 
             let raw = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
             if name.ends_with(".gz") {
                 let mut out = Vec::new();
+                // Decompress no more than the limit, whatever the file claims.
                 GzDecoder::new(&raw[..])
+                    .take(MAX_DECOMPRESSED + 1)
                     .read_to_end(&mut out)
                     .map_err(|e| {
                         Error::Data(format!("{}: not a valid gzip file: {e}", path.display()))
                     })?;
+                if out.len() as u64 > MAX_DECOMPRESSED {
+                    return Err(Error::Data(format!(
+                        "{}: unpacks to more than {MAX_DECOMPRESSED} bytes",
+                        path.display()
+                    )));
+                }
                 return Ok(out);
             }
             return Ok(raw);
@@ -141,7 +152,11 @@ fn idx_dataset(dir: &Path, split: Split, classes: Vec<String>, published: &str) 
         )));
     }
     let (n, h, w) = (be_u32(&images, 4), be_u32(&images, 8), be_u32(&images, 12));
-    if images.len() != 16 + n * h * w || labels.len() != 8 + n || be_u32(&labels, 4) != n {
+    let pixels = n
+        .checked_mul(h)
+        .and_then(|v| v.checked_mul(w))
+        .and_then(|v| v.checked_add(16));
+    if pixels != Some(images.len()) || labels.len() != 8 + n || be_u32(&labels, 4) != n {
         return Err(bad(
             "sizes in the headers do not match the files (truncated?)",
         ));
@@ -206,6 +221,13 @@ fn image_folder(dir: &Path) -> Result<Dataset> {
         .filter(|p| p.is_dir())
         .collect();
     classes.sort();
+    if classes.len() > 256 {
+        return Err(Error::Data(format!(
+            "{}: {} class sub-folders; at most 256 are supported",
+            dir.display(),
+            classes.len()
+        )));
+    }
     if classes.is_empty() {
         return Err(Error::Data(format!(
             "{}: no class sub-folders (expected {}/<class>/<image>.png)",
