@@ -36,6 +36,8 @@ pub struct Bound {
 }
 
 const ITERATIONS: usize = 50;
+/// The largest input (in elements, batch 1) the bound is computed for.
+const MAX_ELEMENTS: usize = 1 << 24;
 
 /// The arrays of this module: f32 values of any rank.
 type Array = ArrayD<f32>;
@@ -336,6 +338,19 @@ pub fn bound(g: &GraphProto, input_shape: &[usize]) -> Bound {
             ..Default::default()
         };
     };
+    // Power iteration holds a few tensors of each layer's size: refuse absurd inputs.
+    let elements = input_shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .filter(|&n| n <= MAX_ELEMENTS);
+    if elements.is_none() {
+        return Bound {
+            reason: Some(format!(
+                "the input {input_shape:?} is too large for the bound"
+            )),
+            ..Default::default()
+        };
+    }
     shapes.insert(input.name().to_string(), input_shape.to_vec());
     let mut out = Bound::default();
     let mut product = 1.0f64;

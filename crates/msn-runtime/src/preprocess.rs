@@ -62,8 +62,17 @@ pub fn decode(path: &Path) -> Result<DynamicImage> {
         )));
     }
     let bytes = std::fs::read(path).map_err(io)?;
+    decode_bytes(&bytes, path)
+}
+
+/// [`decode`] for an image held in memory; `path` names it in messages.
+pub fn decode_bytes(bytes: &[u8], path: &Path) -> Result<DynamicImage> {
+    let bad = |reason: String| Error::BadImage {
+        path: path.to_path_buf(),
+        reason,
+    };
     let reader = || -> Result<ImageReader<Cursor<&[u8]>>> {
-        let mut r = ImageReader::new(Cursor::new(bytes.as_slice()))
+        let mut r = ImageReader::new(Cursor::new(bytes))
             .with_guessed_format()
             .map_err(|e| bad(e.to_string()))?;
         if r.format().is_none() {

@@ -141,22 +141,40 @@ fn idx_dataset(dir: &Path, split: Split, classes: Vec<String>, published: &str) 
     ];
     let images = read_maybe_gz(dir, &img_name, published, &expected)?;
     let labels = read_maybe_gz(dir, &lbl_name, published, &expected)?;
-    let bad = |what: &str| Error::Data(format!("{}: {what}", dir.join(&img_name).display()));
-    if images.len() < 16 || be_u32(&images, 0) != 0x0803 {
+    parse_idx(
+        &images,
+        &labels,
+        classes,
+        &dir.join(&img_name),
+        &dir.join(&lbl_name),
+    )
+}
+
+/// An IDX image file and its IDX label file (as MNIST ships them) held in memory; the paths
+/// name them in messages. Header sizes are checked against the data before anything is copied.
+pub fn parse_idx(
+    images: &[u8],
+    labels: &[u8],
+    classes: Vec<String>,
+    img_path: &Path,
+    lbl_path: &Path,
+) -> Result<Dataset> {
+    let bad = |what: &str| Error::Data(format!("{}: {what}", img_path.display()));
+    if images.len() < 16 || be_u32(images, 0) != 0x0803 {
         return Err(bad("not an IDX image file (magic 0x00000803 expected)"));
     }
-    if labels.len() < 8 || be_u32(&labels, 0) != 0x0801 {
+    if labels.len() < 8 || be_u32(labels, 0) != 0x0801 {
         return Err(Error::Data(format!(
             "{}: not an IDX label file",
-            dir.join(&lbl_name).display()
+            lbl_path.display()
         )));
     }
-    let (n, h, w) = (be_u32(&images, 4), be_u32(&images, 8), be_u32(&images, 12));
+    let (n, h, w) = (be_u32(images, 4), be_u32(images, 8), be_u32(images, 12));
     let pixels = n
         .checked_mul(h)
         .and_then(|v| v.checked_mul(w))
         .and_then(|v| v.checked_add(16));
-    if pixels != Some(images.len()) || labels.len() != 8 + n || be_u32(&labels, 4) != n {
+    if pixels != Some(images.len()) || labels.len() != 8 + n || be_u32(labels, 4) != n {
         return Err(bad(
             "sizes in the headers do not match the files (truncated?)",
         ));

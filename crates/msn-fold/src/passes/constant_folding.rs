@@ -35,8 +35,20 @@ fn read(g: &GraphProto, idx: &Index, name: &str) -> Option<Value> {
     }
 }
 
+/// The product of dimensions, `None` past [`MAX_ELEMENTS`] (or on overflow).
+fn elements(shape: &[usize]) -> Option<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .filter(|&n| n <= MAX_ELEMENTS)
+}
+
+/// The largest constant this pass computes (64 M values): a broadcast of two constants may
+/// not blow up beyond what any real weight is.
+const MAX_ELEMENTS: usize = 1 << 26;
+
 fn resolve_shape(data_shape: &[usize], spec: &[i64]) -> Option<Vec<usize>> {
-    let total: usize = data_shape.iter().product();
+    let total = elements(data_shape)?;
     let mut out: Vec<usize> = Vec::with_capacity(spec.len());
     let mut infer = None;
     for (i, &d) in spec.iter().enumerate() {
@@ -46,18 +58,18 @@ fn resolve_shape(data_shape: &[usize], spec: &[i64]) -> Option<Vec<usize>> {
                 infer = Some(i);
                 out.push(1);
             }
-            d if d > 0 => out.push(d as usize),
+            d if d > 0 => out.push(usize::try_from(d).ok()?),
             _ => return None,
         }
     }
     if let Some(i) = infer {
-        let known: usize = out.iter().product();
+        let known = elements(&out)?;
         if known == 0 || !total.is_multiple_of(known) {
             return None;
         }
         out[i] = total / known;
     }
-    (out.iter().product::<usize>() == total).then_some(out)
+    (elements(&out)? == total).then_some(out)
 }
 
 fn reshape<T: Clone>(a: &ArrayD<T>, shape: &[usize]) -> Option<ArrayD<T>> {
@@ -81,6 +93,7 @@ fn binary(op: &str, a: Value, b: Value) -> Option<Value> {
             .zip(&sb)
             .map(|(&x, &y)| if x == 1 { y } else { x })
             .collect();
+        elements(&shape)?;
         if sa
             .iter()
             .zip(&sb)
@@ -444,5 +457,23 @@ pub fn run(g: &mut GraphProto) -> usize {
         };
         set_init(g, t);
         folded += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reshape_specs_that_overflow_or_blow_up_are_not_folded() {
+        // Found by the fuzz smoke (fuzz/corpus/fold/crash-reshape-overflow.bin).
+        assert_eq!(resolve_shape(&[4], &[i64::MAX, i64::MAX, -1]), None);
+        assert_eq!(resolve_shape(&[4], &[2, -1]), Some(vec![2, 2]));
+        let a = Value::F(ArrayD::zeros(IxDyn(&[1 << 14, 1])));
+        let b = Value::F(ArrayD::zeros(IxDyn(&[1, 1 << 14])));
+        assert!(
+            binary("Add", a, b).is_none(),
+            "2^28 values is past the limit"
+        );
     }
 }
