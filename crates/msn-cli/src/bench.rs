@@ -30,6 +30,9 @@ pub struct BenchArgs {
     /// A second model, run interleaved with the first in the same process
     #[arg(long, value_name = "OTHER.onnx")]
     pub compare: Option<PathBuf>,
+    /// Threads for tract's matrix products (0: every core, 1: single-threaded)
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub threads: usize,
     #[command(flatten)]
     pub preprocess: PreprocessArgs,
 }
@@ -51,6 +54,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.batch == 0 || args.iters == 0 {
         bail!("--batch and --iters must be at least 1");
     }
+    let threads = msn_runtime::set_threads(args.threads);
     let options = LoadOptions {
         batch: Some(args.batch),
         preprocess: args.preprocess.overrides(),
@@ -68,10 +72,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
     if args.json {
         let value = match ratio {
-            None => stats_json(&paths[0], &stats[0]),
+            None => {
+                let mut v = stats_json(&paths[0], &stats[0]);
+                v["threads"] = json!(threads);
+                v
+            }
             Some(r) => json!({
                 "models": paths.iter().zip(&stats).map(|(p, s)| stats_json(p, s)).collect::<Vec<_>>(),
                 "ratio_p50": r,
+                "threads": threads,
             }),
         };
         println!("{value}");

@@ -25,6 +25,9 @@ pub struct ClassifyArgs {
     /// Images per inference run when classifying many (for models with a free batch size)
     #[arg(long, default_value_t = 16, value_name = "N")]
     pub batch: usize,
+    /// Threads for tract's matrix products (0: every core, 1: single-threaded)
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub threads: usize,
     #[command(flatten)]
     pub preprocess: PreprocessArgs,
     /// Image files (PNG, JPEG, WebP, BMP, TIFF) or folders of them
@@ -102,6 +105,7 @@ pub fn run(args: ClassifyArgs) -> Result<()> {
     if args.top_k == 0 || args.batch == 0 {
         bail!("--top-k and --batch must be at least 1");
     }
+    msn_runtime::set_threads(args.threads);
     let files = expand(&args.inputs)?;
     let options = LoadOptions {
         batch: Some(args.batch.min(files.len())),

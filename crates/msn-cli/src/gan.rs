@@ -164,12 +164,16 @@ pub struct GenerateArgs {
     /// The PNG grid to write (atomically)
     #[arg(short, long, value_name = "grid.png")]
     pub output: PathBuf,
+    /// Threads for tract's matrix products (0: every core, 1: single-threaded)
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub threads: usize,
 }
 
 pub fn run_generate(args: GenerateArgs) -> Result<()> {
     if args.n == 0 {
         bail!("--n must be positive");
     }
+    msn_runtime::set_threads(args.threads);
     let (g, _, _) = load_generator(&args.model, 64)?;
     let images = g.run(latents(args.n, g.latent(), args.seed).view())?;
     gan::write_grid(&images.view(), &args.output)?;

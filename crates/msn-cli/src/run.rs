@@ -27,12 +27,16 @@ pub struct RunArgs {
     /// Print the outputs' names, shapes and element types and the timing as JSON
     #[arg(long)]
     pub json: bool,
+    /// Threads for tract's matrix products (0: every core, 1: single-threaded)
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub threads: usize,
     /// tract's plain plan of the file as written (no folding, no optimiser): a reference
     #[arg(long)]
     pub reference: bool,
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
+    msn_runtime::set_threads(args.threads);
     let start = Instant::now();
     let source = Source::read(&args.model)?;
     let mut given = Vec::new();

@@ -208,6 +208,7 @@ fn bench_reports_json_with_a_ratio_when_comparing() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let models = v["models"].as_array().unwrap();
     assert_eq!(models.len(), 2);
+    assert!(v["threads"].as_u64().unwrap() >= 1);
     for key in [
         "model",
         "batch",

@@ -43,6 +43,24 @@ pub use tract_onnx::prelude::Tensor;
 /// A `Result` whose error is this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Runs tract's matrix products on `threads` threads from now on (0: every core; 1: the
+/// calling thread only). tract's executor is process-wide; depthwise convolutions and other
+/// non-matrix ops stay on the calling thread.
+pub fn set_threads(threads: usize) -> usize {
+    use tract_linalg::multithread::{set_default_executor, Executor};
+    let n = match threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    // Executor::multithread(1) would still hand work to a pool: one thread is no pool.
+    set_default_executor(if n == 1 {
+        Executor::SingleThread
+    } else {
+        Executor::multithread(n)
+    });
+    n
+}
+
 /// Softmax of one row of logits, computed stably (max subtracted first).
 pub fn softmax(logits: &[f32]) -> Vec<f32> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
