@@ -311,20 +311,26 @@ fn pool_windows(node: &NodeProto) -> (Vec<usize>, Vec<usize>) {
     (k, s)
 }
 
-fn pool_output(node: &NodeProto, input: &[usize]) -> Vec<usize> {
+fn pool_output(node: &NodeProto, input: &[usize]) -> Result<Vec<usize>, String> {
     let (k, s) = pool_windows(node);
     let pads = ints(node, "pads", 4, 0);
+    if input.len() != 4 || k.len() != 2 || s.len() != 2 || pads.len() != 4 {
+        return Err("only 2-D pooling of NCHW inputs is supported".into());
+    }
     let ceil = attr_int(node, "ceil_mode", 0) == 1;
     let mut out = input.to_vec();
     for a in 0..2 {
-        let span = input[2 + a] + pads[a] + pads[a + 2] - k[a];
+        let span = (input[2 + a] + pads[a] + pads[a + 2])
+            .checked_sub(k[a])
+            .filter(|_| s[a] > 0)
+            .ok_or("the pooling window does not fit its input")?;
         out[2 + a] = if ceil {
             span.div_ceil(s[a])
         } else {
             span / s[a]
         } + 1;
     }
-    out
+    Ok(out)
 }
 
 /// Computes per-layer operator norms along the graph for an input of `input_shape`, and
@@ -379,11 +385,11 @@ pub fn bound(g: &GraphProto, input_shape: &[usize]) -> Bound {
             break;
         };
         let result: Result<(f64, Vec<usize>), String> = match op {
-            "Conv" => match weight(&node.input[1]) {
+            "Conv" => match node.input.get(1).and_then(|w| weight(w)) {
                 Some(w) => conv_norm(node, w, &x),
                 None => Err(format!("{name}: weight is not a constant")),
             },
-            "Gemm" => match weight(&node.input[1]) {
+            "Gemm" => match node.input.get(1).and_then(|w| weight(w)) {
                 Some(w) if w.ndim() == 2 && attr_int(node, "transA", 0) == 0 => {
                     let w = w.into_dimensionality::<ndarray::Ix2>().expect("2-D");
                     // y = alpha * x B (+ C): the norm of B as a map from rows of x.
@@ -393,7 +399,10 @@ pub fn bound(g: &GraphProto, input_shape: &[usize]) -> Bound {
                         w.t().to_owned()
                     };
                     let alpha = attr_float(node, "alpha", 1.0).abs() as f64;
-                    Ok((alpha * matrix_norm(&b), vec![x[0], b.nrows()]))
+                    Ok((
+                        alpha * matrix_norm(&b),
+                        vec![x.first().copied().unwrap_or(1), b.nrows()],
+                    ))
                 }
                 _ => Err(format!("{name}: Gemm without a constant 2-D B")),
             },
@@ -416,6 +425,7 @@ pub fn bound(g: &GraphProto, input_shape: &[usize]) -> Bound {
                     vec![x[..axis].iter().product(), x[axis..].iter().product()],
                 ))
             }
+            "GlobalAveragePool" if x.len() < 3 => Err(format!("{name}: input rank below 3")),
             "GlobalAveragePool" => {
                 let area: usize = x[2..].iter().product();
                 let mut o = x[..2].to_vec();
@@ -433,7 +443,7 @@ pub fn bound(g: &GraphProto, input_shape: &[usize]) -> Bound {
                 } else {
                     (m as f64 / window as f64).sqrt()
                 };
-                Ok((norm, pool_output(node, &x)))
+                pool_output(node, &x).map(|o| (norm, o))
             }
             other => Err(format!("{name}: no Lipschitz constant for {other}")),
         };

@@ -69,7 +69,8 @@ fn into_array<T>(t: &TensorProto, values: Vec<T>) -> Result<ArrayD<T>> {
             ),
         ));
     }
-    Ok(ArrayD::from_shape_vec(IxDyn(&shape), values).expect("length checked above"))
+    ArrayD::from_shape_vec(IxDyn(&shape), values)
+        .map_err(|e| bad(t, format!("shape {shape:?}: {e}")))
 }
 
 /// Reads a floating-point tensor (FLOAT, or DOUBLE narrowed to f32).

@@ -68,8 +68,10 @@ pub fn element_count(t: &crate::TensorProto) -> Result<u64> {
             format!("{} dimensions (at most {MAX_RANK})", t.dims.len()),
         ));
     }
+    // Dimensions of 0 make an empty tensor, but the others must still be sane (array
+    // libraries check their product), so the product skips zeros.
     let mut n: u64 = 1;
-    for &d in &t.dims {
+    for &d in t.dims.iter().filter(|&&d| d != 0) {
         let d = u64::try_from(d)
             .map_err(|_| bad(t.name().into(), format!("negative dimension {d}")))?;
         n = n
@@ -85,7 +87,7 @@ pub fn element_count(t: &crate::TensorProto) -> Result<u64> {
                 )
             })?;
     }
-    Ok(n)
+    Ok(if t.dims.contains(&0) { 0 } else { n })
 }
 
 /// An initializer's dims agree with the data it holds.
