@@ -431,7 +431,7 @@ pub fn export(model: &Sequential, info: &ModelInfo, options: &ExportOptions) -> 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
-    Train(#[from] msn_train::Error),
+    Run(#[from] msn_checkpoint::Error),
     #[error(transparent)]
     Onnx(#[from] msn_onnx::Error),
 }
@@ -451,8 +451,8 @@ pub fn export_gan_run(
     part: GanPart,
     options: &ExportOptions,
 ) -> Result<ModelProto, Error> {
-    let dir = msn_train::gan::run_dir(run);
-    let (cfg, g, d) = msn_train::gan::load(&dir)?;
+    let dir = msn_checkpoint::gan::run_dir(run);
+    let (cfg, g, d) = msn_checkpoint::gan::load(&dir)?;
     let (model, model_cfg, input) = match part {
         GanPart::Generator => (&g, &cfg.generator, InputKind::Latent(cfg.generator.latent)),
         GanPart::Discriminator => (
@@ -483,21 +483,11 @@ pub fn export_gan_run(
 /// Loads a run directory (or its checkpoint file) and exports it; nothing is written. A GAN
 /// run exports its generator (see [`export_gan_run`]).
 pub fn export_run(run: &std::path::Path, options: &ExportOptions) -> Result<ModelProto, Error> {
-    if msn_train::gan::is_gan_run(&msn_train::gan::run_dir(run)) {
+    if msn_checkpoint::gan::is_gan_run(&msn_checkpoint::gan::run_dir(run)) {
         return export_gan_run(run, GanPart::Generator, options);
     }
-    let (cfg, model) = msn_train::checkpoint::load_model(run)?;
-    let dir = if run.is_dir() {
-        run.to_path_buf()
-    } else {
-        run.parent()
-            .unwrap_or(std::path::Path::new("."))
-            .to_path_buf()
-    };
-    let test_accuracy = std::fs::read_to_string(dir.join(msn_train::checkpoint::METRICS_FILE))
-        .ok()
-        .and_then(|t| t.lines().last().map(str::to_string))
-        .and_then(|l| msn_train::serde_json_value(&l))
+    let (cfg, model) = msn_checkpoint::checkpoint::load_model(run)?;
+    let test_accuracy = msn_checkpoint::last_metrics(&msn_checkpoint::gan::run_dir(run))
         .and_then(|v| v["test_acc"].as_f64());
     let info = ModelInfo {
         architecture: cfg.model.architecture.clone(),
