@@ -5,7 +5,9 @@
 use msn_autograd::ops::conv::ConvOptions;
 use msn_autograd::{Array, Var};
 use msn_e2e::fixture;
-use msn_nn::layers::{BatchNorm, Conv2d, ConvTranspose2d, Linear, MeanOnlyBatchNorm, SpectralNorm};
+use msn_nn::layers::{
+    BatchNorm, Conv2d, ConvTranspose2d, Linear, MeanOnlyBatchNorm, SpectralNorm, Weights,
+};
 use msn_nn::optim::{Adam, Optimizer, Sgd};
 use msn_nn::{Ctx, Module};
 use serde_json::Value;
@@ -59,14 +61,21 @@ fn check_layer(name: &str, c: &Value, x: &Var, y: Var, params: &[(&str, &Var)]) 
     }
 }
 
+/// A case's weight and bias as a layer's parameters (no spectral norm).
+fn weights(c: &Value) -> Weights {
+    Weights {
+        weight: Var::parameter(arr(&c["weight"])),
+        bias: Some(Var::parameter(arr(&c["bias"]))),
+        sn: None,
+    }
+}
+
 #[test]
 fn conv2d_with_groups_and_dilation() {
     let c = &cases()["conv2d"];
     let x = Var::parameter(arr(&c["x"]));
     let conv = Conv2d {
-        weight: Var::parameter(arr(&c["weight"])),
-        bias: Some(Var::parameter(arr(&c["bias"]))),
-        sn: None,
+        params: weights(c),
         options: ConvOptions::default()
             .stride(2)
             .padding(2)
@@ -91,8 +100,7 @@ fn conv_transpose2d() {
     let c = &cases()["conv_transpose2d"];
     let x = Var::parameter(arr(&c["x"]));
     let conv = ConvTranspose2d {
-        weight: Var::parameter(arr(&c["weight"])),
-        bias: Some(Var::parameter(arr(&c["bias"]))),
+        params: weights(c),
         options: ConvOptions::default()
             .stride(2)
             .padding(1)
@@ -116,11 +124,7 @@ fn conv_transpose2d() {
 fn linear() {
     let c = &cases()["linear"];
     let x = Var::parameter(arr(&c["x"]));
-    let lin = Linear {
-        weight: Var::parameter(arr(&c["weight"])),
-        bias: Some(Var::parameter(arr(&c["bias"]))),
-        sn: None,
-    };
+    let lin = Linear { params: weights(c) };
     let y = lin.forward(&x, &mut Ctx::train(0));
     check_layer(
         "linear",
@@ -202,14 +206,16 @@ fn spectral_norm_one_power_iteration_from_the_same_u() {
     let c = &cases()["spectral_norm_conv"];
     let x = Var::parameter(arr(&c["x"]));
     let conv = Conv2d {
-        weight: Var::parameter(arr(&c["weight"])),
-        bias: Some(Var::constant(arr(&c["bias"]))),
-        sn: Some(SpectralNorm {
-            u: Var::constant(arr(&c["u"])),
-            v: Var::constant(arr(&c["v"])),
-            n_power_iterations: 1,
-            eps: 1e-12,
-        }),
+        params: Weights {
+            weight: Var::parameter(arr(&c["weight"])),
+            bias: Some(Var::constant(arr(&c["bias"]))),
+            sn: Some(SpectralNorm {
+                u: Var::constant(arr(&c["u"])),
+                v: Var::constant(arr(&c["v"])),
+                n_power_iterations: 1,
+                eps: 1e-12,
+            }),
+        },
         options: ConvOptions::default().padding(1),
     };
     let y = conv.forward(&x, &mut Ctx::train(0));

@@ -4,17 +4,119 @@
 //! two steps. What makes `--resume` exact lives here once: the batch order and the step
 //! numbers come from `(seed, epoch, step)`, and a stopped epoch saves its partial sums.
 
-use crate::checkpoint::Progress;
+use crate::checkpoint::{self, Progress};
 use crate::data::{BatchSpec, Dataset};
-use crate::trainer::{epoch_bar, prefetch, Outcome};
+use crate::trainer::{epoch_bar, prefetch, write_metrics, Outcome};
 use crate::Result;
-use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+/// What a trainer brings to the shared loop: its step, its end of an epoch, its checkpoint.
+pub(crate) trait Steps {
+    /// The running sums of one epoch, saved with a mid-epoch checkpoint.
+    type Sums: Serialize + DeserializeOwned + Default;
+
+    /// Trains on one batch, adds to `sums` and returns the progress line; `seconds` is the
+    /// epoch's training time so far (across a resume).
+    #[allow(clippy::too_many_arguments)]
+    fn step(
+        &mut self,
+        sums: &mut Self::Sums,
+        epoch: usize,
+        step: usize,
+        images: ndarray::Array4<f32>,
+        labels: Vec<usize>,
+        seconds: f64,
+    ) -> Result<String>;
+
+    /// After an epoch's last step: its metrics (one line of `metrics.jsonl`) and the summary
+    /// shown after `epoch i/n:`.
+    fn finish_epoch(
+        &mut self,
+        sums: &Self::Sums,
+        epoch: usize,
+        seconds: f64,
+    ) -> Result<(Value, String)>;
+
+    /// Writes the checkpoint (models, optimizers) with this progress.
+    fn save(&self, progress: &Progress) -> Result<()>;
+}
+
+/// A run's epochs: the loop both trainers drive with their own [`Steps`].
+pub(crate) struct Loop<'a> {
+    pub train: &'a Arc<Dataset>,
+    pub spec: &'a BatchSpec,
+    pub seed: u64,
+    pub epochs: usize,
+    pub dir: &'a Path,
+    pub show_progress: bool,
+    pub stop: &'a AtomicBool,
+}
+
+/// A stopped epoch's sums and its training time so far (saved in the checkpoint).
+#[derive(Default, Serialize, Deserialize)]
+struct Partial<S> {
+    #[serde(flatten)]
+    sums: S,
+    seconds: f64,
+}
+
+impl Loop<'_> {
+    /// Runs the epochs from where `prog` stands: after each, its metrics, the checkpoint and
+    /// `metrics.jsonl`; on Ctrl-C, a checkpoint with the partial sums, then `Interrupted`.
+    pub fn run<S: Steps>(&self, steps: &mut S, mut prog: Progress) -> Result<Outcome> {
+        let ckpt_path = self.dir.join(checkpoint::CHECKPOINT_FILE);
+        let n_steps = self.train.len().div_ceil(self.spec.batch);
+        while prog.epoch < self.epochs {
+            let epoch = prog.epoch;
+            let mut partial: Partial<S::Sums> = prog.take_partial(&ckpt_path)?;
+            let ran = Epoch {
+                train: self.train,
+                spec: self.spec,
+                seed: self.seed,
+                epoch,
+                epochs: self.epochs,
+                first_step: prog.step,
+                steps: n_steps,
+                show_progress: self.show_progress,
+                stop: self.stop,
+            }
+            .run(|step, x, y, seconds| {
+                let so_far = partial.seconds + seconds;
+                steps.step(&mut partial.sums, epoch, step, x, y, so_far)
+            })?;
+            partial.seconds += ran.seconds;
+            if let Some(next_step) = ran.interrupted {
+                return stop_mid_epoch(&mut prog, &partial, next_step, |p| steps.save(p));
+            }
+            let (metrics, summary) = steps.finish_epoch(&partial.sums, epoch, partial.seconds)?;
+            if self.show_progress {
+                let (n, seconds) = (self.epochs, partial.seconds);
+                eprintln!("epoch {}/{n}: {summary} | {seconds:.1} s", epoch + 1);
+            }
+            prog.history.push(metrics);
+            prog.epoch += 1;
+            prog.step = 0;
+            steps.save(&prog)?;
+            write_metrics(self.dir, &prog.history)?;
+            if self.stop.load(Ordering::SeqCst) && prog.epoch < self.epochs {
+                return Ok(Outcome::Interrupted {
+                    epoch: prog.epoch + 1,
+                    step: 0,
+                });
+            }
+        }
+        Ok(Outcome::Finished(prog.history))
+    }
+}
+
 /// One epoch to run.
-pub(crate) struct Epoch<'a> {
+struct Epoch<'a> {
     pub train: &'a Arc<Dataset>,
     pub spec: &'a BatchSpec,
     pub seed: u64,
@@ -29,7 +131,7 @@ pub(crate) struct Epoch<'a> {
 }
 
 /// How an epoch's steps ended.
-pub(crate) struct Ran {
+struct Ran {
     /// Seconds spent in this call.
     pub seconds: f64,
     /// `Some(next_step)` when Ctrl-C stopped the epoch before its last step.
@@ -99,7 +201,7 @@ impl Epoch<'_> {
 
 /// Records a mid-epoch stop in the progress (the next step and the partial sums), saves the
 /// checkpoint with `save`, and reports where the run stopped.
-pub(crate) fn stop_mid_epoch<S: Serialize>(
+fn stop_mid_epoch<S: Serialize>(
     prog: &mut Progress,
     sums: &S,
     next_step: usize,

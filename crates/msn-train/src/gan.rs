@@ -11,7 +11,7 @@
 
 use crate::checkpoint::{self, Preprocessing, Progress, FORMAT_VERSION};
 use crate::data::{self, BatchSpec, Dataset, Split};
-use crate::epochs::{stop_mid_epoch, Epoch};
+use crate::epochs::{Loop, Steps};
 use crate::trainer::{step_rng, Outcome};
 use crate::{write_atomic, Error, Result};
 use msn_autograd::{no_grad, Array, Var};
@@ -26,9 +26,9 @@ use ndarray::{ArrayView4, Axis};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{json, Value};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 /// What `msn train-gan` asks for.
@@ -212,7 +212,6 @@ struct GanSums {
     seen: usize,
     d_steps: usize,
     g_steps: usize,
-    seconds: f64,
 }
 
 fn sigmoid(x: f32) -> f64 {
@@ -231,159 +230,163 @@ fn finite(v: f32, what: &str, epoch: usize, step: usize, lr: f32) -> Result<f32>
     }
 }
 
+/// The GAN's part of the loop: a discriminator step (and every `d_steps` a generator step),
+/// then the epoch's sample grid.
+struct Adversarial<'a> {
+    cfg: &'a GanConfig,
+    g: Sequential,
+    d: Sequential,
+    params: [Vec<Var>; 2],
+    opts: [Adam; 2],
+    fixed_z: Array,
+    dir: &'a Path,
+}
+
+impl Steps for Adversarial<'_> {
+    type Sums = GanSums;
+
+    fn step(
+        &mut self,
+        sums: &mut GanSums,
+        epoch: usize,
+        step: usize,
+        x: ndarray::Array4<f32>,
+        _labels: Vec<usize>,
+        seconds: f64,
+    ) -> Result<String> {
+        let (t, latent) = (&self.cfg.train, self.cfg.generator.latent);
+        let [g_params, d_params] = &self.params;
+        let n = x.shape()[0];
+        let z = latent_batch(n, latent, &mut step_rng(t.seed ^ 0x6A17, epoch, step));
+        let mut ctx = Ctx {
+            training: true,
+            rng: step_rng(t.seed ^ 0xD20F, epoch, step),
+            record: None,
+        };
+        let fake = self.g.forward(&Var::constant(z), &mut ctx);
+
+        // Discriminator step, on a real batch and a detached fake batch.
+        let real_logits = self.d.forward(&Var::constant(x.into_dyn()), &mut ctx);
+        let fake_logits = self.d.forward(&fake.detach(), &mut ctx);
+        let loss = d_loss(t.loss, &real_logits, &fake_logits);
+        let value = finite(loss.value()[[]], "discriminator", epoch, step, t.lr)?;
+        loss.backward();
+        self.opts[1].step(d_params, t.lr);
+        optim::zero_grad(d_params);
+        sums.d_loss += value as f64;
+        sums.d_steps += 1;
+        for &v in real_logits.value().iter() {
+            sums.d_real += sigmoid(v);
+            sums.d_correct += usize::from(v > 0.0);
+        }
+        for &v in fake_logits.value().iter() {
+            sums.d_fake += sigmoid(v);
+            sums.d_correct += usize::from(v < 0.0);
+        }
+        sums.seen += n;
+
+        // Generator step through the updated discriminator.
+        if (step + 1).is_multiple_of(t.d_steps) {
+            let loss = g_loss(t.loss, &self.d.forward(&fake, &mut ctx));
+            let value = finite(loss.value()[[]], "generator", epoch, step, t.lr)?;
+            loss.backward();
+            self.opts[0].step(g_params, t.lr);
+            optim::zero_grad(g_params);
+            optim::zero_grad(d_params);
+            sums.g_loss += value as f64;
+            sums.g_steps += 1;
+        }
+        Ok(format!(
+            "D loss {:.3} G loss {:.3} D(x) {:.2} D(G(z)) {:.2} {:.0} img/s",
+            sums.d_loss / sums.d_steps as f64,
+            sums.g_loss / sums.g_steps.max(1) as f64,
+            sums.d_real / sums.seen as f64,
+            sums.d_fake / sums.seen as f64,
+            sums.seen as f64 / seconds.max(1e-9)
+        ))
+    }
+
+    fn finish_epoch(
+        &mut self,
+        sums: &GanSums,
+        epoch: usize,
+        seconds: f64,
+    ) -> Result<(Value, String)> {
+        let samples = generate(&self.g, &self.fixed_z);
+        let name = format!("epoch-{:03}.png", epoch + 1);
+        write_grid(&samples.view(), &self.dir.join(SAMPLES_DIR).join(name))?;
+        write_grid(&samples.view(), &self.dir.join(SAMPLES_FILE))?;
+        let seen = sums.seen as f64;
+        let (d_loss, g_loss) = (
+            sums.d_loss / sums.d_steps as f64,
+            sums.g_loss / sums.g_steps.max(1) as f64,
+        );
+        let (d_real, d_fake) = (sums.d_real / seen, sums.d_fake / seen);
+        let d_acc = sums.d_correct as f64 / (2.0 * seen);
+        let metrics = json!({
+            "epoch": epoch + 1,
+            "d_loss": d_loss,
+            "g_loss": g_loss,
+            "d_real": d_real,
+            "d_fake": d_fake,
+            "d_acc": d_acc,
+            "d_steps": sums.d_steps,
+            "g_steps": sums.g_steps,
+            "epoch_seconds": seconds,
+            "images_per_second": seen / seconds,
+            "lr": self.cfg.train.lr,
+        });
+        let summary = format!(
+            "D loss {d_loss:.4} G loss {g_loss:.4} D(x) {d_real:.3} D(G(z)) {d_fake:.3} D acc {d_acc:.3}"
+        );
+        Ok((metrics, summary))
+    }
+
+    fn save(&self, progress: &Progress) -> Result<()> {
+        checkpoint::save_parts(
+            &self.dir.join(checkpoint::CHECKPOINT_FILE),
+            &[("g", &self.g), ("d", &self.d)],
+            &[
+                ("optimizer.g", &self.opts[0].state()),
+                ("optimizer.d", &self.opts[1].state()),
+            ],
+            progress,
+        )
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn run(
     cfg: &GanConfig,
     g: Sequential,
     d: Sequential,
-    mut opts: [Adam; 2],
-    mut prog: Progress,
+    opts: [Adam; 2],
+    prog: Progress,
     train: &Arc<Dataset>,
     dir: &Path,
     stop: &AtomicBool,
     show_progress: bool,
 ) -> Result<Outcome> {
-    let t = &cfg.train;
-    let (g_params, d_params) = (g.parameters(), d.parameters());
     let spec = batch_spec(cfg);
-    let steps = train.len().div_ceil(t.batch);
-    let ckpt_path = dir.join(checkpoint::CHECKPOINT_FILE);
-    let fixed_z = grid_latents(cfg);
-    let save = |opts: &[Adam; 2], prog: &Progress| {
-        checkpoint::save_parts(
-            &ckpt_path,
-            &[("g", &g), ("d", &d)],
-            &[
-                ("optimizer.g", &opts[0].state()),
-                ("optimizer.d", &opts[1].state()),
-            ],
-            prog,
-        )
+    let mut steps = Adversarial {
+        cfg,
+        params: [g.parameters(), d.parameters()],
+        g,
+        d,
+        opts,
+        fixed_z: grid_latents(cfg),
+        dir,
     };
-
-    while prog.epoch < t.epochs {
-        let epoch = prog.epoch;
-        let mut sums: GanSums = prog.take_partial(&ckpt_path)?;
-        let first_step = prog.step;
-        let run = Epoch {
-            train,
-            spec: &spec,
-            seed: t.seed,
-            epoch,
-            epochs: t.epochs,
-            first_step,
-            steps,
-            show_progress,
-            stop,
-        }
-        .run(|step, x, _, seconds| {
-            let n = x.shape()[0];
-            let z = latent_batch(
-                n,
-                cfg.generator.latent,
-                &mut step_rng(t.seed ^ 0x6A17, epoch, step),
-            );
-            let mut ctx = Ctx {
-                training: true,
-                rng: step_rng(t.seed ^ 0xD20F, epoch, step),
-                record: None,
-            };
-            let fake = g.forward(&Var::constant(z), &mut ctx);
-
-            // Discriminator step, on a real batch and a detached fake batch.
-            let real_logits = d.forward(&Var::constant(x.into_dyn()), &mut ctx);
-            let fake_logits = d.forward(&fake.detach(), &mut ctx);
-            let loss = d_loss(t.loss, &real_logits, &fake_logits);
-            let value = finite(loss.value()[[]], "discriminator", epoch, step, t.lr)?;
-            loss.backward();
-            opts[1].step(&d_params, t.lr);
-            optim::zero_grad(&d_params);
-            sums.d_loss += value as f64;
-            sums.d_steps += 1;
-            for &v in real_logits.value().iter() {
-                sums.d_real += sigmoid(v);
-                sums.d_correct += usize::from(v > 0.0);
-            }
-            for &v in fake_logits.value().iter() {
-                sums.d_fake += sigmoid(v);
-                sums.d_correct += usize::from(v < 0.0);
-            }
-            sums.seen += n;
-
-            // Generator step through the updated discriminator.
-            if (step + 1) % t.d_steps == 0 {
-                let loss = g_loss(t.loss, &d.forward(&fake, &mut ctx));
-                let value = finite(loss.value()[[]], "generator", epoch, step, t.lr)?;
-                loss.backward();
-                opts[0].step(&g_params, t.lr);
-                optim::zero_grad(&g_params);
-                optim::zero_grad(&d_params);
-                sums.g_loss += value as f64;
-                sums.g_steps += 1;
-            }
-
-            let elapsed = sums.seconds + seconds;
-            let line = format!(
-                "D loss {:.3} G loss {:.3} D(x) {:.2} D(G(z)) {:.2} {:.0} img/s",
-                sums.d_loss / sums.d_steps as f64,
-                sums.g_loss / sums.g_steps.max(1) as f64,
-                sums.d_real / sums.seen as f64,
-                sums.d_fake / sums.seen as f64,
-                sums.seen as f64 / elapsed.max(1e-9)
-            );
-            Ok(line)
-        })?;
-        sums.seconds += run.seconds;
-        if let Some(next_step) = run.interrupted {
-            return stop_mid_epoch(&mut prog, &sums, next_step, |prog| save(&opts, prog));
-        }
-
-        let samples = generate(&g, &fixed_z);
-        write_grid(
-            &samples.view(),
-            &dir.join(SAMPLES_DIR)
-                .join(format!("epoch-{:03}.png", epoch + 1)),
-        )?;
-        write_grid(&samples.view(), &dir.join(SAMPLES_FILE))?;
-        let metrics = json!({
-            "epoch": epoch + 1,
-            "d_loss": sums.d_loss / sums.d_steps as f64,
-            "g_loss": sums.g_loss / sums.g_steps.max(1) as f64,
-            "d_real": sums.d_real / sums.seen as f64,
-            "d_fake": sums.d_fake / sums.seen as f64,
-            "d_acc": sums.d_correct as f64 / (2 * sums.seen) as f64,
-            "d_steps": sums.d_steps,
-            "g_steps": sums.g_steps,
-            "epoch_seconds": sums.seconds,
-            "images_per_second": sums.seen as f64 / sums.seconds,
-            "lr": t.lr,
-        });
-        if show_progress {
-            eprintln!(
-                "epoch {}/{}: D loss {:.4} G loss {:.4} D(x) {:.3} D(G(z)) {:.3} D acc {:.3} | {:.1} s",
-                epoch + 1,
-                t.epochs,
-                metrics["d_loss"].as_f64().unwrap_or(0.0),
-                metrics["g_loss"].as_f64().unwrap_or(0.0),
-                metrics["d_real"].as_f64().unwrap_or(0.0),
-                metrics["d_fake"].as_f64().unwrap_or(0.0),
-                metrics["d_acc"].as_f64().unwrap_or(0.0),
-                sums.seconds
-            );
-        }
-        prog.history.push(metrics);
-        prog.epoch += 1;
-        prog.step = 0;
-        save(&opts, &prog)?;
-        crate::trainer::write_metrics(dir, &prog.history)?;
-        if stop.load(Ordering::SeqCst) && prog.epoch < t.epochs {
-            return Ok(Outcome::Interrupted {
-                epoch: prog.epoch + 1,
-                step: 0,
-            });
-        }
+    Loop {
+        train,
+        spec: &spec,
+        seed: cfg.train.seed,
+        epochs: cfg.train.epochs,
+        dir,
+        show_progress,
+        stop,
     }
-    Ok(Outcome::Finished(prog.history))
+    .run(&mut steps, prog)
 }
 
 /// The generator's images for latent vectors `z` (`[N, latent]`), in eval mode: `[N, C, H, W]`

@@ -7,7 +7,7 @@
 
 use crate::checkpoint::{self, Preprocessing, Progress, RunConfig, TrainSettings};
 use crate::data::{self, make_batch, BatchSpec, Dataset, Split};
-use crate::epochs::{stop_mid_epoch, Epoch};
+use crate::epochs::{Loop, Steps};
 use crate::{write_atomic, Error, Result};
 use msn_autograd::{no_grad, Var};
 use msn_nn::models::ModelConfig;
@@ -17,7 +17,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{mpsc, Arc};
 
 /// How often (in steps) per-layer statistics are recorded.
@@ -185,7 +185,6 @@ struct EpochSums {
     loss: f64,
     correct: usize,
     seen: usize,
-    seconds: f64,
     /// layer -> (sum of means, sum of stds, sum of zero fractions, count)
     layers: Vec<(String, f64, f64, f64, usize)>,
 }
@@ -305,12 +304,108 @@ pub(crate) fn write_metrics(dir: &Path, history: &[Value]) -> Result<()> {
     write_atomic(&dir.join(checkpoint::METRICS_FILE), text.as_bytes())
 }
 
+/// The classifier's part of the loop: a cross-entropy step, then evaluation on the test split.
+struct Classify<'a> {
+    model: Sequential,
+    params: Vec<Var>,
+    optimizer: Box<dyn Optimizer>,
+    schedule: Schedule,
+    settings: &'a TrainSettings,
+    test: &'a Dataset,
+    spec: &'a BatchSpec,
+    ckpt_path: std::path::PathBuf,
+}
+
+impl Steps for Classify<'_> {
+    type Sums = EpochSums;
+
+    fn step(
+        &mut self,
+        sums: &mut EpochSums,
+        epoch: usize,
+        step: usize,
+        x: ndarray::Array4<f32>,
+        y: Vec<usize>,
+        seconds: f64,
+    ) -> Result<String> {
+        let (t, lr) = (self.settings, self.schedule.lr(self.settings.lr, epoch));
+        let mut ctx = Ctx {
+            training: true,
+            rng: step_rng(t.seed ^ 0xD20F, epoch, step),
+            record: step.is_multiple_of(RECORD_EVERY).then(Vec::new),
+        };
+        let logits = self.model.forward(&Var::constant(x.into_dyn()), &mut ctx);
+        let loss = logits.cross_entropy(&y);
+        let loss_value = loss.value()[[]];
+        if !loss_value.is_finite() {
+            return Err(Error::Diverged(format!(
+                "the loss became {loss_value} at epoch {} step {}; lower --lr (now {lr}) or use another norm",
+                epoch + 1,
+                step + 1
+            )));
+        }
+        loss.backward();
+        self.optimizer.step(&self.params, lr);
+        optim::zero_grad(&self.params);
+        sums.loss += loss_value as f64 * y.len() as f64;
+        sums.correct += count_correct(&logits, &y);
+        sums.seen += y.len();
+        if let Some(stats) = ctx.record.take() {
+            sums.add_stats(&stats);
+        }
+        Ok(format!(
+            "loss {:.4} acc {:.4} {:.0} img/s",
+            sums.loss / sums.seen as f64,
+            sums.correct as f64 / sums.seen as f64,
+            (sums.seen as f64) / seconds.max(1e-9)
+        ))
+    }
+
+    fn finish_epoch(
+        &mut self,
+        sums: &EpochSums,
+        epoch: usize,
+        seconds: f64,
+    ) -> Result<(Value, String)> {
+        let (test_loss, test_acc) = evaluate(&self.model, self.test, self.spec);
+        let layers: Vec<Value> = sums
+            .layers
+            .iter()
+            .map(|(name, m, s, z, n)| json!({"layer": name, "mean": m / *n as f64, "std": s / *n as f64, "grad_sparsity": z / *n as f64}))
+            .collect();
+        let (train_loss, train_acc) = (
+            sums.loss / sums.seen as f64,
+            sums.correct as f64 / sums.seen as f64,
+        );
+        let metrics = json!({
+            "epoch": epoch + 1,
+            "train_loss": train_loss,
+            "train_acc": train_acc,
+            "test_loss": test_loss,
+            "test_acc": test_acc,
+            "epoch_seconds": seconds,
+            "images_per_second": sums.seen as f64 / seconds,
+            "lr": self.schedule.lr(self.settings.lr, epoch),
+            "layers": layers,
+        });
+        let summary = format!(
+            "train loss {train_loss:.4} acc {train_acc:.4} | test loss {test_loss:.4} acc {test_acc:.4}"
+        );
+        Ok((metrics, summary))
+    }
+
+    fn save(&self, progress: &Progress) -> Result<()> {
+        let state = self.optimizer.state();
+        checkpoint::save(&self.ckpt_path, &self.model, &state, progress)
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn run(
     cfg: &RunConfig,
     model: Sequential,
-    mut optimizer: Box<dyn Optimizer>,
-    mut prog: Progress,
+    optimizer: Box<dyn Optimizer>,
+    prog: Progress,
     train: &Arc<Dataset>,
     test: &Dataset,
     dir: &Path,
@@ -318,113 +413,30 @@ fn run(
     show_progress: bool,
 ) -> Result<Outcome> {
     let t = &cfg.train;
-    let schedule = parse_schedule(&t.schedule, t.epochs)?;
-    let params = model.parameters();
     let spec = BatchSpec {
         batch: t.batch,
         mean: cfg.preprocessing.mean.clone(),
         std: cfg.preprocessing.std.clone(),
         augment: t.augment.then_some(4),
     };
-    let steps = train.len().div_ceil(t.batch);
-    let ckpt_path = dir.join(checkpoint::CHECKPOINT_FILE);
-
-    while prog.epoch < t.epochs {
-        let epoch = prog.epoch;
-        let lr = schedule.lr(t.lr, epoch);
-        let mut sums: EpochSums = prog.take_partial(&ckpt_path)?;
-        let first_step = prog.step;
-        let run = Epoch {
-            train,
-            spec: &spec,
-            seed: t.seed,
-            epoch,
-            epochs: t.epochs,
-            first_step,
-            steps,
-            show_progress,
-            stop,
-        }
-        .run(|step, x, y, seconds| {
-            let mut ctx = Ctx {
-                training: true,
-                rng: step_rng(t.seed ^ 0xD20F, epoch, step),
-                record: (step % RECORD_EVERY == 0).then(Vec::new),
-            };
-            let logits = model.forward(&Var::constant(x.into_dyn()), &mut ctx);
-            let loss = logits.cross_entropy(&y);
-            let loss_value = loss.value()[[]];
-            if !loss_value.is_finite() {
-                return Err(Error::Diverged(format!(
-                    "the loss became {loss_value} at epoch {} step {}; lower --lr (now {lr}) or use another norm",
-                    epoch + 1,
-                    step + 1
-                )));
-            }
-            loss.backward();
-            optimizer.step(&params, lr);
-            optim::zero_grad(&params);
-            sums.loss += loss_value as f64 * y.len() as f64;
-            sums.correct += count_correct(&logits, &y);
-            sums.seen += y.len();
-            if let Some(stats) = ctx.record.take() {
-                sums.add_stats(&stats);
-            }
-            let elapsed = sums.seconds + seconds;
-            Ok(format!(
-                "loss {:.4} acc {:.4} {:.0} img/s",
-                sums.loss / sums.seen as f64,
-                sums.correct as f64 / sums.seen as f64,
-                (sums.seen as f64) / elapsed.max(1e-9)
-            ))
-        })?;
-        sums.seconds += run.seconds;
-        if let Some(next_step) = run.interrupted {
-            return stop_mid_epoch(&mut prog, &sums, next_step, |prog| {
-                checkpoint::save(&ckpt_path, &model, &optimizer.state(), prog)
-            });
-        }
-
-        let (test_loss, test_acc) = evaluate(&model, test, &spec);
-        let layers: Vec<Value> = sums
-            .layers
-            .iter()
-            .map(|(name, m, s, z, n)| json!({"layer": name, "mean": m / *n as f64, "std": s / *n as f64, "grad_sparsity": z / *n as f64}))
-            .collect();
-        let metrics = json!({
-            "epoch": epoch + 1,
-            "train_loss": sums.loss / sums.seen as f64,
-            "train_acc": sums.correct as f64 / sums.seen as f64,
-            "test_loss": test_loss,
-            "test_acc": test_acc,
-            "epoch_seconds": sums.seconds,
-            "images_per_second": sums.seen as f64 / sums.seconds,
-            "lr": lr,
-            "layers": layers,
-        });
-        if show_progress {
-            eprintln!(
-                "epoch {}/{}: train loss {:.4} acc {:.4} | test loss {:.4} acc {:.4} | {:.1} s",
-                epoch + 1,
-                t.epochs,
-                metrics["train_loss"].as_f64().unwrap_or(0.0),
-                metrics["train_acc"].as_f64().unwrap_or(0.0),
-                test_loss,
-                test_acc,
-                sums.seconds
-            );
-        }
-        prog.history.push(metrics);
-        prog.epoch += 1;
-        prog.step = 0;
-        checkpoint::save(&ckpt_path, &model, &optimizer.state(), &prog)?;
-        write_metrics(dir, &prog.history)?;
-        if stop.load(Ordering::SeqCst) && prog.epoch < t.epochs {
-            return Ok(Outcome::Interrupted {
-                epoch: prog.epoch + 1,
-                step: 0,
-            });
-        }
+    let mut steps = Classify {
+        params: model.parameters(),
+        model,
+        optimizer,
+        schedule: parse_schedule(&t.schedule, t.epochs)?,
+        settings: t,
+        test,
+        spec: &spec,
+        ckpt_path: dir.join(checkpoint::CHECKPOINT_FILE),
+    };
+    Loop {
+        train,
+        spec: &spec,
+        seed: t.seed,
+        epochs: t.epochs,
+        dir,
+        show_progress,
+        stop,
     }
-    Ok(Outcome::Finished(prog.history))
+    .run(&mut steps, prog)
 }

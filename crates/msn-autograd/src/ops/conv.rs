@@ -4,7 +4,7 @@
 
 use crate::kernels::{col2im, gemm_seq, im2col, par_images, view2, view2_mut, ConvGeom};
 use crate::{Array, Var};
-use ndarray::{s, Array2, Dimension, IxDyn};
+use ndarray::{s, Array2, ArrayView2, Dimension, IxDyn};
 
 /// Stride, padding and dilation (height, width) and the group count of a convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +73,152 @@ fn sum_parts(parts: Vec<Vec<f32>>, shape: IxDyn) -> Array {
     Array::from_shape_vec(shape, total).expect("weight-sized gradient")
 }
 
+/// A convolution `K` lowered to matrix products, image by image: from "A" images
+/// (`groups * a` channels of the geometry's input size) to "B" images (`groups * b` channels
+/// of its output size), `B_g = W_g im2col(A_g)`. A convolution is `K`; a transposed
+/// convolution is `K^T`, so both, and both their gradients, are the three passes below.
+struct Lowered {
+    geom: ConvGeom,
+    groups: usize,
+    a: usize,
+    b: usize,
+    /// `[groups * b, a * kh * kw]`.
+    wm: Array2<f32>,
+}
+
+impl Lowered {
+    fn a_size(&self) -> usize {
+        self.groups * self.a * self.geom.plane()
+    }
+
+    fn b_size(&self) -> usize {
+        self.groups * self.b * self.geom.cols()
+    }
+
+    /// The im2col buffer of one group (none for a pointwise convolution).
+    fn col(&self) -> Vec<f32> {
+        let len = self.geom.rows() * self.geom.cols();
+        vec![0.0; if self.geom.pointwise() { 0 } else { len }]
+    }
+
+    fn w(&self, g: usize) -> ArrayView2<'_, f32> {
+        self.wm.slice(s![g * self.b..(g + 1) * self.b, ..])
+    }
+
+    fn b_group<'x>(&self, b_img: &'x [f32], g: usize) -> ArrayView2<'x, f32> {
+        let l = self.geom.cols();
+        view2(&b_img[g * self.b * l..], self.b, l)
+    }
+
+    /// Group `g` of an A image as the columns `W_g` multiplies.
+    fn columns<'x>(&self, a_img: &'x [f32], g: usize, col: &'x mut [f32]) -> ArrayView2<'x, f32> {
+        let (rows, l, size) = (
+            self.geom.rows(),
+            self.geom.cols(),
+            self.a * self.geom.plane(),
+        );
+        let src = &a_img[g * size..(g + 1) * size];
+        if self.geom.pointwise() {
+            return view2(src, rows, l);
+        }
+        im2col(src, &self.geom, col);
+        view2(col, rows, l)
+    }
+
+    /// `b = K a` for one image.
+    fn forward(&self, a_img: &[f32], b_img: &mut [f32], col: &mut [f32]) {
+        let l = self.geom.cols();
+        for g in 0..self.groups {
+            let out = &mut b_img[g * self.b * l..];
+            gemm_seq(
+                &mut view2_mut(out, self.b, l),
+                self.w(g),
+                self.columns(a_img, g, col),
+                false,
+            );
+        }
+    }
+
+    /// `a += K^T b` for one image.
+    fn adjoint(&self, b_img: &[f32], a_img: &mut [f32], col: &mut [f32]) {
+        let (rows, l, size) = (
+            self.geom.rows(),
+            self.geom.cols(),
+            self.a * self.geom.plane(),
+        );
+        for g in 0..self.groups {
+            let (w, bg) = (self.w(g).reversed_axes(), self.b_group(b_img, g));
+            let out = &mut a_img[g * size..(g + 1) * size];
+            if self.geom.pointwise() {
+                gemm_seq(&mut view2_mut(out, rows, l), w, bg, false);
+            } else {
+                gemm_seq(&mut view2_mut(col, rows, l), w, bg, false);
+                col2im(col, &self.geom, out);
+            }
+        }
+    }
+
+    /// `dW += b im2col(a)^T` for one image.
+    fn weight_grad(&self, a_img: &[f32], b_img: &[f32], dw: &mut [f32], col: &mut [f32]) {
+        let rows = self.geom.rows();
+        for g in 0..self.groups {
+            let bg = self.b_group(b_img, g);
+            let mut dwg = view2_mut(&mut dw[g * self.b * rows..], self.b, rows);
+            gemm_seq(
+                &mut dwg,
+                bg,
+                self.columns(a_img, g, col).reversed_axes(),
+                true,
+            );
+        }
+    }
+
+    /// Runs `f(image, its slice of out, im2col buffer, weight gradient)` over `n` images split
+    /// across threads (`out` holds `out_size` values an image, or nothing when `out_size` is
+    /// 0); returns each thread's weight gradient (`dw_len` values, 0 when not wanted).
+    fn images(
+        &self,
+        n: usize,
+        out: &mut [f32],
+        out_size: usize,
+        dw_len: usize,
+        f: impl Fn(usize, &mut [f32], &mut [f32], &mut [f32]) + Sync,
+    ) -> Vec<Vec<f32>> {
+        par_images(n, out, out_size, |imgs, outs| {
+            let (mut col, mut dw) = (self.col(), vec![0.0f32; dw_len]);
+            for (k, ni) in imgs.enumerate() {
+                f(
+                    ni,
+                    &mut outs[k * out_size..(k + 1) * out_size],
+                    &mut col,
+                    &mut dw,
+                );
+            }
+            dw
+        })
+    }
+}
+
+/// The standard-layout values of an array, as a slice.
+fn values(a: &Array) -> std::borrow::Cow<'_, [f32]> {
+    match a.as_slice() {
+        Some(s) => std::borrow::Cow::Borrowed(s),
+        None => std::borrow::Cow::Owned(a.iter().copied().collect()),
+    }
+}
+
+/// The four dimensions of an image batch or a convolution weight.
+fn dims4(v: &Var) -> [usize; 4] {
+    let shape = v.shape();
+    assert_eq!(shape.len(), 4, "a convolution takes 4-D tensors");
+    [shape[0], shape[1], shape[2], shape[3]]
+}
+
+/// The image `i` of a batch of `size`-value images.
+fn image(xs: &[f32], i: usize, size: usize) -> &[f32] {
+    &xs[i * size..(i + 1) * size]
+}
+
 impl Var {
     /// `x [N, C, H, W] * w [O, C/groups, kh, kw] -> [N, O, OH, OW]`.
     ///
@@ -80,100 +226,21 @@ impl Var {
     /// stays in cache and multiplied by the weight with a single-threaded sgemm. The backward
     /// pass unfolds again rather than keeping the column matrices, which saves memory.
     pub fn conv2d(&self, w: &Var, o: ConvOptions) -> Var {
-        let wm = weight_matrix(&w.value());
-        let wshape = w.value().raw_dim();
-        let (out_c, cg, kh, kw) = (wshape[0], wshape[1], wshape[2], wshape[3]);
-        let (n, c, h, wd) = {
-            let x = self.value();
-            (x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3])
-        };
+        let ([out_c, cg, kh, kw], [n, c, h, wd]) = (dims4(w), dims4(self));
         let groups = o.groups;
         assert!(
             c == cg * groups && out_c % groups == 0,
             "conv2d: channels do not match the weight and groups"
         );
-        let og = out_c / groups;
-        let geom = ConvGeom::new(cg, (h, wd), (kh, kw), o.stride, o.padding, o.dilation);
-        let (rows, l, plane) = (geom.rows(), geom.cols(), geom.plane());
-        let mut y = vec![0.0f32; n * out_c * l];
-        {
-            let xv = self.value();
-            let x = xv.as_standard_layout();
-            let xs = x.as_slice().expect("standard layout");
-            par_images(n, &mut y, out_c * l, |imgs, ys| {
-                let mut col = vec![0.0f32; if geom.pointwise() { 0 } else { rows * l }];
-                for (k, ni) in imgs.enumerate() {
-                    let yi = &mut ys[k * out_c * l..(k + 1) * out_c * l];
-                    for g in 0..groups {
-                        let src = &xs[(ni * c + g * cg) * plane..(ni * c + (g + 1) * cg) * plane];
-                        let colv = if geom.pointwise() {
-                            view2(src, rows, l)
-                        } else {
-                            im2col(src, &geom, &mut col);
-                            view2(&col, rows, l)
-                        };
-                        let wg = wm.slice(s![g * og..(g + 1) * og, ..]);
-                        gemm_seq(
-                            &mut view2_mut(&mut yi[g * og * l..], og, l),
-                            wg,
-                            colv,
-                            false,
-                        );
-                    }
-                }
-            });
-        }
-        let y = Array::from_shape_vec(IxDyn(&[n, out_c, geom.oh, geom.ow]), y).expect("sized");
-        let input = self.clone();
-        Var::from_op(
-            y,
-            vec![self.clone(), w.clone()],
-            Box::new(move |gy, needs| {
-                let gy = gy.as_standard_layout();
-                let gs = gy.as_slice().expect("standard layout");
-                let xv = input.value();
-                let x = xv.as_standard_layout();
-                let xs = x.as_slice().expect("standard layout");
-                let mut dx = vec![0.0f32; if needs[0] { n * c * h * wd } else { 0 }];
-                let stride = if needs[0] { c * plane } else { 0 };
-                let parts = par_images(n, &mut dx, stride, |imgs, dxs| {
-                    let mut dw = vec![0.0f32; if needs[1] { out_c * rows } else { 0 }];
-                    let mut col = vec![0.0f32; if geom.pointwise() { 0 } else { rows * l }];
-                    for (k, ni) in imgs.enumerate() {
-                        for g in 0..groups {
-                            let gyg = view2(&gs[(ni * out_c + g * og) * l..], og, l);
-                            let wg = wm.slice(s![g * og..(g + 1) * og, ..]);
-                            if needs[1] {
-                                let src = &xs[(ni * c + g * cg) * plane..];
-                                let colv = if geom.pointwise() {
-                                    view2(src, rows, l)
-                                } else {
-                                    im2col(&src[..cg * plane], &geom, &mut col);
-                                    view2(&col, rows, l)
-                                };
-                                let mut dwg = view2_mut(&mut dw[g * og * rows..], og, rows);
-                                gemm_seq(&mut dwg, gyg, colv.t(), true);
-                            }
-                            if needs[0] {
-                                let dxg = &mut dxs[(k * c + g * cg) * plane..][..cg * plane];
-                                if geom.pointwise() {
-                                    gemm_seq(&mut view2_mut(dxg, rows, l), wg.t(), gyg, false);
-                                } else {
-                                    gemm_seq(&mut view2_mut(&mut col, rows, l), wg.t(), gyg, false);
-                                    col2im(&col, &geom, dxg);
-                                }
-                            }
-                        }
-                    }
-                    dw
-                });
-                let dx = needs[0].then(|| {
-                    Array::from_shape_vec(IxDyn(&[n, c, h, wd]), dx).expect("input-sized")
-                });
-                let dw = needs[1].then(|| sum_parts(parts, wshape));
-                vec![dx, dw]
-            }),
-        )
+        let k = Lowered {
+            geom: ConvGeom::new(cg, (h, wd), (kh, kw), o.stride, o.padding, o.dilation),
+            groups,
+            a: cg,
+            b: out_c / groups,
+            wm: weight_matrix(&w.value()),
+        };
+        let (oh, ow) = (k.geom.oh, k.geom.ow);
+        apply(self, w, k, false, [n, out_c, oh, ow])
     }
 
     /// `x [N, C_in, H, W]`, `w [C_in, C_out/groups, kh, kw]` -> `[N, C_out, H', W']` with
@@ -182,103 +249,81 @@ impl Var {
     /// The adjoint of [`Var::conv2d`]: per image, `col = W^T x` then col2im, split across
     /// threads by image like the convolution.
     pub fn conv_transpose2d(&self, w: &Var, o: ConvOptions) -> Var {
-        let wm = weight_matrix(&w.value());
-        let wshape = w.value().raw_dim();
-        let (wc_in, cog, kh, kw) = (wshape[0], wshape[1], wshape[2], wshape[3]);
-        let (n, c_in, h, wd) = {
-            let x = self.value();
-            (x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3])
-        };
+        let ([wc_in, cog, kh, kw], [n, c_in, h, wd]) = (dims4(w), dims4(self));
         let groups = o.groups;
         assert!(
             wc_in == c_in && c_in % groups == 0,
             "conv_transpose2d: channels do not match the weight"
         );
-        let cig = c_in / groups;
-        let c_out = cog * groups;
         let size = |i: usize, k: usize, a: usize| {
             (i - 1) * o.stride[a] + o.dilation[a] * (k - 1) + o.output_padding[a] + 1
                 - 2 * o.padding[a]
         };
         let (oh, ow) = (size(h, kh, 0), size(wd, kw, 1));
         // The conv whose input is our output and whose output is our input.
-        let geom = ConvGeom::new(cog, (oh, ow), (kh, kw), o.stride, o.padding, o.dilation);
+        let k = Lowered {
+            geom: ConvGeom::new(cog, (oh, ow), (kh, kw), o.stride, o.padding, o.dilation),
+            groups,
+            a: cog,
+            b: c_in / groups,
+            wm: weight_matrix(&w.value()),
+        };
         assert_eq!(
-            (geom.oh, geom.ow),
+            (k.geom.oh, k.geom.ow),
             (h, wd),
             "conv_transpose2d: inconsistent geometry"
         );
-        let (rows, l, plane) = (geom.rows(), geom.cols(), geom.plane());
-        let mut y = vec![0.0f32; n * c_out * plane];
-        {
-            let xv = self.value();
-            let x = xv.as_standard_layout();
-            let xs = x.as_slice().expect("standard layout");
-            par_images(n, &mut y, c_out * plane, |imgs, ys| {
-                let mut col = vec![0.0f32; if geom.pointwise() { 0 } else { rows * l }];
-                for (k, ni) in imgs.enumerate() {
-                    for g in 0..groups {
-                        let xg = view2(&xs[(ni * c_in + g * cig) * l..], cig, l);
-                        let wg = wm.slice(s![g * cig..(g + 1) * cig, ..]);
-                        let yg = &mut ys[(k * c_out + g * cog) * plane..][..cog * plane];
-                        if geom.pointwise() {
-                            gemm_seq(&mut view2_mut(yg, rows, l), wg.t(), xg, false);
-                        } else {
-                            gemm_seq(&mut view2_mut(&mut col, rows, l), wg.t(), xg, false);
-                            col2im(&col, &geom, yg);
-                        }
-                    }
+        apply(self, w, k, true, [n, cog * groups, oh, ow])
+    }
+}
+
+/// `y = K x` (a convolution) or `y = K^T x` (`transposed`), with its gradients: `dx` is the
+/// other direction applied to `dy`, `dW` pairs the A side (x, or dy when transposed) with the
+/// B side.
+fn apply(x: &Var, w: &Var, k: Lowered, transposed: bool, y_shape: [usize; 4]) -> Var {
+    let (wshape, xshape) = (w.value().raw_dim(), x.value().raw_dim());
+    let n = xshape[0];
+    let (x_size, y_size) = if transposed {
+        (k.b_size(), k.a_size())
+    } else {
+        (k.a_size(), k.b_size())
+    };
+    let mut y = vec![0.0f32; n * y_size];
+    {
+        let xv = x.value();
+        let xs = values(&xv);
+        k.images(n, &mut y, y_size, 0, |i, yi, col, _| match transposed {
+            false => k.forward(image(&xs, i, x_size), yi, col),
+            true => k.adjoint(image(&xs, i, x_size), yi, col),
+        });
+    }
+    let y = Array::from_shape_vec(IxDyn(&y_shape), y).expect("sized");
+    let input = x.clone();
+    Var::from_op(
+        y,
+        vec![x.clone(), w.clone()],
+        Box::new(move |gy, needs| {
+            let (gs, xv) = (values(gy), input.value());
+            let xs = values(&xv);
+            let dw_len = if needs[1] { wshape.size() } else { 0 };
+            let dx_size = if needs[0] { x_size } else { 0 };
+            let mut dx = vec![0.0f32; n * dx_size];
+            let parts = k.images(n, &mut dx, dx_size, dw_len, |i, dxi, col, dw| {
+                let (xi, gyi) = (image(&xs, i, x_size), image(&gs, i, y_size));
+                let (a_img, b_img) = if transposed { (gyi, xi) } else { (xi, gyi) };
+                if needs[1] {
+                    k.weight_grad(a_img, b_img, dw, col);
+                }
+                match (needs[0], transposed) {
+                    (false, _) => {}
+                    (true, false) => k.adjoint(gyi, dxi, col),
+                    (true, true) => k.forward(gyi, dxi, col),
                 }
             });
-        }
-        let y = Array::from_shape_vec(IxDyn(&[n, c_out, oh, ow]), y).expect("sized");
-        let input = self.clone();
-        Var::from_op(
-            y,
-            vec![self.clone(), w.clone()],
-            Box::new(move |gy, needs| {
-                let gy = gy.as_standard_layout();
-                let gs = gy.as_slice().expect("standard layout");
-                let xv = input.value();
-                let x = xv.as_standard_layout();
-                let xs = x.as_slice().expect("standard layout");
-                let mut dx = vec![0.0f32; if needs[0] { n * c_in * l } else { 0 }];
-                let stride = if needs[0] { c_in * l } else { 0 };
-                let parts = par_images(n, &mut dx, stride, |imgs, dxs| {
-                    let mut dw = vec![0.0f32; if needs[1] { c_in * rows } else { 0 }];
-                    let mut col = vec![0.0f32; if geom.pointwise() { 0 } else { rows * l }];
-                    for (k, ni) in imgs.enumerate() {
-                        for g in 0..groups {
-                            let src = &gs[(ni * c_out + g * cog) * plane..][..cog * plane];
-                            let colv = if geom.pointwise() {
-                                view2(src, rows, l)
-                            } else {
-                                im2col(src, &geom, &mut col);
-                                view2(&col, rows, l)
-                            };
-                            let wg = wm.slice(s![g * cig..(g + 1) * cig, ..]);
-                            if needs[0] {
-                                let mut dxg =
-                                    view2_mut(&mut dxs[(k * c_in + g * cig) * l..], cig, l);
-                                gemm_seq(&mut dxg, wg, colv, false);
-                            }
-                            if needs[1] {
-                                let xg = view2(&xs[(ni * c_in + g * cig) * l..], cig, l);
-                                let mut dwg = view2_mut(&mut dw[g * cig * rows..], cig, rows);
-                                gemm_seq(&mut dwg, xg, colv.t(), true);
-                            }
-                        }
-                    }
-                    dw
-                });
-                let dx = needs[0].then(|| {
-                    Array::from_shape_vec(IxDyn(&[n, c_in, h, wd]), dx).expect("input-sized")
-                });
-                let dw = needs[1].then(|| sum_parts(parts, wshape));
-                vec![dx, dw]
-            }),
-        )
-    }
+            let dx = needs[0].then(|| Array::from_shape_vec(xshape, dx).expect("sized"));
+            vec![dx, needs[1].then(|| sum_parts(parts, wshape))]
+        }),
+    )
 }
 
 #[cfg(test)]

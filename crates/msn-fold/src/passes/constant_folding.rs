@@ -13,12 +13,42 @@ enum Value {
     I(ArrayD<i64>),
 }
 
+/// Applies a type-independent array expression (`$a` bound to the array) to either kind of
+/// value, keeping its element type; the expression gives an `Option` of the new array.
+macro_rules! same_type {
+    ($v:expr, $a:ident => $e:expr) => {
+        match $v {
+            Value::F($a) => $e.map(Value::F),
+            Value::I($a) => $e.map(Value::I),
+        }
+    };
+}
+
 impl Value {
     fn shape(&self) -> &[usize] {
         match self {
             Value::F(a) => a.shape(),
             Value::I(a) => a.shape(),
         }
+    }
+
+    fn f(&self) -> Option<&ArrayD<f32>> {
+        match self {
+            Value::F(a) => Some(a),
+            Value::I(_) => None,
+        }
+    }
+
+    fn i(&self) -> Option<&ArrayD<i64>> {
+        match self {
+            Value::I(a) => Some(a),
+            Value::F(_) => None,
+        }
+    }
+
+    /// The same values in another shape (same count).
+    fn reshaped(&self, shape: &[usize]) -> Option<Value> {
+        same_type!(self, a => reshape(a, shape))
     }
 }
 
@@ -105,32 +135,39 @@ fn binary(op: &str, a: Value, b: Value) -> Option<Value> {
         let b = reshape(b, &sb)?.broadcast(IxDyn(&shape))?.to_owned();
         Some((a, b))
     }
-    match (a, b) {
-        (Value::F(a), Value::F(b)) => {
+    match (op, a, b) {
+        (_, Value::F(a), Value::F(b)) => {
             let (a, b) = bc(&a, &b)?;
             Some(Value::F(match op {
-                "Add" => a + b,
-                "Sub" => a - b,
-                "Mul" => a * b,
-                "Div" => a / b,
                 "Pow" => ndarray::Zip::from(&a)
                     .and(&b)
                     .map_collect(|x, y| x.powf(*y)),
-                _ => return None,
+                _ => arithmetic(op, a, b)?,
             }))
         }
-        (Value::I(a), Value::I(b)) => {
+        // Integer division by zero has no value: not folded.
+        ("Div", Value::I(_), Value::I(b)) if b.iter().any(|&d| d == 0) => None,
+        (_, Value::I(a), Value::I(b)) => {
             let (a, b) = bc(&a, &b)?;
-            Some(Value::I(match op {
-                "Add" => a + b,
-                "Sub" => a - b,
-                "Mul" => a * b,
-                "Div" if b.iter().all(|&d| d != 0) => a / b,
-                _ => return None,
-            }))
+            arithmetic(op, a, b).map(Value::I)
         }
         _ => None,
     }
+}
+
+/// `a op b` elementwise for the four arithmetic operators (same shapes).
+fn arithmetic<T>(op: &str, a: ArrayD<T>, b: ArrayD<T>) -> Option<ArrayD<T>>
+where
+    T: Clone + std::ops::Add<Output = T> + std::ops::Sub<Output = T>,
+    T: std::ops::Mul<Output = T> + std::ops::Div<Output = T>,
+{
+    Some(match op {
+        "Add" => a + b,
+        "Sub" => a - b,
+        "Mul" => a * b,
+        "Div" => a / b,
+        _ => return None,
+    })
 }
 
 /// `MatMul` of 1-D and 2-D operands, with NumPy's rules for 1-D (a vector on the left is a
@@ -183,219 +220,168 @@ fn norm_axis(a: i64, rank: usize) -> Option<usize> {
     (0..rank as i64).contains(&a).then_some(a as usize)
 }
 
+/// Normalises the axes of Unsqueeze/Squeeze/Reduce against `rank`.
+fn norm_axes(axes: &[i64], rank: usize) -> Option<Vec<usize>> {
+    axes.iter().map(|&a| norm_axis(a, rank)).collect()
+}
+
+fn unary(op: &str, v: Value) -> Option<Value> {
+    match (op, v) {
+        ("Neg", Value::I(a)) => Some(Value::I(a.mapv(|v| -v))),
+        ("Neg", Value::F(a)) => Some(Value::F(a.mapv(|v| -v))),
+        ("Sqrt", Value::F(a)) => Some(Value::F(a.mapv(f32::sqrt))),
+        ("Reciprocal", Value::F(a)) => Some(Value::F(a.mapv(|v| 1.0 / v))),
+        _ => None,
+    }
+}
+
+fn reshape_node(inputs: &[Value]) -> Option<Value> {
+    let spec: Vec<i64> = inputs.get(1)?.i()?.iter().copied().collect();
+    let shape = resolve_shape(inputs[0].shape(), &spec)?;
+    inputs[0].reshaped(&shape)
+}
+
+fn flatten(node: &NodeProto, x: &Value) -> Option<Value> {
+    let s = x.shape();
+    // Flatten's axis lies in [-r, r]: a negative one counts from r, not r + 1.
+    let a = attr_int(node, "axis", 1);
+    let axis = norm_axis(if a < 0 { a + s.len() as i64 } else { a }, s.len() + 1)?;
+    x.reshaped(&[s[..axis].iter().product(), s[axis..].iter().product()])
+}
+
+fn transpose(node: &NodeProto, x: &Value) -> Option<Value> {
+    let rank = x.shape().len();
+    let perm: Vec<usize> = match attr_ints(node, "perm") {
+        [] => (0..rank).rev().collect(),
+        p => norm_axes(p, rank)?,
+    };
+    same_type!(x, a => Some(a.view().permuted_axes(IxDyn(&perm)).as_standard_layout().into_owned()))
+}
+
+fn unsqueeze(node: &NodeProto, inputs: &[Value]) -> Option<Value> {
+    let s = inputs[0].shape();
+    let ax = axes(node, inputs);
+    let mut ax = norm_axes(&ax, s.len() + ax.len())?;
+    ax.sort();
+    let mut shape = s.to_vec();
+    for a in ax {
+        shape.insert(a, 1);
+    }
+    inputs[0].reshaped(&shape)
+}
+
+fn squeeze(node: &NodeProto, inputs: &[Value]) -> Option<Value> {
+    let s = inputs[0].shape();
+    let ax = match axes(node, inputs) {
+        ax if ax.is_empty() => (0..s.len()).filter(|&i| s[i] == 1).collect(),
+        ax => norm_axes(&ax, s.len())?,
+    };
+    let shape: Vec<usize> = (0..s.len())
+        .filter(|i| !ax.contains(i))
+        .map(|i| s[i])
+        .collect();
+    inputs[0].reshaped(&shape)
+}
+
+fn reduce(node: &NodeProto, inputs: &[Value]) -> Option<Value> {
+    let op = node.op_type();
+    let a = inputs[0].f()?;
+    let keep = attr_int(node, "keepdims", 1) == 1;
+    let mut ax = norm_axes(&axes(node, inputs), a.ndim())?;
+    if ax.is_empty() {
+        ax = (0..a.ndim()).collect();
+    }
+    ax.sort();
+    let mut r = if op == "ReduceL2" {
+        a.mapv(|v| v * v)
+    } else {
+        a.clone()
+    };
+    let count: usize = ax.iter().map(|&i| a.shape()[i]).product();
+    for &i in ax.iter().rev() {
+        r = r.sum_axis(Axis(i));
+        if keep {
+            r = r.insert_axis(Axis(i));
+        }
+    }
+    Some(Value::F(match op {
+        "ReduceL2" => r.mapv(f32::sqrt),
+        "ReduceMean" => r / count as f32,
+        _ => r,
+    }))
+}
+
+fn gather(node: &NodeProto, inputs: &[Value]) -> Option<Value> {
+    let idx = inputs.get(1)?.i()?;
+    let axis = norm_axis(attr_int(node, "axis", 0), inputs[0].shape().len())?;
+    let n = inputs[0].shape()[axis] as i64;
+    let picks: Vec<usize> = idx
+        .iter()
+        .map(|&i| if i < 0 { i + n } else { i })
+        .map(|i| (0..n).contains(&i).then_some(i as usize))
+        .collect::<Option<_>>()?;
+    // A scalar index drops the axis.
+    let scalar = idx.ndim() == 0;
+    same_type!(&inputs[0], a => Some(pick(a, axis, &picks, scalar)))
+}
+
+/// `a`'s entries `picks` along `axis`, the axis dropped for a `scalar` index.
+fn pick<T: Clone>(a: &ArrayD<T>, axis: usize, picks: &[usize], scalar: bool) -> ArrayD<T> {
+    let g = a.select(Axis(axis), picks);
+    match scalar {
+        true => g.index_axis(Axis(axis), 0).to_owned(),
+        false => g,
+    }
+}
+
+fn concat(node: &NodeProto, inputs: &[Value]) -> Option<Value> {
+    fn join<T: Clone>(axis: usize, parts: Vec<&ArrayD<T>>) -> Option<ArrayD<T>> {
+        let views: Vec<_> = parts.iter().map(|a| a.view()).collect();
+        ndarray::concatenate(Axis(axis), &views).ok()
+    }
+    let axis = norm_axis(attr_int(node, "axis", 0), inputs[0].shape().len())?;
+    if let Some(parts) = inputs.iter().map(Value::i).collect::<Option<Vec<_>>>() {
+        return join(axis, parts).map(Value::I);
+    }
+    let parts = inputs.iter().map(Value::f).collect::<Option<Vec<_>>>()?;
+    join(axis, parts).map(Value::F)
+}
+
+fn cast(node: &NodeProto, v: Value) -> Option<Value> {
+    let to = attr_int(node, "to", 0) as i32;
+    let (float, int) = (DataType::Float as i32, DataType::Int64 as i32);
+    match v {
+        Value::F(a) if to == float => Some(Value::F(a)),
+        Value::I(a) if to == int => Some(Value::I(a)),
+        Value::I(a) if to == float => Some(Value::F(a.mapv(|v| v as f32))),
+        Value::F(a) if to == int => Some(Value::I(a.mapv(|v| v as i64))),
+        _ => None,
+    }
+}
+
 fn eval(node: &NodeProto, inputs: Vec<Value>) -> Option<Value> {
     let op = node.op_type();
-    let first = inputs.first().cloned();
     match op {
-        "Identity" => first,
+        "Identity" => inputs.into_iter().next(),
         "Add" | "Sub" | "Mul" | "Div" | "Pow" => {
             let mut it = inputs.into_iter();
             binary(op, it.next()?, it.next()?)
         }
-        "Sqrt" => match first? {
-            Value::F(a) => Some(Value::F(a.mapv(f32::sqrt))),
-            _ => None,
-        },
-        "Neg" => match first? {
-            Value::F(a) => Some(Value::F(a.mapv(|v| -v))),
-            Value::I(a) => Some(Value::I(a.mapv(|v| -v))),
-        },
-        "Reciprocal" => match first? {
-            Value::F(a) => Some(Value::F(a.mapv(|v| 1.0 / v))),
-            _ => None,
-        },
-        "MatMul" => match (&inputs[0], inputs.get(1)?) {
-            (Value::F(a), Value::F(b)) => matmul(a, b).map(Value::F),
-            _ => None,
-        },
-        "Reshape" => {
-            let Value::I(spec) = inputs.get(1)? else {
-                return None;
-            };
-            let spec: Vec<i64> = spec.iter().copied().collect();
-            let shape = resolve_shape(inputs[0].shape(), &spec)?;
-            match &inputs[0] {
-                Value::F(a) => reshape(a, &shape).map(Value::F),
-                Value::I(a) => reshape(a, &shape).map(Value::I),
-            }
+        "Sqrt" | "Neg" | "Reciprocal" => unary(op, inputs.into_iter().next()?),
+        "MatMul" => matmul(inputs[0].f()?, inputs.get(1)?.f()?).map(Value::F),
+        "Reshape" => reshape_node(&inputs),
+        "Flatten" => flatten(node, &inputs[0]),
+        "Transpose" => transpose(node, &inputs[0]),
+        "Unsqueeze" => unsqueeze(node, &inputs),
+        "Squeeze" => squeeze(node, &inputs),
+        "ReduceSum" | "ReduceL2" | "ReduceMean" => reduce(node, &inputs),
+        "Shape" => {
+            let dims = inputs[0].shape().iter().map(|&d| d as i64);
+            Some(Value::I(ndarray::Array1::from_iter(dims).into_dyn()))
         }
-        "Flatten" => {
-            let s = inputs[0].shape();
-            // Flatten's axis lies in [-r, r]: a negative one counts from r, not r + 1.
-            let a = attr_int(node, "axis", 1);
-            let axis = norm_axis(if a < 0 { a + s.len() as i64 } else { a }, s.len() + 1)?;
-            let shape = [s[..axis].iter().product(), s[axis..].iter().product()];
-            match &inputs[0] {
-                Value::F(a) => reshape(a, &shape).map(Value::F),
-                Value::I(a) => reshape(a, &shape).map(Value::I),
-            }
-        }
-        "Transpose" => {
-            let rank = inputs[0].shape().len();
-            let perm: Vec<usize> = match attr_ints(node, "perm") {
-                [] => (0..rank).rev().collect(),
-                p => p
-                    .iter()
-                    .map(|&a| norm_axis(a, rank))
-                    .collect::<Option<_>>()?,
-            };
-            match &inputs[0] {
-                Value::F(a) => Some(Value::F(
-                    a.clone()
-                        .permuted_axes(IxDyn(&perm))
-                        .as_standard_layout()
-                        .into_owned(),
-                )),
-                Value::I(a) => Some(Value::I(
-                    a.clone()
-                        .permuted_axes(IxDyn(&perm))
-                        .as_standard_layout()
-                        .into_owned(),
-                )),
-            }
-        }
-        "Unsqueeze" | "Squeeze" => {
-            let s = inputs[0].shape().to_vec();
-            let ax = axes(node, &inputs);
-            let shape: Vec<usize> = if op == "Unsqueeze" {
-                let rank = s.len() + ax.len();
-                let mut ax: Vec<usize> = ax
-                    .iter()
-                    .map(|&a| norm_axis(a, rank))
-                    .collect::<Option<_>>()?;
-                ax.sort();
-                let mut out = s.clone();
-                for a in ax {
-                    out.insert(a, 1);
-                }
-                out
-            } else {
-                let ax: Vec<usize> = if ax.is_empty() {
-                    (0..s.len()).filter(|&i| s[i] == 1).collect()
-                } else {
-                    ax.iter()
-                        .map(|&a| norm_axis(a, s.len()))
-                        .collect::<Option<_>>()?
-                };
-                s.iter()
-                    .enumerate()
-                    .filter(|(i, _)| !ax.contains(i))
-                    .map(|(_, &d)| d)
-                    .collect()
-            };
-            match &inputs[0] {
-                Value::F(a) => reshape(a, &shape).map(Value::F),
-                Value::I(a) => reshape(a, &shape).map(Value::I),
-            }
-        }
-        "ReduceSum" | "ReduceL2" | "ReduceMean" => {
-            let Value::F(a) = &inputs[0] else { return None };
-            let keep = attr_int(node, "keepdims", 1) == 1;
-            let mut ax: Vec<usize> = axes(node, &inputs)
-                .iter()
-                .map(|&x| norm_axis(x, a.ndim()))
-                .collect::<Option<_>>()?;
-            if ax.is_empty() {
-                ax = (0..a.ndim()).collect();
-            }
-            ax.sort();
-            let mut r = if op == "ReduceL2" {
-                a.mapv(|v| v * v)
-            } else {
-                a.clone()
-            };
-            let count: usize = ax.iter().map(|&i| a.shape()[i]).product();
-            for &i in ax.iter().rev() {
-                r = r.sum_axis(Axis(i));
-                if keep {
-                    r = r.insert_axis(Axis(i));
-                }
-            }
-            Some(Value::F(match op {
-                "ReduceL2" => r.mapv(f32::sqrt),
-                "ReduceMean" => r / count as f32,
-                _ => r,
-            }))
-        }
-        "Shape" => Some(Value::I(
-            ndarray::Array1::from_iter(inputs[0].shape().iter().map(|&d| d as i64)).into_dyn(),
-        )),
-        "Gather" => {
-            let Value::I(idx) = inputs.get(1)? else {
-                return None;
-            };
-            let axis = norm_axis(attr_int(node, "axis", 0), inputs[0].shape().len())?;
-            let n = inputs[0].shape()[axis] as i64;
-            let picks: Vec<usize> = idx
-                .iter()
-                .map(|&i| if i < 0 { i + n } else { i })
-                .map(|i| (0..n).contains(&i).then_some(i as usize))
-                .collect::<Option<_>>()?;
-            let gather = |a: &ArrayD<i64>| {
-                let g = a.select(Axis(axis), &picks);
-                if idx.ndim() == 0 {
-                    g.index_axis(Axis(axis), 0).to_owned()
-                } else {
-                    g
-                }
-            };
-            match &inputs[0] {
-                Value::I(a) => Some(Value::I(gather(a))),
-                Value::F(a) => {
-                    let g = a.select(Axis(axis), &picks);
-                    Some(Value::F(if idx.ndim() == 0 {
-                        g.index_axis(Axis(axis), 0).to_owned()
-                    } else {
-                        g
-                    }))
-                }
-            }
-        }
-        "Concat" => {
-            let rank = inputs[0].shape().len();
-            let axis = norm_axis(attr_int(node, "axis", 0), rank)?;
-            if inputs.iter().all(|v| matches!(v, Value::I(_))) {
-                let parts: Vec<_> = inputs
-                    .iter()
-                    .map(|v| {
-                        if let Value::I(a) = v {
-                            a.view()
-                        } else {
-                            unreachable!()
-                        }
-                    })
-                    .collect();
-                ndarray::concatenate(Axis(axis), &parts).ok().map(Value::I)
-            } else if inputs.iter().all(|v| matches!(v, Value::F(_))) {
-                let parts: Vec<_> = inputs
-                    .iter()
-                    .map(|v| {
-                        if let Value::F(a) = v {
-                            a.view()
-                        } else {
-                            unreachable!()
-                        }
-                    })
-                    .collect();
-                ndarray::concatenate(Axis(axis), &parts).ok().map(Value::F)
-            } else {
-                None
-            }
-        }
-        "Cast" => {
-            let to = attr_int(node, "to", 0) as i32;
-            match (first?, to) {
-                (Value::F(a), t) if t == DataType::Float as i32 => Some(Value::F(a)),
-                (Value::I(a), t) if t == DataType::Float as i32 => {
-                    Some(Value::F(a.mapv(|v| v as f32)))
-                }
-                (Value::I(a), t) if t == DataType::Int64 as i32 => Some(Value::I(a)),
-                (Value::F(a), t) if t == DataType::Int64 as i32 => {
-                    Some(Value::I(a.mapv(|v| v as i64)))
-                }
-                _ => None,
-            }
-        }
+        "Gather" => gather(node, &inputs),
+        "Concat" => concat(node, &inputs),
+        "Cast" => cast(node, inputs.into_iter().next()?),
         _ => None,
     }
 }

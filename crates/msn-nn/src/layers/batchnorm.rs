@@ -12,6 +12,30 @@ fn update_running(running: &Var, batch: &Array, momentum: f32) {
     });
 }
 
+/// A per-channel vector filled with `value`: a parameter, or a buffer when not `learned`.
+fn filled(channels: usize, value: f32, learned: bool) -> Var {
+    let a = Array::from_elem(IxDyn(&[channels]), value);
+    if learned {
+        Var::parameter(a)
+    } else {
+        Var::constant(a)
+    }
+}
+
+/// Names a norm layer's state: `weight` and `bias`, then its running statistics.
+fn visit_norm(
+    prefix: &str,
+    f: &mut dyn FnMut(String, &Var, StateKind),
+    (weight, bias): (&Var, &Var),
+    buffers: &[(&str, &Var)],
+) {
+    f(join(prefix, "weight"), weight, StateKind::Parameter);
+    f(join(prefix, "bias"), bias, StateKind::Parameter);
+    for (name, v) in buffers {
+        f(join(prefix, name), v, StateKind::Buffer);
+    }
+}
+
 /// Batch normalization: `y = g * (x - mean) / sqrt(var + eps) + b`, batch statistics when
 /// training (running ones updated with momentum, the variance unbiased as in PyTorch), running
 /// statistics in eval mode.
@@ -27,10 +51,10 @@ pub struct BatchNorm {
 impl BatchNorm {
     pub fn new(channels: usize) -> Self {
         BatchNorm {
-            weight: Var::parameter(Array::ones(IxDyn(&[channels]))),
-            bias: Var::parameter(Array::zeros(IxDyn(&[channels]))),
-            running_mean: Var::constant(Array::zeros(IxDyn(&[channels]))),
-            running_var: Var::constant(Array::ones(IxDyn(&[channels]))),
+            weight: filled(channels, 1.0, true),
+            bias: filled(channels, 0.0, true),
+            running_mean: filled(channels, 0.0, false),
+            running_var: filled(channels, 1.0, false),
             eps: 1e-5,
             momentum: 0.1,
         }
@@ -63,18 +87,11 @@ impl Module for BatchNorm {
     }
 
     fn visit_state(&self, prefix: &str, f: &mut dyn FnMut(String, &Var, StateKind)) {
-        f(join(prefix, "weight"), &self.weight, StateKind::Parameter);
-        f(join(prefix, "bias"), &self.bias, StateKind::Parameter);
-        f(
-            join(prefix, "running_mean"),
-            &self.running_mean,
-            StateKind::Buffer,
-        );
-        f(
-            join(prefix, "running_var"),
-            &self.running_var,
-            StateKind::Buffer,
-        );
+        let buffers = [
+            ("running_mean", &self.running_mean),
+            ("running_var", &self.running_var),
+        ];
+        visit_norm(prefix, f, (&self.weight, &self.bias), &buffers);
     }
 }
 
@@ -90,9 +107,9 @@ pub struct MeanOnlyBatchNorm {
 impl MeanOnlyBatchNorm {
     pub fn new(channels: usize) -> Self {
         MeanOnlyBatchNorm {
-            weight: Var::parameter(Array::ones(IxDyn(&[channels]))),
-            bias: Var::parameter(Array::zeros(IxDyn(&[channels]))),
-            running_mean: Var::constant(Array::zeros(IxDyn(&[channels]))),
+            weight: filled(channels, 1.0, true),
+            bias: filled(channels, 0.0, true),
+            running_mean: filled(channels, 0.0, false),
             momentum: 0.1,
         }
     }
@@ -123,13 +140,8 @@ impl Module for MeanOnlyBatchNorm {
     }
 
     fn visit_state(&self, prefix: &str, f: &mut dyn FnMut(String, &Var, StateKind)) {
-        f(join(prefix, "weight"), &self.weight, StateKind::Parameter);
-        f(join(prefix, "bias"), &self.bias, StateKind::Parameter);
-        f(
-            join(prefix, "running_mean"),
-            &self.running_mean,
-            StateKind::Buffer,
-        );
+        let buffers = [("running_mean", &self.running_mean)];
+        visit_norm(prefix, f, (&self.weight, &self.bias), &buffers);
     }
 }
 

@@ -1,15 +1,20 @@
-use super::spectral::SpectralNorm;
-use crate::{init, join, Ctx, Module, StateKind};
+use super::weights::Weights;
+use crate::{Ctx, Module, StateKind};
 use msn_autograd::ops::conv::ConvOptions;
 use msn_autograd::Var;
 use rand_chacha::ChaCha8Rng;
 
 /// 2-D convolution, weight `[out, in/groups, kh, kw]`, optional bias and spectral norm.
 pub struct Conv2d {
-    pub weight: Var,
-    pub bias: Option<Var>,
-    pub sn: Option<SpectralNorm>,
+    pub params: Weights,
     pub options: ConvOptions,
+}
+
+impl std::ops::Deref for Conv2d {
+    type Target = Weights;
+    fn deref(&self) -> &Weights {
+        &self.params
+    }
 }
 
 impl Conv2d {
@@ -21,60 +26,41 @@ impl Conv2d {
         bias: bool,
         rng: &mut ChaCha8Rng,
     ) -> Self {
-        let fan_in = input / options.groups * kernel * kernel;
-        Conv2d {
-            weight: Var::parameter(init::torch_default(
-                &[output, input / options.groups, kernel, kernel],
-                fan_in,
-                rng,
-            )),
-            bias: bias.then(|| Var::parameter(init::torch_default(&[output], fan_in, rng))),
-            sn: None,
-            options,
-        }
+        let shape = [output, input / options.groups, kernel, kernel];
+        let fan_in = shape[1] * kernel * kernel;
+        let params = Weights::new(&shape, fan_in, output, bias, rng);
+        Conv2d { params, options }
     }
 
     /// Adds spectral normalization of the weight.
     pub fn spectral(mut self, rng: &mut ChaCha8Rng) -> Self {
-        self.sn = Some(SpectralNorm::new(&self.weight.value(), rng));
+        self.params.spectral(rng);
         self
-    }
-
-    /// The weight the layer applies (normalized when SN is on).
-    pub fn effective_weight(&self, training: bool) -> Var {
-        match &self.sn {
-            Some(sn) => sn.normalize(&self.weight, training),
-            None => self.weight.clone(),
-        }
     }
 }
 
 impl Module for Conv2d {
     fn forward(&self, x: &Var, ctx: &mut Ctx) -> Var {
-        let y = x.conv2d(&self.effective_weight(ctx.training), self.options);
-        match &self.bias {
-            Some(b) => y.channel_affine(None, b),
-            None => y,
-        }
+        let w = self.effective_weight(ctx.training);
+        self.add_bias(x.conv2d(&w, self.options))
     }
 
     fn visit_state(&self, prefix: &str, f: &mut dyn FnMut(String, &Var, StateKind)) {
-        f(join(prefix, "weight"), &self.weight, StateKind::Parameter);
-        if let Some(b) = &self.bias {
-            f(join(prefix, "bias"), b, StateKind::Parameter);
-        }
-        if let Some(sn) = &self.sn {
-            f(join(prefix, "weight_u"), &sn.u, StateKind::Buffer);
-            f(join(prefix, "weight_v"), &sn.v, StateKind::Buffer);
-        }
+        self.params.visit_state(prefix, f)
     }
 }
 
 /// Transposed 2-D convolution, weight `[in, out/groups, kh, kw]`, optional bias.
 pub struct ConvTranspose2d {
-    pub weight: Var,
-    pub bias: Option<Var>,
+    pub params: Weights,
     pub options: ConvOptions,
+}
+
+impl std::ops::Deref for ConvTranspose2d {
+    type Target = Weights;
+    fn deref(&self) -> &Weights {
+        &self.params
+    }
 }
 
 impl ConvTranspose2d {
@@ -87,32 +73,19 @@ impl ConvTranspose2d {
         rng: &mut ChaCha8Rng,
     ) -> Self {
         // PyTorch computes fan_in from weight.size(1) * k * k for transposed convs.
-        let fan_in = output / options.groups * kernel * kernel;
-        ConvTranspose2d {
-            weight: Var::parameter(init::torch_default(
-                &[input, output / options.groups, kernel, kernel],
-                fan_in,
-                rng,
-            )),
-            bias: bias.then(|| Var::parameter(init::torch_default(&[output], fan_in, rng))),
-            options,
-        }
+        let shape = [input, output / options.groups, kernel, kernel];
+        let fan_in = shape[1] * kernel * kernel;
+        let params = Weights::new(&shape, fan_in, output, bias, rng);
+        ConvTranspose2d { params, options }
     }
 }
 
 impl Module for ConvTranspose2d {
     fn forward(&self, x: &Var, _ctx: &mut Ctx) -> Var {
-        let y = x.conv_transpose2d(&self.weight, self.options);
-        match &self.bias {
-            Some(b) => y.channel_affine(None, b),
-            None => y,
-        }
+        self.add_bias(x.conv_transpose2d(&self.weight, self.options))
     }
 
     fn visit_state(&self, prefix: &str, f: &mut dyn FnMut(String, &Var, StateKind)) {
-        f(join(prefix, "weight"), &self.weight, StateKind::Parameter);
-        if let Some(b) = &self.bias {
-            f(join(prefix, "bias"), b, StateKind::Parameter);
-        }
+        self.params.visit_state(prefix, f)
     }
 }

@@ -4,11 +4,13 @@ mod batchnorm;
 mod conv;
 mod linear;
 pub mod spectral;
+mod weights;
 
 pub use batchnorm::{BatchNorm, MeanOnlyBatchNorm};
 pub use conv::{Conv2d, ConvTranspose2d};
 pub use linear::Linear;
 pub use spectral::SpectralNorm;
+pub use weights::Weights;
 
 use crate::{join, ActivationStats, Ctx, Module, StateKind};
 use msn_autograd::Var;
