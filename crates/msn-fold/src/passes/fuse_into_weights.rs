@@ -8,7 +8,7 @@
 
 use crate::graph::{fresh_name, node_name, set_init, Index};
 use msn_onnx::{attr_float, attr_int, tensor, GraphProto, NodeProto};
-use ndarray::{Array1, ArrayD, Axis, IxDyn};
+use ndarray::{Array1, ArrayD, Axis};
 
 /// How a layer's output channels sit in its weight.
 #[derive(Clone, Copy)]
@@ -107,99 +107,90 @@ struct Affine {
     what: &'static str,
 }
 
+impl Affine {
+    fn new(scale: Array1<f32>, shift: Array1<f32>, what: &'static str) -> Self {
+        Affine { scale, shift, what }
+    }
+}
+
+/// The consumer of the layer's output `y` as a per-channel affine map, if it is one.
 fn affine_of(
     consumer: &NodeProto,
     g: &GraphProto,
     idx: &Index,
     y: &str,
-    rank: usize,
+    (rank, channels): (usize, usize),
+    warnings: &mut Vec<String>,
+) -> Option<Affine> {
+    match consumer.op_type() {
+        "BatchNormalization" => batch_norm(consumer, g, idx, y, channels, warnings),
+        "Add" | "Sub" | "Mul" | "Div" => arithmetic(consumer, g, idx, y, (rank, channels)),
+        _ => None,
+    }
+}
+
+/// An inference-mode BatchNormalization: `s = scale / sqrt(var + eps)`, `t = bias - mean * s`.
+fn batch_norm(
+    bn: &NodeProto,
+    g: &GraphProto,
+    idx: &Index,
+    y: &str,
     channels: usize,
     warnings: &mut Vec<String>,
 ) -> Option<Affine> {
-    let ones = || Array1::from_elem(channels, 1.0f32);
-    let zeros = || Array1::from_elem(channels, 0.0f32);
-    match consumer.op_type() {
-        "BatchNormalization" => {
-            if attr_int(consumer, "training_mode", 0) != 0
-                || consumer.output.iter().skip(1).any(|o| !o.is_empty())
-            {
-                warnings.push(format!(
-                    "{}: BatchNormalization in training mode is left unfolded",
-                    node_name(consumer)
-                ));
-                return None;
-            }
-            if consumer.input.first().map(String::as_str) != Some(y) || consumer.input.len() < 5 {
-                return None;
-            }
-            let get = |i: usize| idx.float(g, &consumer.input[i]);
-            let (Some(scale), Some(bias), Some(mean), Some(var)) = (get(1), get(2), get(3), get(4))
-            else {
-                warnings.push(format!(
-                    "{}: BatchNormalization statistics are not constant; left unfolded",
-                    node_name(consumer)
-                ));
-                return None;
-            };
-            if [&scale, &bias, &mean, &var]
-                .iter()
-                .any(|a| a.len() != channels)
-            {
-                warnings.push(format!("{}: BatchNormalization has {} channels but its input has {channels}; left unfolded", node_name(consumer), scale.len()));
-                return None;
-            }
-            let eps = attr_float(consumer, "epsilon", 1e-5);
-            let flat = |a: ArrayD<f32>| Array1::from_iter(a.iter().copied());
-            let (scale, bias, mean, var) = (flat(scale), flat(bias), flat(mean), flat(var));
-            let s: Array1<f32> = &scale / &var.mapv(|v| (v + eps).sqrt());
-            let t = &bias - &(&mean * &s);
-            Some(Affine {
-                scale: s,
-                shift: t,
-                what: "BatchNormalization",
-            })
-        }
-        op @ ("Add" | "Sub" | "Mul" | "Div") => {
-            let (a, b) = (consumer.input.first()?, consumer.input.get(1)?);
-            let (c_name, x_first) = if a == y {
-                (b, true)
-            } else if b == y {
-                (a, false)
-            } else {
-                return None;
-            };
-            if a == b {
-                return None;
-            }
-            let c = per_channel(&idx.float(g, c_name)?, rank, channels)?;
-            match (op, x_first) {
-                ("Add", _) => Some(Affine {
-                    scale: ones(),
-                    shift: c,
-                    what: "Add",
-                }),
-                ("Sub", true) => Some(Affine {
-                    scale: ones(),
-                    shift: -c,
-                    what: "Sub",
-                }),
-                ("Sub", false) => Some(Affine {
-                    scale: -ones(),
-                    shift: c,
-                    what: "Sub",
-                }),
-                ("Mul", _) => Some(Affine {
-                    scale: c,
-                    shift: zeros(),
-                    what: "Mul",
-                }),
-                ("Div", true) if c.iter().all(|&v| v != 0.0) => Some(Affine {
-                    scale: c.mapv(|v| 1.0 / v),
-                    shift: zeros(),
-                    what: "Div",
-                }),
-                _ => None,
-            }
+    let mut refuse = |why: String| {
+        warnings.push(format!("{}: BatchNormalization {why}", node_name(bn)));
+        None
+    };
+    if attr_int(bn, "training_mode", 0) != 0 || bn.output.iter().skip(1).any(|o| !o.is_empty()) {
+        return refuse("in training mode is left unfolded".into());
+    }
+    if bn.input.first().map(String::as_str) != Some(y) || bn.input.len() < 5 {
+        return None;
+    }
+    let get = |i: usize| idx.float(g, &bn.input[i]);
+    let (Some(scale), Some(bias), Some(mean), Some(var)) = (get(1), get(2), get(3), get(4)) else {
+        return refuse("statistics are not constant; left unfolded".into());
+    };
+    if let Some(a) = [&scale, &bias, &mean, &var]
+        .into_iter()
+        .find(|a| a.len() != channels)
+    {
+        let n = a.len();
+        return refuse(format!(
+            "has {n} channels but its input has {channels}; left unfolded"
+        ));
+    }
+    let eps = attr_float(bn, "epsilon", 1e-5);
+    let flat = |a: ArrayD<f32>| Array1::from_iter(a.iter().copied());
+    let (scale, bias, mean, var) = (flat(scale), flat(bias), flat(mean), flat(var));
+    let s: Array1<f32> = &scale / &var.mapv(|v| (v + eps).sqrt());
+    let t = &bias - &(&mean * &s);
+    Some(Affine::new(s, t, "BatchNormalization"))
+}
+
+/// `y + c`, `y - c`, `c - y`, `y * c`, `c * y` or `y / c` with `c` constant per channel.
+fn arithmetic(
+    node: &NodeProto,
+    g: &GraphProto,
+    idx: &Index,
+    y: &str,
+    (rank, channels): (usize, usize),
+) -> Option<Affine> {
+    let (a, b) = (node.input.first()?, node.input.get(1)?);
+    if a == b || (a != y && b != y) {
+        return None;
+    }
+    let (c_name, y_first) = if a == y { (b, true) } else { (a, false) };
+    let c = per_channel(&idx.float(g, c_name)?, rank, channels)?;
+    let (ones, zeros) = (Array1::ones(channels), Array1::zeros(channels));
+    match (node.op_type(), y_first) {
+        ("Add", _) => Some(Affine::new(ones, c, "Add")),
+        ("Sub", true) => Some(Affine::new(ones, -c, "Sub")),
+        ("Sub", false) => Some(Affine::new(-ones, c, "Sub")),
+        ("Mul", _) => Some(Affine::new(c, zeros, "Mul")),
+        ("Div", true) if c.iter().all(|&v| v != 0.0) => {
+            Some(Affine::new(c.mapv(|v| 1.0 / v), zeros, "Div"))
         }
         _ => None,
     }
@@ -212,113 +203,121 @@ pub struct Counts {
     pub affine: usize,
 }
 
+/// A Conv, ConvTranspose or Gemm whose weight and bias can absorb what follows it.
+struct Layer {
+    index: usize,
+    layout: Layout,
+    /// Its one output, read by one node.
+    y: String,
+    weight: String,
+    bias: Option<String>,
+    /// The bias per output channel (Gemm's times beta; zeros without one).
+    bias_vec: Array1<f32>,
+    /// Gemm's alpha (1 for a convolution).
+    alpha: f32,
+    channels: usize,
+    /// The output's rank.
+    rank: usize,
+}
+
+/// The node at `pi` as a [`Layer`], if its weight and bias are constant and fit its layout.
+fn layer(g: &GraphProto, idx: &Index, pi: usize) -> Option<Layer> {
+    let node = &g.node[pi];
+    let layout = layout(node)?;
+    let y = node.output.first()?;
+    if node.output.len() != 1 || !idx.single_use(y) {
+        return None;
+    }
+    let weight = node.input.get(1)?;
+    // Decide from the weight's shape; decode it (it may be large) only to fold.
+    let wshape = idx.float_shape(g, weight)?;
+    if wshape.len() < 2 {
+        return None;
+    }
+    let channels = out_channels(&wshape, layout);
+    let bias = node.input.get(2).filter(|s| !s.is_empty());
+    let gemm = matches!(layout, Layout::Gemm { .. });
+    let (alpha, beta) = match gemm {
+        true => (
+            attr_float(node, "alpha", 1.0),
+            attr_float(node, "beta", 1.0),
+        ),
+        false => (1.0, 1.0),
+    };
+    let bias_vec = match bias {
+        None => Array1::zeros(channels),
+        // Gemm's C broadcasts over [M, N]; one of shape [M, N] depends on the row.
+        Some(b) if gemm => per_channel(&idx.float(g, b)?, 2, channels)? * beta,
+        // A Conv bias is one value per output channel.
+        Some(b) => {
+            let b = idx.float(g, b)?;
+            (b.len() == channels).then(|| Array1::from_iter(b.iter().copied()))?
+        }
+    };
+    Some(Layer {
+        index: pi,
+        layout,
+        y: y.clone(),
+        weight: weight.clone(),
+        bias: bias.cloned(),
+        bias_vec,
+        alpha,
+        channels,
+        rank: if gemm { 2 } else { wshape.len() },
+    })
+}
+
+/// Folds `aff` into the layer: `W' = s * alpha * W`, `b' = s * b + t`; the layer then writes
+/// the consumer's output and the consumer (at `ci`) goes. A weight or bias another node also
+/// reads is never changed: the layer gets a copy.
+fn rewrite(g: &mut GraphProto, idx: &Index, l: Layer, w: ArrayD<f32>, ci: usize, aff: &Affine) {
+    let new_w = scale_weight(w, l.layout, &(&aff.scale * l.alpha));
+    let new_b = (&aff.scale * &l.bias_vec + &aff.shift).into_dyn();
+    let shared = |name: &str| idx.uses(name) > 1 || idx.outputs.contains(name);
+    let w_target = match shared(&l.weight) {
+        true => fresh_name(g, &format!("{}.folded", l.weight)),
+        false => l.weight.clone(),
+    };
+    let b_target = match &l.bias {
+        Some(b) if !shared(b) => b.clone(),
+        Some(b) => fresh_name(g, &format!("{b}.folded")),
+        None => {
+            let layer_name = g.node[l.index].name().trim_end_matches(".output");
+            fresh_name(g, &format!("{layer_name}.bias"))
+        }
+    };
+    set_init(g, tensor::from_f32(&w_target, &new_w));
+    set_init(g, tensor::from_f32(&b_target, &new_b));
+    let consumer_out = g.node[ci].output[0].clone();
+    let p = &mut g.node[l.index];
+    p.input[1] = w_target;
+    p.input.resize(p.input.len().max(3), String::new());
+    p.input[2] = b_target;
+    if matches!(l.layout, Layout::Gemm { .. }) {
+        p.attribute
+            .retain(|a| a.name() != "alpha" && a.name() != "beta");
+    }
+    p.output[0] = consumer_out;
+    g.node.remove(ci);
+}
+
 /// One fold, if any applies. Returns the kind folded.
 fn fold_one(g: &mut GraphProto, warnings: &mut Vec<String>) -> Option<&'static str> {
     let idx = Index::new(g);
-    for (pi, producer) in g.node.iter().enumerate() {
-        let Some(l) = layout(producer) else { continue };
-        let Some(y) = producer.output.first() else {
+    for pi in 0..g.node.len() {
+        let Some(l) = layer(g, &idx, pi) else {
             continue;
         };
-        if producer.output.len() != 1 || !idx.single_use(y) {
-            continue;
-        }
-        let Some(wname) = producer.input.get(1) else {
-            continue;
-        };
-        // Decide from the weight's shape; decode it (it may be large) only to fold.
-        let Some(wshape) = idx.float_shape(g, wname) else {
+        let ci = idx.consumers[l.y.as_str()][0];
+        let shape = (l.rank, l.channels);
+        let Some(aff) = affine_of(&g.node[ci], g, &idx, &l.y, shape, warnings) else {
             continue;
         };
-        if wshape.len() < 2 {
-            continue;
-        }
-        let bias_name = producer.input.get(2).filter(|s| !s.is_empty());
-        let bias = match bias_name {
-            Some(b) => match idx.float(g, b) {
-                Some(b) => Some(b),
-                None => continue,
-            },
-            None => None,
-        };
-        let channels = out_channels(&wshape, l);
-        let rank = match l {
-            Layout::Gemm { .. } => 2,
-            _ => wshape.len(),
-        };
-        let (alpha, beta) = match l {
-            Layout::Gemm { .. } => (
-                attr_float(producer, "alpha", 1.0),
-                attr_float(producer, "beta", 1.0),
-            ),
-            _ => (1.0, 1.0),
-        };
-        let bias_vec = match (&bias, l) {
-            // Gemm's C broadcasts over [M, N]; one of shape [M, N] depends on the row.
-            (Some(b), Layout::Gemm { .. }) => match per_channel(b, 2, channels) {
-                Some(v) => v * beta,
-                None => continue,
-            },
-            // A Conv bias is one value per output channel.
-            (Some(b), _) if b.len() == channels => Array1::from_iter(b.iter().copied()),
-            (Some(_), _) => continue,
-            (None, _) => Array1::zeros(channels),
-        };
-        let ci = idx.consumers[y.as_str()][0];
-        let consumer = &g.node[ci];
-        let Some(aff) = affine_of(consumer, g, &idx, y, rank, channels, warnings) else {
+        let Some(w) = idx.float(g, &l.weight) else {
             continue;
         };
-
-        // The fold is exact: W' = s * alpha * W, b' = s * b + t.
-        let Some(w) = idx.float(g, wname) else {
-            continue;
-        };
-        let new_w = scale_weight(w, l, &(aff.scale.clone() * alpha));
-        let new_b: Array1<f32> = &aff.scale * &bias_vec + &aff.shift;
-        let consumer_out = consumer.output[0].clone();
-        let (wname, bname) = (wname.clone(), bias_name.cloned());
-        let what = aff.what;
-
-        // Never change a weight or bias that another node also reads: write a copy instead.
-        let w_target = if idx.uses(&wname) > 1 || idx.outputs.contains(&wname) {
-            fresh_name(g, &format!("{wname}.folded"))
-        } else {
-            wname.clone()
-        };
-        let b_target = match &bname {
-            Some(b) if idx.uses(b) == 1 && !idx.outputs.contains(b) => b.clone(),
-            Some(b) => fresh_name(g, &format!("{b}.folded")),
-            None => fresh_name(
-                g,
-                &format!("{}.bias", producer.name().trim_end_matches(".output")),
-            ),
-        };
-        set_init(g, tensor::from_f32(&w_target, &new_w));
-        set_init(
-            g,
-            tensor::from_f32(
-                &b_target,
-                &new_b
-                    .into_dyn()
-                    .into_shape_with_order(IxDyn(&[channels]))
-                    .expect("1-D"),
-            ),
-        );
-        let p = &mut g.node[pi];
-        p.input[1] = w_target;
-        if p.input.len() < 3 {
-            p.input.resize(3, String::new());
-        }
-        p.input[2] = b_target;
-        if matches!(l, Layout::Gemm { .. }) {
-            p.attribute
-                .retain(|a| a.name() != "alpha" && a.name() != "beta");
-        }
-        // The layer now writes the consumer's output directly; the consumer goes.
-        p.output[0] = consumer_out;
-        g.node.remove(ci);
-        return Some(what);
+        rewrite(g, &idx, l, w, ci, &aff);
+        return Some(aff.what);
     }
     None
 }
