@@ -1,5 +1,8 @@
 //! The binaries as a user runs them: real processes, real files, exit codes and messages.
 
+mod common;
+
+use common::{assert_fails_with, ok, s};
 use msn_onnx::builder::GraphBuilder;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -15,22 +18,10 @@ fn classify(args: &[&str]) -> Output {
         .expect("msn-classify runs")
 }
 
-/// Asserts a clean failure: exit code 2, one `error:` line naming `needle`, no panic.
-fn assert_fails_with(out: &Output, needle: &str) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
-    assert!(stderr.contains(needle), "expected '{needle}' in: {stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-}
-
 fn write_png(path: &Path, w: u32, h: u32) {
     let img =
         image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7) as u8, (y * 5) as u8, 128]));
     img.save(path).unwrap();
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 #[test]
@@ -49,11 +40,7 @@ fn classifies_an_image_as_json_lines() {
         "2",
         s(dir.path()),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -200,11 +187,7 @@ fn bench_reports_json_with_a_ratio_when_comparing() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let models = v["models"].as_array().unwrap();
     assert_eq!(models.len(), 2);
@@ -235,11 +218,7 @@ fn hostile_files_and_flags_are_refused_cleanly() {
         .save(&strip)
         .unwrap();
     let out = classify(&["--resize", "32", "--top-k", "1", s(&strip)]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
 
     // A model whose metadata asks for an absurd input: refused before any allocation.
     let mut b = GraphBuilder::new("huge");

@@ -3,38 +3,11 @@
 //! image folder when ../shared/data is absent.
 
 use msn_runtime::gan::Generator;
+mod common;
+
+use common::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::{Duration, Instant};
-
-fn msn(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_msn"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn metrics(run: &Path) -> Vec<Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
 
 /// 28x28 gray images: a bright vertical bar or a bright square at a random place.
 fn synthetic_folder(root: &Path) {
@@ -233,32 +206,10 @@ fn a_gan_run_killed_during_epoch_2_resumes_to_the_same_metrics() {
     let uninterrupted = metrics(&a);
     assert_eq!(uninterrupted.len(), 2);
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_msn"))
-        .args(args(s(&b)))
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while metrics(&b).is_empty() {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "epoch 1 never finished"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    child.kill().unwrap(); // SIGKILL: no chance to save anything
-    child.wait().unwrap();
+    kill_9(train_until(&args(s(&b)), &b, 1));
     assert_eq!(metrics(&b).len(), 1, "the kill must land during epoch 2");
     ok(&msn(&["train-gan", "--resume", s(&b)]));
-    let strip = |mut m: Vec<Value>| {
-        for v in &mut m {
-            let o = v.as_object_mut().unwrap();
-            o.remove("epoch_seconds");
-            o.remove("images_per_second");
-        }
-        m
-    };
-    assert_eq!(strip(metrics(&b)), strip(uninterrupted.clone()));
+    assert_eq!(comparable(metrics(&b)), comparable(uninterrupted.clone()));
     assert_eq!(
         std::fs::read(a.join("samples.png")).unwrap(),
         std::fs::read(b.join("samples.png")).unwrap()
@@ -266,33 +217,12 @@ fn a_gan_run_killed_during_epoch_2_resumes_to_the_same_metrics() {
 
     // Ctrl-C in the middle of epoch 2: the same metrics and samples after resuming.
     let c = tmp.path().join("c");
-    let child = Command::new(env!("CARGO_BIN_EXE_msn"))
-        .args(args(s(&c)))
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while metrics(&c).is_empty() {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "epoch 1 never finished"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    std::thread::sleep(Duration::from_millis(30));
-    let kill = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("interrupted at epoch 2 step") && !stderr.contains("step 0;"),
-        "Ctrl-C must land mid-epoch 2: {stderr}"
-    );
+    let child = train_until(&args(s(&c)), &c, 1);
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    let (epoch, step) = interrupt(child);
+    assert!(epoch == 2 && step > 0, "Ctrl-C must land mid-epoch 2");
     ok(&msn(&["train-gan", "--resume", s(&c)]));
-    assert_eq!(strip(metrics(&c)), strip(uninterrupted));
+    assert_eq!(comparable(metrics(&c)), comparable(uninterrupted));
     assert_eq!(
         std::fs::read(a.join("samples.png")).unwrap(),
         std::fs::read(c.join("samples.png")).unwrap()

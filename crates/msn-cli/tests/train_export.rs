@@ -1,21 +1,12 @@
 //! Training, resuming and exporting as a user does it, on a small image-folder data set made
 //! here, plus the built-in default model on the shipped test images.
 
+mod common;
+
+use common::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::{Duration, Instant};
-
-fn msn(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_msn"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use std::process::Command;
 
 /// Two classes of 16x16 gray images: bright on the left or on the right, with noise.
 fn make_folder_dataset(root: &Path, train_per_class: usize) {
@@ -37,24 +28,6 @@ fn make_folder_dataset(root: &Path, train_per_class: usize) {
             }
         }
     }
-}
-
-fn metrics(run: &Path) -> Vec<Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-/// Metrics without the wall-clock fields, which differ between runs.
-fn comparable(mut m: Vec<Value>) -> Vec<Value> {
-    for v in &mut m {
-        let o = v.as_object_mut().unwrap();
-        o.remove("epoch_seconds");
-        o.remove("images_per_second");
-    }
-    m
 }
 
 fn train_args<'a>(data: &'a str, out: &'a str) -> Vec<&'a str> {
@@ -86,12 +59,7 @@ fn a_run_killed_during_epoch_3_resumes_to_the_same_metrics() {
     make_folder_dataset(&data, 256);
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
 
-    let out = msn(&train_args(s(&data), s(&a)));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&msn(&train_args(s(&data), s(&a))));
     let uninterrupted = metrics(&a);
     assert_eq!(uninterrupted.len(), 3);
     assert!(
@@ -100,82 +68,19 @@ fn a_run_killed_during_epoch_3_resumes_to_the_same_metrics() {
         uninterrupted[2]
     );
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_msn"))
-        .args(train_args(s(&data), s(&b)))
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while metrics(&b).len() < 2 {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "epoch 2 never finished"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    child.kill().unwrap(); // SIGKILL: no chance to save anything
-    child.wait().unwrap();
+    kill_9(train_until(&train_args(s(&data), s(&b)), &b, 2));
     assert_eq!(metrics(&b).len(), 2, "the kill must land during epoch 3");
-
-    let out = msn(&["train", "--resume", s(&b)]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&msn(&["train", "--resume", s(&b)]));
     assert_eq!(comparable(metrics(&b)), comparable(uninterrupted.clone()));
 
     // Ctrl-C in the middle of epoch 2: a checkpoint with the partial sums, then the same
     // metrics after resuming.
     let c = tmp.path().join("c");
-    let child = Command::new(env!("CARGO_BIN_EXE_msn"))
-        .args(train_args(s(&data), s(&c)))
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while metrics(&c).is_empty() {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "epoch 1 never finished"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    std::thread::sleep(Duration::from_millis(30));
-    let step = interrupt(child);
-    assert!(step > 0, "Ctrl-C must land mid-epoch");
-    let out = msn(&["train", "--resume", s(&c)]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let child = train_until(&train_args(s(&data), s(&c)), &c, 1);
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    assert!(interrupt(child).1 > 0, "Ctrl-C must land mid-epoch");
+    ok(&msn(&["train", "--resume", s(&c)]));
     assert_eq!(comparable(metrics(&c)), comparable(uninterrupted));
-}
-
-/// Sends SIGINT (Ctrl-C) to a running `msn` and returns the step its message says it
-/// stopped at.
-fn interrupt(child: std::process::Child) -> usize {
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    let tail = stderr
-        .split("interrupted at epoch ")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no interruption message in: {stderr}"));
-    tail.split(" step ")
-        .nth(1)
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
 }
 
 fn trained_run(tmp: &Path) -> PathBuf {
@@ -185,11 +90,7 @@ fn trained_run(tmp: &Path) -> PathBuf {
     let mut args = train_args(s(&data), s(&run));
     args[10] = "1"; // one epoch
     let out = msn(&args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     run
 }
 
@@ -206,11 +107,7 @@ fn export_writes_a_classifier_and_rejects_broken_checkpoints() {
     let run = trained_run(tmp.path());
     let model = tmp.path().join("m.onnx");
     let out = msn(&["export", s(&run), "-o", s(&model), "--folded"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     let img = tmp.path().join("data/test/left/000.png");
     let out = Command::new(env!("CARGO_BIN_EXE_msn-classify"))
         .args(["--model", s(&model), "--json", s(&img)])
@@ -256,11 +153,7 @@ fn the_built_in_model_classifies_the_shipped_images() {
         .args(["--json", "--top-k", "1", s(&dir)])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     let lines: Vec<Value> = String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -310,11 +203,7 @@ fn experiment_trains_each_norm_then_writes_the_table_and_figures() {
         s(&exp),
     ];
     let out = msn(&args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     let results = std::fs::read_to_string(exp.join("RESULTS.md")).unwrap();
     // One table row per norm, with the parameter counts of the two models.
     let row = |norm: &str| {
@@ -351,11 +240,7 @@ fn experiment_trains_each_norm_then_writes_the_table_and_figures() {
     let plots = tmp.path().join("plots");
     let (bn, msn_run) = (exp.join("bn"), exp.join("msn"));
     let out = msn(&["plot", s(&bn), s(&msn_run), "-o", s(&plots), "--table"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("| cnn3 | msn | folder | 2 |"));
     assert!(plots.join("sparsity.png").exists());
     let out = msn(&["plot", s(&data), "-o", s(&plots)]);

@@ -12,8 +12,9 @@
 //!
 //! `msn-fold` then turns all of this into plain Conv/Gemm weights.
 
+use msn_autograd::ops::conv::ConvOptions;
 use msn_autograd::Array;
-use msn_nn::layers::{Conv2d, ConvTranspose2d, Layer, Linear, Sequential, SpectralNorm};
+use msn_nn::layers::{Layer, Linear, Sequential, SpectralNorm, Weights};
 use msn_onnx::builder::{attr, GraphBuilder};
 use msn_onnx::meta::{self, Color, ImageMeta, Resize};
 use msn_onnx::ModelProto;
@@ -115,103 +116,61 @@ impl Exporter {
         w_sn
     }
 
-    fn conv(&mut self, name: &str, x: &str, l: &Conv2d) -> String {
+    /// A layer with a weight: `op`'s inputs are `x`, the weight (through SN when on) and
+    /// the bias if any; the doc string says whether SN is on.
+    fn weighted(
+        &mut self,
+        (name, op, what): (&str, &str, &str),
+        x: &str,
+        l: &Weights,
+        attrs: &[msn_onnx::AttributeProto],
+    ) -> String {
         let wv = l.weight.value().clone();
-        let w = self.weight(name, &wv, l.sn.as_ref());
-        let o = l.options;
-        let mut inputs = vec![x.to_string(), w];
+        let mut inputs = vec![x.to_string(), self.weight(name, &wv, l.sn.as_ref())];
         if let Some(b) = &l.bias {
             inputs.push(self.b.initializer_f32(&format!("{name}.bias"), &b.value()));
         }
         let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
         let out = format!("{name}.output");
-        let attrs = [
-            attr::ints(
-                "kernel_shape",
-                &[wv.shape()[2] as i64, wv.shape()[3] as i64],
-            ),
-            attr::ints("strides", &[o.stride[0] as i64, o.stride[1] as i64]),
-            attr::ints(
-                "pads",
-                &[
-                    o.padding[0] as i64,
-                    o.padding[1] as i64,
-                    o.padding[0] as i64,
-                    o.padding[1] as i64,
-                ],
-            ),
-            attr::ints("dilations", &[o.dilation[0] as i64, o.dilation[1] as i64]),
-            attr::int("group", o.groups as i64),
-        ];
-        let doc = if l.sn.is_some() {
-            "Conv2d with spectral norm"
-        } else {
-            "Conv2d"
+        let doc = match l.sn {
+            Some(_) => format!("{what} with spectral norm"),
+            None => what.to_string(),
         };
-        self.b.node_full(name, "Conv", &refs, &[&out], &attrs, doc);
+        self.b.node_full(name, op, &refs, &[&out], attrs, &doc);
         out
     }
 
-    fn conv_transpose(&mut self, name: &str, x: &str, l: &ConvTranspose2d) -> String {
-        let wv = l.weight.value().clone();
-        let w = self.b.initializer_f32(&format!("{name}.weight"), &wv);
-        let o = l.options;
-        let mut inputs = vec![x.to_string(), w];
-        if let Some(b) = &l.bias {
-            inputs.push(self.b.initializer_f32(&format!("{name}.bias"), &b.value()));
-        }
-        let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-        let out = format!("{name}.output");
-        let attrs = [
-            attr::ints(
-                "kernel_shape",
-                &[wv.shape()[2] as i64, wv.shape()[3] as i64],
-            ),
-            attr::ints("strides", &[o.stride[0] as i64, o.stride[1] as i64]),
-            attr::ints(
-                "pads",
-                &[
-                    o.padding[0] as i64,
-                    o.padding[1] as i64,
-                    o.padding[0] as i64,
-                    o.padding[1] as i64,
-                ],
-            ),
-            attr::ints("dilations", &[o.dilation[0] as i64, o.dilation[1] as i64]),
-            attr::ints(
-                "output_padding",
-                &[o.output_padding[0] as i64, o.output_padding[1] as i64],
-            ),
-            attr::int("group", o.groups as i64),
+    /// Conv or ConvTranspose (with its output padding) of `l`.
+    fn conv(
+        &mut self,
+        (name, transposed): (&str, bool),
+        x: &str,
+        l: &Weights,
+        o: ConvOptions,
+    ) -> String {
+        let pair = |v: [usize; 2]| [v[0] as i64, v[1] as i64];
+        let k = l.weight.shape();
+        let [ph, pw] = pair(o.padding);
+        let mut attrs = vec![
+            attr::ints("kernel_shape", &[k[2] as i64, k[3] as i64]),
+            attr::ints("strides", &pair(o.stride)),
+            attr::ints("pads", &[ph, pw, ph, pw]),
+            attr::ints("dilations", &pair(o.dilation)),
         ];
-        self.b.node_full(
-            name,
-            "ConvTranspose",
-            &refs,
-            &[&out],
-            &attrs,
-            "ConvTranspose2d",
-        );
-        out
+        if transposed {
+            attrs.push(attr::ints("output_padding", &pair(o.output_padding)));
+        }
+        attrs.push(attr::int("group", o.groups as i64));
+        let (op, what) = match transposed {
+            true => ("ConvTranspose", "ConvTranspose2d"),
+            false => ("Conv", "Conv2d"),
+        };
+        self.weighted((name, op, what), x, l, &attrs)
     }
 
     fn linear(&mut self, name: &str, x: &str, l: &Linear) -> String {
-        let wv = l.weight.value().clone();
-        let w = self.weight(name, &wv, l.sn.as_ref());
-        let mut inputs = vec![x.to_string(), w];
-        if let Some(b) = &l.bias {
-            inputs.push(self.b.initializer_f32(&format!("{name}.bias"), &b.value()));
-        }
-        let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-        let out = format!("{name}.output");
-        let doc = if l.sn.is_some() {
-            "Linear with spectral norm"
-        } else {
-            "Linear"
-        };
-        self.b
-            .node_full(name, "Gemm", &refs, &[&out], &[attr::int("transB", 1)], doc);
-        out
+        let attrs = [attr::int("transB", 1)];
+        self.weighted((name, "Gemm", "Linear"), x, l, &attrs)
     }
 
     fn simple(
@@ -242,8 +201,8 @@ impl Exporter {
 
     fn layer(&mut self, name: &str, x: &str, layer: &Layer) -> String {
         match layer {
-            Layer::Conv(l) => self.conv(name, x, l),
-            Layer::ConvTranspose(l) => self.conv_transpose(name, x, l),
+            Layer::Conv(l) => self.conv((name, false), x, l, l.options),
+            Layer::ConvTranspose(l) => self.conv((name, true), x, l, l.options),
             Layer::Linear(l) => self.linear(name, x, l),
             Layer::BatchNorm(l) => {
                 let g = self

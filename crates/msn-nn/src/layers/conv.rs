@@ -1,4 +1,4 @@
-use super::weights::Weights;
+use super::weights::{has_weights, Weights};
 use crate::{Ctx, Module, StateKind};
 use msn_autograd::ops::conv::ConvOptions;
 use msn_autograd::Var;
@@ -10,12 +10,7 @@ pub struct Conv2d {
     pub options: ConvOptions,
 }
 
-impl std::ops::Deref for Conv2d {
-    type Target = Weights;
-    fn deref(&self) -> &Weights {
-        &self.params
-    }
-}
+has_weights!(Conv2d);
 
 impl Conv2d {
     pub fn new(
@@ -27,8 +22,7 @@ impl Conv2d {
         rng: &mut ChaCha8Rng,
     ) -> Self {
         let shape = [output, input / options.groups, kernel, kernel];
-        let fan_in = shape[1] * kernel * kernel;
-        let params = Weights::new(&shape, fan_in, output, bias, rng);
+        let params = Weights::conv(shape, output, bias, rng);
         Conv2d { params, options }
     }
 
@@ -56,12 +50,7 @@ pub struct ConvTranspose2d {
     pub options: ConvOptions,
 }
 
-impl std::ops::Deref for ConvTranspose2d {
-    type Target = Weights;
-    fn deref(&self) -> &Weights {
-        &self.params
-    }
-}
+has_weights!(ConvTranspose2d);
 
 impl ConvTranspose2d {
     pub fn new(
@@ -72,11 +61,11 @@ impl ConvTranspose2d {
         bias: bool,
         rng: &mut ChaCha8Rng,
     ) -> Self {
-        // PyTorch computes fan_in from weight.size(1) * k * k for transposed convs.
         let shape = [input, output / options.groups, kernel, kernel];
-        let fan_in = shape[1] * kernel * kernel;
-        let params = Weights::new(&shape, fan_in, output, bias, rng);
-        ConvTranspose2d { params, options }
+        ConvTranspose2d {
+            params: Weights::conv(shape, output, bias, rng),
+            options,
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-use super::weights::Weights;
+use super::weights::{has_weights, Weights};
 use crate::{Ctx, Module, StateKind};
 use msn_autograd::Var;
 use rand_chacha::ChaCha8Rng;
@@ -9,12 +9,7 @@ pub struct Linear {
     pub params: Weights,
 }
 
-impl std::ops::Deref for Linear {
-    type Target = Weights;
-    fn deref(&self) -> &Weights {
-        &self.params
-    }
-}
+has_weights!(Linear);
 
 impl Linear {
     pub fn new(input: usize, output: usize, bias: bool, rng: &mut ChaCha8Rng) -> Self {

@@ -3,6 +3,19 @@ use crate::{init, join, StateKind};
 use msn_autograd::Var;
 use rand_chacha::ChaCha8Rng;
 
+/// Gives a layer with a `params: Weights` field `Deref` to it, and names its state.
+macro_rules! has_weights {
+    ($layer:ty) => {
+        impl std::ops::Deref for $layer {
+            type Target = $crate::layers::Weights;
+            fn deref(&self) -> &$crate::layers::Weights {
+                &self.params
+            }
+        }
+    };
+}
+pub(crate) use has_weights;
+
 /// A layer's weight, optional bias and optional spectral norm, named as PyTorch names them
 /// (`weight`, `bias`, `weight_u`, `weight_v`). Convolutions and linear layers hold one and
 /// reach its fields through `Deref`.
@@ -26,6 +39,13 @@ impl Weights {
             bias: bias.then(|| Var::parameter(init::torch_default(&[bias_len], fan_in, rng))),
             sn: None,
         }
+    }
+
+    /// A convolution's parameters: `shape` is `[a, b, k, k]` with fan-in `b * k * k` (so for
+    /// a transposed convolution, too, as PyTorch has it) and `output` channels of bias.
+    pub fn conv(shape: [usize; 4], output: usize, bias: bool, rng: &mut ChaCha8Rng) -> Self {
+        let fan_in = shape[1] * shape[2] * shape[3];
+        Weights::new(&shape, fan_in, output, bias, rng)
     }
 
     /// Adds spectral normalization of the weight.
