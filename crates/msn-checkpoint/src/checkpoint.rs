@@ -86,6 +86,17 @@ impl RunConfig {
     }
 }
 
+/// Refuses to start a run in `out` when it already holds one.
+pub fn ensure_new_run(out: &Path) -> Result<()> {
+    if !out.join(CHECKPOINT_FILE).exists() {
+        return Ok(());
+    }
+    let out = out.display();
+    Err(Error::Config(format!(
+        "{out} already holds a run; use --resume {out} to continue it, or another --out"
+    )))
+}
+
 /// Where a run stands: the next epoch and step to run, and the metrics of finished epochs.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Progress {

@@ -101,19 +101,22 @@ impl Exporter {
             &ndarray::arr1(&[out as i64, cols as i64]).into_dyn(),
         );
         let doc = "spectral norm: W_sn = W / sigma, sigma = u . (W_mat v), W_mat = W reshaped to (out, in*kh*kw)";
-        let w_mat = format!("{name}.weight_mat");
-        self.b
-            .node_full(&w_mat, "Reshape", &[&w, &shape], &[&w_mat], &[], doc);
-        let wv = format!("{name}.weight_mat_v");
-        self.b
-            .node_full(&wv, "MatMul", &[&w_mat, &v], &[&wv], &[], doc);
-        let sigma = format!("{name}.sigma");
-        self.b
-            .node_full(&sigma, "MatMul", &[&u, &wv], &[&sigma], &[], doc);
-        let w_sn = format!("{name}.weight_sn");
-        self.b
-            .node_full(&w_sn, "Div", &[&w, &sigma], &[&w_sn], &[], doc);
-        w_sn
+        // W_mat = reshape(W), W_mat v, sigma = u (W_mat v), W_sn = W / sigma.
+        let steps = [
+            ("weight_mat", "Reshape", [w.as_str(), shape.as_str()]),
+            ("weight_mat_v", "MatMul", ["", v.as_str()]),
+            ("sigma", "MatMul", [u.as_str(), ""]),
+            ("weight_sn", "Div", [w.as_str(), ""]),
+        ];
+        let mut last = String::new();
+        for (what, op, inputs) in steps {
+            let out = format!("{name}.{what}");
+            // "" is the previous step's output.
+            let inputs = inputs.map(|i| if i.is_empty() { last.as_str() } else { i });
+            self.b.node_full(&out, op, &inputs, &[&out], &[], doc);
+            last = out;
+        }
+        last
     }
 
     /// A layer with a weight: `op`'s inputs are `x`, the weight (through SN when on) and
@@ -241,34 +244,18 @@ impl Exporter {
                     .b
                     .initializer_f32(&format!("{name}.bias"), &channel_const(&l.bias.value()));
                 let doc = "mean-only batch norm (MSN): y = g * (x - running_mean) + b";
-                let centered = format!("{name}.centered");
-                self.b.node_full(
-                    &format!("{name}.sub"),
-                    "Sub",
-                    &[x, &m],
-                    &[&centered],
-                    &[],
-                    doc,
-                );
-                let scaled = format!("{name}.scaled");
-                self.b.node_full(
-                    &format!("{name}.mul"),
-                    "Mul",
-                    &[&centered, &g],
-                    &[&scaled],
-                    &[],
-                    doc,
-                );
-                let out = format!("{name}.output");
-                self.b.node_full(
-                    &format!("{name}.add"),
-                    "Add",
-                    &[&scaled, &b],
-                    &[&out],
-                    &[],
-                    doc,
-                );
-                out
+                let mut y = x.to_string();
+                for (step, op, c) in [("sub", "Sub", m), ("mul", "Mul", g), ("add", "Add", b)] {
+                    let out = match op {
+                        "Add" => format!("{name}.output"),
+                        "Sub" => format!("{name}.centered"),
+                        _ => format!("{name}.scaled"),
+                    };
+                    let node = format!("{name}.{step}");
+                    self.b.node_full(&node, op, &[&y, &c], &[&out], &[], doc);
+                    y = out;
+                }
+                y
             }
             Layer::Relu => self.simple(name, "Relu", &[x], &[], ""),
             Layer::LeakyRelu(s) => {

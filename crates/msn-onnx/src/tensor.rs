@@ -73,52 +73,52 @@ fn into_array<T>(t: &TensorProto, values: Vec<T>) -> Result<ArrayD<T>> {
         .map_err(|e| bad(t, format!("shape {shape:?}: {e}")))
 }
 
-/// Reads a floating-point tensor (FLOAT, or DOUBLE narrowed to f32).
-pub fn to_f32(t: &TensorProto) -> Result<ArrayD<f32>> {
+/// Reads a tensor's values with `decode(type, raw bytes if any)`, which gives `None` for a
+/// type it does not read (then the error names the `expected` types).
+fn read_values<T>(
+    t: &TensorProto,
+    expected: &'static str,
+    decode: impl FnOnce(DataType, Option<&[u8]>) -> Option<Result<Vec<T>>>,
+) -> Result<ArrayD<T>> {
     check_inline(t)?;
     let raw = t.raw_data.as_deref().filter(|r| !r.is_empty());
-    let values = match DataType::try_from(t.data_type()) {
-        Ok(DataType::Float) => match raw {
-            Some(r) => from_raw(t, r, f32::from_le_bytes)?,
-            None => t.float_data.clone(),
-        },
-        Ok(DataType::Double) => match raw {
-            Some(r) => from_raw(t, r, |b| f64::from_le_bytes(b) as f32)?,
-            None => t.double_data.iter().map(|&v| v as f32).collect(),
-        },
-        _ => {
-            return Err(Error::UnsupportedType {
-                name: t.name().to_string(),
-                data_type: data_type_name(t),
-                expected: "FLOAT or DOUBLE",
-            })
-        }
+    let decoded = DataType::try_from(t.data_type())
+        .ok()
+        .and_then(|d| decode(d, raw));
+    let Some(values) = decoded else {
+        return Err(Error::UnsupportedType {
+            name: t.name().to_string(),
+            data_type: data_type_name(t),
+            expected,
+        });
     };
-    into_array(t, values)
+    into_array(t, values?)
+}
+
+/// Reads a floating-point tensor (FLOAT, or DOUBLE narrowed to f32).
+pub fn to_f32(t: &TensorProto) -> Result<ArrayD<f32>> {
+    read_values(t, "FLOAT or DOUBLE", |d, raw| {
+        Some(match (d, raw) {
+            (DataType::Float, Some(r)) => from_raw(t, r, f32::from_le_bytes),
+            (DataType::Float, None) => Ok(t.float_data.clone()),
+            (DataType::Double, Some(r)) => from_raw(t, r, |b| f64::from_le_bytes(b) as f32),
+            (DataType::Double, None) => Ok(t.double_data.iter().map(|&v| v as f32).collect()),
+            _ => return None,
+        })
+    })
 }
 
 /// Reads an integer tensor (INT64, or INT32 widened to i64).
 pub fn to_i64(t: &TensorProto) -> Result<ArrayD<i64>> {
-    check_inline(t)?;
-    let raw = t.raw_data.as_deref().filter(|r| !r.is_empty());
-    let values = match DataType::try_from(t.data_type()) {
-        Ok(DataType::Int64) => match raw {
-            Some(r) => from_raw(t, r, i64::from_le_bytes)?,
-            None => t.int64_data.clone(),
-        },
-        Ok(DataType::Int32) => match raw {
-            Some(r) => from_raw(t, r, |b| i32::from_le_bytes(b) as i64)?,
-            None => t.int32_data.iter().map(|&v| v as i64).collect(),
-        },
-        _ => {
-            return Err(Error::UnsupportedType {
-                name: t.name().to_string(),
-                data_type: data_type_name(t),
-                expected: "INT64 or INT32",
-            })
-        }
-    };
-    into_array(t, values)
+    read_values(t, "INT64 or INT32", |d, raw| {
+        Some(match (d, raw) {
+            (DataType::Int64, Some(r)) => from_raw(t, r, i64::from_le_bytes),
+            (DataType::Int64, None) => Ok(t.int64_data.clone()),
+            (DataType::Int32, Some(r)) => from_raw(t, r, |b| i32::from_le_bytes(b) as i64),
+            (DataType::Int32, None) => Ok(t.int32_data.iter().map(|&v| v as i64).collect()),
+            _ => return None,
+        })
+    })
 }
 
 /// True when the tensor holds floating-point values this crate can read.

@@ -42,14 +42,16 @@ fn options(data: &Path) -> LoadOptions {
     }
 }
 
+/// EfficientNet-Lite0 with its preprocessing and labels.
+fn efficientnet(data: &Path) -> Classifier {
+    let model = data.join("efficientnet-lite0/efficientnet-lite0.onnx");
+    Classifier::load(model, &options(data)).unwrap()
+}
+
 #[test]
 fn photos_are_classified_as_cat_and_espresso() {
     let Some(data) = shared() else { return };
-    let clf = Classifier::load(
-        data.join("efficientnet-lite0/efficientnet-lite0.onnx"),
-        &options(&data),
-    )
-    .unwrap();
+    let clf = efficientnet(&data);
     assert_eq!(clf.preprocess().resize, Resize::ShorterThenCrop(256));
 
     let cat = clf
@@ -78,11 +80,7 @@ fn photos_are_classified_as_cat_and_espresso() {
 #[test]
 fn preprocessed_inputs_match_the_reference_tensors() {
     let Some(data) = shared() else { return };
-    let clf = Classifier::load(
-        data.join("efficientnet-lite0/efficientnet-lite0.onnx"),
-        &options(&data),
-    )
-    .unwrap();
+    let clf = efficientnet(&data);
     for name in ["chelsea", "coffee"] {
         let ours = clf
             .preprocess()
@@ -113,11 +111,7 @@ fn preprocessed_inputs_match_the_reference_tensors() {
 #[test]
 fn logits_on_reference_inputs_match_onnxruntime() {
     let Some(data) = shared() else { return };
-    let clf = Classifier::load(
-        data.join("efficientnet-lite0/efficientnet-lite0.onnx"),
-        &options(&data),
-    )
-    .unwrap();
+    let clf = efficientnet(&data);
     for name in ["chelsea", "coffee"] {
         let input = read_f32(&data.join(format!("efficientnet-lite0/reference/{name}.input.f32")));
         let input = ndarray::Array3::from_shape_vec((3, 224, 224), input).unwrap();

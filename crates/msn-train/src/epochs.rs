@@ -16,32 +16,31 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+/// Where a step or the end of an epoch stands.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct At {
+    /// 0-based.
+    pub epoch: usize,
+    /// 0-based, within the epoch (its step count at the end of an epoch).
+    pub step: usize,
+    /// The epoch's training time so far, across a resume.
+    pub seconds: f64,
+}
+
+/// A batch: images `[N, C, H, W]` and their labels.
+pub(crate) type Images = (ndarray::Array4<f32>, Vec<usize>);
+
 /// What a trainer brings to the shared loop: its step, its end of an epoch, its checkpoint.
 pub(crate) trait Steps {
     /// The running sums of one epoch, saved with a mid-epoch checkpoint.
     type Sums: Serialize + DeserializeOwned + Default;
 
-    /// Trains on one batch, adds to `sums` and returns the progress line; `seconds` is the
-    /// epoch's training time so far (across a resume).
-    #[allow(clippy::too_many_arguments)]
-    fn step(
-        &mut self,
-        sums: &mut Self::Sums,
-        epoch: usize,
-        step: usize,
-        images: ndarray::Array4<f32>,
-        labels: Vec<usize>,
-        seconds: f64,
-    ) -> Result<String>;
+    /// Trains on one batch, adds to `sums` and returns the progress line.
+    fn step(&mut self, sums: &mut Self::Sums, at: At, batch: Images) -> Result<String>;
 
     /// After an epoch's last step: its metrics (one line of `metrics.jsonl`) and the summary
     /// shown after `epoch i/n:`.
-    fn finish_epoch(
-        &mut self,
-        sums: &Self::Sums,
-        epoch: usize,
-        seconds: f64,
-    ) -> Result<(Value, String)>;
+    fn finish_epoch(&mut self, sums: &Self::Sums, at: At) -> Result<(Value, String)>;
 
     /// Writes the checkpoint (models, optimizers) with this progress.
     fn save(&self, progress: &Progress) -> Result<()>;
@@ -87,14 +86,23 @@ impl Loop<'_> {
                 stop: self.stop,
             }
             .run(|step, x, y, seconds| {
-                let so_far = partial.seconds + seconds;
-                steps.step(&mut partial.sums, epoch, step, x, y, so_far)
+                let at = At {
+                    epoch,
+                    step,
+                    seconds: partial.seconds + seconds,
+                };
+                steps.step(&mut partial.sums, at, (x, y))
             })?;
             partial.seconds += ran.seconds;
             if let Some(next_step) = ran.interrupted {
                 return stop_mid_epoch(&mut prog, &partial, next_step, |p| steps.save(p));
             }
-            let (metrics, summary) = steps.finish_epoch(&partial.sums, epoch, partial.seconds)?;
+            let at = At {
+                epoch,
+                step: n_steps,
+                seconds: partial.seconds,
+            };
+            let (metrics, summary) = steps.finish_epoch(&partial.sums, at)?;
             if self.show_progress {
                 let (n, seconds) = (self.epochs, partial.seconds);
                 eprintln!("epoch {}/{n}: {summary} | {seconds:.1} s", epoch + 1);

@@ -11,7 +11,7 @@
 
 use crate::checkpoint::{self, Preprocessing, Progress, FORMAT_VERSION};
 use crate::data::{self, BatchSpec, Dataset, Split};
-use crate::epochs::{Loop, Steps};
+use crate::epochs::{At, Images, Loop, Steps};
 use crate::trainer::{step_rng, Outcome};
 use crate::{write_atomic, Error, Result};
 use msn_autograd::{no_grad, Array, Var};
@@ -73,13 +73,7 @@ fn optimizer(t: &GanSettings) -> Adam {
 
 /// Starts a new GAN run in `out` (which must not hold one) and trains it.
 pub fn start(req: &GanRequest, out: &Path, stop: &AtomicBool, progress: bool) -> Result<Outcome> {
-    if out.join(checkpoint::CHECKPOINT_FILE).exists() {
-        return Err(Error::Config(format!(
-            "{} already holds a run; use --resume {} to continue it, or another --out",
-            out.display(),
-            out.display()
-        )));
-    }
+    checkpoint::ensure_new_run(out)?;
     if req.train.d_steps == 0 || req.train.batch == 0 || req.latent == 0 || req.width == 0 {
         return Err(Error::Config(
             "--d-steps, --batch, --latent and --width must be positive".into(),
@@ -245,15 +239,8 @@ struct Adversarial<'a> {
 impl Steps for Adversarial<'_> {
     type Sums = GanSums;
 
-    fn step(
-        &mut self,
-        sums: &mut GanSums,
-        epoch: usize,
-        step: usize,
-        x: ndarray::Array4<f32>,
-        _labels: Vec<usize>,
-        seconds: f64,
-    ) -> Result<String> {
+    fn step(&mut self, sums: &mut GanSums, at: At, (x, _labels): Images) -> Result<String> {
+        let (epoch, step, seconds) = (at.epoch, at.step, at.seconds);
         let (t, latent) = (&self.cfg.train, self.cfg.generator.latent);
         let [g_params, d_params] = &self.params;
         let n = x.shape()[0];
@@ -306,12 +293,8 @@ impl Steps for Adversarial<'_> {
         ))
     }
 
-    fn finish_epoch(
-        &mut self,
-        sums: &GanSums,
-        epoch: usize,
-        seconds: f64,
-    ) -> Result<(Value, String)> {
+    fn finish_epoch(&mut self, sums: &GanSums, at: At) -> Result<(Value, String)> {
+        let (epoch, seconds) = (at.epoch, at.seconds);
         let samples = generate(&self.g, &self.fixed_z);
         let name = format!("epoch-{:03}.png", epoch + 1);
         write_grid(&samples.view(), &self.dir.join(SAMPLES_DIR).join(name))?;

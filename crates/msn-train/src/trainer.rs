@@ -7,7 +7,7 @@
 
 use crate::checkpoint::{self, Preprocessing, Progress, RunConfig, TrainSettings};
 use crate::data::{self, make_batch, BatchSpec, Dataset, Split};
-use crate::epochs::{Loop, Steps};
+use crate::epochs::{At, Images, Loop, Steps};
 use crate::{write_atomic, Error, Result};
 use msn_autograd::{no_grad, Var};
 use msn_nn::models::ModelConfig;
@@ -226,13 +226,7 @@ pub fn load_data(dataset: &str, dir: &Path, t: &TrainSettings) -> Result<(Datase
 
 /// Starts a new run in `out` (which must not hold one) and trains it.
 pub fn start(req: &TrainRequest, out: &Path, stop: &AtomicBool, progress: bool) -> Result<Outcome> {
-    if out.join(checkpoint::CHECKPOINT_FILE).exists() {
-        return Err(Error::Config(format!(
-            "{} already holds a run; use --resume {} to continue it, or another --out",
-            out.display(),
-            out.display()
-        )));
-    }
+    checkpoint::ensure_new_run(out)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let (train, test) = load_data(&req.dataset, Path::new(&req.data_dir), &req.train)?;
     let mut model_cfg = req.model.clone();
@@ -319,15 +313,8 @@ struct Classify<'a> {
 impl Steps for Classify<'_> {
     type Sums = EpochSums;
 
-    fn step(
-        &mut self,
-        sums: &mut EpochSums,
-        epoch: usize,
-        step: usize,
-        x: ndarray::Array4<f32>,
-        y: Vec<usize>,
-        seconds: f64,
-    ) -> Result<String> {
+    fn step(&mut self, sums: &mut EpochSums, at: At, (x, y): Images) -> Result<String> {
+        let (epoch, step, seconds) = (at.epoch, at.step, at.seconds);
         let (t, lr) = (self.settings, self.schedule.lr(self.settings.lr, epoch));
         let mut ctx = Ctx {
             training: true,
@@ -361,12 +348,8 @@ impl Steps for Classify<'_> {
         ))
     }
 
-    fn finish_epoch(
-        &mut self,
-        sums: &EpochSums,
-        epoch: usize,
-        seconds: f64,
-    ) -> Result<(Value, String)> {
+    fn finish_epoch(&mut self, sums: &EpochSums, at: At) -> Result<(Value, String)> {
+        let (epoch, seconds) = (at.epoch, at.seconds);
         let (test_loss, test_acc) = evaluate(&self.model, self.test, self.spec);
         let layers: Vec<Value> = sums
             .layers

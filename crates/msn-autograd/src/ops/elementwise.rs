@@ -3,38 +3,44 @@
 
 use crate::{Array, Var};
 
+/// What an elementwise op's derivative is a function of.
+enum Saved {
+    Input(Var),
+    Output(Array),
+}
+
 impl Var {
     /// An elementwise op whose derivative is a function of the input: the input is read from
     /// the parent during the backward pass, nothing is copied.
     fn unary(&self, f: impl Fn(f32) -> f32, df: impl Fn(f32) -> f32 + 'static) -> Var {
         let y = self.value().mapv(f);
-        let input = self.clone();
-        Var::from_op(
-            y,
-            vec![self.clone()],
-            Box::new(move |g, _| {
-                let mut dx = g.to_owned();
-                ndarray::Zip::from(&mut dx)
-                    .and(&*input.value())
-                    .for_each(|g, &x| *g *= df(x));
-                vec![Some(dx)]
-            }),
-        )
+        self.pointwise(y, Saved::Input(self.clone()), df)
     }
 
     /// An elementwise op whose derivative is a function of the output (tanh, sigmoid, exp,
     /// sqrt): the output is kept for the backward pass.
     fn unary_y(&self, f: impl Fn(f32) -> f32, df: impl Fn(f32) -> f32 + 'static) -> Var {
         let y = self.value().mapv(f);
-        let y_saved = y.clone();
+        let saved = Saved::Output(y.clone());
+        self.pointwise(y, saved, df)
+    }
+
+    /// `y` with the backward pass `dx = g * df(saved)`.
+    fn pointwise(&self, y: Array, saved: Saved, df: impl Fn(f32) -> f32 + 'static) -> Var {
         Var::from_op(
             y,
             vec![self.clone()],
             Box::new(move |g, _| {
                 let mut dx = g.to_owned();
-                ndarray::Zip::from(&mut dx)
-                    .and(&y_saved)
-                    .for_each(|g, &y| *g *= df(y));
+                let mut times_df = |at: &Array| {
+                    ndarray::Zip::from(&mut dx)
+                        .and(at)
+                        .for_each(|g, &v| *g *= df(v))
+                };
+                match &saved {
+                    Saved::Input(x) => times_df(&x.value()),
+                    Saved::Output(y) => times_df(y),
+                }
                 vec![Some(dx)]
             }),
         )

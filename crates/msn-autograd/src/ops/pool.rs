@@ -40,6 +40,18 @@ fn max_pool_2x2(xp: &[f32], w: usize, oh: usize, ow: usize, yp: &mut [f32], ap: 
     }
 }
 
+/// A pool's input gradient: `scatter(output gradient, zeroed input gradient)` over the
+/// values in standard layout.
+fn input_grad(g: &Array, shape: IxDyn, scatter: impl FnOnce(&[f32], &mut [f32])) -> Array {
+    let g = g.as_standard_layout();
+    let mut dx = Array::zeros(shape);
+    scatter(
+        g.as_slice().expect("standard layout"),
+        dx.as_slice_mut().expect("fresh"),
+    );
+    dx
+}
+
 impl Var {
     /// Max pooling with a `k x k` window; padding counts as minus infinity. The first of
     /// equal maxima takes the gradient. Planes run in parallel.
@@ -98,18 +110,16 @@ impl Var {
             y,
             vec![self.clone()],
             Box::new(move |g, _| {
-                let g = g.as_standard_layout();
-                let gs = g.as_slice().expect("standard layout");
-                let mut dx = Array::zeros(shape);
-                let d = dx.as_slice_mut().expect("fresh");
-                d.par_chunks_mut(plane_in.max(1))
-                    .zip(gs.par_chunks(plane_out.max(1)))
-                    .zip(argmax.par_chunks(plane_out.max(1)))
-                    .for_each(|((dp, gp), ap)| {
-                        for (gi, &at) in gp.iter().zip(ap) {
-                            dp[at as usize] += gi;
-                        }
-                    });
+                let dx = input_grad(g, shape, |gs, d| {
+                    d.par_chunks_mut(plane_in.max(1))
+                        .zip(gs.par_chunks(plane_out.max(1)))
+                        .zip(argmax.par_chunks(plane_out.max(1)))
+                        .for_each(|((dp, gp), ap)| {
+                            for (gi, &at) in gp.iter().zip(ap) {
+                                dp[at as usize] += gi;
+                            }
+                        })
+                });
                 vec![Some(dx)]
             }),
         )
@@ -142,20 +152,18 @@ impl Var {
             y,
             vec![self.clone()],
             Box::new(move |g, _| {
-                let g = g.as_standard_layout();
-                let gs = g.as_slice().expect("standard layout");
-                let mut dx = Array::zeros(shape);
-                let d = dx.as_slice_mut().expect("fresh");
-                for plane in 0..n * c {
-                    for oy in 0..oh {
-                        for ox in 0..ow {
-                            let gv = gs[(plane * oh + oy) * ow + ox] * scale;
-                            for i in taps(plane, oy, ox) {
-                                d[i] += gv;
+                let dx = input_grad(g, shape, |gs, d| {
+                    for plane in 0..n * c {
+                        for oy in 0..oh {
+                            for ox in 0..ow {
+                                let gv = gs[(plane * oh + oy) * ow + ox] * scale;
+                                for i in taps(plane, oy, ox) {
+                                    d[i] += gv;
+                                }
                             }
                         }
                     }
-                }
+                });
                 vec![Some(dx)]
             }),
         )

@@ -184,35 +184,28 @@ mod tests {
         let running_var = spread(&[3], 0.5, 1.5, 6);
         for training in [true, false] {
             let ctx = || if training { Ctx::train(0) } else { Ctx::eval() };
-            check(
-                &format!("batchnorm training={training}"),
-                &[&x, &g, &b],
-                |v| {
-                    let bn = BatchNorm {
-                        weight: v[1].clone(),
-                        bias: v[2].clone(),
-                        running_mean: Var::constant(running_mean.clone()),
-                        running_var: Var::constant(running_var.clone()),
-                        ..BatchNorm::new(3)
-                    };
-                    bn.forward(&v[0], &mut ctx())
-                },
-            )
-            .unwrap();
-            check(
-                &format!("mean-only bn training={training}"),
-                &[&x, &g, &b],
-                |v| {
-                    let mo = MeanOnlyBatchNorm {
-                        weight: v[1].clone(),
-                        bias: v[2].clone(),
-                        running_mean: Var::constant(running_mean.clone()),
-                        momentum: 0.1,
-                    };
-                    mo.forward(&v[0], &mut ctx())
-                },
-            )
-            .unwrap();
+            let bn = |v: &[Var]| {
+                let bn = BatchNorm {
+                    weight: v[1].clone(),
+                    bias: v[2].clone(),
+                    running_mean: Var::constant(running_mean.clone()),
+                    running_var: Var::constant(running_var.clone()),
+                    ..BatchNorm::new(3)
+                };
+                bn.forward(&v[0], &mut ctx())
+            };
+            let mean_only = |v: &[Var]| {
+                let mo = MeanOnlyBatchNorm {
+                    weight: v[1].clone(),
+                    bias: v[2].clone(),
+                    running_mean: Var::constant(running_mean.clone()),
+                    momentum: 0.1,
+                };
+                mo.forward(&v[0], &mut ctx())
+            };
+            check(&format!("batchnorm training={training}"), &[&x, &g, &b], bn).unwrap();
+            let what = format!("mean-only bn training={training}");
+            check(&what, &[&x, &g, &b], mean_only).unwrap();
         }
     }
 

@@ -10,7 +10,7 @@ pub struct Conv2d {
     pub options: ConvOptions,
 }
 
-has_weights!(Conv2d);
+has_weights!(Conv2d, spectral);
 
 impl Conv2d {
     pub fn new(
@@ -24,12 +24,6 @@ impl Conv2d {
         let shape = [output, input / options.groups, kernel, kernel];
         let params = Weights::conv(shape, output, bias, rng);
         Conv2d { params, options }
-    }
-
-    /// Adds spectral normalization of the weight.
-    pub fn spectral(mut self, rng: &mut ChaCha8Rng) -> Self {
-        self.params.spectral(rng);
-        self
     }
 }
 

@@ -9,18 +9,12 @@ pub struct Linear {
     pub params: Weights,
 }
 
-has_weights!(Linear);
+has_weights!(Linear, spectral);
 
 impl Linear {
     pub fn new(input: usize, output: usize, bias: bool, rng: &mut ChaCha8Rng) -> Self {
         let params = Weights::new(&[output, input], input, output, bias, rng);
         Linear { params }
-    }
-
-    /// Adds spectral normalization of the weight.
-    pub fn spectral(mut self, rng: &mut ChaCha8Rng) -> Self {
-        self.params.spectral(rng);
-        self
     }
 }
 

@@ -3,8 +3,20 @@ use crate::{init, join, StateKind};
 use msn_autograd::Var;
 use rand_chacha::ChaCha8Rng;
 
-/// Gives a layer with a `params: Weights` field `Deref` to it, and names its state.
+/// Gives a layer with a `params: Weights` field `Deref` to it; with `spectral`, also the
+/// builder that adds spectral normalization.
 macro_rules! has_weights {
+    ($layer:ty, spectral) => {
+        has_weights!($layer);
+
+        impl $layer {
+            /// Adds spectral normalization of the weight.
+            pub fn spectral(mut self, rng: &mut rand_chacha::ChaCha8Rng) -> Self {
+                self.params.spectral(rng);
+                self
+            }
+        }
+    };
     ($layer:ty) => {
         impl std::ops::Deref for $layer {
             type Target = $crate::layers::Weights;
