@@ -4,7 +4,7 @@ use crate::classify::load_classifier;
 use crate::PreprocessArgs;
 use anyhow::{bail, Result};
 use clap::Args;
-use msn_runtime::bench::Stats;
+use msn_runtime::bench::{Profile, Stats};
 use msn_runtime::LoadOptions;
 use serde_json::json;
 use std::path::PathBuf;
@@ -33,6 +33,13 @@ pub struct BenchArgs {
     /// Threads for tract's matrix products (0: every core, 1: single-threaded)
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub threads: usize,
+    /// Also time every node of tract's plan (median over --iters runs): time per op type and
+    /// the slowest nodes, with their share of the total
+    #[arg(long)]
+    pub profile: bool,
+    /// With --profile: how many of the slowest nodes to list
+    #[arg(long, default_value_t = 15, value_name = "N")]
+    pub top: usize,
     #[command(flatten)]
     pub preprocess: PreprocessArgs,
 }
@@ -48,6 +55,44 @@ fn stats_json(model: &std::path::Path, s: &Stats) -> serde_json::Value {
         "mean_ms": s.mean_ms,
         "throughput_per_s": s.throughput_per_s,
     })
+}
+
+fn profile_json(p: &Profile, top: usize) -> serde_json::Value {
+    let share = |s: f64| s / p.total.max(1e-12);
+    json!({
+        "total_ms": p.total * 1e3,
+        "ops": p.ops.iter().map(|(op, n, s)| json!({"op": op, "nodes": n, "ms": s * 1e3, "share": share(*s)})).collect::<Vec<_>>(),
+        "slowest": p.nodes.iter().take(top).map(|n| json!({"node": n.name, "op": n.op, "ms": n.seconds * 1e3, "share": share(n.seconds)})).collect::<Vec<_>>(),
+    })
+}
+
+fn print_profile(model: &std::path::Path, p: &Profile, top: usize) {
+    let share = |s: f64| 100.0 * s / p.total.max(1e-12);
+    println!(
+        "\nprofile of {} (median per node; nodes sum to {:.3} ms)",
+        model.display(),
+        p.total * 1e3
+    );
+    println!(
+        "{:<28} {:>6} {:>10} {:>7}",
+        "tract op", "nodes", "ms", "share"
+    );
+    for (op, n, s) in &p.ops {
+        println!("{op:<28} {n:>6} {:>10.3} {:>6.1}%", s * 1e3, share(*s));
+    }
+    println!(
+        "\n{:<48} {:<20} {:>10} {:>7}",
+        "slowest nodes", "tract op", "ms", "share"
+    );
+    for n in p.nodes.iter().take(top) {
+        println!(
+            "{:<48} {:<20} {:>10.3} {:>6.1}%",
+            n.name,
+            n.op,
+            n.seconds * 1e3,
+            share(n.seconds)
+        );
+    }
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -69,6 +114,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let refs: Vec<_> = models.iter().collect();
     let stats = msn_runtime::bench::run(&refs, args.warmup, args.iters)?;
     let ratio = (stats.len() == 2).then(|| stats[1].p50_ms / stats[0].p50_ms);
+    let profiles = match args.profile {
+        true => models
+            .iter()
+            .map(|m| msn_runtime::bench::profile(m, args.warmup, args.iters))
+            .collect::<Result<Vec<_>, _>>()?,
+        false => vec![],
+    };
 
     if args.json {
         let value = match ratio {
@@ -83,6 +135,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 "threads": threads,
             }),
         };
+        let mut value = value;
+        if !profiles.is_empty() {
+            value["profiles"] = profiles.iter().map(|p| profile_json(p, args.top)).collect();
+        }
         println!("{value}");
         return Ok(());
     }
@@ -104,6 +160,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     if let Some(r) = ratio {
         println!("p50 ratio (second / first): {r:.3}");
+    }
+    for (p, prof) in paths.iter().zip(&profiles) {
+        print_profile(p, prof, args.top);
     }
     Ok(())
 }

@@ -13,6 +13,7 @@ pub mod export;
 pub mod fold;
 #[cfg(feature = "train")]
 pub mod gan;
+pub mod info;
 mod preprocess_args;
 pub mod run;
 #[cfg(feature = "train")]

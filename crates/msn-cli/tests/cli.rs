@@ -207,6 +207,53 @@ fn bench_reports_json_with_a_ratio_when_comparing() {
     assert!(v["ratio_p50"].as_f64().unwrap() > 0.0);
 }
 
+#[test]
+fn bench_profile_splits_the_time_by_op_and_node() {
+    let m = foreign_model();
+    let args = [
+        "bench",
+        s(&m),
+        "--iters",
+        "3",
+        "--warmup",
+        "1",
+        "--profile",
+        "--json",
+    ];
+    let out = Command::new(env!("CARGO_BIN_EXE_msn"))
+        .args(args)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
+    let p = &v["profiles"][0];
+    let total = p["total_ms"].as_f64().unwrap();
+    let ops = p["ops"].as_array().unwrap();
+    // The ops' times add up to the total, their shares to 1, slowest first.
+    let sum: f64 = ops.iter().map(|o| o["ms"].as_f64().unwrap()).sum();
+    assert!(
+        (sum - total).abs() <= 1e-6 * total.max(1.0),
+        "{sum} vs {total}"
+    );
+    let shares: f64 = ops.iter().map(|o| o["share"].as_f64().unwrap()).sum();
+    assert!((shares - 1.0).abs() < 1e-6, "{shares}");
+    let ms: Vec<f64> = ops.iter().map(|o| o["ms"].as_f64().unwrap()).collect();
+    assert!(ms.windows(2).all(|w| w[0] >= w[1]), "{ms:?}");
+    // The torch CNN's convolutions are in the plan and named after the ONNX nodes.
+    let slowest = p["slowest"].as_array().unwrap();
+    assert!(!slowest.is_empty());
+    assert!(slowest
+        .iter()
+        .all(|n| !n["node"].as_str().unwrap().is_empty()));
+    let text = ok(&Command::new(env!("CARGO_BIN_EXE_msn"))
+        .args(&args[..args.len() - 1])
+        .output()
+        .unwrap());
+    assert!(
+        text.contains("tract op") && text.contains("slowest nodes"),
+        "{text}"
+    );
+}
+
 /// The cases issue 15 found, as a user meets them: each exits 0 or 2, never panics, and a
 /// refused command writes nothing.
 #[test]
@@ -261,4 +308,87 @@ fn hostile_files_and_flags_are_refused_cleanly() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+}
+
+/// Conv (groups 2, stride 2), ConvTranspose, Flatten, Gemm and MatMul, with counts by hand.
+fn info_model() -> msn_onnx::ModelProto {
+    use msn_onnx::builder::attr;
+    let w = |shape: &[usize]| ndarray::ArrayD::from_elem(shape.to_vec(), 0.01f32);
+    let mut b = GraphBuilder::new("g");
+    let x = b.input("x", &[1, 4, 10, 10]);
+    let (cw, tw) = (
+        b.initializer_f32("cw", &w(&[6, 2, 3, 3])),
+        b.initializer_f32("tw", &w(&[6, 2, 2, 2])),
+    );
+    let conv_attrs = [
+        attr::int("group", 2),
+        attr::ints("strides", &[2, 2]),
+        attr::ints("pads", &[1, 1, 1, 1]),
+    ];
+    let c = b.node("Conv", &[&x, &cw], "c", &conv_attrs);
+    let t = b.node(
+        "ConvTranspose",
+        &[&c, &tw],
+        "t",
+        &[attr::ints("strides", &[2, 2])],
+    );
+    let f = b.node("Flatten", &[&t], "f", &[]);
+    let gw = b.initializer_f32("gw", &w(&[200, 7]));
+    let g = b.node("Gemm", &[&f, &gw], "g", &[]);
+    let mw = b.initializer_f32("mw", &w(&[7, 3]));
+    let y = b.node("MatMul", &[&g, &mw], "y", &[]);
+    b.output(&y, &[1, 3]);
+    b.metadata("msn.labels", "a\nb\nc");
+    b.into_model(17)
+}
+
+#[test]
+fn info_counts_parameters_and_multiply_accumulates_per_layer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("m.onnx");
+    msn_onnx::io::save(&info_model(), &path).unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["info", s(&path)];
+        args.extend_from_slice(extra);
+        Command::new(env!("CARGO_BIN_EXE_msn"))
+            .args(&args)
+            .output()
+            .unwrap()
+    };
+    let v: serde_json::Value = serde_json::from_str(&ok(&run(&["--json"]))).unwrap();
+    // Conv: 6x5x5 outputs x (4/2 x 3 x 3) taps; ConvTranspose: 6x5x5 inputs x (2 x 2 x 2);
+    // Gemm: 7 outputs x 200; MatMul: 3 outputs x 7.
+    let layers: Vec<(String, u64)> = v["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["op"].as_str().unwrap().to_string(),
+                l["macs"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let want = [
+        ("Conv", 2700),
+        ("ConvTranspose", 1200),
+        ("Gemm", 1400),
+        ("MatMul", 21),
+    ];
+    assert_eq!(layers, want.map(|(o, n)| (o.to_string(), n)).to_vec());
+    assert_eq!(v["macs"], 5321);
+    assert_eq!(v["parameters"], 108 + 48 + 1400 + 21);
+    assert_eq!(v["parameter_bytes"], 4 * (108 + 48 + 1400 + 21));
+    assert_eq!(v["ops"]["ConvTranspose"], 1);
+    assert_eq!(v["inputs"][0]["shape"], serde_json::json!([1, 4, 10, 10]));
+    assert_eq!(v["outputs"][0]["name"], "y");
+    assert_eq!(v["metadata"]["msn.labels"], "a\nb\nc");
+    // The table, and clean refusals.
+    assert!(ok(&run(&[])).contains("multiply-accumulates: 5.3 k in 4 layers"));
+    assert_fails_with(&run(&["--input-shape", "1,0,10,10"]), "not a dimension");
+    assert_fails_with(
+        &run(&["--input-shape", "nope=1,4,10,10"]),
+        "no input named 'nope'",
+    );
+    assert_fails_with(&run(&["--input-shape", "1,4,10"]), "cannot run it at");
 }

@@ -3,6 +3,7 @@
 //! Models are run interleaved (one run of each in turn), so a slow-down of the machine during
 //! the measurement affects every model alike and their ratio stays meaningful.
 
+use crate::model::NodeTime;
 use crate::{Classifier, Result};
 use ndarray::Array4;
 use std::time::Instant;
@@ -42,22 +43,59 @@ pub fn summarize(samples_s: &[f64], batch: usize, load_s: f64) -> Stats {
     }
 }
 
+/// A fixed pseudo-random batch in `[-1, 1)` of the classifier's input shape.
+fn input(m: &Classifier) -> Array4<f32> {
+    let p = m.preprocess();
+    let mut state = 0x2545_f491_u32;
+    Array4::from_shape_simple_fn((m.batch(), p.channels, p.height, p.width), || {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        (state as f32 / u32::MAX as f32) * 2.0 - 1.0
+    })
+}
+
+/// Where a model's time goes: tract's op types and its slowest nodes, from medians per node
+/// over `rounds` runs (after `warmup` untimed ones).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Profile {
+    /// Sum of the nodes' median times, seconds.
+    pub total: f64,
+    /// tract op -> (nodes, seconds), slowest first.
+    pub ops: Vec<(String, usize, f64)>,
+    /// Every node, slowest first.
+    pub nodes: Vec<NodeTime>,
+}
+
+/// Profiles the classifier's plan node by node (tract's evaluation hook) on the same input
+/// [`run`] uses.
+pub fn profile(m: &Classifier, warmup: usize, rounds: usize) -> Result<Profile> {
+    let x = crate::Tensor::from(input(m));
+    m.model().profile(vec![x.clone()], warmup)?;
+    let mut nodes = m.model().profile(vec![x], rounds)?;
+    let mut ops: Vec<(String, usize, f64)> = Vec::new();
+    for n in &nodes {
+        match ops.iter_mut().find(|o| o.0 == n.op) {
+            Some(o) => {
+                o.1 += 1;
+                o.2 += n.seconds;
+            }
+            None => ops.push((n.op.clone(), 1, n.seconds)),
+        }
+    }
+    ops.sort_by(|a, b| b.2.total_cmp(&a.2));
+    nodes.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+    Ok(Profile {
+        total: nodes.iter().map(|n| n.seconds).sum(),
+        ops,
+        nodes,
+    })
+}
+
 /// Runs `warmup` untimed then `iters` timed batches of each model, interleaved, on a fixed
 /// pseudo-random input, and returns one [`Stats`] per model.
 pub fn run(models: &[&Classifier], warmup: usize, iters: usize) -> Result<Vec<Stats>> {
-    let inputs: Vec<Array4<f32>> = models
-        .iter()
-        .map(|m| {
-            let p = m.preprocess();
-            let mut state = 0x2545_f491_u32;
-            Array4::from_shape_simple_fn((m.batch(), p.channels, p.height, p.width), || {
-                state ^= state << 13;
-                state ^= state >> 17;
-                state ^= state << 5;
-                (state as f32 / u32::MAX as f32) * 2.0 - 1.0
-            })
-        })
-        .collect();
+    let inputs: Vec<Array4<f32>> = models.iter().map(|m| input(m)).collect();
     let mut samples = vec![Vec::with_capacity(iters); models.len()];
     for i in 0..warmup + iters {
         for (k, (m, x)) in models.iter().zip(&inputs).enumerate() {

@@ -10,7 +10,8 @@
 //!    tract optimise it, run batches.
 //! 3. [`topk`]: softmax and the k most probable classes.
 //! 4. [`bench`]: latency percentiles and throughput, several models interleaved.
-//! 5. [`gan`]: generators, and the classifier score and Fréchet distance of their samples.
+//! 5. [`info`]: inputs, outputs, ops, parameters and multiply-accumulates of any model.
+//! 6. [`gan`]: generators, and the classifier score and Fréchet distance of their samples.
 //!
 //! ```no_run
 //! use msn_runtime::{Classifier, LoadOptions};
@@ -28,6 +29,7 @@ mod classifier;
 mod error;
 pub mod gan;
 mod guard;
+pub mod info;
 pub mod model;
 pub mod npy;
 pub mod preprocess;
@@ -35,7 +37,7 @@ pub mod verify;
 
 pub use classifier::{Classifier, LoadOptions, PreprocessOverrides};
 pub use error::Error;
-pub use model::{Model, Plan, Source, TensorSpec};
+pub use model::{Model, NodeTime, Plan, Source, TensorSpec};
 pub use preprocess::Preprocess;
 /// tract's tensor, the type [`Model::run`] takes and returns.
 pub use tract_onnx::prelude::Tensor;

@@ -13,6 +13,7 @@ use msn_onnx::proto::tensor_proto::DataType;
 use msn_onnx::proto::tensor_shape_proto::dimension::Value as Dim;
 use msn_onnx::proto::type_proto;
 use msn_onnx::{ModelProto, ValueInfoProto};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -115,6 +116,17 @@ impl LoadTimes {
     }
 }
 
+/// One node of tract's plan and the time it took (see [`Model::profile`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeTime {
+    /// tract's node name (the ONNX node's, with a suffix where tract split it).
+    pub name: String,
+    /// tract's op (`Conv`, `OptMatMul`, `DepthWise`, ...).
+    pub op: String,
+    /// Median over the rounds.
+    pub seconds: f64,
+}
+
 /// A planned model: tract's runnable plan with the inputs it was planned for.
 pub struct Model {
     origin: PathBuf,
@@ -180,14 +192,7 @@ impl Source {
     /// Plans the model for inputs of exactly these shapes (one per input, in order).
     pub fn plan(&self, shapes: &[Vec<usize>], kind: Plan) -> Result<Model> {
         let start = Instant::now();
-        let inputs = &self.inputs;
-        if shapes.len() != inputs.len() {
-            return Err(self.invalid(format!(
-                "the model has {} input(s), {} shape(s) given",
-                inputs.len(),
-                shapes.len()
-            )));
-        }
+        self.check_count(shapes)?;
         let mut fold = None;
         let mut guarded = 0;
         let rewritten = match kind {
@@ -204,47 +209,8 @@ impl Source {
         let passes = start.elapsed().as_secs_f64();
         let start = Instant::now();
         let bytes = rewritten.as_deref().unwrap_or(&self.bytes);
-        let err = |action: &'static str| {
-            move |e: TractError| Error::Tract {
-                path: self.origin.clone(),
-                action,
-                message: format!("{e:#}"),
-            }
-        };
-        let mut model = tract_onnx::onnx()
-            .model_for_read(&mut &bytes[..])
-            .map_err(err("load the model"))?;
-        let mut planned = Vec::with_capacity(inputs.len());
-        for (i, (spec, shape)) in inputs.iter().zip(shapes).enumerate() {
-            let dt = spec.datum_type().ok_or_else(|| {
-                self.invalid(format!(
-                    "input '{}' has element type {}, which tract does not run",
-                    spec.name, spec.dtype
-                ))
-            })?;
-            if let Some(dims) = &spec.dims {
-                let fits = dims.len() == shape.len()
-                    && dims
-                        .iter()
-                        .zip(shape)
-                        .all(|(d, &s)| d.is_none_or(|d| d == s));
-                if !fits {
-                    return Err(self.invalid(format!(
-                        "input '{}' is declared {}, cannot run it at {shape:?}",
-                        spec.name,
-                        show_dims(dims)
-                    )));
-                }
-            }
-            model = model
-                .with_input_fact(i, dt.fact(shape).into())
-                .map_err(err("set the input shape"))?;
-            planned.push(TensorSpec {
-                dims: Some(shape.iter().map(|&d| Some(d)).collect()),
-                ..spec.clone()
-            });
-        }
-        let typed = model.into_typed().map_err(err("analyse the model"))?;
+        let err = |action| self.tract_error(action);
+        let (typed, planned) = self.typed(bytes, shapes)?;
         let typed = match kind {
             Plan::Optimized => typed.into_optimized().map_err(err("optimize the model"))?,
             Plan::Reference => typed,
@@ -279,6 +245,143 @@ impl Source {
             fold,
             guarded,
         })
+    }
+
+    /// tract's error on this model while doing `action`.
+    fn tract_error(&self, action: &'static str) -> impl Fn(TractError) -> Error + '_ {
+        move |e: TractError| Error::Tract {
+            path: self.origin.clone(),
+            action,
+            message: format!("{e:#}"),
+        }
+    }
+
+    /// tract's typed translation of `bytes` (this model, or a rewrite of it) for inputs of
+    /// these shapes, after checking them against the declared inputs; and the inputs as
+    /// planned.
+    fn typed(&self, bytes: &[u8], shapes: &[Vec<usize>]) -> Result<(TypedModel, Vec<TensorSpec>)> {
+        let inputs = &self.inputs;
+        let err = |action| self.tract_error(action);
+        let mut model = tract_onnx::onnx()
+            .model_for_read(&mut &bytes[..])
+            .map_err(err("load the model"))?;
+        let mut planned = Vec::with_capacity(inputs.len());
+        for (i, (spec, shape)) in inputs.iter().zip(shapes).enumerate() {
+            let dt = spec.datum_type().ok_or_else(|| {
+                self.invalid(format!(
+                    "input '{}' has element type {}, which tract does not run",
+                    spec.name, spec.dtype
+                ))
+            })?;
+            if let Some(dims) = &spec.dims {
+                let fits = dims.len() == shape.len()
+                    && dims
+                        .iter()
+                        .zip(shape)
+                        .all(|(d, &s)| d.is_none_or(|d| d == s));
+                if !fits {
+                    return Err(self.invalid(format!(
+                        "input '{}' is declared {}, cannot run it at {shape:?}",
+                        spec.name,
+                        show_dims(dims)
+                    )));
+                }
+            }
+            model = model
+                .with_input_fact(i, dt.fact(shape).into())
+                .map_err(err("set the input shape"))?;
+            planned.push(TensorSpec {
+                dims: Some(shape.iter().map(|&d| Some(d)).collect()),
+                ..spec.clone()
+            });
+        }
+        let typed = model.into_typed().map_err(err("analyse the model"))?;
+        Ok((typed, planned))
+    }
+
+    /// The shape of every value of the model as written (its inputs at `shapes`), by name, as
+    /// tract infers them; values whose shape is not concrete are absent.
+    pub fn value_shapes(&self, shapes: &[Vec<usize>]) -> Result<HashMap<String, Vec<usize>>> {
+        self.check_count(shapes)?;
+        let (typed, _) = self.typed(&self.bytes, shapes)?;
+        let mut out = HashMap::new();
+        for node in &typed.nodes {
+            for (slot, fact) in node.outputs.iter().enumerate() {
+                let outlet = OutletId::new(node.id, slot);
+                let (Some(label), Some(shape)) =
+                    (typed.outlet_label(outlet), fact.fact.shape.as_concrete())
+                else {
+                    continue;
+                };
+                out.insert(label.to_string(), shape.to_vec());
+            }
+        }
+        for (spec, shape) in self.inputs.iter().zip(shapes) {
+            out.insert(spec.name.clone(), shape.clone());
+        }
+        Ok(out)
+    }
+
+    /// The input shapes to plan for: the `given` ones (by name, or in order when unnamed),
+    /// else the declared ones with a symbolic first (batch) dimension taken as 1. A symbolic
+    /// dimension elsewhere needs a given shape.
+    pub fn shapes(&self, given: &[(Option<String>, Vec<usize>)]) -> Result<Vec<Vec<usize>>> {
+        let mut slots: Vec<Option<Vec<usize>>> = vec![None; self.inputs.len()];
+        let mut unnamed = given.iter().filter(|(n, _)| n.is_none()).map(|(_, s)| s);
+        for (name, shape) in given {
+            let Some(name) = name else { continue };
+            let Some(i) = self.inputs.iter().position(|s| &s.name == name) else {
+                return Err(self.invalid(format!("the model has no input named '{name}'")));
+            };
+            slots[i] = Some(shape.clone());
+        }
+        for slot in slots.iter_mut().filter(|s| s.is_none()) {
+            *slot = unnamed.next().cloned();
+        }
+        if unnamed.next().is_some() {
+            return Err(self.invalid(format!(
+                "{} shape(s) given for {} input(s)",
+                given.len(),
+                self.inputs.len()
+            )));
+        }
+        self.inputs
+            .iter()
+            .zip(slots)
+            .map(|(spec, slot)| match slot {
+                Some(shape) => Ok(shape),
+                None => self.declared_shape(spec),
+            })
+            .collect()
+    }
+
+    fn declared_shape(&self, spec: &TensorSpec) -> Result<Vec<usize>> {
+        let dims = spec.dims.as_ref().ok_or_else(|| {
+            self.invalid(format!("input '{}' declares no shape; give one", spec.name))
+        })?;
+        dims.iter()
+            .enumerate()
+            .map(|(i, d)| match (i, d) {
+                (_, Some(d)) => Ok(*d),
+                (0, None) => Ok(1),
+                (_, None) => Err(self.invalid(format!(
+                    "input '{}' is declared {}: dimension {i} is symbolic; give its shape",
+                    spec.name,
+                    show_dims(dims)
+                ))),
+            })
+            .collect()
+    }
+
+    fn check_count(&self, shapes: &[Vec<usize>]) -> Result<()> {
+        if shapes.len() == self.inputs.len() {
+            return Ok(());
+        }
+        Err(self.invalid(format!(
+            "the model has {} input(s), {} shape(s) given",
+            self.inputs.len(),
+            shapes.len()
+        )))
     }
 
     /// Orders the given tensors as the model's inputs: named ones by name, unnamed ones in
@@ -441,6 +544,41 @@ impl Model {
             .run(inputs.into_iter().map(|t| t.into_tvalue()).collect())
             .map_err(|e| Error::Inference(format!("{}: {e:#}", self.origin.display())))?;
         Ok(out.into_iter().map(|v| v.into_tensor()).collect())
+    }
+
+    /// Runs the model `rounds` times on `inputs`, timing every node of tract's plan: per node
+    /// (in plan order) its name, tract's op name and the median of its times in seconds.
+    pub fn profile(&self, inputs: Vec<Tensor>, rounds: usize) -> Result<Vec<NodeTime>> {
+        let model = self.plan.model();
+        let mut times: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); model.nodes.len()];
+        let inference =
+            |e: TractError| Error::Inference(format!("{}: {e:#}", self.origin.display()));
+        let mut state = self.plan.spawn().map_err(inference)?;
+        for _ in 0..rounds.max(1) {
+            let values = inputs.iter().map(|t| t.clone().into_tvalue()).collect();
+            state
+                .run_plan_with_eval(values, |ctx, op_state, node, input| {
+                    let start = Instant::now();
+                    let out = tract_onnx::tract_core::plan::eval(ctx, op_state, node, input);
+                    times[node.id].push(start.elapsed().as_secs_f64());
+                    out
+                })
+                .map_err(inference)?;
+        }
+        Ok(model
+            .nodes
+            .iter()
+            .zip(times)
+            .filter(|(_, t)| !t.is_empty())
+            .map(|(node, mut t)| {
+                t.sort_by(f64::total_cmp);
+                NodeTime {
+                    name: node.name.clone(),
+                    op: node.op().name().to_string(),
+                    seconds: t[t.len() / 2],
+                }
+            })
+            .collect())
     }
 
     /// Runs a model with one f32 input and returns its f32 outputs.

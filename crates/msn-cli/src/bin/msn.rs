@@ -16,6 +16,8 @@ enum Command {
     Bench(msn_cli::bench::BenchArgs),
     /// Run any ONNX model on NumPy .npy/.npz inputs and write its outputs
     Run(msn_cli::run::RunArgs),
+    /// Describe a model: inputs, outputs, ops, parameters, multiply-accumulates, metadata
+    Info(msn_cli::info::InfoArgs),
     /// Export a trained network to ONNX (same as msn-export)
     #[cfg(feature = "train")]
     Export(msn_cli::export::ExportArgs),
@@ -46,6 +48,7 @@ fn main() -> std::process::ExitCode {
         Command::Classify(args) => msn_cli::classify::run(args),
         Command::Bench(args) => msn_cli::bench::run(args),
         Command::Run(args) => msn_cli::run::run(args),
+        Command::Info(args) => msn_cli::info::run(args),
         #[cfg(feature = "train")]
         Command::Train(args) => msn_cli::train::run(args),
         #[cfg(feature = "train")]
