@@ -27,6 +27,15 @@ pub struct FoldArgs {
     /// on the network's Lipschitz constant (on by default for models with spectral norms)
     #[arg(long)]
     pub lipschitz: bool,
+    /// Fix an input's shape before folding: `1,3,224,224` (inputs in order) or
+    /// `NAME=1,3,224,224`. Shape arithmetic on values whose shape then follows folds away;
+    /// the result runs at this shape only
+    #[arg(long = "input-shape", value_name = "[NAME=]D,D,...", value_parser = crate::parse_shape)]
+    pub input_shapes: Vec<(Option<String>, Vec<usize>)>,
+    /// Treat initializers that are also graph inputs (defaults a caller may override) as
+    /// constants: they leave the inputs and may be folded
+    #[arg(long)]
+    pub freeze_inputs: bool,
 }
 
 fn histogram(h: &std::collections::BTreeMap<String, usize>) -> String {
@@ -40,6 +49,13 @@ pub fn run(args: FoldArgs) -> Result<()> {
     let original = msn_onnx::io::load(&args.input)?;
     msn_onnx::validate::model(&original)
         .with_context(|| format!("{}: invalid model", args.input.display()))?;
+    let mut original = original;
+    msn_fold::fix_input_shapes(&mut original, &args.input_shapes)
+        .with_context(|| format!("{}: --input-shape", args.input.display()))?;
+    if args.freeze_inputs {
+        let n = msn_fold::freeze_inputs(&mut original);
+        println!("  --freeze-inputs: {n} initializer(s) no longer overridable inputs");
+    }
     let mut folded = original.clone();
     let report = msn_fold::fold(&mut folded);
     msn_onnx::graph::GraphView::new(&folded)

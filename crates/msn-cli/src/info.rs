@@ -15,7 +15,7 @@ pub struct InfoArgs {
     pub model: PathBuf,
     /// An input's shape for the counts: `1,3,224,224` (inputs in order) or `NAME=1,3,224,224`
     /// (default: as declared, a symbolic batch dimension taken as 1)
-    #[arg(long = "input-shape", value_name = "[NAME=]D,D,...", value_parser = parse_shape)]
+    #[arg(long = "input-shape", value_name = "[NAME=]D,D,...", value_parser = crate::parse_shape)]
     pub input_shapes: Vec<(Option<String>, Vec<usize>)>,
     /// Every layer's multiply-accumulates (default: the 10 largest)
     #[arg(long)]
@@ -23,22 +23,6 @@ pub struct InfoArgs {
     /// Print JSON
     #[arg(long)]
     pub json: bool,
-}
-
-/// `[NAME=]D,D,...` with every dimension at least 1.
-pub fn parse_shape(s: &str) -> Result<(Option<String>, Vec<usize>), String> {
-    let (name, dims) = match s.rsplit_once('=') {
-        Some((n, d)) => (Some(n.to_string()), d),
-        None => (None, s),
-    };
-    let dims: Vec<usize> = dims
-        .split(',')
-        .map(|d| match d.trim().parse::<usize>() {
-            Ok(n) if (1..=1 << 24).contains(&n) => Ok(n),
-            _ => Err(format!("'{d}' is not a dimension (1 to 16777216)")),
-        })
-        .collect::<Result<_, _>>()?;
-    Ok((name, dims))
 }
 
 fn spec_json(spec: &TensorSpec, shape: Option<&Vec<usize>>) -> Value {

@@ -27,6 +27,23 @@ use std::process::ExitCode;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `[NAME=]D,D,...` with every dimension at least 1.
+/// (`--input-shape` of `msn info` and `msn-fold`.)
+pub fn parse_shape(s: &str) -> Result<(Option<String>, Vec<usize>), String> {
+    let (name, dims) = match s.rsplit_once('=') {
+        Some((n, d)) => (Some(n.to_string()), d),
+        None => (None, s),
+    };
+    let dims: Vec<usize> = dims
+        .split(',')
+        .map(|d| match d.trim().parse::<usize>() {
+            Ok(n) if (1..=1 << 24).contains(&n) => Ok(n),
+            _ => Err(format!("'{d}' is not a dimension (1 to 16777216)")),
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((name, dims))
+}
+
 /// The exit code for every failure: bad input, a missing file, a model that cannot run.
 pub const FAILURE: u8 = 2;
 

@@ -3,7 +3,9 @@
 //! An ONNX-to-ONNX rewrite, on our exported models and on any other ONNX model:
 //!
 //! 1. [`passes::constant_folding`]: nodes with constant inputs become initializers (the
-//!    exported spectral norm `W / (u . W_mat v)` becomes one weight);
+//!    exported spectral norm `W / (u . W_mat v)` becomes one weight); before it,
+//!    [`passes::static_shapes`] turns `Shape` of a value whose shape the file fixes into a
+//!    constant ([`shapes`] infers them), so shape arithmetic folds too;
 //! 2. [`passes::fuse_into_weights`]: inference `BatchNormalization` and per-channel or scalar
 //!    `Add`/`Sub`/`Mul`/`Div` after Conv, ConvTranspose and Gemm go into the weights and bias
 //!    (the mean-only batch norm of MSN is such a chain);
@@ -20,6 +22,7 @@
 pub mod graph;
 pub mod lipschitz;
 pub mod passes;
+pub mod shapes;
 
 use msn_onnx::graph::op_histogram;
 use msn_onnx::{meta, tensor, GraphProto, ModelProto};
@@ -109,6 +112,9 @@ pub fn fold(model: &mut ModelProto) -> Report {
         let n = passes::eliminate::identities(g);
         note(&mut report, "eliminate_identity", n);
         changed += n;
+        let n = passes::static_shapes::run(g);
+        note(&mut report, "static_shapes", n);
+        changed += n;
         let n = passes::constant_folding::run(g);
         note(&mut report, "constant_folding", n);
         changed += n;
@@ -141,6 +147,67 @@ pub fn fold(model: &mut ModelProto) -> Report {
         format!("msn-fold {}", env!("CARGO_PKG_VERSION")),
     );
     report
+}
+
+/// Fixes the graph inputs' declared shapes: each `(name, shape)` (an unnamed one goes to the
+/// first input not named) must have the input's rank and agree with its fixed dimensions;
+/// symbolic ones take the given size. Folding then uses the shapes that follow (see
+/// [`passes::static_shapes`]): the result runs at these shapes only.
+pub fn fix_input_shapes(
+    model: &mut ModelProto,
+    given: &[(Option<String>, Vec<usize>)],
+) -> Result<(), ShapeError> {
+    use msn_onnx::proto::tensor_shape_proto::{dimension::Value as Dim, Dimension};
+    use msn_onnx::proto::type_proto::Value;
+    let g = model.graph.get_or_insert_with(Default::default);
+    let inits: std::collections::HashSet<String> =
+        g.initializer.iter().map(|t| t.name().to_string()).collect();
+    let mut free: Vec<usize> = (0..g.input.len())
+        .filter(|&i| !inits.contains(g.input[i].name()))
+        .collect();
+    for (name, shape) in given {
+        let i = match name {
+            Some(n) => g.input.iter().position(|v| v.name() == n),
+            None => free.first().copied(),
+        }
+        .ok_or_else(|| ShapeError(format!("no input {}", name.as_deref().unwrap_or("left"))))?;
+        free.retain(|&j| j != i);
+        let v = &mut g.input[i];
+        let what = v.name().to_string();
+        let Some(Value::TensorType(t)) = v.r#type.as_mut().and_then(|t| t.value.as_mut()) else {
+            return Err(ShapeError(format!("input '{what}' is not a tensor")));
+        };
+        let dims = &mut t.shape.get_or_insert_with(Default::default).dim;
+        if !dims.is_empty() && dims.len() != shape.len() {
+            return Err(ShapeError(format!(
+                "input '{what}' has rank {}, the given shape {shape:?} has {}",
+                dims.len(),
+                shape.len()
+            )));
+        }
+        dims.resize(shape.len(), Dimension::default());
+        for (d, &want) in dims.iter_mut().zip(shape) {
+            if matches!(d.value, Some(Dim::DimValue(v)) if v > 0 && v as usize != want) {
+                return Err(ShapeError(format!(
+                    "input '{what}' fixes a dimension the given shape {shape:?} contradicts"
+                )));
+            }
+            d.value = Some(Dim::DimValue(want as i64));
+        }
+    }
+    Ok(())
+}
+
+/// Makes initializers that are also graph inputs plain constants (drops them from the
+/// inputs), so that folding may use their values; returns how many. Without this, such an
+/// initializer is only a default a caller can override, and no pass folds it.
+pub fn freeze_inputs(model: &mut ModelProto) -> usize {
+    let g = model.graph.get_or_insert_with(Default::default);
+    let inits: std::collections::HashSet<String> =
+        g.initializer.iter().map(|t| t.name().to_string()).collect();
+    let before = g.input.len();
+    g.input.retain(|v| !inits.contains(v.name()));
+    before - g.input.len()
 }
 
 /// Why a model's input shape cannot be told.

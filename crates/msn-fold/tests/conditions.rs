@@ -323,3 +323,19 @@ fn a_scale_before_a_conv_folds_and_a_shift_only_without_padding() {
     let (folded, _) = fold_and_verify(&affine_before_conv("Div", false, 1, 1));
     assert_eq!(ops(&folded), vec!["Div", "Conv"]);
 }
+
+#[test]
+fn a_concat_of_one_input_is_removed_and_one_of_two_kept() {
+    let mut b = conv_graph();
+    b.node("Concat", &["conv.out"], "cat1", &[attr::int("axis", 1)]);
+    b.node(
+        "Concat",
+        &["cat1", "conv.out"],
+        "cat2",
+        &[attr::int("axis", 1)],
+    );
+    b.node("Relu", &["cat2"], "y", &[]);
+    b.output("y", &[1, 6, 5, 5]);
+    let (folded, _) = fold_and_verify(&b.into_model(17));
+    assert_eq!(ops(&folded), ["Conv", "Concat", "Relu"]);
+}

@@ -206,6 +206,13 @@ pub mod attr {
         }
     }
 
+    pub fn graph(name: &str, g: crate::GraphProto) -> AttributeProto {
+        AttributeProto {
+            g: Some(g),
+            ..base(name, AttributeType::Graph)
+        }
+    }
+
     pub fn tensor(name: &str, t: TensorProto) -> AttributeProto {
         AttributeProto {
             t: Some(t),

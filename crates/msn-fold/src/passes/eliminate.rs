@@ -1,4 +1,5 @@
-//! Clean-up passes: `Identity` and inference-mode `Dropout` removal; dead nodes and unused
+//! Clean-up passes: removal of `Identity`, inference-mode `Dropout` and one-input `Concat`
+//! (or `Sum`, `Mean`, `Max`, `Min`); dead nodes and unused
 //! initializers. Graph inputs and outputs keep their names.
 
 use crate::graph::{rename_uses, Index};
@@ -13,11 +14,9 @@ pub fn identities(g: &mut GraphProto) -> usize {
         let outputs: HashSet<String> = g.output.iter().map(|o| o.name().to_string()).collect();
         let inputs: HashSet<String> = g.input.iter().map(|o| o.name().to_string()).collect();
         let pos = g.node.iter().position(|n| {
-            let passthrough = n.op_type() == "Identity"
-                || (n.op_type() == "Dropout"
-                    && n.output.iter().skip(1).all(|o| o.is_empty())
-                    && !training(g, n));
-            passthrough && n.input.first().is_some_and(|i| !i.is_empty()) && !n.output.is_empty()
+            passthrough(g, n)
+                && n.input.first().is_some_and(|i| !i.is_empty())
+                && !n.output.is_empty()
         });
         let Some(i) = pos else { return removed };
         let (src, dst) = (g.node[i].input[0].clone(), g.node[i].output[0].clone());
@@ -43,6 +42,17 @@ pub fn identities(g: &mut GraphProto) -> usize {
             rename_uses(g, &dst, &src);
         }
         removed += 1;
+    }
+}
+
+/// Whether the node passes its first input through unchanged: Identity, a Dropout in
+/// inference mode with its mask unused, and a Concat, Sum, Mean, Max or Min of one input.
+fn passthrough(g: &GraphProto, n: &NodeProto) -> bool {
+    match n.op_type() {
+        "Identity" => true,
+        "Dropout" => n.output.iter().skip(1).all(|o| o.is_empty()) && !training(g, n),
+        "Concat" | "Sum" | "Mean" | "Max" | "Min" => n.input.len() == 1 && n.output.len() == 1,
+        _ => false,
     }
 }
 

@@ -5,3 +5,4 @@ pub mod eliminate;
 pub mod fuse_into_following_conv;
 pub mod fuse_into_weights;
 pub mod matmul_to_gemm;
+pub mod static_shapes;

@@ -1,0 +1,78 @@
+"""Dev-only: tract (`msn bench`) against onnxruntime, one thread and all threads, in one run.
+
+    python scripts/side_by_side.py [--msn target/release/msn] [--rounds 3] [--iters 30] MODEL.onnx...
+
+For each round, each model is measured in turns: msn bench with --threads 1, onnxruntime with
+one intra-op thread, msn bench with every core, onnxruntime with every core. The table gives
+the median over rounds of each p50 (batch 1) and the ratios msn/onnxruntime, and tract's
+speed-up from 1 thread to all. A model with symbolic input dimensions is run with them at 1.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+
+def ort_p50(model, threads, iters, warmup):
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    shape = [d if isinstance(d, int) else 1 for d in inp.shape]
+    x = np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)
+    for _ in range(warmup):
+        sess.run(None, {inp.name: x})
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        sess.run(None, {inp.name: x})
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+def msn_p50(msn, model, threads, iters, warmup):
+    out = subprocess.run(
+        [msn, "bench", str(model), "--threads", str(threads), "--iters", str(iters),
+         "--warmup", str(warmup), "--json"],
+        capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)["p50_ms"]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("models", nargs="+", type=Path)
+    ap.add_argument("--msn", default="target/release/msn")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--iters", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=5)
+    a = ap.parse_args()
+    cores = os.cpu_count() or 1
+    runs = {m: {k: [] for k in ("msn1", "ort1", "msnN", "ortN")} for m in a.models}
+    for r in range(a.rounds):
+        for m in a.models:
+            runs[m]["msn1"].append(msn_p50(a.msn, m, 1, a.iters, a.warmup))
+            runs[m]["ort1"].append(ort_p50(m, 1, a.iters, a.warmup))
+            runs[m]["msnN"].append(msn_p50(a.msn, m, cores, a.iters, a.warmup))
+            runs[m]["ortN"].append(ort_p50(m, cores, a.iters, a.warmup))
+        print(f"round {r + 1}/{a.rounds} done", flush=True)
+    print(f"\nmedians of {a.rounds} rounds of p50 (ms), batch 1, onnxruntime {ort.__version__}, "
+          f"{cores} cores")
+    print(f"| model | msn 1 thread | ort 1 thread | ratio | msn {cores} threads | "
+          f"ort {cores} threads | ratio | msn speed-up 1 -> {cores} |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for m in a.models:
+        v = {k: statistics.median(x) for k, x in runs[m].items()}
+        print(f"| {m.stem} | {v['msn1']:.2f} | {v['ort1']:.2f} | {v['msn1'] / v['ort1']:.2f} | "
+              f"{v['msnN']:.2f} | {v['ortN']:.2f} | {v['msnN'] / v['ortN']:.2f} | "
+              f"{v['msn1'] / v['msnN']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
