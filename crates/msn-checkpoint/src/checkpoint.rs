@@ -275,18 +275,67 @@ pub fn restore_part(
     Ok(())
 }
 
-/// The optimizer's tensors in a checkpoint, with the `optimizer.` prefix removed.
-pub fn optimizer_state(ckpt: &Checkpoint) -> Vec<(String, Array)> {
-    optimizer_state_part(ckpt, "optimizer")
+/// The optimizer's tensors in a checkpoint, with the `optimizer.` prefix removed, checked
+/// against `model`'s parameters (see [`optimizer_state_part`]).
+pub fn optimizer_state(
+    ckpt: &Checkpoint,
+    model: &Sequential,
+    path: &Path,
+) -> Result<Vec<(String, Array)>> {
+    optimizer_state_part(ckpt, "optimizer", model, path)
 }
 
-/// The tensors saved under `prefix.`, with the prefix removed.
-pub fn optimizer_state_part(ckpt: &Checkpoint, prefix: &str) -> Vec<(String, Array)> {
-    let prefix = format!("{prefix}.");
-    ckpt.tensors
-        .iter()
-        .filter_map(|(n, a)| n.strip_prefix(&prefix).map(|n| (n.to_string(), a.clone())))
-        .collect()
+/// The tensors saved under `prefix.`, with the prefix removed, each checked before an
+/// optimizer sees it: a per-parameter buffer (`sgd.momentum.I`, `adam.m.I`, `adam.v.I`) must
+/// name a parameter of `model` and have its shape; `adam.step` must be one finite value.
+/// Anything else is an error naming the file and the tensor.
+pub fn optimizer_state_part(
+    ckpt: &Checkpoint,
+    prefix: &str,
+    model: &Sequential,
+    path: &Path,
+) -> Result<Vec<(String, Array)>> {
+    let params = model.parameters();
+    let bad = |name: &str, why: String| Error::Checkpoint {
+        path: path.to_path_buf(),
+        reason: format!("optimizer tensor '{prefix}.{name}' {why}"),
+    };
+    let prefix_dot = format!("{prefix}.");
+    let mut out = Vec::new();
+    for (full, a) in &ckpt.tensors {
+        let Some(name) = full.strip_prefix(&prefix_dot) else {
+            continue;
+        };
+        if name == "adam.step" {
+            if a.len() != 1 || !a.iter().all(|v| v.is_finite() && *v >= 0.0) {
+                return Err(bad(name, "is not one non-negative step count".into()));
+            }
+        } else {
+            let index = ["sgd.momentum.", "adam.m.", "adam.v."]
+                .iter()
+                .find_map(|k| name.strip_prefix(k))
+                .ok_or_else(|| bad(name, "is not an optimizer buffer this build knows".into()))?;
+            let p = index
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| params.get(i))
+                .ok_or_else(|| {
+                    bad(
+                        name,
+                        format!("names no parameter (the model has {})", params.len()),
+                    )
+                })?;
+            if a.shape() != p.shape().as_slice() {
+                let (got, want) = (a.shape(), p.shape());
+                return Err(bad(
+                    name,
+                    format!("has shape {got:?}, its parameter {want:?}"),
+                ));
+            }
+        }
+        out.push((name.to_string(), a.clone()));
+    }
+    Ok(out)
 }
 
 /// Loads a trained model from a run directory (or a checkpoint file inside one).
@@ -304,4 +353,44 @@ pub fn load_model(run: &Path) -> Result<(RunConfig, Sequential)> {
     let ckpt = load(&file)?;
     restore(&model, &ckpt, &file)?;
     Ok((cfg, model))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use msn_nn::layers::{Layer, Linear};
+    use rand::SeedableRng;
+
+    fn model() -> Sequential {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        Sequential::new(vec![Layer::Linear(Linear::new(3, 2, true, &mut rng))])
+    }
+
+    fn with(name: &str, shape: &[usize]) -> Checkpoint {
+        let mut tensors = HashMap::new();
+        tensors.insert(name.to_string(), Array::zeros(ndarray::IxDyn(shape)));
+        Checkpoint {
+            tensors,
+            progress: Progress::default(),
+        }
+    }
+
+    #[test]
+    fn optimizer_buffers_must_name_a_parameter_of_its_shape() {
+        let (m, p) = (model(), Path::new("ck.safetensors"));
+        // Parameters: 0 weight [2, 3], 1 bias [2].
+        let ok = optimizer_state(&with("optimizer.adam.m.0", &[2, 3]), &m, p).unwrap();
+        assert_eq!(ok.len(), 1);
+        assert!(optimizer_state(&with("optimizer.sgd.momentum.1", &[2]), &m, p).is_ok());
+        assert!(optimizer_state(&with("optimizer.adam.step", &[1]), &m, p).is_ok());
+        for (name, shape, why) in [
+            ("optimizer.adam.m.99999999999", &[2usize, 3][..], "names no parameter"),
+            ("optimizer.adam.v.1", &[3][..], "has shape [3], its parameter [2]"),
+            ("optimizer.adam.x.0", &[2, 3][..], "not an optimizer buffer"),
+            ("optimizer.adam.step", &[4][..], "step count"),
+        ] {
+            let err = optimizer_state(&with(name, shape), &m, p).unwrap_err().to_string();
+            assert!(err.contains(why) && err.contains("ck.safetensors"), "{name}: {err}");
+        }
+    }
 }

@@ -192,8 +192,7 @@ fn node_shapes(
         | "Softplus" => one(x()?.clone()),
         "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" | "Sum" | "Mean" | "PRelu"
         | "Where" | "Equal" | "Less" | "Greater" => {
-            let shapes: Option<Vec<&Vec<usize>>> =
-                (0..node.input.len()).map(&input).collect();
+            let shapes: Option<Vec<&Vec<usize>>> = (0..node.input.len()).map(&input).collect();
             one(broadcast(shapes?.into_iter())?)
         }
         "Conv" => {
@@ -239,8 +238,7 @@ fn node_shapes(
         }
         "MatMul" => matmul(input(0)?, input(1)?).map(|o| vec![o]),
         "Concat" => {
-            let shapes: Option<Vec<&Vec<usize>>> =
-                (0..node.input.len()).map(&input).collect();
+            let shapes: Option<Vec<&Vec<usize>>> = (0..node.input.len()).map(&input).collect();
             let shapes = shapes?;
             let first = shapes.first()?;
             let a = axis(attr_int(node, "axis", 0), first.len())?;

@@ -135,8 +135,18 @@ pub fn resume(dir: &Path, stop: &AtomicBool, progress: bool) -> Result<Outcome> 
         let ckpt = checkpoint::load(&path)?;
         checkpoint::restore_part(&g, "g", &ckpt, &path)?;
         checkpoint::restore_part(&d, "d", &ckpt, &path)?;
-        opts[0].load_state(checkpoint::optimizer_state_part(&ckpt, "optimizer.g"));
-        opts[1].load_state(checkpoint::optimizer_state_part(&ckpt, "optimizer.d"));
+        opts[0].load_state(checkpoint::optimizer_state_part(
+            &ckpt,
+            "optimizer.g",
+            &g,
+            &path,
+        )?);
+        opts[1].load_state(checkpoint::optimizer_state_part(
+            &ckpt,
+            "optimizer.d",
+            &d,
+            &path,
+        )?);
         ckpt.progress
     } else {
         Progress::default()

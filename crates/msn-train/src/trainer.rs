@@ -271,7 +271,7 @@ pub fn resume(dir: &Path, stop: &AtomicBool, progress: bool) -> Result<Outcome> 
         let ckpt = checkpoint::load(&path)?;
         checkpoint::restore(&model, &ckpt, &path)?;
         let mut optimizer = make_optimizer(&cfg.train)?;
-        optimizer.load_state(checkpoint::optimizer_state(&ckpt));
+        optimizer.load_state(checkpoint::optimizer_state(&ckpt, &model, &path)?);
         (optimizer, ckpt.progress)
     } else {
         (make_optimizer(&cfg.train)?, Progress::default())
