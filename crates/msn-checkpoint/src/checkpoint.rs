@@ -384,13 +384,26 @@ mod tests {
         assert!(optimizer_state(&with("optimizer.sgd.momentum.1", &[2]), &m, p).is_ok());
         assert!(optimizer_state(&with("optimizer.adam.step", &[1]), &m, p).is_ok());
         for (name, shape, why) in [
-            ("optimizer.adam.m.99999999999", &[2usize, 3][..], "names no parameter"),
-            ("optimizer.adam.v.1", &[3][..], "has shape [3], its parameter [2]"),
+            (
+                "optimizer.adam.m.99999999999",
+                &[2usize, 3][..],
+                "names no parameter",
+            ),
+            (
+                "optimizer.adam.v.1",
+                &[3][..],
+                "has shape [3], its parameter [2]",
+            ),
             ("optimizer.adam.x.0", &[2, 3][..], "not an optimizer buffer"),
             ("optimizer.adam.step", &[4][..], "step count"),
         ] {
-            let err = optimizer_state(&with(name, shape), &m, p).unwrap_err().to_string();
-            assert!(err.contains(why) && err.contains("ck.safetensors"), "{name}: {err}");
+            let err = optimizer_state(&with(name, shape), &m, p)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(why) && err.contains("ck.safetensors"),
+                "{name}: {err}"
+            );
         }
     }
 }

@@ -109,18 +109,17 @@ pub fn fold(model: &mut ModelProto) -> Report {
     };
     loop {
         let mut changed = 0;
-        let n = passes::eliminate::identities(g);
-        note(&mut report, "eliminate_identity", n);
-        changed += n;
-        let n = passes::static_shapes::run(g);
-        note(&mut report, "static_shapes", n);
-        changed += n;
-        let n = passes::constant_folding::run(g);
-        note(&mut report, "constant_folding", n);
-        changed += n;
-        let n = passes::matmul_to_gemm::run(g);
-        note(&mut report, "matmul_to_gemm", n);
-        changed += n;
+        let simple: [(&str, fn(&mut GraphProto) -> usize); 4] = [
+            ("eliminate_identity", passes::eliminate::identities),
+            ("static_shapes", passes::static_shapes::run),
+            ("constant_folding", passes::constant_folding::run),
+            ("matmul_to_gemm", passes::matmul_to_gemm::run),
+        ];
+        for (name, pass) in simple {
+            let n = pass(g);
+            note(&mut report, name, n);
+            changed += n;
+        }
         let c = passes::fuse_into_weights::run(g, &mut report.warnings);
         note(&mut report, "fuse_batchnorm_into_weights", c.batch_norm);
         note(&mut report, "fuse_affine_into_weights", c.affine);

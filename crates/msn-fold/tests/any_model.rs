@@ -2,6 +2,9 @@
 //! Loop bodies, DOUBLE and INT32 tensors, initializers a caller may override; and the shape
 //! arithmetic it folds once the shapes are fixed.
 
+mod common;
+
+use common::ops;
 use msn_onnx::builder::{attr, value_info, GraphBuilder};
 use msn_onnx::proto::tensor_proto::DataType;
 use msn_onnx::proto::type_proto;
@@ -111,19 +114,19 @@ fn double_and_int32_tensors_keep_their_types_and_values() {
     let mut g = b.into_model(17);
     let graph = g.graph.as_mut().unwrap();
     // DOUBLE: d2 = d * d, then Cast to float and added; INT32: a Cast of an INT32 constant.
-    let double = TensorProto {
-        name: Some("d".into()),
-        data_type: Some(DataType::Double as i32),
+    let scalar = |name: &str, dtype: DataType| TensorProto {
+        name: Some(name.into()),
+        data_type: Some(dtype as i32),
         dims: vec![1],
-        double_data: vec![0.1],
         ..Default::default()
     };
+    let double = TensorProto {
+        double_data: vec![0.1],
+        ..scalar("d", DataType::Double)
+    };
     let int32 = TensorProto {
-        name: Some("i".into()),
-        data_type: Some(DataType::Int32 as i32),
-        dims: vec![1],
         int32_data: vec![3],
-        ..Default::default()
+        ..scalar("i", DataType::Int32)
     };
     graph.initializer.extend([double.clone(), int32.clone()]);
     let node = |op: &str, ins: &[&str], out: &str, attrs: Vec<msn_onnx::AttributeProto>| {
@@ -194,15 +197,7 @@ fn an_initializer_that_is_also_an_input_is_not_folded_unless_frozen() {
     let mut frozen = g.clone();
     assert_eq!(msn_fold::freeze_inputs(&mut frozen), 1);
     let (f, _) = fold(&frozen);
-    let ops: Vec<&str> = f
-        .graph
-        .as_ref()
-        .unwrap()
-        .node
-        .iter()
-        .map(|n| n.op_type())
-        .collect();
-    assert_eq!(ops, ["Conv"], "frozen, the scale folds into the conv");
+    assert_eq!(ops(&f), ["Conv"], "frozen, the scale folds into the conv");
 }
 
 /// `y = Reshape(conv(x), Concat(Gather(Shape(conv(x)), 0), [-1]))`: a flatten written with
@@ -226,15 +221,6 @@ fn shape_arithmetic(batch: i64) -> ModelProto {
 
 #[test]
 fn shape_arithmetic_folds_when_the_shapes_are_fixed_and_only_then() {
-    let ops = |m: &ModelProto| -> Vec<String> {
-        m.graph
-            .as_ref()
-            .unwrap()
-            .node
-            .iter()
-            .map(|n| n.op_type().to_string())
-            .collect()
-    };
     let (f, report) = fold(&shape_arithmetic(1));
     assert_eq!(ops(&f), ["Conv", "Reshape"]);
     assert_eq!(

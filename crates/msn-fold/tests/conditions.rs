@@ -1,6 +1,9 @@
 //! Each condition under which a fold is exact, tested on a small hand-made graph: what folds is
 //! verified numerically in tract; what must not fold is left in place.
 
+mod common;
+
+use common::ops;
 use msn_onnx::builder::{attr, GraphBuilder};
 use msn_onnx::proto::tensor_proto::DataLocation;
 use msn_onnx::ModelProto;
@@ -44,16 +47,6 @@ fn fold_and_verify(model: &ModelProto) -> (ModelProto, msn_fold::Report) {
     (folded, report)
 }
 
-fn ops(m: &ModelProto) -> Vec<String> {
-    m.graph
-        .as_ref()
-        .unwrap()
-        .node
-        .iter()
-        .map(|n| n.op_type().to_string())
-        .collect()
-}
-
 /// Folds `m` and asserts that its BatchNormalization stays, with a warning naming `why`.
 fn assert_left_unfolded(mut m: ModelProto, why: &str) {
     let report = msn_fold::fold(&mut m);
@@ -65,16 +58,22 @@ fn assert_left_unfolded(mut m: ModelProto, why: &str) {
 #[test]
 fn batchnorm_and_an_affine_chain_fold_into_the_conv() {
     let mut b = conv_graph();
-    b.initializer_f32("s", &positive(&[3], 3));
-    b.initializer_f32("o", &arr(&[3], 4));
-    b.initializer_f32("m", &arr(&[3], 5));
-    b.initializer_f32("v", &positive(&[3], 6));
-    b.node(
-        "BatchNormalization",
-        &["conv.out", "s", "o", "m", "v"],
-        "bn",
-        &[],
-    );
+    let stats = [
+        ("s", 3, true),
+        ("o", 4, false),
+        ("m", 5, false),
+        ("v", 6, true),
+    ];
+    for (name, seed, pos) in stats {
+        let a = if pos {
+            positive(&[3], seed)
+        } else {
+            arr(&[3], seed)
+        };
+        b.initializer_f32(name, &a);
+    }
+    let bn_inputs = ["conv.out", "s", "o", "m", "v"];
+    b.node("BatchNormalization", &bn_inputs, "bn", &[]);
     b.initializer_f32("k", &positive(&[1, 3, 1, 1], 7));
     b.node("Mul", &["bn", "k"], "mul", &[]);
     b.initializer_f32("c", &arr(&[3, 1, 1], 8));
