@@ -85,6 +85,32 @@ fn values_read_only_inside_if_and_loop_bodies_survive() {
     ];
     graph.node.push(if_node);
     graph.output.push(value_info("y", &[1, 2, 4, 4]));
+    // A Loop whose body alone reads `j`: two trips of v = v * j.
+    graph
+        .initializer
+        .push(msn_onnx::tensor::from_f32("j", &ones(&[1])));
+    let trips = ndarray::arr0(2i64).into_dyn();
+    graph
+        .initializer
+        .push(msn_onnx::tensor::from_i64("trips", &trips));
+    let mut body = GraphBuilder::new("body");
+    body.input("i", &[]);
+    body.input("cond_in", &[]);
+    body.input("v", &[1, 2, 4, 4]);
+    body.node("Identity", &["cond_in"], "cond_out", &[]);
+    body.node("Mul", &["v", "j"], "v_out", &[]);
+    body.output("cond_out", &[]);
+    body.output("v_out", &[1, 2, 4, 4]);
+    let body_g = body.into_model(17).graph.unwrap();
+    graph.node.push(msn_onnx::NodeProto {
+        op_type: Some("Loop".into()),
+        name: Some("loop".into()),
+        input: vec!["trips".into(), String::new(), bn.clone()],
+        output: vec!["z".into()],
+        attribute: vec![attr::graph("body", body_g.clone())],
+        ..Default::default()
+    });
+    graph.output.push(value_info("z", &[1, 2, 4, 4]));
     let (f, report) = fold(&g);
     let fg = f.graph.as_ref().unwrap();
     assert_eq!(
@@ -96,7 +122,10 @@ fn values_read_only_inside_if_and_loop_bodies_survive() {
             .1,
         1
     );
-    assert!(init(fg, "k").is_some(), "k is read in the bodies");
+    assert!(init(fg, "k").is_some(), "k is read in the If bodies");
+    assert!(init(fg, "j").is_some(), "j is read in the Loop body");
+    let loop_node = fg.node.iter().find(|n| n.op_type() == "Loop").unwrap();
+    assert_eq!(loop_node.attribute[0].g.as_ref().unwrap(), &body_g);
     let if_node = fg.node.iter().find(|n| n.op_type() == "If").unwrap();
     // The bodies read the BatchNorm's output name, which the folded conv now writes.
     assert_eq!(if_node.attribute[0].g.as_ref().unwrap(), &then_g);
