@@ -50,8 +50,9 @@ pub fn run(args: FoldArgs) -> Result<()> {
     msn_onnx::validate::model(&original)
         .with_context(|| format!("{}: invalid model", args.input.display()))?;
     let mut original = original;
-    msn_fold::fix_input_shapes(&mut original, &args.input_shapes)
-        .with_context(|| format!("{}: --input-shape", args.input.display()))?;
+    if let Err(e) = msn_fold::fix_input_shapes(&mut original, &args.input_shapes) {
+        bail!("{}: --input-shape: {e}", args.input.display());
+    }
     if args.freeze_inputs {
         let n = msn_fold::freeze_inputs(&mut original);
         println!("  --freeze-inputs: {n} initializer(s) no longer overridable inputs");

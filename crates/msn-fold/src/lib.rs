@@ -155,7 +155,7 @@ pub fn fold(model: &mut ModelProto) -> Report {
 pub fn fix_input_shapes(
     model: &mut ModelProto,
     given: &[(Option<String>, Vec<usize>)],
-) -> Result<(), ShapeError> {
+) -> Result<(), String> {
     use msn_onnx::proto::tensor_shape_proto::{dimension::Value as Dim, Dimension};
     use msn_onnx::proto::type_proto::Value;
     let g = model.graph.get_or_insert_with(Default::default);
@@ -169,27 +169,30 @@ pub fn fix_input_shapes(
             Some(n) => g.input.iter().position(|v| v.name() == n),
             None => free.first().copied(),
         }
-        .ok_or_else(|| ShapeError(format!("no input {}", name.as_deref().unwrap_or("left"))))?;
+        .ok_or_else(|| match name {
+            Some(n) => format!("the model has no input named '{n}'"),
+            None => "more shapes given than the model has inputs".to_string(),
+        })?;
         free.retain(|&j| j != i);
         let v = &mut g.input[i];
         let what = v.name().to_string();
         let Some(Value::TensorType(t)) = v.r#type.as_mut().and_then(|t| t.value.as_mut()) else {
-            return Err(ShapeError(format!("input '{what}' is not a tensor")));
+            return Err(format!("input '{what}' is not a tensor"));
         };
         let dims = &mut t.shape.get_or_insert_with(Default::default).dim;
         if !dims.is_empty() && dims.len() != shape.len() {
-            return Err(ShapeError(format!(
+            return Err(format!(
                 "input '{what}' has rank {}, the given shape {shape:?} has {}",
                 dims.len(),
                 shape.len()
-            )));
+            ));
         }
         dims.resize(shape.len(), Dimension::default());
         for (d, &want) in dims.iter_mut().zip(shape) {
             if matches!(d.value, Some(Dim::DimValue(v)) if v > 0 && v as usize != want) {
-                return Err(ShapeError(format!(
-                    "input '{what}' fixes a dimension the given shape {shape:?} contradicts"
-                )));
+                return Err(format!(
+                    "input '{what}' is declared with a dimension the given shape {shape:?} contradicts"
+                ));
             }
             d.value = Some(Dim::DimValue(want as i64));
         }
