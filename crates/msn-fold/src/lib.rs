@@ -109,7 +109,7 @@ pub fn fold(model: &mut ModelProto) -> Report {
     };
     loop {
         let mut changed = 0;
-        let simple: [(&str, fn(&mut GraphProto) -> usize); 4] = [
+        let simple: [(&str, Pass); 4] = [
             ("eliminate_identity", passes::eliminate::identities),
             ("static_shapes", passes::static_shapes::run),
             ("constant_folding", passes::constant_folding::run),
@@ -147,6 +147,9 @@ pub fn fold(model: &mut ModelProto) -> Report {
     );
     report
 }
+
+/// A pass that needs nothing but the graph and returns how many nodes it changed.
+type Pass = fn(&mut GraphProto) -> usize;
 
 /// Fixes the graph inputs' declared shapes: each `(name, shape)` (an unnamed one goes to the
 /// first input not named) must have the input's rank and agree with its fixed dimensions;
