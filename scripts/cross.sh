@@ -13,7 +13,8 @@
 # (armv7-unknown-linux-musleabihf is not offered: rustup cannot fetch its standard library
 # from the registries this project builds from.)
 # PROFILE defaults to `dist` (small, stripped; see Cargo.toml). Binaries end up in
-# target/TARGET/PROFILE/. Linkers come from .cargo/config.toml; the C compilers that build
+# target/TARGET/PROFILE/ (target/TARGET/debug/ for `dev`, which CI uses: its build scripts and
+# proc macros are the host's from `cargo test`, so only the target's code is compiled). Linkers come from .cargo/config.toml; the C compilers that build
 # tract's assembly kernels and mimalloc are Debian's cross gcc.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -62,8 +63,9 @@ for t in "${targets[@]}"; do
         cargo build --profile "$profile" --target "$t" -p msn-cli \
             --bin msn-classify --bin msn-fold --bin msn
     fi
+    dir=$profile; [ "$profile" = dev ] && dir=debug   # cargo's directory for the dev profile
     for b in "${bins[@]}"; do
-        f="target/$t/$profile/$b"
+        f="target/$t/$dir/$b"
         awk -v b="$b" -v f="$f" -v s="$(stat -c %s "$f")" \
             'BEGIN { printf "  %-14s %6.1f MB  %s\n", b, s / 1048576, f }'
     done
