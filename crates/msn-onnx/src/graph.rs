@@ -2,19 +2,17 @@
 //! consumes each value, initializers by name, opsets and metadata. Building the view validates
 //! the graph, so code that holds a `GraphView` can rely on a well-formed DAG.
 
+use crate::index::Index;
 use crate::{Error, GraphProto, ModelProto, NodeProto, Result, TensorProto};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
-/// A validated, indexed view of a model's main graph.
+/// A validated, indexed view of a model's main graph: the one [`Index`] plus a topological
+/// order.
 pub struct GraphView<'a> {
     model: &'a ModelProto,
     graph: &'a GraphProto,
     order: Vec<usize>,
-    producers: HashMap<&'a str, usize>,
-    consumers: HashMap<&'a str, Vec<usize>>,
-    initializers: HashMap<&'a str, &'a TensorProto>,
-    graph_inputs: HashSet<&'a str>,
-    graph_outputs: HashSet<&'a str>,
+    index: Index,
 }
 
 /// A human-readable name for a node: its own name, or `OpType#index` when it has none.
@@ -26,6 +24,29 @@ pub fn node_label(node: &NodeProto, index: usize) -> String {
     }
 }
 
+/// Every value is produced once: by one node, or as a graph input or initializer.
+fn check_single_producers(graph: &GraphProto) -> Result<()> {
+    let mut defined: HashMap<&str, String> = graph
+        .initializer
+        .iter()
+        .map(|t| t.name())
+        .chain(graph.input.iter().map(|v| v.name()))
+        .map(|n| (n, "a graph input or initializer".to_string()))
+        .collect();
+    for (i, node) in graph.node.iter().enumerate() {
+        for out in node.output.iter().filter(|o| !o.is_empty()) {
+            if let Some(first) = defined.insert(out, node_label(node, i)) {
+                return Err(Error::DuplicateOutput {
+                    name: out.clone(),
+                    first,
+                    second: node_label(node, i),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 impl<'a> GraphView<'a> {
     /// Indexes and validates the model's graph: every input of every node is provided, no value
     /// is produced twice, the graph is acyclic and every graph output is produced.
@@ -33,73 +54,38 @@ impl<'a> GraphView<'a> {
         let graph = model.graph.as_ref().ok_or_else(|| Error::NoGraph {
             origin: "model".into(),
         })?;
-        let initializers: HashMap<&str, &TensorProto> =
-            graph.initializer.iter().map(|t| (t.name(), t)).collect();
-        let graph_inputs: HashSet<&str> = graph.input.iter().map(|v| v.name()).collect();
-        let graph_outputs: HashSet<&str> = graph.output.iter().map(|v| v.name()).collect();
-
-        let mut producers: HashMap<&str, usize> = HashMap::new();
+        check_single_producers(graph)?;
+        let index = Index::new(graph);
+        let known = |name: &str| {
+            index.producer.contains_key(name)
+                || index.init.contains_key(name)
+                || index.inputs.contains(name)
+        };
         for (i, node) in graph.node.iter().enumerate() {
-            for out in node.output.iter().filter(|o| !o.is_empty()) {
-                if let Some(&first) = producers.get(out.as_str()) {
-                    return Err(Error::DuplicateOutput {
-                        name: out.clone(),
-                        first: node_label(&graph.node[first], first),
-                        second: node_label(node, i),
-                    });
-                }
-                if initializers.contains_key(out.as_str()) || graph_inputs.contains(out.as_str()) {
-                    return Err(Error::DuplicateOutput {
-                        name: out.clone(),
-                        first: "a graph input or initializer".into(),
-                        second: node_label(node, i),
-                    });
-                }
-                producers.insert(out, i);
-            }
-        }
-
-        let mut consumers: HashMap<&str, Vec<usize>> = HashMap::new();
-        for (i, node) in graph.node.iter().enumerate() {
-            for inp in node.input.iter().filter(|s| !s.is_empty()) {
-                let known = producers.contains_key(inp.as_str())
-                    || initializers.contains_key(inp.as_str())
-                    || graph_inputs.contains(inp.as_str());
-                if !known {
-                    return Err(Error::DanglingInput {
-                        node: node_label(node, i),
-                        input: inp.clone(),
-                    });
-                }
-                let list = consumers.entry(inp).or_default();
-                if list.last() != Some(&i) {
-                    list.push(i);
-                }
-            }
-        }
-        for out in &graph.output {
-            let name = out.name();
-            if !producers.contains_key(name)
-                && !initializers.contains_key(name)
-                && !graph_inputs.contains(name)
-            {
-                return Err(Error::DanglingOutput {
-                    name: name.to_string(),
+            if let Some(inp) = node.input.iter().find(|s| !s.is_empty() && !known(s)) {
+                return Err(Error::DanglingInput {
+                    node: node_label(node, i),
+                    input: inp.clone(),
                 });
             }
         }
-
-        let order = topological_order(graph, &producers)?;
+        if let Some(out) = graph.output.iter().find(|o| !known(o.name())) {
+            return Err(Error::DanglingOutput {
+                name: out.name().to_string(),
+            });
+        }
+        let order = topological_order(graph, &index.producer)?;
         Ok(GraphView {
             model,
             graph,
             order,
-            producers,
-            consumers,
-            initializers,
-            graph_inputs,
-            graph_outputs,
+            index,
         })
+    }
+
+    /// The one index of this graph.
+    pub fn index(&self) -> &Index {
+        &self.index
     }
 
     /// The graph this view indexes.
@@ -119,17 +105,21 @@ impl<'a> GraphView<'a> {
 
     /// The index of the node that produces `value`, if a node does.
     pub fn producer(&self, value: &str) -> Option<usize> {
-        self.producers.get(value).copied()
+        self.index.producer.get(value).copied()
     }
 
-    /// The indices of the nodes that read `value` (each once).
+    /// The indices of the nodes that read `value` (each once; a read inside a node's
+    /// subgraph counts for that node).
     pub fn consumers(&self, value: &str) -> &[usize] {
-        self.consumers.get(value).map(Vec::as_slice).unwrap_or(&[])
+        self.index.consumers_of(value)
     }
 
     /// The initializer called `name`, if there is one.
     pub fn initializer(&self, name: &str) -> Option<&'a TensorProto> {
-        self.initializers.get(name).copied()
+        self.index
+            .init
+            .get(name)
+            .map(|&i| &self.graph.initializer[i])
     }
 
     /// Graph inputs that are not also initializers: the values a caller must feed.
@@ -137,17 +127,17 @@ impl<'a> GraphView<'a> {
         self.graph
             .input
             .iter()
-            .filter(|v| !self.initializers.contains_key(v.name()))
+            .filter(|v| !self.index.init.contains_key(v.name()))
     }
 
     /// True when `name` is a graph input.
     pub fn is_graph_input(&self, name: &str) -> bool {
-        self.graph_inputs.contains(name)
+        self.index.inputs.contains(name)
     }
 
     /// True when `name` is a graph output.
     pub fn is_graph_output(&self, name: &str) -> bool {
-        self.graph_outputs.contains(name)
+        self.index.outputs.contains(name)
     }
 
     /// The opset version imported for `domain` (`""` is the default ONNX domain).
@@ -189,7 +179,7 @@ pub fn op_histogram(graph: &GraphProto) -> std::collections::BTreeMap<String, us
 }
 
 /// Kahn's algorithm; a node left over sits on a cycle.
-fn topological_order(graph: &GraphProto, producers: &HashMap<&str, usize>) -> Result<Vec<usize>> {
+fn topological_order(graph: &GraphProto, producers: &HashMap<String, usize>) -> Result<Vec<usize>> {
     let n = graph.node.len();
     let mut indegree = vec![0usize; n];
     let mut users: Vec<Vec<usize>> = vec![Vec::new(); n];
