@@ -99,6 +99,21 @@ pub fn load_classifier(model: Option<&Path>, options: &LoadOptions) -> Result<Cl
     })
 }
 
+/// One batch's images as decoded (file name and input), and the errors of those that failed.
+struct Decoded<T> {
+    images: Vec<(String, T)>,
+    errors: Vec<String>,
+}
+
+impl<T> Default for Decoded<T> {
+    fn default() -> Self {
+        Decoded {
+            images: Vec::new(),
+            errors: Vec::new(),
+        }
+    }
+}
+
 /// Runs the command, writing results to stdout. Per-image failures are reported on stderr and
 /// the other images still classified; any failure makes the result an error.
 pub fn run(args: ClassifyArgs) -> Result<()> {
@@ -114,41 +129,52 @@ pub fn run(args: ClassifyArgs) -> Result<()> {
     };
     let clf = load_classifier(args.model.as_deref(), &options)?;
     let mut failed = 0usize;
-    for chunk in files.chunks(clf.batch()) {
-        let mut ok_files = Vec::new();
-        let mut images = Vec::new();
-        for f in chunk {
-            match clf.preprocess().load(f) {
-                Ok(img) => {
-                    ok_files.push(f);
-                    images.push(img);
+    // Images are decoded on another thread, a batch or two ahead, while the model runs.
+    std::thread::scope(|scope| -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Decoded<_>>(2);
+        let (pre, batch, files) = (clf.preprocess(), clf.batch(), &files);
+        scope.spawn(move || {
+            for chunk in files.chunks(batch) {
+                let mut decoded = Decoded::default();
+                for f in chunk {
+                    match pre.load(f) {
+                        Ok(img) => decoded.images.push((f.display().to_string(), img)),
+                        Err(e) => decoded.errors.push(e.to_string()),
+                    }
                 }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    failed += 1;
+                if tx.send(decoded).is_err() {
+                    return; // the model side stopped on an error
                 }
             }
+        });
+        for decoded in rx {
+            for e in &decoded.errors {
+                eprintln!("error: {e}");
+            }
+            failed += decoded.errors.len();
+            if decoded.images.is_empty() {
+                continue;
+            }
+            let (names, images): (Vec<String>, Vec<_>) = decoded.images.into_iter().unzip();
+            let logits = clf.run_many(&images)?;
+            for (file, row) in names.iter().zip(logits.rows()) {
+                let probs = softmax(
+                    row.as_slice()
+                        .expect("rows of a standard array are contiguous"),
+                );
+                let top: Vec<Top> = topk(&probs, args.top_k)
+                    .into_iter()
+                    .map(|(index, prob)| Top {
+                        index,
+                        label: clf.label(index),
+                        prob,
+                    })
+                    .collect();
+                print_result(file, top, args.json);
+            }
         }
-        if images.is_empty() {
-            continue;
-        }
-        let logits = clf.run_many(&images)?;
-        for (file, row) in ok_files.iter().zip(logits.rows()) {
-            let probs = softmax(
-                row.as_slice()
-                    .expect("rows of a standard array are contiguous"),
-            );
-            let top: Vec<Top> = topk(&probs, args.top_k)
-                .into_iter()
-                .map(|(index, prob)| Top {
-                    index,
-                    label: clf.label(index),
-                    prob,
-                })
-                .collect();
-            print_result(&file.display().to_string(), top, args.json);
-        }
-    }
+        Ok(())
+    })?;
     if failed > 0 {
         bail!(
             "{failed} of {} image(s) could not be classified",
