@@ -17,6 +17,8 @@ pub mod info;
 mod preprocess_args;
 pub mod run;
 #[cfg(feature = "train")]
+pub mod teach;
+#[cfg(feature = "train")]
 pub mod train;
 
 pub use preprocess_args::PreprocessArgs;

@@ -107,6 +107,74 @@ fn compare(what: &str, host: &[Value], board: &[Value]) -> f64 {
     worst
 }
 
+/// `msn teach` on the board and on the host, same folder and seed (the shipped Fashion-MNIST
+/// model as the backbone, the shipped images in three classes); both models classified on
+/// the host, and the board's also on the board. Returns the largest probability gap.
+fn teach_on_board(target: &str, board_msn: &Path, tmp: &Path) -> f64 {
+    assert!(
+        board_msn.exists(),
+        "{}: no cross-built msn; build it with scripts/cross.sh (without --runtime-only)",
+        board_msn.display()
+    );
+    let data = tmp.join(format!("{target}-photos"));
+    for (i, image) in images().iter().enumerate() {
+        let class = ["tops", "shoes", "other"][i % 3];
+        let d = data.join("train").join(class);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::copy(image, d.join(image.file_name().unwrap())).unwrap();
+    }
+    let backbone = root().join("models/fashion-cnn3-msn.folded.onnx");
+    let taught = |cmd: &[String], out: &Path| {
+        let args = [
+            "teach",
+            "--backbone",
+            backbone.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--hidden",
+            "16",
+            "--epochs",
+            "10",
+            "--lr",
+            "0.01",
+            "--batch-size",
+            "4",
+            "--test-fraction",
+            "0",
+            "--json",
+        ];
+        run(cmd, &args);
+    };
+    let (on_host, on_board) = (tmp.join("teach-host.onnx"), tmp.join("teach-board.onnx"));
+    taught(&[env!("CARGO_BIN_EXE_msn").to_string()], &on_host);
+    let mut board = emulator(target);
+    board.push(board_msn.display().to_string());
+    let t = Instant::now();
+    taught(&board, &on_board);
+    eprintln!(
+        "{target}: taught under qemu in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let host = vec![env!("CARGO_BIN_EXE_msn-classify").to_string()];
+    let reference = classify(&host, Some(&on_host));
+    let d1 = compare(target, &reference, &classify(&host, Some(&on_board)));
+    let mut board_classify = emulator(target);
+    board_classify.push(
+        board_msn
+            .with_file_name("msn-classify")
+            .display()
+            .to_string(),
+    );
+    let d2 = compare(
+        target,
+        &reference,
+        &classify(&board_classify, Some(&on_board)),
+    );
+    d1.max(d2)
+}
+
 #[test]
 fn cross_built_binaries_match_the_host_under_qemu() {
     let Ok(targets) = std::env::var("MSN_CROSS_TARGETS") else {
@@ -159,6 +227,8 @@ fn cross_built_binaries_match_the_host_under_qemu() {
             &classify(&host, None),
             &classify(&host, Some(&folded)),
         );
+        let d5 = teach_on_board(target, &bin("msn"), tmp.path());
+        eprintln!("{target}: taught on the board vs on the host: max |dp| {d5:.1e}");
         eprintln!(
             "{target}: built-in model max |dp| {d1:.1e}, unfolded {d2:.1e}, folded on the board {d3:.1e}, \
              with {}={} {d4:.1e}; {} images in {seconds:.2} s under qemu",

@@ -64,12 +64,16 @@ pub enum InputKind {
 
 struct Exporter {
     b: GraphBuilder,
+    /// Rank of the value the next layer reads: 4 for images, 2 after Flatten or Linear.
+    rank: usize,
 }
 
-fn channel_const(a: &Array) -> Array {
-    let c = a.len();
+/// A per-channel vector as a constant that broadcasts over a rank-`rank` `[N, C, ...]` value.
+fn channel_const(a: &Array, rank: usize) -> Array {
+    let mut shape = vec![1; rank.max(2)];
+    shape[1] = a.len();
     a.clone()
-        .into_shape_with_order(IxDyn(&[1, c, 1, 1]))
+        .into_shape_with_order(IxDyn(&shape))
         .expect("per-channel vector")
 }
 
@@ -198,6 +202,11 @@ impl Exporter {
                 format!("{prefix}.{i}")
             };
             x = self.layer(&name, &x, layer);
+            self.rank = match layer {
+                Layer::Flatten | Layer::Linear(_) => 2,
+                Layer::Unflatten(_) => 4,
+                _ => self.rank,
+            };
         }
         x
     }
@@ -233,16 +242,19 @@ impl Exporter {
                 )
             }
             Layer::MeanOnlyBatchNorm(l) => {
+                let rank = self.rank;
                 let m = self.b.initializer_f32(
                     &format!("{name}.running_mean"),
-                    &channel_const(&l.running_mean.value()),
+                    &channel_const(&l.running_mean.value(), rank),
                 );
-                let g = self
-                    .b
-                    .initializer_f32(&format!("{name}.weight"), &channel_const(&l.weight.value()));
-                let b = self
-                    .b
-                    .initializer_f32(&format!("{name}.bias"), &channel_const(&l.bias.value()));
+                let g = self.b.initializer_f32(
+                    &format!("{name}.weight"),
+                    &channel_const(&l.weight.value(), rank),
+                );
+                let b = self.b.initializer_f32(
+                    &format!("{name}.bias"),
+                    &channel_const(&l.bias.value(), rank),
+                );
                 let doc = "mean-only batch norm (MSN): y = g * (x - running_mean) + b";
                 let mut y = x.to_string();
                 for (step, op, c) in [("sub", "Sub", m), ("mul", "Mul", g), ("add", "Add", b)] {
@@ -317,6 +329,10 @@ impl Exporter {
 pub fn export(model: &Sequential, info: &ModelInfo, options: &ExportOptions) -> ModelProto {
     let mut e = Exporter {
         b: GraphBuilder::new(&format!("{}-{}", info.architecture, info.norm)),
+        rank: match info.input {
+            InputKind::Image { .. } => 4,
+            InputKind::Latent(_) => 2,
+        },
     };
     e.b.producer("msn-export", env!("CARGO_PKG_VERSION"));
     let n = options.batch.map(|b| b as i64).unwrap_or(-1);
@@ -371,6 +387,24 @@ pub fn export(model: &Sequential, info: &ModelInfo, options: &ExportOptions) -> 
         e.b.metadata(meta::TEST_ACCURACY, format!("{acc:.4}"));
     }
     e.b.into_model(options.opset)
+}
+
+/// The nodes and initializers of `model` applied to the value `input` (of rank `rank`, 2 for
+/// `[N, features]`), every name under `prefix`, as a graph fragment without inputs or outputs
+/// to splice into another model (`msn teach` puts a head on a backbone this way). Returns the
+/// fragment and the name of its output value.
+pub fn export_fragment(
+    model: &Sequential,
+    prefix: &str,
+    input: &str,
+    rank: usize,
+) -> (msn_onnx::GraphProto, String) {
+    let mut e = Exporter {
+        b: GraphBuilder::new(prefix),
+        rank,
+    };
+    let out = e.sequential(prefix, input, model);
+    (e.b.into_graph(), out)
 }
 
 /// Errors of exporting a run directory.

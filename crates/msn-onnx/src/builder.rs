@@ -138,6 +138,11 @@ impl GraphBuilder {
         self.producer = Some((name.to_string(), version.to_string()));
     }
 
+    /// The graph built so far, without the model around it (metadata and producer dropped).
+    pub fn into_graph(self) -> GraphProto {
+        self.graph
+    }
+
     /// Finishes the model with the default-domain opset `opset`.
     pub fn into_model(self, opset: i64) -> ModelProto {
         let (producer_name, producer_version) = self

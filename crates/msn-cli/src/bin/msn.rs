@@ -29,6 +29,9 @@ enum Command {
     /// Train one model with several normalizations and write a comparison table and figures
     #[cfg(feature = "train")]
     Experiment(msn_cli::experiment::ExperimentArgs),
+    /// Teach a new classifier from a pretrained backbone and a folder of photos
+    #[cfg(feature = "train")]
+    Teach(msn_cli::teach::TeachArgs),
     /// Train a DCGAN (generator against an SN, MSN, BN or plain discriminator)
     #[cfg(feature = "train")]
     TrainGan(msn_cli::gan::TrainGanArgs),
@@ -58,6 +61,8 @@ fn main() -> std::process::ExitCode {
         Command::Experiment(args) => msn_cli::experiment::run_experiment(args),
         #[cfg(feature = "train")]
         Command::Plot(args) => msn_cli::experiment::run_plot(args),
+        #[cfg(feature = "train")]
+        Command::Teach(args) => msn_cli::teach::run(args),
         #[cfg(feature = "train")]
         Command::TrainGan(args) => msn_cli::gan::run_train_gan(args),
         #[cfg(feature = "train")]
