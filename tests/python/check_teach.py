@@ -1,7 +1,7 @@
 """`msn teach` against onnxruntime: the taught model, run by onnxruntime on images
 preprocessed here from the model's own metadata, gives msn-classify's top-1.
 
-    python tests/python/check_teach.py --msn target/debug/msn --msn-classify target/debug/msn-classify
+    python tests/python/check_teach.py --msn target/debug/msn [--msn-classify target/debug/msn-classify]
         [--backbone B.onnx --data DIR [-- extra msn teach flags]]
 
 Without --data, the shipped Fashion-MNIST model is the backbone and the shipped images,
@@ -55,7 +55,7 @@ def preprocess(path, meta):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--msn", required=True)
-    ap.add_argument("--msn-classify", required=True)
+    ap.add_argument("--msn-classify", help="default: msn classify")
     ap.add_argument("--backbone")
     ap.add_argument("--data")
     ap.add_argument("extra", nargs="*")
@@ -84,18 +84,43 @@ def main():
     name = sess.get_inputs()[0].name
 
     images = sorted(p for p in data.rglob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
-    lines = subprocess.run([a.msn_classify, "--model", str(out), "--json", "--top-k",
-                            str(len(labels)), *map(str, images)],
-                           check=True, capture_output=True, text=True).stdout.splitlines()
-    agree, worst = 0, 0.0
-    for path, line in zip(images, lines):
-        got = json.loads(line)
-        logits = sess.run(None, {name: preprocess(path, meta)})[0][0]
-        p = np.exp(logits - logits.max())
-        p /= p.sum()
-        agree += int(np.argmax(p)) == got["top"][0]["index"]
-        for t in got["top"]:
-            worst = max(worst, abs(p[t["index"]] - t["prob"]))
+    classify = [a.msn_classify] if a.msn_classify else [a.msn, "classify"]
+
+    def agreement(files):
+        """msn-classify on `files` against onnxruntime on Pillow's preprocessing of them."""
+        lines = subprocess.run([*classify, "--model", str(out), "--json", "--top-k",
+                                str(len(labels)), *map(str, files)],
+                               check=True, capture_output=True, text=True).stdout.splitlines()
+        agree, worst = 0, 0.0
+        for path, line in zip(files, lines):
+            got = json.loads(line)
+            logits = sess.run(None, {name: preprocess(path, meta)})[0][0]
+            p = np.exp(logits - logits.max())
+            p /= p.sum()
+            agree += int(np.argmax(p)) == got["top"][0]["index"]
+            for t in got["top"]:
+                worst = max(worst, abs(p[t["index"]] - t["prob"]))
+        return agree, worst
+
+    n = len(images)
+    if not exact:
+        # The images as Pillow resizes and crops them, so both runtimes see the same pixels.
+        same = tmp / "same-pixels"
+        same.mkdir()
+        resized = []
+        for i, path in enumerate(images):
+            x = preprocess(path, {"msn.input_shape": meta["msn.input_shape"],
+                                  "msn.resize": meta.get("msn.resize", "exact"),
+                                  "msn.scale": "1"})[0]
+            f = same / f"{i:05d}.png"
+            Image.fromarray(x.transpose(1, 2, 0).squeeze().astype(np.uint8)).save(f)
+            resized.append(f)
+        agree, worst = agreement(resized)
+        print(f"check_teach: same pixels: top-1 agreement {agree}/{n} ({agree / n:.4f}), "
+              f"max |dp| {worst:.2e}")
+        if agree != n or worst > 1e-3:
+            sys.exit("check_teach: onnxruntime disagrees with msn-classify on the same pixels")
+    agree, worst = agreement(images)
     n = len(images)
     print(f"check_teach: {n} images, top-1 agreement msn-classify / onnxruntime {agree}/{n} "
           f"({agree / n:.4f}), max |dp| {worst:.2e}; test accuracy {summary['test_accuracy']}, "
