@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use msn_nn::NormKind;
 use msn_train::checkpoint::CONFIG_FILE;
-use msn_train::report::{markdown_table, plot, Run};
+use msn_train::report::{markdown_table, plot, seed_table, Run};
 use msn_train::trainer::{self, Outcome};
 use std::path::{Path, PathBuf};
 
@@ -18,9 +18,13 @@ pub struct ExperimentArgs {
     /// Normalizations to compare, comma-separated
     #[arg(long, value_delimiter = ',', default_value = "none,bn,sn,msn")]
     pub norms: Vec<NormKind>,
+    /// Train each norm once per seed (OUT/<norm>/seed<S>) and add a table of the mean and
+    /// spread of the test accuracy over the seeds; overrides --seed
+    #[arg(long, value_delimiter = ',', value_name = "S,S,...")]
+    pub seeds: Option<Vec<u64>>,
     #[command(flatten)]
     pub options: TrainOptions,
-    /// Experiment directory: one run per norm, RESULTS.md and the figures
+    /// Experiment directory: one run per norm (and seed), RESULTS.md and the figures
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
 }
@@ -82,17 +86,44 @@ pub fn run_experiment(args: ExperimentArgs) -> Result<()> {
     }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    let dirs: Vec<PathBuf> = args
-        .norms
-        .iter()
-        .map(|n| args.out.join(n.to_string()))
-        .collect();
-    for (norm, dir) in args.norms.iter().zip(&dirs) {
-        train_one(&args.options, *norm, dir)?;
+    let seeds = args.seeds.clone().unwrap_or_default();
+    if args.seeds.is_some() && seeds.is_empty() {
+        bail!("--seeds lists no seed");
     }
+    // (norm, seed, run directory); without --seeds, one run per norm in OUT/<norm>.
+    let mut plan: Vec<(NormKind, u64, PathBuf)> = Vec::new();
+    for norm in &args.norms {
+        let dir = args.out.join(norm.to_string());
+        match &args.seeds {
+            None => plan.push((*norm, args.options.seed, dir)),
+            Some(seeds) => {
+                for &seed in seeds {
+                    plan.push((*norm, seed, dir.join(format!("seed{seed}"))));
+                }
+            }
+        }
+    }
+    for (norm, seed, dir) in &plan {
+        let options = TrainOptions {
+            seed: *seed,
+            ..args.options.clone()
+        };
+        train_one(&options, *norm, dir)?;
+    }
+    let dirs: Vec<PathBuf> = plan.iter().map(|p| p.2.clone()).collect();
     let runs = load_runs(&dirs)?;
-    let figures = plot(&runs, &args.out)?;
-    let table = markdown_table(&runs)?;
+    // The figures show the first seed's runs; every run is in the table.
+    let first: Vec<Run> = runs
+        .iter()
+        .zip(&plan)
+        .filter(|(_, p)| seeds.first().is_none_or(|&s| p.1 == s))
+        .map(|(r, _)| r.clone())
+        .collect();
+    let figures = plot(&first, &args.out)?;
+    let mut table = markdown_table(&runs)?;
+    if args.seeds.is_some() {
+        table = format!("{}\n{table}", seed_table(&runs));
+    }
     let command: Vec<String> = std::env::args().collect();
     let mut md = format!(
         "# {} on {}: {}\n\nMade by `{}`.\n\n{table}\n",

@@ -261,3 +261,58 @@ fn zero_counts_are_refused_by_the_argument_parser() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+#[test]
+fn experiment_with_seeds_reports_the_mean_and_spread_per_norm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    make_folder_dataset(&data, 16);
+    let exp = tmp.path().join("exp");
+    let out = msn(&[
+        "experiment",
+        "--norms",
+        "none,msn",
+        "--seeds",
+        "1,2",
+        "--model",
+        "cnn3",
+        "--dataset",
+        "folder",
+        "--data-dir",
+        s(&data),
+        "--epochs",
+        "1",
+        "--batch",
+        "16",
+        "--out",
+        s(&exp),
+    ]);
+    ok(&out);
+    let results = std::fs::read_to_string(exp.join("RESULTS.md")).unwrap();
+    for norm in ["none", "msn"] {
+        let accs: Vec<f64> = ["seed1", "seed2"]
+            .iter()
+            .map(|seed| {
+                let m = metrics(&exp.join(norm).join(seed));
+                assert_eq!(m.len(), 1, "{norm} {seed}");
+                100.0 * m[0]["test_acc"].as_f64().unwrap()
+            })
+            .collect();
+        let row = results
+            .lines()
+            .find(|l| l.starts_with(&format!("| cnn3 | {norm} | folder | 1 | 2 |")))
+            .unwrap_or_else(|| panic!("no {norm} seeds row in\n{results}"));
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let (mean, std) = cells[6].split_once(" ± ").unwrap();
+        let mean: f64 = mean.trim_end_matches('%').parse().unwrap();
+        let std: f64 = std.parse().unwrap();
+        let want_mean = (accs[0] + accs[1]) / 2.0;
+        let want_std = (accs[0] - accs[1]).abs() / 2f64.sqrt();
+        assert!((mean - want_mean).abs() < 0.006, "{row} vs {accs:?}");
+        assert!((std - want_std).abs() < 0.006, "{row} vs {accs:?}");
+    }
+    // The seeds differ: the two runs of a norm are not copies.
+    let first = metrics(&exp.join("msn/seed1"));
+    let second = metrics(&exp.join("msn/seed2"));
+    assert_ne!(first[0]["train_loss"], second[0]["train_loss"]);
+}

@@ -300,3 +300,61 @@ pub fn markdown_table(runs: &[Run]) -> Result<String> {
     }
     Ok(s)
 }
+
+/// Mean and spread of the final and best test accuracy over the runs of each (model, norm,
+/// data set, epochs), in first-seen order: one row per group, `n` the number of runs (seeds);
+/// `std` is the sample standard deviation (n - 1), 0 for one run.
+pub fn seed_table(runs: &[Run]) -> String {
+    let mut groups: Vec<(String, Vec<&Run>)> = Vec::new();
+    for r in runs {
+        let key = format!(
+            "| {} | {} | {} | {} |",
+            r.config.model.architecture,
+            r.config.model.norm,
+            r.config.dataset,
+            r.epochs.len()
+        );
+        match groups.iter_mut().find(|g| g.0 == key) {
+            Some(g) => g.1.push(r),
+            None => groups.push((key, vec![r])),
+        }
+    }
+    let mut s = String::from(
+        "| model | norm | data set | epochs | seeds | final test acc, mean ± std | min | max | best test acc, mean |\n\
+         |---|---|---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for (key, rs) in groups {
+        let last: Vec<f64> = rs.iter().map(|r| 100.0 * r.accuracy().1).collect();
+        let best: Vec<f64> = rs.iter().map(|r| 100.0 * r.accuracy().0).collect();
+        let (mean, std) = mean_std(&last);
+        let min = last.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = last.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        s += &format!(
+            "{key} {} | {mean:.2}% ± {std:.2} | {min:.2}% | {max:.2}% | {:.2}% |\n",
+            rs.len(),
+            mean_std(&best).0
+        );
+    }
+    s
+}
+
+/// Mean and sample standard deviation (0 for fewer than two values).
+pub fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n.max(1.0);
+    if v.len() < 2 {
+        return (mean, 0.0);
+    }
+    let var = v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / (n - 1.0);
+    (mean, var.sqrt())
+}
+
+#[cfg(test)]
+mod seed_tests {
+    #[test]
+    fn mean_and_sample_std() {
+        let (m, s) = super::mean_std(&[97.0, 98.0, 99.0]);
+        assert!((m - 98.0).abs() < 1e-12 && (s - 1.0).abs() < 1e-12);
+        assert_eq!(super::mean_std(&[5.0]), (5.0, 0.0));
+    }
+}
