@@ -106,6 +106,12 @@ fn gemm_with(
     accumulate: bool,
     threads: Option<usize>,
 ) {
+    // gemm-common 0.18 sizes its blocks from the cache sizes in usize arithmetic, which
+    // overflows on 32-bit targets when the L3 cache is large (the host's 300 MB L3 that
+    // qemu-arm shows): there, matrixmultiply computes every product, on the calling thread.
+    if cfg!(target_pointer_width = "32") {
+        return gemm_mm(c, a, b, accumulate);
+    }
     let Some((m, k, n)) = gemm_dims(c, &a, &b) else {
         return;
     };

@@ -14,7 +14,7 @@ pub type Shapes = HashMap<String, Vec<usize>>;
 
 /// The largest dimension or element count this module computes with (2^40): beyond it, a
 /// shape is treated as unknown rather than trusted.
-const LIMIT: usize = 1 << 40;
+const LIMIT: u64 = 1 << 40;
 
 /// The shapes that follow from the graph's declared inputs (those with every dimension
 /// fixed) and its constants.
@@ -37,7 +37,7 @@ pub fn infer(g: &GraphProto) -> Shapes {
             continue;
         };
         for (name, shape) in node.output.iter().zip(shapes) {
-            if !name.is_empty() && shape.iter().all(|&d| d <= LIMIT) {
+            if !name.is_empty() && shape.iter().all(|&d| d as u64 <= LIMIT) {
                 s.insert(name.clone(), shape);
             }
         }
