@@ -3,8 +3,9 @@
 #
 #   scripts/cross.sh [--profile PROFILE] [--runtime-only] [TARGET...]
 #
-# --runtime-only builds msn-classify and msn-fold alone, without the training feature (what
-# CI runs under qemu).
+# --runtime-only builds msn-classify and msn-fold alone, without the training feature. Without
+# it, `msn` (training, `msn teach`) is built too: CI builds that for aarch64 and runs it under
+# qemu (crates/msn-cli/tests/emulated.rs).
 #
 # Targets (default: all three):
 #   aarch64-unknown-linux-gnu      Raspberry Pi 4/5 with a 64-bit OS, Jetson
@@ -26,7 +27,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --profile) profile="$2"; shift 2 ;;
         --runtime-only) runtime_only=1; shift ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
         *) targets+=("$1"); shift ;;
     esac
 done

@@ -25,14 +25,24 @@ fn sibling(model: &Path, suffix: &str) -> PathBuf {
     model.with_file_name(format!("{stem}.{suffix}.npz"))
 }
 
-/// The worst relative error of the model's outputs against the expected ones.
+/// The worst relative error of the model's outputs against the expected ones, in tract's
+/// optimised plan (what every command runs) and in its reference plan (what fold
+/// verification compares against).
 fn worst(source: &Source, expected: &[(Option<String>, msn_runtime::Tensor)]) -> f64 {
+    worst_in(source, expected, Plan::Optimized).max(worst_in(source, expected, Plan::Reference))
+}
+
+fn worst_in(
+    source: &Source,
+    expected: &[(Option<String>, msn_runtime::Tensor)],
+    plan: Plan,
+) -> f64 {
     let inputs = source.bind(msn_runtime::npy::read(&sibling(source.origin(), "inputs")).unwrap());
     let inputs = inputs.unwrap_or_else(|e| panic!("{e}"));
     let shapes: Vec<Vec<usize>> = inputs.iter().map(|t| t.shape().to_vec()).collect();
     let model = source
-        .plan(&shapes, Plan::Optimized)
-        .unwrap_or_else(|e| panic!("{e}"));
+        .plan(&shapes, plan)
+        .unwrap_or_else(|e| panic!("{plan:?}: {e}"));
     let got = model.run(inputs).unwrap_or_else(|e| panic!("{e}"));
     let mut worst = 0.0f64;
     for (spec, out) in model.outputs().iter().zip(&got) {

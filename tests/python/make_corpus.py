@@ -200,6 +200,17 @@ def generated():
     save("gen_spectral_msn", g.model([y]), g.feed())
 
 
+def vectors():
+    """A MatMul of two vectors (numpy's dot product, as torch.dot exports it), which tract
+    cannot analyse as written: y = (x . v) * x with a rank-1 input."""
+    rng = np.random.default_rng(20)
+    g = G(shape=(4,))
+    v = g.const(rng.uniform(-1, 1, 4).astype(np.float32))
+    d = g.op("MatMul", ["x", v])
+    y = g.op("Mul", [d, "x"])
+    save("gen_vector_dot", g.model([y]), {"x": rng.uniform(-1, 1, 4).astype(np.float32)})
+
+
 def randomise_bn(model):
     import torch
     with torch.no_grad():
@@ -283,12 +294,14 @@ def architectures():
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--only", choices=["generated", "architectures"])
+    p.add_argument("--only", choices=["generated", "vectors", "architectures"])
     args = p.parse_args()
     os.makedirs(OUT, exist_ok=True)
-    if args.only != "architectures":
+    if args.only in (None, "generated"):
         generated()
-    if args.only != "generated":
+    if args.only in (None, "vectors"):
+        vectors()
+    if args.only in (None, "architectures"):
         architectures()
 
 

@@ -194,9 +194,14 @@ impl Source {
         let start = Instant::now();
         self.check_count(shapes)?;
         let mut fold = None;
-        let mut guarded = 0;
+        let guarded;
         let rewritten = match kind {
-            Plan::Reference => None,
+            // tract's own translation, but what it cannot analyse at all is rewritten.
+            Plan::Reference => {
+                let mut model = self.model.clone();
+                guarded = guard::vector_matmul(model.graph.as_mut().expect("has a graph"));
+                (guarded > 0).then(|| msn_onnx::io::to_bytes(&model))
+            }
             Plan::Optimized => {
                 let mut model = self.model.clone();
                 let report = msn_fold::fold(&mut model);
