@@ -62,7 +62,7 @@ fn profile_json(p: &Profile, top: usize) -> serde_json::Value {
     json!({
         "total_ms": p.total * 1e3,
         "ops": p.ops.iter().map(|(op, n, s)| json!({"op": op, "nodes": n, "ms": s * 1e3, "share": share(*s)})).collect::<Vec<_>>(),
-        "slowest": p.nodes.iter().take(top).map(|n| json!({"node": n.name, "op": n.op, "ms": n.seconds * 1e3, "share": share(n.seconds)})).collect::<Vec<_>>(),
+        "slowest": p.nodes.iter().take(top).map(|n| json!({"node": n.name, "op": n.op, "ms": n.seconds * 1e3, "share": share(n.seconds), "info": n.info})).collect::<Vec<_>>(),
     })
 }
 

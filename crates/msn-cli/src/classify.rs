@@ -48,15 +48,6 @@ struct Line<'a> {
     top: Vec<Top>,
 }
 
-fn is_image_name(p: &Path) -> bool {
-    p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
-        matches!(
-            e.to_ascii_lowercase().as_str(),
-            "png" | "jpg" | "jpeg" | "webp" | "bmp" | "tif" | "tiff"
-        )
-    })
-}
-
 /// The files to classify: files as given, folders expanded to their images in name order.
 fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
@@ -65,7 +56,7 @@ fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
             let mut found: Vec<PathBuf> = std::fs::read_dir(input)
                 .with_context(|| format!("{}: cannot list the folder", input.display()))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.is_file() && is_image_name(p))
+                .filter(|p| p.is_file() && msn_runtime::preprocess::is_image_file(p))
                 .collect();
             if found.is_empty() {
                 bail!(

@@ -15,6 +15,7 @@ pub mod fold;
 pub mod gan;
 pub mod info;
 mod preprocess_args;
+pub mod quantize;
 pub mod run;
 #[cfg(feature = "train")]
 pub mod teach;
@@ -92,6 +93,7 @@ mod tests {
     fn the_one_command_binaries_are_consistent() {
         super::single_command::<crate::classify::ClassifyArgs>("msn-classify", "").debug_assert();
         super::single_command::<crate::fold::FoldArgs>("msn-fold", "").debug_assert();
+        super::single_command::<crate::quantize::QuantizeArgs>("msn-quantize", "").debug_assert();
         #[cfg(feature = "train")]
         super::single_command::<crate::export::ExportArgs>("msn-export", "").debug_assert();
     }

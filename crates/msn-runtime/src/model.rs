@@ -125,6 +125,8 @@ pub struct NodeTime {
     pub op: String,
     /// Median over the rounds.
     pub seconds: f64,
+    /// tract's description of the op (shapes, the matrix kernel chosen, fused steps).
+    pub info: Vec<String>,
 }
 
 /// A planned model: tract's runnable plan with the inputs it was planned for.
@@ -581,6 +583,7 @@ impl Model {
                     name: node.name.clone(),
                     op: node.op().name().to_string(),
                     seconds: t[t.len() / 2],
+                    info: node.op().info().unwrap_or_default(),
                 }
             })
             .collect())

@@ -8,7 +8,7 @@ use rand_chacha::ChaCha8Rng;
 use std::path::{Path, PathBuf};
 
 /// File name extensions read as images (case-insensitive); other files are ignored.
-pub const IMAGE_EXTENSIONS: [&str; 7] = ["png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff"];
+pub use msn_runtime::preprocess::IMAGE_EXTENSIONS;
 
 /// One image and its class index.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,24 +34,17 @@ fn bad(path: &Path, reason: impl Into<String>) -> Error {
     }
 }
 
-fn is_image(p: &Path) -> bool {
-    p.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-}
-
-fn hidden(p: &Path) -> bool {
-    p.file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with('.'))
-}
-
+/// The entries of `dir` but hidden ones, sorted.
 fn entries(dir: &Path) -> Result<Vec<PathBuf>> {
     let read = std::fs::read_dir(dir).map_err(|e| bad(dir, e.to_string()))?;
     let mut out = Vec::new();
     for entry in read {
         let p = entry.map_err(|e| bad(dir, e.to_string()))?.path();
-        if !hidden(&p) {
+        if !p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'))
+        {
             out.push(p);
         }
     }
@@ -59,23 +52,9 @@ fn entries(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// The image files under `dir`, in subfolders too, sorted. Symbolic links to folders are not
-/// followed (a link cycle would never end).
+/// The image files under `dir`, in subfolders too, sorted.
 fn images_under(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for p in entries(&d)? {
-            let meta = std::fs::symlink_metadata(&p).map_err(|e| bad(&p, e.to_string()))?;
-            if meta.is_dir() {
-                stack.push(p);
-            } else if is_image(&p) {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
+    msn_runtime::preprocess::images_under(dir).map_err(|(p, e)| bad(&p, e.to_string()))
 }
 
 /// The class folders of a split, sorted by name.

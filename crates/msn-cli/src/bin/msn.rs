@@ -23,6 +23,8 @@ enum Command {
     Export(msn_cli::export::ExportArgs),
     /// Fold normalization into Conv/Gemm weights (same as msn-fold)
     Fold(msn_cli::fold::FoldArgs),
+    /// Quantize a float model to int8, calibrated on your images (same as msn-quantize)
+    Quantize(msn_cli::quantize::QuantizeArgs),
     /// Train a classifier (cnn3, vgg7, densenet-bc) with a chosen normalization
     #[cfg(feature = "train")]
     Train(msn_cli::train::TrainArgs),
@@ -57,6 +59,7 @@ fn main() -> std::process::ExitCode {
         #[cfg(feature = "train")]
         Command::Export(args) => msn_cli::export::run(args),
         Command::Fold(args) => msn_cli::fold::run(args),
+        Command::Quantize(args) => msn_cli::quantize::run(args),
         #[cfg(feature = "train")]
         Command::Experiment(args) => msn_cli::experiment::run_experiment(args),
         #[cfg(feature = "train")]
