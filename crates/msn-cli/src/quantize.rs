@@ -74,6 +74,10 @@ pub struct QuantizeArgs {
     /// Activation type: u8 (asymmetric) or s8
     #[arg(long, value_enum, default_value = "u8")]
     pub activations: ActivationArg,
+    /// Quantize depthwise convolutions too (off by default: tract runs them in int8 far slower
+    /// than in float)
+    #[arg(long)]
+    pub int8_depthwise: bool,
     /// Compare int8 and float in tract on N calibration images before writing
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub verify: usize,
@@ -83,6 +87,13 @@ pub struct QuantizeArgs {
     /// Write the model even if --verify finds it below --min-agreement
     #[arg(long)]
     pub force: bool,
+    /// Also compare int8 and float on the images of DIR (recursive; say, images not used for
+    /// calibration): top-1 and top-5 agreement, output error
+    #[arg(long, value_name = "DIR")]
+    pub evaluate: Option<PathBuf>,
+    /// With --evaluate: how many of its images (spread evenly; 0: all)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub evaluate_images: usize,
     /// With --dataset: also evaluate both models on N images of its test split (0: all)
     #[arg(long, value_name = "N")]
     pub test: Option<usize>,
@@ -225,6 +236,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
                 ActivationArg::S8 => QType::I8,
             },
         },
+        depthwise: args.int8_depthwise,
     };
     let bar = indicatif::ProgressBar::new(0).with_message("calibrating");
     bar.set_style(
@@ -273,8 +285,8 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     );
     if agreement.images > 0 {
         println!(
-            "  verify on {} images: top-1 agreement {:.3}, max |output error| {:.4}, max |probability error| {:.4}",
-            agreement.images, agreement.top1_agreement, agreement.max_abs_error, agreement.max_probability_error
+            "  verify on {} images: top-1 agreement {:.3}, float top-1 in int8 top-5 {:.3}, max |output error| {:.4}, max |probability error| {:.4}",
+            agreement.images, agreement.top1_agreement, agreement.top5_agreement, agreement.max_abs_error, agreement.max_probability_error
         );
     }
     let mut test = serde_json::Value::Null;
@@ -295,13 +307,32 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         test = json!({"images": labels.len(), "float_accuracy": af, "int8_accuracy": aq,
             "agreement": a, "int8_top1": top_q, "float_top1": top_f});
     }
+    let mut evaluated = serde_json::Value::Null;
+    if let Some(dir) = &args.evaluate {
+        let n = if args.evaluate_images == 0 {
+            usize::MAX
+        } else {
+            args.evaluate_images
+        };
+        let eimages = folder_images(dir, &pre, n)?;
+        let (a, _, _) = msn_quantize::compare(&source, &int8, &eimages)?;
+        println!(
+            "  {}: {} images: top-1 agreement {:.3}, float top-1 in int8 top-5 {:.3}, max |probability error| {:.4}",
+            dir.display(),
+            a.images,
+            a.top1_agreement,
+            a.top5_agreement,
+            a.max_probability_error
+        );
+        evaluated = json!(a);
+    }
     let refused = agreement.images > 0 && agreement.top1_agreement < args.min_agreement;
     if let Some(path) = &args.report {
         let r = json!({"input": args.input, "output": args.output, "seconds": seconds,
             "float_bytes": float_bytes, "int8_bytes": bytes.len(),
             "size_ratio": bytes.len() as f64 / float_bytes.max(1) as f64,
             "written": !refused || args.force,
-            "quantization": report, "verify": agreement, "test": test});
+            "quantization": report, "verify": agreement, "evaluate": evaluated, "test": test});
         msn_onnx::io::write_atomic(path, serde_json::to_string_pretty(&r)?.as_bytes())
             .with_context(|| format!("{}: cannot write the report", path.display()))?;
     }

@@ -21,7 +21,7 @@ pub enum Method {
     /// The given percentile of the values at the top (and its mirror at the bottom), e.g.
     /// 99.99: outliers beyond are clipped.
     Percentile(f64),
-    /// The clipping threshold of |x| whose 128-level quantization loses the least information
+    /// The clipping threshold of |x| whose 8-bit quantization loses the least information
     /// (smallest KL divergence from the observed distribution; TensorRT's calibration).
     Entropy,
 }
@@ -126,7 +126,14 @@ impl Observer {
                 (lo, hi)
             }
             Method::Entropy => {
-                let t = (entropy_threshold(&self.hist, 128) as f32 + 0.5) * width;
+                // 8 bits of levels over [0, t] for a non-negative tensor, 7 over each side
+                // of a signed one.
+                // The bin at 0 is left out: after a ReLU it holds most values, which
+                // quantize exactly whatever the range, and would pull the threshold down.
+                let levels = if self.min >= 0.0 { 256 } else { 128 };
+                let mut hist = self.hist.clone();
+                hist[0] = 0;
+                let t = (entropy_threshold(&hist, levels) as f32 + 0.5) * width;
                 (self.min.max(-t), self.max.min(t))
             }
         }

@@ -45,6 +45,9 @@ pub const QUANTIZED: &str = "msn.quantized";
 pub struct Options {
     pub method: Method,
     pub settings: Settings,
+    /// Quantize depthwise convolutions too (tract 0.23 runs them in int8 through im2col and a
+    /// matrix product, far slower than its float depthwise kernel).
+    pub depthwise: bool,
 }
 
 impl Default for Options {
@@ -56,6 +59,7 @@ impl Default for Options {
                 per_channel: true,
                 activations: QType::U8,
             },
+            depthwise: false,
         }
     }
 }
@@ -76,6 +80,8 @@ pub struct Agreement {
     pub images: usize,
     /// Share of images whose top-1 class is the same.
     pub top1_agreement: f64,
+    /// Share of images whose float top-1 class is among the int8 top 5.
+    pub top5_agreement: f64,
     /// Largest |int8 - float| over every output value.
     pub max_abs_error: f32,
     /// Mean |int8 - float| over every output value.
@@ -111,7 +117,7 @@ pub fn quantize(
     let mut model = source.model().clone();
     let fold = msn_fold::fold(&mut model);
     let g = model.graph.as_ref().expect("validated: has a graph");
-    let analysis = rewrite::analyze(g);
+    let analysis = rewrite::analyze(g, options.depthwise);
     if analysis.quantized.is_empty() {
         return Err(Error::Unsupported(format!(
             "{}: no Conv, Gemm or MatMul with a constant weight to quantize",
@@ -214,6 +220,7 @@ pub fn compare(
         b.plan(&shape, Plan::Optimized)?,
     );
     let (mut same, mut max, mut sum, mut count, mut pmax) = (0usize, 0f32, 0f64, 0usize, 0f32);
+    let mut in_top5 = 0usize;
     let (mut top_a, mut top_b) = (Vec::new(), Vec::new());
     for image in images {
         let x = pa.run_f32(image.clone().into_dyn())?.swap_remove(0);
@@ -224,6 +231,7 @@ pub fn compare(
         );
         let (ta, tb) = (argmax(&xa), argmax(&ya));
         same += (ta == tb) as usize;
+        in_top5 += msn_runtime::topk(&ya, 5).iter().any(|&(i, _)| i == ta) as usize;
         top_a.push(ta);
         top_b.push(tb);
         for (p, q) in xa.iter().zip(&ya) {
@@ -241,6 +249,7 @@ pub fn compare(
         Agreement {
             images: images.len(),
             top1_agreement: same as f64 / images.len() as f64,
+            top5_agreement: in_top5 as f64 / images.len() as f64,
             max_abs_error: max,
             mean_abs_error: (sum / count.max(1) as f64) as f32,
             max_probability_error: pmax,

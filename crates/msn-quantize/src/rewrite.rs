@@ -84,8 +84,18 @@ fn is_default_domain(n: &NodeProto) -> bool {
     matches!(n.domain(), "" | "ai.onnx")
 }
 
-/// Decides which nodes of `g` (in topological order) run in int8.
-pub fn analyze(g: &GraphProto) -> Analysis {
+/// True for a grouped Conv with one input channel per group (depthwise).
+fn is_depthwise(g: &GraphProto, idx: &Index, n: &NodeProto) -> bool {
+    let group = attr_int(n, "group", 1);
+    group > 1
+        && idx
+            .float_shape(g, &n.input[1])
+            .is_some_and(|s| s.len() == 4 && s[1] == 1)
+}
+
+/// Decides which nodes of `g` (in topological order) run in int8; depthwise convolutions only
+/// if `depthwise`.
+pub fn analyze(g: &GraphProto, depthwise: bool) -> Analysis {
     let idx = Index::new(g);
     let outputs: HashSet<&str> = g.output.iter().map(|o| o.name()).collect();
     let mut a = Analysis::default();
@@ -113,7 +123,7 @@ pub fn analyze(g: &GraphProto) -> Analysis {
             None
         } else {
             match n.op_type() {
-                "Conv" if n.output.len() == 1 => {
+                "Conv" if n.output.len() == 1 && (depthwise || !is_depthwise(g, &idx, n)) => {
                     let w_ok = constant(1).is_some_and(|w| w.ndim() == 4);
                     let b_ok = n.input.len() < 3 || n.input[2].is_empty() || constant(2).is_some();
                     (w_ok && b_ok).then(|| {

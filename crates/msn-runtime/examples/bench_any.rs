@@ -1,0 +1,65 @@
+//! Median latency of any single-input models at their declared input shape, run in turns:
+//! `cargo run --profile fast -p msn-runtime --example bench_any -- A.onnx B.onnx ... [--iters N]`
+//! (a dev tool for layer-level experiments; `msn bench` measures image classifiers).
+
+use msn_runtime::model::{Plan, Source};
+use std::time::Instant;
+
+fn main() {
+    let mut iters = 50;
+    let mut paths = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if a == "--iters" {
+            iters = args.next().and_then(|v| v.parse().ok()).expect("--iters N");
+        } else {
+            paths.push(a);
+        }
+    }
+    msn_runtime::set_threads(1);
+    let models: Vec<_> = paths
+        .iter()
+        .map(|p| {
+            let s = Source::read(p).expect("readable model");
+            let shape: Vec<usize> = s.inputs()[0]
+                .dims
+                .as_ref()
+                .expect("declared input shape")
+                .iter()
+                .map(|d| d.unwrap_or(1))
+                .collect();
+            let m = s
+                .plan(&[shape.clone()], Plan::Optimized)
+                .expect("plannable");
+            let n: usize = shape.iter().product();
+            let x = ndarray::ArrayD::<f32>::from_shape_vec(
+                shape,
+                (0..n)
+                    .map(|i| ((i * 7919) % 17) as f32 / 8.0 - 1.0)
+                    .collect(),
+            )
+            .expect("shape");
+            (m, x)
+        })
+        .collect();
+    let mut times = vec![Vec::new(); models.len()];
+    for i in 0..iters + 5 {
+        for (k, (m, x)) in models.iter().enumerate() {
+            let t = Instant::now();
+            m.run_f32(x.clone()).expect("runs");
+            if i >= 5 {
+                times[k].push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+    }
+    let base = {
+        let mut t = times[0].clone();
+        t.sort_by(f64::total_cmp);
+        t[t.len() / 2]
+    };
+    for (p, t) in paths.iter().zip(&mut times) {
+        t.sort_by(f64::total_cmp);
+        let med = t[t.len() / 2];
+        println!("{p:40} {med:9.3} ms  x{:.2} of the first", med / base);
+    }
+}
