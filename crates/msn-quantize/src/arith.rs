@@ -55,17 +55,30 @@ fn saturate(v: f64, lo: i32, hi: i32) -> i32 {
     v.clamp(lo as f64, hi as f64) as i32
 }
 
-/// Asymmetric parameters for values observed in `[min, max]`: the range is widened to contain
-/// 0, which then quantizes exactly. A degenerate range (all zeros, or not finite) gets scale 1.
+/// Parameters for values observed in `[min, max]`, widened to contain 0, which then
+/// quantizes exactly. u8 is asymmetric; s8 is symmetric (zero point 0) unless the values are
+/// never negative (after a ReLU), where it is `[0, max]` with zero point -128. A degenerate
+/// range (all zeros, or not finite) gets scale 1.
 pub fn activation_params(min: f32, max: f32, dtype: QType) -> QParams {
     let (qmin, qmax) = dtype.range();
-    let lo = min.min(0.0);
-    let hi = max.max(0.0);
+    let mut lo = min.min(0.0);
+    let mut hi = max.max(0.0);
+    if dtype == QType::I8 && lo < 0.0 {
+        let m = (-lo).max(hi);
+        (lo, hi) = (-m * 128.0 / 127.0, m);
+    }
     let scale = (hi - lo) / (qmax - qmin) as f32;
     if !scale.is_finite() || scale <= f32::MIN_POSITIVE {
         return QParams {
             scale: 1.0,
-            zero_point: if dtype == QType::U8 { 0 } else { 0 },
+            zero_point: 0,
+            dtype,
+        };
+    }
+    if dtype == QType::I8 && lo < 0.0 {
+        return QParams {
+            scale: hi / 127.0,
+            zero_point: 0,
             dtype,
         };
     }
@@ -84,7 +97,7 @@ pub fn activation_params(min: f32, max: f32, dtype: QType) -> QParams {
 /// Symmetric int8 weights: per output channel (the first axis of `w`, one scale per row of
 /// `w` as `rows x rest`), or one scale for the whole tensor. Returns the codes and the scales.
 pub fn quantize_weights(w: &[f32], rows: usize, per_channel: bool) -> (Vec<i8>, Vec<f32>) {
-    let cols = if rows == 0 { 0 } else { w.len() / rows };
+    let cols = w.len().checked_div(rows).unwrap_or(0);
     let amax = |s: &[f32]| s.iter().fold(0f32, |m, v| m.max(v.abs()));
     let scales: Vec<f32> = if per_channel {
         w.chunks(cols.max(1))
@@ -178,8 +191,12 @@ mod tests {
         let r = activation_params(0.5, 2.0, QType::U8);
         assert_eq!(r.zero_point, 0);
         assert!((r.scale - 2.0 / 255.0).abs() < 1e-7);
-        let s = activation_params(-2.0, 2.0, QType::I8);
+        let s = activation_params(-2.0, 1.0, QType::I8);
         assert_eq!(s.zero_point, 0);
+        assert!((s.scale - 2.0 / 127.0).abs() < 1e-7);
+        let s = activation_params(0.0, 2.0, QType::I8);
+        assert_eq!(s.zero_point, -128);
+        assert!((s.scale - 2.0 / 255.0).abs() < 1e-7);
         // Degenerate ranges do not divide by zero.
         assert_eq!(activation_params(0.0, 0.0, QType::U8).scale, 1.0);
         assert_eq!(activation_params(f32::NAN, 1.0, QType::U8).zero_point, 0);

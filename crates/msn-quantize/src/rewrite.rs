@@ -580,12 +580,10 @@ pub fn rewrite(
             "the integer operators need opset 10 or later; the model has opset {opset}"
         )));
     }
-    if settings.format == Format::Qdq && settings.per_channel {
-        if opset < 13 {
-            return Err(Error::Unsupported(format!(
-                "per-channel QDQ needs opset 13 or later (DequantizeLinear's axis); the model has opset {opset}: use --per-tensor or --format qoperator"
-            )));
-        }
+    if settings.format == Format::Qdq && settings.per_channel && opset < 13 {
+        return Err(Error::Unsupported(format!(
+            "per-channel QDQ needs opset 13 or later (DequantizeLinear's axis); the model has opset {opset}: use --per-tensor or --format qoperator"
+        )));
     }
     let mut names: HashSet<String> = g.initializer.iter().map(|t| t.name().to_string()).collect();
     for n in &g.node {
@@ -652,7 +650,7 @@ pub fn rewrite(
         .filter(|t| read.contains(t.name()))
         .cloned()
         .collect();
-    inits.extend(e.inits.into_iter());
+    inits.extend(e.inits);
     og.initializer = inits;
     og.node = e.nodes;
     og.value_info.clear();

@@ -29,7 +29,7 @@ fn main() {
                 .map(|d| d.unwrap_or(1))
                 .collect();
             let m = s
-                .plan(&[shape.clone()], Plan::Optimized)
+                .plan(std::slice::from_ref(&shape), Plan::Optimized)
                 .expect("plannable");
             let n: usize = shape.iter().product();
             let x = ndarray::ArrayD::<f32>::from_shape_vec(

@@ -213,6 +213,49 @@ pub fn stack(images: &[Array3<f32>], batch: usize) -> Array4<f32> {
     out
 }
 
+/// The file extensions read as images (compared without case).
+pub const IMAGE_EXTENSIONS: [&str; 7] = ["png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff"];
+
+/// True for a file name with one of [`IMAGE_EXTENSIONS`].
+pub fn is_image_file(p: &Path) -> bool {
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+fn hidden(p: &Path) -> bool {
+    p.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.'))
+}
+
+/// The image files under `dir`, in subfolders too, sorted; hidden entries are skipped and
+/// symbolic links to folders are not followed (a link cycle would never end). An error names
+/// the path that could not be read.
+pub fn images_under(
+    dir: &Path,
+) -> std::result::Result<Vec<std::path::PathBuf>, (std::path::PathBuf, std::io::Error)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let read = std::fs::read_dir(&d).map_err(|e| (d.clone(), e))?;
+        for entry in read {
+            let p = entry.map_err(|e| (d.clone(), e))?.path();
+            if hidden(&p) {
+                continue;
+            }
+            let meta = std::fs::symlink_metadata(&p).map_err(|e| (p.clone(), e))?;
+            if meta.is_dir() {
+                stack.push(p);
+            } else if is_image_file(&p) {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,47 +334,4 @@ mod tests {
             .to_string()
             .contains("mean has 3 values"));
     }
-}
-
-/// The file extensions read as images (compared without case).
-pub const IMAGE_EXTENSIONS: [&str; 7] = ["png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff"];
-
-/// True for a file name with one of [`IMAGE_EXTENSIONS`].
-pub fn is_image_file(p: &Path) -> bool {
-    p.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-}
-
-fn hidden(p: &Path) -> bool {
-    p.file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with('.'))
-}
-
-/// The image files under `dir`, in subfolders too, sorted; hidden entries are skipped and
-/// symbolic links to folders are not followed (a link cycle would never end). An error names
-/// the path that could not be read.
-pub fn images_under(
-    dir: &Path,
-) -> std::result::Result<Vec<std::path::PathBuf>, (std::path::PathBuf, std::io::Error)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let read = std::fs::read_dir(&d).map_err(|e| (d.clone(), e))?;
-        for entry in read {
-            let p = entry.map_err(|e| (d.clone(), e))?.path();
-            if hidden(&p) {
-                continue;
-            }
-            let meta = std::fs::symlink_metadata(&p).map_err(|e| (p.clone(), e))?;
-            if meta.is_dir() {
-                stack.push(p);
-            } else if is_image_file(&p) {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
 }
