@@ -43,13 +43,16 @@ def main():
     ap.add_argument("--data", default=str(ROOT.parent / "shared/data/fashion-mnist"))
     ap.add_argument("--test", type=int, default=0, help="test images (0: all 10,000)")
     ap.add_argument("--format", default="qoperator")
-    ap.add_argument("--extra", nargs="*", default=[])
+    ap.add_argument("--flags", default="", help="more msn quantize flags, one string")
     a = ap.parse_args()
+    if not (Path(a.data) / "t10k-images-idx3-ubyte.gz").exists():
+        print(f"SKIPPED: no Fashion-MNIST in {a.data} (the shared data sets are absent)")
+        return
     with tempfile.TemporaryDirectory() as tmp:
         out, rep = Path(tmp) / "int8.onnx", Path(tmp) / "report.json"
         cmd = [a.msn, "quantize", a.model, "-o", str(out), "--dataset", "fashion-mnist",
                "--data-dir", a.data, "--images", "200", "--test", str(a.test),
-               "--format", a.format, "--report", str(rep)] + a.extra
+               "--format", a.format, "--report", str(rep)] + a.flags.split()
         print(" ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
         report = json.loads(rep.read_text())
