@@ -33,6 +33,10 @@ pub struct BenchArgs {
     /// Threads for tract's matrix products (0: every core, 1: single-threaded)
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub threads: usize,
+    /// Compute in half precision (tract's f16 plan) on CPUs with f16 arithmetic: ARMv8.2-A
+    /// boards (Raspberry Pi 5, Jetson Orin) or x86-64 with AVX512-FP16; refused elsewhere
+    #[arg(long)]
+    pub f16: bool,
     /// Also time every node of tract's plan (median over --iters runs): time per op type and
     /// the slowest nodes, with their share of the total
     #[arg(long)]
@@ -100,6 +104,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         bail!("--batch and --iters must be at least 1");
     }
     let threads = msn_runtime::set_threads(args.threads);
+    msn_runtime::set_half(args.f16).map_err(anyhow::Error::msg)?;
     let options = LoadOptions {
         batch: Some(args.batch),
         preprocess: args.preprocess.overrides(),
@@ -127,12 +132,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
             None => {
                 let mut v = stats_json(&paths[0], &stats[0]);
                 v["threads"] = json!(threads);
+                v["f16"] = json!(args.f16);
                 v
             }
             Some(r) => json!({
                 "models": paths.iter().zip(&stats).map(|(p, s)| stats_json(p, s)).collect::<Vec<_>>(),
                 "ratio_p50": r,
                 "threads": threads,
+                "f16": args.f16,
             }),
         };
         let mut value = value;

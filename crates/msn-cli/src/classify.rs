@@ -28,6 +28,10 @@ pub struct ClassifyArgs {
     /// Threads for tract's matrix products (0: every core, 1: single-threaded)
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub threads: usize,
+    /// Compute in half precision (tract's f16 plan) on CPUs with f16 arithmetic: ARMv8.2-A
+    /// boards (Raspberry Pi 5, Jetson Orin) or x86-64 with AVX512-FP16; refused elsewhere
+    #[arg(long)]
+    pub f16: bool,
     #[command(flatten)]
     pub preprocess: PreprocessArgs,
     /// Image files (PNG, JPEG, WebP, BMP, TIFF) or folders of them
@@ -112,6 +116,7 @@ pub fn run(args: ClassifyArgs) -> Result<()> {
         bail!("--top-k and --batch must be at least 1");
     }
     msn_runtime::set_threads(args.threads);
+    msn_runtime::set_half(args.f16).map_err(anyhow::Error::msg)?;
     let files = expand(&args.inputs)?;
     let options = LoadOptions {
         batch: Some(args.batch.min(files.len())),

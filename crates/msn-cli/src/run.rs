@@ -30,6 +30,10 @@ pub struct RunArgs {
     /// Threads for tract's matrix products (0: every core, 1: single-threaded)
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub threads: usize,
+    /// Compute in half precision (tract's f16 plan) on CPUs with f16 arithmetic: ARMv8.2-A
+    /// boards (Raspberry Pi 5, Jetson Orin) or x86-64 with AVX512-FP16; refused elsewhere
+    #[arg(long)]
+    pub f16: bool,
     /// tract's plain plan of the file as written (no folding, no optimiser): a reference
     #[arg(long)]
     pub reference: bool,
@@ -37,6 +41,7 @@ pub struct RunArgs {
 
 pub fn run(args: RunArgs) -> Result<()> {
     msn_runtime::set_threads(args.threads);
+    msn_runtime::set_half(args.f16).map_err(anyhow::Error::msg)?;
     let start = Instant::now();
     let source = Source::read(&args.model)?;
     let mut given = Vec::new();

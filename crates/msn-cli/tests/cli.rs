@@ -392,3 +392,16 @@ fn info_counts_parameters_and_multiply_accumulates_per_layer() {
     );
     assert_fails_with(&run(&["--input-shape", "1,4,10"]), "cannot run it at");
 }
+
+#[test]
+fn f16_runs_only_where_tract_computes_half_precision() {
+    let image =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/images/0000-ankle-boot.png");
+    let out = classify(&["--f16", s(&image)]);
+    match msn_runtime::half_supported() {
+        // An aarch64 board with FP16: it classifies.
+        Ok(()) => assert!(ok(&out).contains("Ankle boot")),
+        // Everywhere else: one clear line, exit 2, no panic.
+        Err(_) => assert_fails_with(&out, "--f16: "),
+    }
+}

@@ -63,6 +63,48 @@ pub fn set_threads(threads: usize) -> usize {
     n
 }
 
+static HALF: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Plans models in half precision from now on (tract's `f32_to_f16` transform before its
+/// optimiser; callers still give and get f32), if tract computes f16 natively on this CPU:
+/// aarch64 with ARMv8.2-A's FP16 extension (Raspberry Pi 5, Jetson Orin). Elsewhere tract
+/// emulates f16 far slower than f32 (EfficientNet-Lite0 on x86-64, even with AVX512-FP16:
+/// 13.4 s against 31 ms), so this is refused with the reason.
+pub fn set_half(half: bool) -> std::result::Result<(), String> {
+    if half {
+        half_supported()?;
+    }
+    set_half_unchecked(half);
+    Ok(())
+}
+
+/// [`set_half`] without the CPU check: f16 results on any CPU (slowly where it is emulated),
+/// to measure what half precision does to a model's answers.
+pub fn set_half_unchecked(half: bool) {
+    HALF.store(half, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether models are planned in half precision ([`set_half`]).
+pub fn half() -> bool {
+    HALF.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Ok when tract computes f16 natively on this CPU; otherwise why not.
+pub fn half_supported() -> std::result::Result<(), String> {
+    #[cfg(target_arch = "aarch64")]
+    {
+        if std::arch::is_aarch64_feature_detected!("fp16") {
+            return Ok(());
+        }
+        Err("--f16: this CPU has no half-precision arithmetic (it needs ARMv8.2-A FP16: Raspberry Pi 5, Jetson Orin; a Pi 4's Cortex-A72 has none)".into())
+    }
+    #[cfg(not(target_arch = "aarch64"))]
+    Err(format!(
+        "--f16: tract has half-precision kernels only for aarch64 with FP16 (Raspberry Pi 5, Jetson Orin); on {} it emulates f16, hundreds of times slower than f32",
+        std::env::consts::ARCH
+    ))
+}
+
 /// Softmax of one row of logits, computed stably (max subtracted first).
 pub fn softmax(logits: &[f32]) -> Vec<f32> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);

@@ -138,6 +138,9 @@ pub struct Model {
     times: LoadTimes,
     fold: Option<msn_fold::Report>,
     guarded: usize,
+    /// Planned in half precision ([`crate::set_half`]): f32 tensors are converted on the way
+    /// in and out.
+    half: bool,
 }
 
 impl Source {
@@ -218,6 +221,16 @@ impl Source {
         let bytes = rewritten.as_deref().unwrap_or(&self.bytes);
         let err = |action| self.tract_error(action);
         let (typed, planned) = self.typed(bytes, shapes)?;
+        let half = kind == Plan::Optimized && crate::half();
+        let typed = if half {
+            tract_onnx::tract_core::transform::get_transform("f32_to_f16")
+                .map_err(err("convert the model to half precision"))?
+                .ok_or_else(|| self.invalid("tract has no f32_to_f16 transform".into()))?
+                .transform_into(typed)
+                .map_err(err("convert the model to half precision"))?
+        } else {
+            typed
+        };
         let typed = match kind {
             Plan::Optimized => typed.into_optimized().map_err(err("optimize the model"))?,
             Plan::Reference => typed,
@@ -251,6 +264,7 @@ impl Source {
             },
             fold,
             guarded,
+            half,
         })
     }
 
@@ -546,11 +560,41 @@ impl Model {
                 )));
             }
         }
+        let inputs = inputs
+            .into_iter()
+            .map(|t| self.to_plan(t))
+            .collect::<Result<Vec<_>>>()?;
         let out = self
             .plan
             .run(inputs.into_iter().map(|t| t.into_tvalue()).collect())
             .map_err(|e| Error::Inference(format!("{}: {e:#}", self.origin.display())))?;
-        Ok(out.into_iter().map(|v| v.into_tensor()).collect())
+        out.into_iter()
+            .map(|v| self.from_plan(v.into_tensor()))
+            .collect()
+    }
+
+    /// True when the plan computes in half precision.
+    pub fn is_half(&self) -> bool {
+        self.half
+    }
+
+    /// An f32 input as the plan takes it (f16 in a half-precision plan).
+    fn to_plan(&self, t: Tensor) -> Result<Tensor> {
+        self.convert(t, f32::datum_type(), f16::datum_type())
+    }
+
+    /// An output as callers get it (f32 from a half-precision plan).
+    fn from_plan(&self, t: Tensor) -> Result<Tensor> {
+        self.convert(t, f16::datum_type(), f32::datum_type())
+    }
+
+    fn convert(&self, t: Tensor, from: DatumType, to: DatumType) -> Result<Tensor> {
+        if !self.half || t.datum_type() != from {
+            return Ok(t);
+        }
+        t.cast_to_dt(to)
+            .map(|c| c.into_owned())
+            .map_err(|e| Error::Inference(format!("{}: {e:#}", self.origin.display())))
     }
 
     /// Runs the model `rounds` times on `inputs`, timing every node of tract's plan: per node
@@ -562,7 +606,10 @@ impl Model {
             |e: TractError| Error::Inference(format!("{}: {e:#}", self.origin.display()));
         let mut state = self.plan.spawn().map_err(inference)?;
         for _ in 0..rounds.max(1) {
-            let values = inputs.iter().map(|t| t.clone().into_tvalue()).collect();
+            let values = inputs
+                .iter()
+                .map(|t| self.to_plan(t.clone()).map(|t| t.into_tvalue()))
+                .collect::<Result<_>>()?;
             state
                 .run_plan_with_eval(values, |ctx, op_state, node, input| {
                     let start = Instant::now();
