@@ -569,7 +569,7 @@ impl Model {
             .run(inputs.into_iter().map(|t| t.into_tvalue()).collect())
             .map_err(|e| Error::Inference(format!("{}: {e:#}", self.origin.display())))?;
         out.into_iter()
-            .map(|v| self.from_plan(v.into_tensor()))
+            .map(|v| self.for_caller(v.into_tensor()))
             .collect()
     }
 
@@ -584,7 +584,7 @@ impl Model {
     }
 
     /// An output as callers get it (f32 from a half-precision plan).
-    fn from_plan(&self, t: Tensor) -> Result<Tensor> {
+    fn for_caller(&self, t: Tensor) -> Result<Tensor> {
         self.convert(t, f16::datum_type(), f32::datum_type())
     }
 
