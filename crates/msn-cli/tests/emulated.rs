@@ -74,7 +74,17 @@ fn classify(cmd: &[String], model: Option<&Path>) -> Vec<Value> {
 }
 
 fn classify_env(cmd: &[String], model: Option<&Path>, env: &[(&str, &str)]) -> Vec<Value> {
+    classify_flags(cmd, model, env, &[])
+}
+
+fn classify_flags(
+    cmd: &[String],
+    model: Option<&Path>,
+    env: &[(&str, &str)],
+    flags: &[&str],
+) -> Vec<Value> {
     let mut args = vec!["--json".to_string(), "--top-k".into(), "10".into()];
+    args.extend(flags.iter().map(|f| f.to_string()));
     if let Some(m) = model {
         args.extend(["--model".into(), m.display().to_string()]);
     }
@@ -258,6 +268,30 @@ fn cross_built_binaries_match_the_host_under_qemu() {
             &classify_env(&board, Some(&int8), &[kernels]),
             1e-3,
         );
+        // --f16: qemu's default CPU (`max`) has ARMv8.2-A FP16, so tract's f16 kernels run;
+        // a Pi 4's Cortex-A72 has none, and the flag is refused.
+        if target.starts_with("aarch64") {
+            let d8 = compare_within(
+                target,
+                &classify(&host, None),
+                &classify_flags(&board, None, &[], &["--f16"]),
+                5e-3,
+            );
+            let mut a72 = board.clone();
+            a72.splice(1..1, ["-cpu".to_string(), "cortex-a72".to_string()]);
+            let refused = Command::new(&a72[0])
+                .args(&a72[1..])
+                .args(["--f16", images()[0].to_str().unwrap()])
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&refused.stderr);
+            assert_eq!(refused.status.code(), Some(2), "{stderr}");
+            assert!(
+                stderr.contains("--f16: this CPU has no half-precision"),
+                "{stderr}"
+            );
+            eprintln!("{target}: --f16 (FP16 CPU) vs f32 on the host: max |dp| {d8:.1e}; refused on a Cortex-A72");
+        }
         eprintln!(
             "{target}: int8 model on the board vs the host: max |dp| {d6:.1e}, with {}={} {d7:.1e}",
             kernels.0, kernels.1
