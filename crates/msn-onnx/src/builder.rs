@@ -57,6 +57,21 @@ pub fn value_info(name: &str, dims: &[i64]) -> ValueInfoProto {
     }
 }
 
+/// A float tensor value description of unknown shape (the runtime infers it).
+pub fn float_value(name: &str) -> ValueInfoProto {
+    ValueInfoProto {
+        name: Some(name.to_string()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(DataType::Float as i32),
+                shape: None,
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 impl GraphBuilder {
     pub fn new(name: &str) -> Self {
         GraphBuilder {

@@ -6,8 +6,7 @@
 //! histograms each tensor over its extremes (2048 bins) and clip the range from it.
 
 use crate::{Error, Result};
-use msn_onnx::proto::{tensor_proto::DataType, type_proto, TypeProto};
-use msn_onnx::{ModelProto, ValueInfoProto};
+use msn_onnx::ModelProto;
 use msn_runtime::model::{Plan, Source};
 use ndarray::{Array4, ArrayD};
 use std::collections::HashMap;
@@ -221,7 +220,7 @@ pub fn ranges(
         let at = match g.output.iter().position(|o| o.name() == name) {
             Some(i) => i,
             None => {
-                g.output.push(float_output(name));
+                g.output.push(msn_onnx::builder::float_value(name));
                 g.output.len() - 1
             }
         };
@@ -260,20 +259,6 @@ pub fn ranges(
         .cloned()
         .zip(observers.iter().map(|o| o.range(method)))
         .collect())
-}
-
-fn float_output(name: &str) -> ValueInfoProto {
-    ValueInfoProto {
-        name: Some(name.to_string()),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(DataType::Float as i32),
-                shape: None,
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
 }
 
 #[cfg(test)]

@@ -4,8 +4,7 @@ use crate::folders::Example;
 use crate::{Error, Result};
 use image::DynamicImage;
 use msn_onnx::index::Index;
-use msn_onnx::proto::{tensor_proto::DataType, type_proto, TypeProto};
-use msn_onnx::{ModelProto, ValueInfoProto};
+use msn_onnx::ModelProto;
 use msn_runtime::{Classifier, LoadOptions, Preprocess, PreprocessOverrides};
 use ndarray::{Array2, Array3};
 use rand::{Rng, SeedableRng};
@@ -85,27 +84,12 @@ pub fn feature_value(model: &ModelProto, name: Option<&str>, path: &Path) -> Res
     Err(bad(format!("cannot find the feature tensor{hint}")))
 }
 
-/// A float value of unknown shape (tract infers it).
-fn float_value(name: &str) -> ValueInfoProto {
-    ValueInfoProto {
-        name: Some(name.to_string()),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(DataType::Float as i32),
-                shape: None,
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
 /// The backbone up to `feature`: that value is the only output, what only the rest needed is
 /// gone, and so are the `msn.*` keys that described the old outputs (labels, provenance).
 pub fn cut(model: &ModelProto, feature: &str) -> ModelProto {
     let mut m = model.clone();
     let g = m.graph.get_or_insert_with(Default::default);
-    g.output = vec![float_value(feature)];
+    g.output = vec![msn_onnx::builder::float_value(feature)];
     msn_fold::passes::eliminate::dead_code(g);
     m.metadata_props.retain(|p| {
         !p.key().starts_with("msn.")
