@@ -213,6 +213,8 @@ struct Emitter<'g> {
     int8: HashMap<String, (String, QParams)>,
     /// QDQ: the dequantized copy of an int8 value that a float op inside the pattern reads.
     dequantized: HashMap<String, String>,
+    /// The scale and zero-point initializers of each quantized value, written once.
+    params: HashMap<String, (String, String)>,
 }
 
 impl<'g> Emitter<'g> {
@@ -271,6 +273,17 @@ impl<'g> Emitter<'g> {
         self.init(&format!("{base}_zero_point"), dt, &dims, vec![byte; n])
     }
 
+    /// The scale and zero-point initializers of value `name` quantized with `p`.
+    fn value_params(&mut self, name: &str, p: QParams) -> (String, String) {
+        if let Some(v) = self.params.get(name) {
+            return v.clone();
+        }
+        let s = self.scale_init(name, &[p.scale], false);
+        let z = self.zero_point_init(name, p.zero_point, p.dtype, None);
+        self.params.insert(name.to_string(), (s.clone(), z.clone()));
+        (s, z)
+    }
+
     fn params_of(&self, name: &str) -> Result<QParams> {
         let &(lo, hi) = self
             .ranges
@@ -285,8 +298,7 @@ impl<'g> Emitter<'g> {
             return name.to_string();
         }
         let (q, p) = self.int8[name].clone();
-        let s = self.scale_init(name, &[p.scale], false);
-        let z = self.zero_point_init(name, p.zero_point, p.dtype, None);
+        let (s, z) = self.value_params(name, p);
         self.node("DequantizeLinear", &[&q, &s, &z], name, vec![]);
         self.float.insert(name.to_string());
         name.to_string()
@@ -299,8 +311,7 @@ impl<'g> Emitter<'g> {
         }
         let p = self.params_of(name)?;
         let q = self.fresh(&format!("{name}_quantized"));
-        let s = self.scale_init(name, &[p.scale], false);
-        let z = self.zero_point_init(name, p.zero_point, p.dtype, None);
+        let (s, z) = self.value_params(name, p);
         self.node("QuantizeLinear", &[name, &s, &z], &q, vec![]);
         self.int8.insert(name.to_string(), (q.clone(), p));
         Ok((q, p))
@@ -313,8 +324,7 @@ impl<'g> Emitter<'g> {
         }
         let (q, p) = self.need_int8(name)?;
         let d = self.fresh(&format!("{name}_dequantized"));
-        let s = self.scale_init(name, &[p.scale], false);
-        let z = self.zero_point_init(name, p.zero_point, p.dtype, None);
+        let (s, z) = self.value_params(name, p);
         self.node("DequantizeLinear", &[&q, &s, &z], &d, vec![]);
         self.dequantized.insert(name.to_string(), d.clone());
         Ok(d)
@@ -371,12 +381,10 @@ impl<'g> Emitter<'g> {
         let yq = self.fresh(&format!("{output}_quantized"));
         match self.settings.format {
             Format::QOperator => {
-                let xs = self.scale_init(&n.input[0], &[xp.scale], false);
-                let xz = self.zero_point_init(&n.input[0], xp.zero_point, xp.dtype, None);
+                let (xs, xz) = self.value_params(&n.input[0], xp);
                 let wsn = self.scale_init(&n.input[1], &ws, vector);
                 let wz = self.zero_point_init(&n.input[1], 0, QType::I8, vector.then_some(m));
-                let ys = self.scale_init(output, &[yp.scale], false);
-                let yz = self.zero_point_init(output, yp.zero_point, yp.dtype, None);
+                let (ys, yz) = self.value_params(output, yp);
                 let mut inputs = vec![xq, xs, xz, wq, wsn, wz, ys, yz];
                 if let Some(b) = &bias {
                     let b: Vec<f32> = b.iter().copied().collect();
@@ -445,8 +453,7 @@ impl<'g> Emitter<'g> {
                     }
                     None => conv_out,
                 };
-                let ys = self.scale_init(output, &[yp.scale], false);
-                let yz = self.zero_point_init(output, yp.zero_point, yp.dtype, None);
+                let (ys, yz) = self.value_params(output, yp);
                 self.node("QuantizeLinear", &[&pre, &ys, &yz], &yq, vec![]);
             }
         }
@@ -470,7 +477,7 @@ impl<'g> Emitter<'g> {
                 // [K, M] codes for MatMulInteger.
                 let (codes, ws) = self.int8_weight(&n.input[1], &rows.clone().into_dyn(), m);
                 let codes_t = self.transpose_codes(&codes, m, k);
-                let xz = self.zero_point_init(&n.input[0], xp.zero_point, xp.dtype, None);
+                let (_, xz) = self.value_params(&n.input[0], xp);
                 let wz = self.zero_point_init(&n.input[1], 0, QType::I8, None);
                 let acc = self.fresh(&format!("{y}_int32"));
                 self.node("MatMulInteger", &[&xq, &codes_t, &xz, &wz], &acc, vec![]);
@@ -607,6 +614,7 @@ pub fn rewrite(
             .collect(),
         int8: HashMap::new(),
         dequantized: HashMap::new(),
+        params: HashMap::new(),
     };
     let by_node: HashMap<usize, &Quantized> =
         analysis.quantized.iter().map(|q| (q.node, q)).collect();
