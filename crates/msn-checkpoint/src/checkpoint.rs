@@ -43,6 +43,68 @@ pub struct TrainSettings {
     pub augment: bool,
     pub train_limit: Option<usize>,
     pub test_limit: Option<usize>,
+    /// Spectral-norm power iterations per training step.
+    #[serde(default = "one")]
+    pub sn_iterations: usize,
+    /// Momentum of the running statistics of batch norm and MSN's mean-only batch norm.
+    #[serde(default = "default_norm_momentum")]
+    pub norm_momentum: f32,
+    /// MSN's scale `g`: `learned` (from 1) or `fixed` (at its initial value).
+    #[serde(default = "default_msn_scale")]
+    pub msn_scale: String,
+    /// MSN's initial `g`: `ones`, or `data` (1 / the std of each block's input on a first batch).
+    #[serde(default = "default_msn_init")]
+    pub msn_init: String,
+    /// Linear learning-rate warm-up over this many steps (0: none).
+    #[serde(default)]
+    pub warmup_steps: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn default_norm_momentum() -> f32 {
+    0.1
+}
+
+fn default_msn_scale() -> String {
+    "learned".into()
+}
+
+fn default_msn_init() -> String {
+    "ones".into()
+}
+
+impl TrainSettings {
+    /// Checks the options that a hand-edited `config.json` could get wrong.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.sn_iterations == 0 || self.sn_iterations > 100 {
+            return Err(format!(
+                "sn_iterations {} is outside 1..=100",
+                self.sn_iterations
+            ));
+        }
+        if !(self.norm_momentum > 0.0 && self.norm_momentum <= 1.0) {
+            return Err(format!(
+                "norm_momentum {} is outside (0, 1]",
+                self.norm_momentum
+            ));
+        }
+        if !matches!(self.msn_scale.as_str(), "learned" | "fixed") {
+            return Err(format!(
+                "msn_scale '{}' (expected learned or fixed)",
+                self.msn_scale
+            ));
+        }
+        if !matches!(self.msn_init.as_str(), "ones" | "data") {
+            return Err(format!(
+                "msn_init '{}' (expected ones or data)",
+                self.msn_init
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `config.json`.

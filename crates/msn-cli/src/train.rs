@@ -85,6 +85,30 @@ pub struct TrainOptions {
     /// reproducible for a given seed and thread count.
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Spectral-norm power iterations per training step (sn, msn)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100))]
+    pub sn_iterations: u64,
+    /// Momentum of the running mean (and variance) of bn and msn, in (0, 1]
+    #[arg(long, default_value_t = 0.1, value_parser = momentum)]
+    pub norm_momentum: f32,
+    /// MSN's per-channel scale g: learned, or fixed at its initial value
+    #[arg(long, default_value = "learned", value_parser = ["learned", "fixed"])]
+    pub msn_scale: String,
+    /// MSN's initial g: ones, or data (1 / the std of each block's input on the first 256
+    /// training images, so that no block shrinks the signal at the start)
+    #[arg(long, default_value = "ones", value_parser = ["ones", "data"])]
+    pub msn_init: String,
+    /// Linear learning-rate warm-up over the first N steps
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub warmup_steps: usize,
+}
+
+fn momentum(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(m) if m > 0.0 && m <= 1.0 => Ok(m),
+        Ok(m) => Err(format!("{m} is outside (0, 1]")),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Ctrl-C sets the returned flag (the trainer then saves and stops); a second one exits.
@@ -133,6 +157,11 @@ impl TrainOptions {
                 augment: self.augment.unwrap_or(self.dataset == "cifar10"),
                 train_limit: self.train_limit,
                 test_limit: self.test_limit,
+                sn_iterations: self.sn_iterations as usize,
+                norm_momentum: self.norm_momentum,
+                msn_scale: self.msn_scale.clone(),
+                msn_init: self.msn_init.clone(),
+                warmup_steps: self.warmup_steps,
             },
         })
     }

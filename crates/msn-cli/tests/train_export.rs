@@ -316,3 +316,58 @@ fn experiment_with_seeds_reports_the_mean_and_spread_per_norm() {
     let second = metrics(&exp.join("msn/seed2"));
     assert_ne!(first[0]["train_loss"], second[0]["train_loss"]);
 }
+
+#[test]
+fn ablation_flags_are_saved_and_a_fixed_data_initialised_scale_stays_put() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    make_folder_dataset(&data, 32);
+    let run = tmp.path().join("run");
+    let mut args = train_args(s(&data), s(&run));
+    args[10] = "2";
+    args.extend([
+        "--msn-init",
+        "data",
+        "--msn-scale",
+        "fixed",
+        "--sn-iterations",
+        "2",
+        "--norm-momentum",
+        "0.05",
+        "--warmup-steps",
+        "3",
+    ]);
+    ok(&msn(&args));
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    let t = &config["train"];
+    assert_eq!(t["msn_init"], "data");
+    assert_eq!(t["msn_scale"], "fixed");
+    assert_eq!(t["sn_iterations"], 2);
+    assert_eq!(t["warmup_steps"], 3);
+    assert!((t["norm_momentum"].as_f64().unwrap() - 0.05).abs() < 1e-6);
+    let m = metrics(&run);
+    let g = |i: usize| m[i]["msn_scale_mean"].as_f64().unwrap();
+    // Initialised from the data (not 1) and never trained.
+    assert!((g(0) - 1.0).abs() > 0.05, "{}", g(0));
+    assert_eq!(g(0), g(1));
+    assert!(m[0]["grad_norm"].as_f64().unwrap() > 0.0);
+
+    // A learned scale from 1 moves.
+    let learned = tmp.path().join("learned");
+    let mut args = train_args(s(&data), s(&learned));
+    args[10] = "2";
+    ok(&msn(&args));
+    let m = metrics(&learned);
+    assert_ne!(m[0]["msn_scale_mean"], m[1]["msn_scale_mean"]);
+
+    // A hand-edited config is checked on resume.
+    std::fs::remove_file(learned.join("metrics.jsonl")).ok();
+    edit_config(&learned, |v| v["train"]["msn_init"] = "random".into());
+    assert_fails_with(&msn(&["train", "--resume", s(&learned)]), "msn_init 'random'");
+    for (flag, bad) in [("--norm-momentum", "0"), ("--sn-iterations", "0"), ("--msn-scale", "x")] {
+        let mut args = train_args(s(&data), "unused");
+        args.extend([flag, bad]);
+        assert_fails_with(&msn(&args), flag);
+    }
+}

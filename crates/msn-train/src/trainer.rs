@@ -187,6 +187,9 @@ struct EpochSums {
     seen: usize,
     /// layer -> (sum of means, sum of stds, sum of zero fractions, count)
     layers: Vec<(String, f64, f64, f64, usize)>,
+    /// Sum and count of the global gradient norm on the recorded steps.
+    #[serde(default)]
+    grad_norm: (f64, usize),
 }
 
 impl EpochSums {
@@ -245,8 +248,13 @@ pub fn start(req: &TrainRequest, out: &Path, stop: &AtomicBool, progress: bool) 
         labels: train.classes.clone(),
         train: req.train.clone(),
     };
+    cfg.train.validate().map_err(Error::Config)?;
     cfg.save(out)?;
-    let model = msn_nn::models::build(&cfg.model, req.train.seed).map_err(Error::Config)?;
+    let mut model = msn_nn::models::build(&cfg.model, req.train.seed).map_err(Error::Config)?;
+    model.set_norm_options(cfg.train.sn_iterations, cfg.train.norm_momentum);
+    if cfg.train.msn_init == "data" {
+        init_msn_scales(&model, &train, &cfg);
+    }
     let optimizer = make_optimizer(&cfg.train)?;
     run(
         &cfg,
@@ -265,7 +273,14 @@ pub fn start(req: &TrainRequest, out: &Path, stop: &AtomicBool, progress: bool) 
 pub fn resume(dir: &Path, stop: &AtomicBool, progress: bool) -> Result<Outcome> {
     let cfg = RunConfig::load(dir)?;
     let path = dir.join(checkpoint::CHECKPOINT_FILE);
-    let model = msn_nn::models::build(&cfg.model, cfg.train.seed).map_err(Error::Config)?;
+    cfg.train.validate().map_err(|e| {
+        Error::Config(format!(
+            "{}: {e}",
+            dir.join(checkpoint::CONFIG_FILE).display()
+        ))
+    })?;
+    let mut model = msn_nn::models::build(&cfg.model, cfg.train.seed).map_err(Error::Config)?;
+    model.set_norm_options(cfg.train.sn_iterations, cfg.train.norm_momentum);
     let (train, test) = load_data(&cfg.dataset, Path::new(&cfg.data_dir), &cfg.train)?;
     let (optimizer, prog) = if path.exists() {
         let ckpt = checkpoint::load(&path)?;
@@ -289,6 +304,36 @@ pub fn resume(dir: &Path, stop: &AtomicBool, progress: bool) -> Result<Outcome> 
     )
 }
 
+/// The mean |g| of every MSN scale (null without MSN): how far the scales moved from their start.
+fn msn_scale_mean(model: &Sequential) -> Value {
+    let scales = model.msn_scales();
+    let (sum, n) = scales.iter().fold((0.0f64, 0usize), |(s, n), g| {
+        let v = g.value();
+        (
+            s + v.iter().map(|x| x.abs() as f64).sum::<f64>(),
+            n + v.len(),
+        )
+    });
+    if n == 0 {
+        Value::Null
+    } else {
+        json!(sum / n as f64)
+    }
+}
+
+/// MSN's data-dependent initialisation on the first (up to 256) training images, unaugmented.
+fn init_msn_scales(model: &Sequential, train: &Dataset, cfg: &RunConfig) {
+    let spec = BatchSpec {
+        batch: cfg.train.batch,
+        mean: cfg.preprocessing.mean.clone(),
+        std: cfg.preprocessing.std.clone(),
+        augment: None,
+    };
+    let idx: Vec<usize> = (0..train.len().min(256)).collect();
+    let (x, _) = make_batch(train, &idx, &spec, &mut ChaCha8Rng::seed_from_u64(0));
+    model.init_msn_scales(&Var::constant(x.into_dyn()));
+}
+
 pub(crate) fn write_metrics(dir: &Path, history: &[Value]) -> Result<()> {
     let mut text = String::new();
     for m in history {
@@ -308,6 +353,7 @@ struct Classify<'a> {
     test: &'a Dataset,
     spec: &'a BatchSpec,
     ckpt_path: std::path::PathBuf,
+    steps_per_epoch: usize,
 }
 
 impl Steps for Classify<'_> {
@@ -315,7 +361,11 @@ impl Steps for Classify<'_> {
 
     fn step(&mut self, sums: &mut EpochSums, at: At, (x, y): Images) -> Result<String> {
         let (epoch, step, seconds) = (at.epoch, at.step, at.seconds);
-        let (t, lr) = (self.settings, self.schedule.lr(self.settings.lr, epoch));
+        let (t, mut lr) = (self.settings, self.schedule.lr(self.settings.lr, epoch));
+        let global = epoch * self.steps_per_epoch + step;
+        if global < t.warmup_steps {
+            lr *= (global + 1) as f32 / t.warmup_steps as f32;
+        }
         let mut ctx = Ctx {
             training: true,
             rng: step_rng(t.seed ^ 0xD20F, epoch, step),
@@ -332,6 +382,16 @@ impl Steps for Classify<'_> {
             )));
         }
         loss.backward();
+        if ctx.record.is_some() {
+            let sq: f64 = self
+                .params
+                .iter()
+                .filter_map(|p| p.grad())
+                .map(|g| g.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>())
+                .sum();
+            sums.grad_norm.0 += sq.sqrt();
+            sums.grad_norm.1 += 1;
+        }
         self.optimizer.step(&self.params, lr);
         optim::zero_grad(&self.params);
         sums.loss += loss_value as f64 * y.len() as f64;
@@ -369,6 +429,8 @@ impl Steps for Classify<'_> {
             "epoch_seconds": seconds,
             "images_per_second": sums.seen as f64 / seconds,
             "lr": self.schedule.lr(self.settings.lr, epoch),
+            "grad_norm": sums.grad_norm.0 / sums.grad_norm.1.max(1) as f64,
+            "msn_scale_mean": msn_scale_mean(&self.model),
             "layers": layers,
         });
         let summary = format!(
@@ -402,8 +464,21 @@ fn run(
         std: cfg.preprocessing.std.clone(),
         augment: t.augment.then_some(4),
     };
+    // A fixed MSN scale stays out of the optimizer.
+    let fixed: Vec<Var> = if t.msn_scale == "fixed" {
+        model.msn_scales()
+    } else {
+        Vec::new()
+    };
+    let params = model
+        .parameters()
+        .into_iter()
+        .filter(|p| !fixed.iter().any(|f| f.same(p)))
+        .collect();
+    let steps_per_epoch = train.len().div_ceil(t.batch);
     let mut steps = Classify {
-        params: model.parameters(),
+        params,
+        steps_per_epoch,
         model,
         optimizer,
         schedule: parse_schedule(&t.schedule, t.epochs)?,
