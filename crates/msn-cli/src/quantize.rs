@@ -117,6 +117,26 @@ fn batch_of_one(image: ndarray::Array3<f32>) -> Array4<f32> {
     image.insert_axis(Axis(0))
 }
 
+/// The most preprocessed images held in memory at once (calibration, verification, evaluation
+/// or the test split each keep their images until they are done).
+const MAX_IMAGE_BYTES: usize = 2 << 30;
+
+/// Refuses to decode `count` images that would not fit in [`MAX_IMAGE_BYTES`].
+fn ensure_fits(count: usize, p: &Preprocess, what: &str) -> Result<()> {
+    let each = p.channels * p.height * p.width * 4;
+    let limit = MAX_IMAGE_BYTES / each.max(1);
+    if count > limit {
+        bail!(
+            "{what}: {count} images of {}x{}x{} would hold {:.1} GB in memory; use at most {limit}",
+            p.channels,
+            p.height,
+            p.width,
+            (count as f64) * (each as f64) / 1e9
+        );
+    }
+    Ok(())
+}
+
 fn folder_images(dir: &Path, p: &Preprocess, count: usize) -> Result<Vec<Array4<f32>>> {
     let files = msn_runtime::preprocess::images_under(dir)
         .map_err(|(path, e)| anyhow::anyhow!("{}: {e}", path.display()))?;
@@ -127,8 +147,10 @@ fn folder_images(dir: &Path, p: &Preprocess, count: usize) -> Result<Vec<Array4<
             msn_runtime::preprocess::IMAGE_EXTENSIONS.join(", .")
         );
     }
+    let picked = spread(files.len(), count);
+    ensure_fits(picked.len(), p, &dir.display().to_string())?;
     let mut out = Vec::new();
-    for i in spread(files.len(), count) {
+    for i in picked {
         match p.load(&files[i]) {
             Ok(x) => out.push(batch_of_one(x)),
             Err(e) => eprintln!("warning: skipped {}: {e}", files[i].display()),
@@ -155,9 +177,15 @@ fn dataset_images(
         load(name, dir, split).with_context(|| format!("{}: data set {name}", dir.display()))?;
     let [c, h, w] = data.shape();
     let count = if count == 0 { data.len() } else { count };
+    let picked = spread(data.len(), count);
+    ensure_fits(
+        picked.len(),
+        p,
+        &format!("{}: data set {name}", dir.display()),
+    )?;
     let mut images = Vec::new();
     let mut labels = Vec::new();
-    for i in spread(data.len(), count) {
+    for i in picked {
         let px = data.images.index_axis(Axis(0), i);
         let img = match c {
             1 => image::DynamicImage::ImageLuma8(
@@ -349,4 +377,29 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         .with_context(|| format!("{}: cannot write the model", args.output.display()))?;
     println!("  wrote {}", args.output.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn images_that_would_not_fit_in_memory_are_refused_before_decoding() {
+        let p = Preprocess {
+            channels: 3,
+            height: 4096,
+            width: 4096,
+            resize: msn_onnx::meta::Resize::Exact,
+            scale: 1.0,
+            mean: vec![0.0],
+            std: vec![1.0],
+        };
+        // 201 MB each: 10 fit in the 2 GiB budget, 11 do not.
+        assert!(ensure_fits(10, &p, "dir").is_ok());
+        let e = ensure_fits(11, &p, "dir").unwrap_err().to_string();
+        assert!(
+            e.contains("dir: 11 images of 3x4096x4096") && e.contains("at most 10"),
+            "{e}"
+        );
+    }
 }

@@ -364,8 +364,15 @@ fn ablation_flags_are_saved_and_a_fixed_data_initialised_scale_stays_put() {
     // A hand-edited config is checked on resume.
     std::fs::remove_file(learned.join("metrics.jsonl")).ok();
     edit_config(&learned, |v| v["train"]["msn_init"] = "random".into());
-    assert_fails_with(&msn(&["train", "--resume", s(&learned)]), "msn_init 'random'");
-    for (flag, bad) in [("--norm-momentum", "0"), ("--sn-iterations", "0"), ("--msn-scale", "x")] {
+    assert_fails_with(
+        &msn(&["train", "--resume", s(&learned)]),
+        "msn_init 'random'",
+    );
+    for (flag, bad) in [
+        ("--norm-momentum", "0"),
+        ("--sn-iterations", "0"),
+        ("--msn-scale", "x"),
+    ] {
         let mut args = train_args(s(&data), "unused");
         args.extend([flag, bad]);
         assert_fails_with(&msn(&args), flag);
