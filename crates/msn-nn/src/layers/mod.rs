@@ -370,20 +370,29 @@ mod tests {
         assert!(max_rel(&y.value(), &y_p.value()) < 1e-5);
     }
 
-    #[test]
-    fn data_dependent_init_gives_every_msn_block_unit_std() {
-        use crate::models::{build, ModelConfig};
-        use crate::NormKind;
-        let config = ModelConfig {
-            architecture: "vgg7".into(),
-            norm: NormKind::Msn,
-            input_shape: [3, 16, 16],
+    /// A classifier of the paper's family with MSN, ten classes.
+    fn msn_model(
+        arch: &str,
+        input: [usize; 3],
+        width: usize,
+        depth: usize,
+        seed: u64,
+    ) -> Sequential {
+        let config = crate::models::ModelConfig {
+            architecture: arch.into(),
+            norm: crate::NormKind::Msn,
+            input_shape: input,
             num_classes: 10,
-            width: 25,
-            depth: 16,
+            width,
+            depth,
             latent: 128,
         };
-        let model = build(&config, 3).unwrap();
+        crate::models::build(&config, seed).unwrap()
+    }
+
+    #[test]
+    fn data_dependent_init_gives_every_msn_block_unit_std() {
+        let model = msn_model("vgg7", [3, 16, 16], 25, 16, 3);
         let x = Var::constant(spread(&[8, 3, 16, 16], -2.0, 2.0, 5));
         let before = model.init_msn_scales(&x);
         assert_eq!(before.len(), 6);
@@ -415,18 +424,7 @@ mod tests {
 
     #[test]
     fn norm_options_reach_every_layer() {
-        use crate::models::{build, ModelConfig};
-        use crate::NormKind;
-        let config = ModelConfig {
-            architecture: "densenet-bc".into(),
-            norm: NormKind::Msn,
-            input_shape: [3, 8, 8],
-            num_classes: 10,
-            width: 100,
-            depth: 10,
-            latent: 128,
-        };
-        let mut model = build(&config, 1).unwrap();
+        let mut model = msn_model("densenet-bc", [3, 8, 8], 100, 10, 1);
         model.set_norm_options(3, 0.01);
         let mut seen = (0, 0);
         fn walk(s: &Sequential, seen: &mut (usize, usize)) {
