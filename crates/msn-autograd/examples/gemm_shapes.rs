@@ -1,4 +1,4 @@
-use msn_autograd::kernels::gemm_seq;
+use msn_autograd::kernels::{gemm_avx512, gemm_seq, gemm_with};
 use ndarray::Array2;
 use std::time::Instant;
 
@@ -28,6 +28,16 @@ fn bench(name: &str, m: usize, n: usize, k: usize, ta: bool, tb: bool) {
     let g1 = 2.0 * (m * n * k * reps) as f64 / t / 1e9;
     let s = Instant::now();
     for _ in 0..reps {
+        gemm_with(&mut c.view_mut(), av, bv, false, None);
+    }
+    let g3 = 2.0 * (m * n * k * reps) as f64 / s.elapsed().as_secs_f64() / 1e9;
+    let s = Instant::now();
+    for _ in 0..reps {
+        gemm_avx512(&mut c.view_mut(), av, bv, false);
+    }
+    let g4 = 2.0 * (m * n * k * reps) as f64 / s.elapsed().as_secs_f64() / 1e9;
+    let s = Instant::now();
+    for _ in 0..reps {
         unsafe {
             let (sa, sb, sc) = (
                 av.strides().to_vec(),
@@ -55,7 +65,7 @@ fn bench(name: &str, m: usize, n: usize, k: usize, ta: bool, tb: bool) {
     let t = s.elapsed().as_secs_f64();
     let g2 = 2.0 * (m * n * k * reps) as f64 / t / 1e9;
     println!(
-        "{name:<22} m{m:5} n{n:5} k{k:5} ta{} tb{}  gemm {g1:6.1}  mm {g2:6.1} GFLOP/s",
+        "{name:<22} m{m:5} n{n:5} k{k:5} ta{} tb{}  chosen {g1:6.1}  gemm {g3:6.1}  mm {g2:6.1}  avx512 {g4:6.1} GFLOP/s",
         ta as u8, tb as u8
     );
 }
@@ -77,4 +87,5 @@ fn main() {
     bench("cnn3 conv2 dX", 144, 900, 32, true, false);
     bench("cnn3 conv3 dX", 512, 256, 32, true, false);
     bench("cnn3 conv2 dW", 32, 144, 900, false, true);
+    bench("big 1024", 1024, 1024, 1024, false, false);
 }

@@ -47,12 +47,53 @@ pub fn gemm_into(
 /// gradient (k = output channels), and `gemm`'s kernels are faster when the inner dimension
 /// dominates (the weight gradient: k = output pixels).
 pub fn gemm_seq(c: &mut ArrayViewMut2<f32>, a: ArrayView2<f32>, b: ArrayView2<f32>, acc: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::sgemm_avx512::available() {
+        return gemm_avx512(c, a, b, acc);
+    }
     let (m, k) = a.dim();
     let n = b.ncols();
     if k >= 3 * m.max(n) {
         gemm_with(c, a, b, acc, None);
     } else {
         gemm_mm(c, a, b, acc);
+    }
+}
+
+/// `c = a b` or `c += a b` with the AVX-512 kernels of [`crate::sgemm_avx512`].
+#[cfg(target_arch = "x86_64")]
+pub fn gemm_avx512(c: &mut ArrayViewMut2<f32>, a: ArrayView2<f32>, b: ArrayView2<f32>, acc: bool) {
+    use crate::sgemm_avx512::{available, sgemm, Strided};
+    assert!(available(), "gemm_avx512: this CPU has no AVX-512");
+    let Some((m, k, n)) = gemm_dims(c, &a, &b) else {
+        return;
+    };
+    let (cs, as_, bs) = (c.strides(), a.strides(), b.strides());
+    let (cs, as_, bs) = ([cs[0], cs[1]], [as_[0], as_[1]], [bs[0], bs[1]]);
+    // SAFETY: AVX-512 is present (checked above); the pointers and strides come from live
+    // ndarray views of the stated shapes, and `c` is borrowed mutably so it cannot alias.
+    unsafe {
+        sgemm(
+            m,
+            k,
+            n,
+            Strided {
+                ptr: a.as_ptr(),
+                rs: as_[0],
+                cs: as_[1],
+            },
+            Strided {
+                ptr: b.as_ptr(),
+                rs: bs[0],
+                cs: bs[1],
+            },
+            Strided {
+                ptr: c.as_mut_ptr(),
+                rs: cs[0],
+                cs: cs[1],
+            },
+            acc,
+        );
     }
 }
 
@@ -99,7 +140,9 @@ fn gemm_mm(c: &mut ArrayViewMut2<f32>, a: ArrayView2<f32>, b: ArrayView2<f32>, a
     }
 }
 
-fn gemm_with(
+/// `c = a b` or `c += a b` with the `gemm` crate's sgemm (AVX-512 kernels where the CPU has
+/// them), on rayon's pool with `threads` threads, or on the calling thread with `None`.
+pub fn gemm_with(
     c: &mut ArrayViewMut2<f32>,
     a: ArrayView2<f32>,
     b: ArrayView2<f32>,
@@ -445,6 +488,196 @@ pub fn col2im(col: &[f32], geom: &ConvGeom, dx: &mut [f32]) {
             }
         }
     });
+}
+
+/// The column matrix of im2col (`[rows, cols]`, or its transpose `[cols, rows]`) read
+/// straight from a zero-padded image group, as the B operand of the AVX-512 sgemm: the
+/// convolutions pack their panels from the image and never write the column matrix.
+#[cfg(target_arch = "x86_64")]
+struct Im2colB<'a> {
+    /// The padded `[c, hp, wp]` image group.
+    xp: &'a [f32],
+    g: &'a ConvGeom,
+    transposed: bool,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Im2colB<'_> {
+    /// Offset of tap row `r` (`(c, i, j)`) in the padded plane, for output pixel (0, 0).
+    fn tap(&self, r: usize) -> usize {
+        let g = self.g;
+        let (hp, wp) = g.padded();
+        let (c, ij) = (r / (g.kh * g.kw), r % (g.kh * g.kw));
+        let (i, j) = (ij / g.kw, ij % g.kw);
+        (c * hp + i * g.dilation[0]) * wp + j * g.dilation[1]
+    }
+
+    /// Output pixels `l0..l1` as runs within output rows: `(source offset of the run's first
+    /// pixel relative to a tap, run length, position of the run's first pixel - l0)`.
+    fn runs(&self, l0: usize, l1: usize) -> Vec<(usize, usize, usize)> {
+        let g = self.g;
+        let wp = g.padded().1;
+        let mut runs = Vec::with_capacity((l1 - l0) / g.ow.max(1) + 2);
+        let mut l = l0;
+        while l < l1 {
+            let (oy, ox) = (l / g.ow, l % g.ow);
+            let len = (g.ow - ox).min(l1 - l);
+            runs.push((oy * g.stride[0] * wp + ox * g.stride[1], len, l - l0));
+            l += len;
+        }
+        runs
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl crate::sgemm_avx512::PackB for Im2colB<'_> {
+    fn pack(&self, pc: usize, kc: usize, jc: usize, nc: usize, out: &mut [f32]) {
+        use crate::sgemm_avx512::NR;
+        let sx = self.g.stride[1];
+        for (p, jr) in (0..nc).step_by(NR).enumerate() {
+            let nr = NR.min(nc - jr);
+            let panel = &mut out[p * NR * kc..(p + 1) * NR * kc];
+            if !self.transposed {
+                // B[r, l]: each packed row is the tap `r` over NR output pixels.
+                let runs = self.runs(jc + jr, jc + jr + nr);
+                let taps: Vec<usize> = (pc..pc + kc).map(|r| self.tap(r)).collect();
+                if sx == 1 {
+                    crate::sgemm_avx512::copy_panel(self.xp, &runs, nr, &taps, panel);
+                } else {
+                    let pixels: Vec<usize> = runs
+                        .iter()
+                        .flat_map(|&(src, len, _)| (0..len).map(move |q| src + q * sx))
+                        .collect();
+                    crate::sgemm_avx512::gather_panel(self.xp, &pixels, &taps, panel);
+                }
+            } else {
+                // B[l, r]: packed column `t` is the tap `jc + jr + t` over output pixels,
+                // gathered one output pixel (packed row) at a time.
+                let taps: Vec<usize> = (jc + jr..jc + jr + nr).map(|r| self.tap(r)).collect();
+                let starts: Vec<usize> = self
+                    .runs(pc, pc + kc)
+                    .into_iter()
+                    .flat_map(|(src, len, _)| (0..len).map(move |q| src + q * sx))
+                    .collect();
+                crate::sgemm_avx512::gather_panel(self.xp, &taps, &starts, panel);
+            }
+        }
+    }
+}
+
+/// Runs `f` with one image group (`x`: `[c, h, w]`) zero-padded as the geometry says (the
+/// image itself when there is no padding).
+#[cfg(target_arch = "x86_64")]
+fn with_padded<R>(x: &[f32], g: &ConvGeom, f: impl FnOnce(&[f32]) -> R) -> R {
+    if g.padding == [0, 0] {
+        return f(&x[..g.c * g.plane()]);
+    }
+    PADDED.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        pad_into(x, g, &mut buf);
+        f(&buf)
+    })
+}
+
+/// `out (+)= w im2col(x)` for one image group (`w`: `[b, rows]`, `out`: `[b, cols]`
+/// row-major) on the AVX-512 sgemm, im2col fused into its packing. `false` (nothing done)
+/// when the CPU has no AVX-512.
+pub fn conv_gemm(x: &[f32], g: &ConvGeom, w: ArrayView2<f32>, out: &mut [f32], acc: bool) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::sgemm_avx512::{available, sgemm_packed, Strided};
+        if !available() {
+            return false;
+        }
+        let (m, k, n) = (w.nrows(), g.rows(), g.cols());
+        assert_eq!(w.ncols(), k, "conv_gemm: weight columns");
+        assert!(out.len() >= m * n, "conv_gemm: output size");
+        let ws = w.strides();
+        with_padded(x, g, |xp| {
+            let b = Im2colB {
+                xp,
+                g,
+                transposed: false,
+            };
+            // SAFETY: AVX-512 is present; `w` is a live view of its shape, `out` holds
+            // `m * n` values and is borrowed mutably, so it overlaps neither `w` nor the image.
+            unsafe {
+                sgemm_packed(
+                    m,
+                    k,
+                    n,
+                    Strided {
+                        ptr: w.as_ptr(),
+                        rs: ws[0],
+                        cs: ws[1],
+                    },
+                    &b,
+                    Strided {
+                        ptr: out.as_mut_ptr(),
+                        rs: n as isize,
+                        cs: 1,
+                    },
+                    acc,
+                );
+            }
+        });
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (x, g, w, out, acc);
+        false
+    }
+}
+
+/// `dw += gy im2col(x)^T` for one image group (`gy`: `[b, cols]`, `dw`: `[b, rows]`
+/// row-major), im2col fused into the packing as in [`conv_gemm`]. `false` (nothing done)
+/// when the CPU has no AVX-512.
+pub fn conv_weight_gemm(x: &[f32], g: &ConvGeom, gy: ArrayView2<f32>, dw: &mut [f32]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::sgemm_avx512::{available, sgemm_packed, Strided};
+        if !available() {
+            return false;
+        }
+        let (m, k, n) = (gy.nrows(), g.cols(), g.rows());
+        assert_eq!(gy.ncols(), k, "conv_weight_gemm: gradient columns");
+        assert!(dw.len() >= m * n, "conv_weight_gemm: weight size");
+        let gs = gy.strides();
+        with_padded(x, g, |xp| {
+            let b = Im2colB {
+                xp,
+                g,
+                transposed: true,
+            };
+            // SAFETY: as in `conv_gemm`.
+            unsafe {
+                sgemm_packed(
+                    m,
+                    k,
+                    n,
+                    Strided {
+                        ptr: gy.as_ptr(),
+                        rs: gs[0],
+                        cs: gs[1],
+                    },
+                    &b,
+                    Strided {
+                        ptr: dw.as_mut_ptr(),
+                        rs: n as isize,
+                        cs: 1,
+                    },
+                    true,
+                );
+            }
+        });
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (x, g, gy, dw);
+        false
+    }
 }
 
 /// A row-major `[rows, cols]` view of a slice.

@@ -24,6 +24,8 @@
 pub mod gradcheck;
 pub mod kernels;
 pub mod ops;
+#[cfg(target_arch = "x86_64")]
+pub mod sgemm_avx512;
 mod var;
 
 pub use var::{is_grad_enabled, no_grad, Var};

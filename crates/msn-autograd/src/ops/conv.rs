@@ -2,7 +2,9 @@
 //! and dilation. Weights use PyTorch's layouts: conv `[O, C/groups, kh, kw]`, transposed conv
 //! `[C_in, C_out/groups, kh, kw]`. Biases are added by the layers, as separate broadcast adds.
 
-use crate::kernels::{col2im, gemm_seq, im2col, par_images, view2, view2_mut, ConvGeom};
+use crate::kernels::{
+    col2im, conv_gemm, conv_weight_gemm, gemm_seq, im2col, par_images, view2, view2_mut, ConvGeom,
+};
 use crate::{Array, Var};
 use ndarray::{s, Array2, ArrayView2, Dimension, IxDyn};
 
@@ -109,10 +111,12 @@ impl Lowered {
         self.groups * self.b * self.geom.cols()
     }
 
-    /// The im2col buffer of one group (none for a pointwise convolution).
-    fn col(&self) -> Vec<f32> {
+    /// Sizes the im2col buffer of one group (empty for a pointwise convolution). It is
+    /// allocated on first use: the fused AVX-512 paths never need it.
+    fn col<'c>(&self, col: &'c mut Vec<f32>) -> &'c mut [f32] {
         let len = self.geom.rows() * self.geom.cols();
-        vec![0.0; if self.geom.pointwise() { 0 } else { len }]
+        col.resize(if self.geom.pointwise() { 0 } else { len }, 0.0);
+        col
     }
 
     fn w(&self, g: usize) -> ArrayView2<'_, f32> {
@@ -140,26 +144,31 @@ impl Lowered {
     }
 
     /// `b = K a` for one image.
-    fn forward(&self, a_img: &[f32], b_img: &mut [f32], col: &mut [f32]) {
-        let l = self.geom.cols();
+    fn forward(&self, a_img: &[f32], b_img: &mut [f32], col: &mut Vec<f32>) {
+        let (l, size) = (self.geom.cols(), self.a * self.geom.plane());
         for g in 0..self.groups {
-            let out = &mut b_img[g * self.b * l..];
+            let out = &mut b_img[g * self.b * l..(g + 1) * self.b * l];
+            let src = &a_img[g * size..(g + 1) * size];
+            if conv_gemm(src, &self.geom, self.w(g), out, false) {
+                continue;
+            }
             gemm_seq(
                 &mut view2_mut(out, self.b, l),
                 self.w(g),
-                self.columns(a_img, g, col),
+                self.columns(a_img, g, self.col(col)),
                 false,
             );
         }
     }
 
     /// `a += K^T b` for one image.
-    fn adjoint(&self, b_img: &[f32], a_img: &mut [f32], col: &mut [f32]) {
+    fn adjoint(&self, b_img: &[f32], a_img: &mut [f32], col: &mut Vec<f32>) {
         let (rows, l, size) = (
             self.geom.rows(),
             self.geom.cols(),
             self.a * self.geom.plane(),
         );
+        let col = self.col(col);
         for g in 0..self.groups {
             let (w, bg) = (self.w(g).reversed_axes(), self.b_group(b_img, g));
             let out = &mut a_img[g * size..(g + 1) * size];
@@ -173,15 +182,19 @@ impl Lowered {
     }
 
     /// `dW += b im2col(a)^T` for one image.
-    fn weight_grad(&self, a_img: &[f32], b_img: &[f32], dw: &mut [f32], col: &mut [f32]) {
-        let rows = self.geom.rows();
+    fn weight_grad(&self, a_img: &[f32], b_img: &[f32], dw: &mut [f32], col: &mut Vec<f32>) {
+        let (rows, size) = (self.geom.rows(), self.a * self.geom.plane());
         for g in 0..self.groups {
             let bg = self.b_group(b_img, g);
-            let mut dwg = view2_mut(&mut dw[g * self.b * rows..], self.b, rows);
+            let dwg = &mut dw[g * self.b * rows..(g + 1) * self.b * rows];
+            let src = &a_img[g * size..(g + 1) * size];
+            if conv_weight_gemm(src, &self.geom, bg, dwg) {
+                continue;
+            }
             gemm_seq(
-                &mut dwg,
+                &mut view2_mut(dwg, self.b, rows),
                 bg,
-                self.columns(a_img, g, col).reversed_axes(),
+                self.columns(a_img, g, self.col(col)).reversed_axes(),
                 true,
             );
         }
@@ -196,10 +209,10 @@ impl Lowered {
         out: &mut [f32],
         out_size: usize,
         dw_len: usize,
-        f: impl Fn(usize, &mut [f32], &mut [f32], &mut [f32]) + Sync,
+        f: impl Fn(usize, &mut [f32], &mut Vec<f32>, &mut [f32]) + Sync,
     ) -> Vec<Vec<f32>> {
         par_images(n, out, out_size, |imgs, outs| {
-            let (mut col, mut dw) = (self.col(), vec![0.0f32; dw_len]);
+            let (mut col, mut dw) = (Vec::new(), vec![0.0f32; dw_len]);
             for (k, ni) in imgs.enumerate() {
                 f(
                     ni,

@@ -1,0 +1,492 @@
+//! Single-threaded sgemm with AVX-512 kernels, for the per-image products of the
+//! convolutions (each thread runs its own images, so this never spawns threads).
+//!
+//! The `gemm` and `matrixmultiply` crates stop at AVX2 on stable Rust (the `gemm` crate's
+//! AVX-512 kernels, behind its `x86-v4` feature, measured slower than its AVX2 ones here),
+//! while a Sapphire Rapids core does twice the AVX2 work per cycle with AVX-512. This is the
+//! classic GotoBLAS blocking: B is packed in `KC x NC` blocks (L2), A in `MC x KC` blocks,
+//! and an `MR x NR` = 8 x 48 register tile (24 zmm accumulators) runs over one packed A
+//! micro-panel (L1) against the packed B micro-panels. Ragged edges use AVX-512 masks for C;
+//! the packed panels are zero-padded, so the kernel itself has no edge cases.
+
+use std::arch::x86_64::*;
+use std::cell::RefCell;
+
+const MR: usize = 8;
+/// Columns of a packed B panel: [`PackB::pack`] writes panels of this width.
+pub const NR: usize = 48;
+const KC: usize = 256;
+const MC: usize = 256;
+const NC: usize = 1536;
+
+/// Whether this CPU runs the AVX-512 kernels (checked once).
+pub fn available() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f"))
+}
+
+thread_local! {
+    /// Per-thread packing buffers: (A block, B block).
+    static PACK: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// A strided matrix operand: element `(i, j)` is at `ptr + i * rs + j * cs`.
+#[derive(Clone, Copy)]
+pub struct Strided<P> {
+    pub ptr: P,
+    pub rs: isize,
+    pub cs: isize,
+}
+
+/// A B operand that packs itself: the convolutions pack B straight from the image, so the
+/// column matrix of im2col is never written out.
+pub trait PackB {
+    /// Writes rows `pc..pc + kc` and columns `jc..jc + nc` of B into `out` as panels of
+    /// [`NR`] columns: panel `p` holds columns `jc + p * NR ..` at `out[p * NR * kc..]`, `NR`
+    /// values per row, zero past column `nc`. `out` holds `nc.next_multiple_of(NR) * kc`.
+    fn pack(&self, pc: usize, kc: usize, jc: usize, nc: usize, out: &mut [f32]);
+}
+
+/// A plain strided B.
+struct StridedB(Strided<*const f32>);
+
+impl PackB for StridedB {
+    fn pack(&self, pc: usize, kc: usize, jc: usize, nc: usize, out: &mut [f32]) {
+        // SAFETY: `sgemm`'s caller vouched for the pointer and strides; `sgemm_packed` asks
+        // only for rows and columns inside the shape.
+        unsafe { pack_b(self.0, pc, kc, jc, nc, out) }
+    }
+}
+
+/// `c = a b` (or `c += a b` when `accumulate`) for `a: [m, k]`, `b: [k, n]`, `c: [m, n]`.
+///
+/// # Safety
+/// [`available`] must be true; each operand's pointer and strides must address a live
+/// matrix of its stated shape; `c` must not overlap `a` or `b`.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn sgemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: Strided<*const f32>,
+    b: Strided<*const f32>,
+    c: Strided<*mut f32>,
+    accumulate: bool,
+) {
+    sgemm_packed(m, k, n, a, &StridedB(b), c, accumulate)
+}
+
+/// [`sgemm`] with a B that packs itself (`b: [k, n]`).
+///
+/// # Safety
+/// As [`sgemm`] for `a` and `c`; `c` must not overlap what `b` reads.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn sgemm_packed(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: Strided<*const f32>,
+    b: &impl PackB,
+    c: Strided<*mut f32>,
+    accumulate: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                for j in 0..n {
+                    *c.ptr.offset(i as isize * c.rs + j as isize * c.cs) = 0.0;
+                }
+            }
+        }
+        return;
+    }
+    PACK.with(|bufs| {
+        let mut bufs = bufs.borrow_mut();
+        let (ap, bp) = &mut *bufs;
+        ap.resize(MC.min(m.next_multiple_of(MR)) * KC.min(k), 0.0);
+        bp.resize(NC.min(n.next_multiple_of(NR)) * KC.min(k), 0.0);
+        for jc in (0..n).step_by(NC) {
+            let nc = NC.min(n - jc);
+            for pc in (0..k).step_by(KC) {
+                let kc = KC.min(k - pc);
+                let bp = &mut bp[..nc.next_multiple_of(NR) * kc];
+                b.pack(pc, kc, jc, nc, bp);
+                let load_c = accumulate || pc > 0;
+                for ic in (0..m).step_by(MC) {
+                    let mc = MC.min(m - ic);
+                    pack_a(a, ic, mc, pc, kc, ap);
+                    for ir in (0..mc).step_by(MR) {
+                        let mr = MR.min(mc - ir);
+                        let apanel = ap.as_ptr().add(ir * kc);
+                        for jr in (0..nc).step_by(NR) {
+                            let nr = NR.min(nc - jr);
+                            let cptr = c
+                                .ptr
+                                .offset((ic + ir) as isize * c.rs + (jc + jr) as isize * c.cs);
+                            kernel(
+                                kc,
+                                apanel,
+                                bp.as_ptr().add(jr * kc),
+                                Strided { ptr: cptr, ..c },
+                                mr,
+                                nr,
+                                load_c,
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Packs `a[ic..ic+mc, pc..pc+kc]` as `MR`-row panels, `MR` values per k, zero-padded.
+unsafe fn pack_a(
+    a: Strided<*const f32>,
+    ic: usize,
+    mc: usize,
+    pc: usize,
+    kc: usize,
+    ap: &mut [f32],
+) {
+    for (p, ir) in (0..mc).step_by(MR).enumerate() {
+        let mr = MR.min(mc - ir);
+        let panel = &mut ap[p * MR * kc..(p + 1) * MR * kc];
+        let row = |r: usize| {
+            a.ptr
+                .offset((ic + ir + r) as isize * a.rs + pc as isize * a.cs)
+        };
+        if a.cs == 1 {
+            // Row-major A: read each row once, contiguously.
+            for r in 0..MR {
+                if r < mr {
+                    let src = std::slice::from_raw_parts(row(r), kc);
+                    for (kk, v) in src.iter().enumerate() {
+                        panel[kk * MR + r] = *v;
+                    }
+                } else {
+                    for kk in 0..kc {
+                        panel[kk * MR + r] = 0.0;
+                    }
+                }
+            }
+        } else {
+            for kk in 0..kc {
+                for r in 0..MR {
+                    panel[kk * MR + r] = if r < mr {
+                        *row(r).offset(kk as isize * a.cs)
+                    } else {
+                        0.0
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// Packs `b[pc..pc+kc, jc..jc+nc]` as `NR`-column panels, `NR` values per k, zero-padded.
+unsafe fn pack_b(
+    b: Strided<*const f32>,
+    pc: usize,
+    kc: usize,
+    jc: usize,
+    nc: usize,
+    bp: &mut [f32],
+) {
+    for (p, jr) in (0..nc).step_by(NR).enumerate() {
+        let nr = NR.min(nc - jr);
+        let panel = &mut bp[p * NR * kc..(p + 1) * NR * kc];
+        let at = |kk: usize, j: usize| {
+            b.ptr
+                .offset((pc + kk) as isize * b.rs + (jc + jr + j) as isize * b.cs)
+        };
+        if b.cs == 1 {
+            for kk in 0..kc {
+                let dst = &mut panel[kk * NR..(kk + 1) * NR];
+                dst[..nr].copy_from_slice(std::slice::from_raw_parts(at(kk, 0), nr));
+                dst[nr..].fill(0.0);
+            }
+        } else {
+            // Transposed B (unit stride along k): read each column once, contiguously when
+            // `rs` is 1.
+            for j in 0..NR {
+                if j < nr {
+                    for kk in 0..kc {
+                        panel[kk * NR + j] = *at(kk, j);
+                    }
+                } else {
+                    for kk in 0..kc {
+                        panel[kk * NR + j] = 0.0;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Fills a packed B panel (`starts.len()` rows of [`NR`] values) by gathering:
+/// `panel[kk * NR + t] = xp[starts[kk] + offsets[t]]` for `t < offsets.len()`, zero beyond.
+/// Panics when an index would fall outside `xp` or the panel is too short.
+pub fn gather_panel(xp: &[f32], offsets: &[usize], starts: &[usize], panel: &mut [f32]) {
+    assert!(available(), "gather_panel: this CPU has no AVX-512");
+    assert!(offsets.len() <= NR && panel.len() >= starts.len() * NR);
+    let (Some(&om), Some(&sm)) = (offsets.iter().max(), starts.iter().max()) else {
+        panel[..starts.len() * NR].fill(0.0);
+        return;
+    };
+    assert!(
+        om + sm < xp.len() && xp.len() <= i32::MAX as usize,
+        "gather_panel: out of bounds"
+    );
+    let mut idx = [0i32; NR];
+    for (i, o) in idx.iter_mut().zip(offsets) {
+        *i = *o as i32;
+    }
+    // SAFETY: AVX-512 is present; every gathered index is below `om + sm < xp.len()` (lanes
+    // past `offsets.len()` are masked off), and the panel holds `starts.len() * NR` values.
+    unsafe { gather_rows(xp.as_ptr(), &idx, offsets.len(), starts, panel.as_mut_ptr()) }
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn gather_rows(xp: *const f32, idx: &[i32; NR], n: usize, starts: &[usize], out: *mut f32) {
+    let masks = [
+        mask(n),
+        mask(n.saturating_sub(16)),
+        mask(n.saturating_sub(32)),
+    ];
+    let base = [
+        _mm512_loadu_si512(idx.as_ptr().cast()),
+        _mm512_loadu_si512(idx.as_ptr().add(16).cast()),
+        _mm512_loadu_si512(idx.as_ptr().add(32).cast()),
+    ];
+    for (kk, &st) in starts.iter().enumerate() {
+        let src = xp.add(st);
+        for j in 0..3 {
+            let v = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), masks[j], base[j], src);
+            _mm512_storeu_ps(out.add(kk * NR + 16 * j), v);
+        }
+    }
+}
+
+/// Fills a packed B panel (`starts.len()` rows of [`NR`] values) from contiguous runs:
+/// `panel[kk * NR + at + q] = xp[starts[kk] + src + q]` for each run `(src, len, at)` and
+/// `q < len`; values past `width` are zero. The runs must cover `0..width` of a row.
+/// Panics when a run would read outside `xp` or write past a row.
+pub fn copy_panel(
+    xp: &[f32],
+    runs: &[(usize, usize, usize)],
+    width: usize,
+    starts: &[usize],
+    panel: &mut [f32],
+) {
+    assert!(available(), "copy_panel: this CPU has no AVX-512");
+    assert!(width <= NR && panel.len() >= starts.len() * NR);
+    let reach = runs
+        .iter()
+        .map(|&(src, len, _)| src + len)
+        .max()
+        .unwrap_or(0);
+    let smax = starts.iter().copied().max().unwrap_or(0);
+    assert!(
+        runs.iter().all(|&(_, len, at)| at + len <= NR)
+            && (starts.is_empty() || smax + reach <= xp.len()),
+        "copy_panel: out of bounds"
+    );
+    // SAFETY: AVX-512 is present; reads stay below `smax + reach <= xp.len()`, writes inside
+    // the `starts.len()` rows of `NR` values (checked above).
+    unsafe { copy_rows(xp.as_ptr(), runs, width, starts, panel.as_mut_ptr()) }
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn copy_rows(
+    xp: *const f32,
+    runs: &[(usize, usize, usize)],
+    width: usize,
+    starts: &[usize],
+    out: *mut f32,
+) {
+    for (kk, &st) in starts.iter().enumerate() {
+        let row = out.add(kk * NR);
+        let mut z = width;
+        while z < NR {
+            _mm512_mask_storeu_ps(row.add(z), mask(NR - z), _mm512_setzero_ps());
+            z += 16;
+        }
+        for &(src, len, at) in runs {
+            let (from, to) = (xp.add(st + src), row.add(at));
+            let mut q = 0;
+            while q < len {
+                let m = mask(len - q);
+                _mm512_mask_storeu_ps(to.add(q), m, _mm512_maskz_loadu_ps(m, from.add(q)));
+                q += 16;
+            }
+        }
+    }
+}
+
+/// Lanes `0..n` of a 16-lane vector (all 16 when `n >= 16`).
+#[inline(always)]
+fn mask(n: usize) -> __mmask16 {
+    if n >= 16 {
+        0xffff
+    } else {
+        ((1u32 << n) - 1) as __mmask16
+    }
+}
+
+/// The 8 x 48 tile: `c[..mr, ..nr] (+)= apanel^T bpanel` over `kc`.
+#[target_feature(enable = "avx512f")]
+unsafe fn kernel(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: Strided<*mut f32>,
+    mr: usize,
+    nr: usize,
+    load_c: bool,
+) {
+    let mut acc = [[_mm512_setzero_ps(); 3]; MR];
+    let (mut a, mut b) = (a, b);
+    for _ in 0..kc {
+        let b0 = _mm512_loadu_ps(b);
+        let b1 = _mm512_loadu_ps(b.add(16));
+        let b2 = _mm512_loadu_ps(b.add(32));
+        for (r, row) in acc.iter_mut().enumerate() {
+            let av = _mm512_set1_ps(*a.add(r));
+            row[0] = _mm512_fmadd_ps(av, b0, row[0]);
+            row[1] = _mm512_fmadd_ps(av, b1, row[1]);
+            row[2] = _mm512_fmadd_ps(av, b2, row[2]);
+        }
+        a = a.add(MR);
+        b = b.add(NR);
+    }
+    if c.cs == 1 {
+        let masks = [
+            mask(nr),
+            mask(nr.saturating_sub(16)),
+            mask(nr.saturating_sub(32)),
+        ];
+        for (r, row) in acc.iter().enumerate().take(mr) {
+            let crow = c.ptr.offset(r as isize * c.rs);
+            for (j, (v, m)) in row.iter().zip(masks).enumerate() {
+                if m == 0 {
+                    continue;
+                }
+                let p = crow.add(16 * j);
+                let v = if load_c {
+                    _mm512_add_ps(*v, _mm512_maskz_loadu_ps(m, p))
+                } else {
+                    *v
+                };
+                _mm512_mask_storeu_ps(p, m, v);
+            }
+        }
+    } else {
+        let mut tile = [[0.0f32; NR]; MR];
+        for (t, row) in tile.iter_mut().zip(&acc) {
+            for (j, v) in row.iter().enumerate() {
+                _mm512_storeu_ps(t.as_mut_ptr().add(16 * j), *v);
+            }
+        }
+        for (r, t) in tile.iter().enumerate().take(mr) {
+            for (j, v) in t.iter().enumerate().take(nr) {
+                let p = c.ptr.offset(r as isize * c.rs + j as isize * c.cs);
+                *p = if load_c { *p + v } else { *v };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Against a plain triple loop, over ragged shapes, transposed operands and accumulate.
+    #[test]
+    fn matches_the_definition() {
+        if !available() {
+            eprintln!("SKIPPED: this CPU has no AVX-512");
+            return;
+        }
+        let shapes = [
+            (1, 1, 1),
+            (8, 5, 48),
+            (9, 3, 49),
+            (16, 25, 784),
+            (7, 300, 97),
+            (33, 257, 17),
+            (300, 40, 1600),
+            (2, 600, 3),
+        ];
+        for (si, &(m, k, n)) in shapes.iter().enumerate() {
+            for (ta, tb, tc, acc) in [
+                (false, false, false, false),
+                (true, false, false, true),
+                (false, true, false, false),
+                (true, true, true, true),
+            ] {
+                let val = |i: usize, s: f32| (i as f32 * 0.731 + s).sin() * 2.0;
+                let a: Vec<f32> = (0..m * k).map(|i| val(i, si as f32)).collect();
+                let b: Vec<f32> = (0..k * n).map(|i| val(i, 0.5)).collect();
+                let c0: Vec<f32> = (0..m * n).map(|i| val(i, 1.5)).collect();
+                // Element (i, j) of a row-major [r, c] buffer, or of its transpose.
+                let st = |t: bool, rows: usize, cols: usize| -> (isize, isize) {
+                    if t {
+                        (1, rows as isize)
+                    } else {
+                        (cols as isize, 1)
+                    }
+                };
+                let (ars, acs) = st(ta, m, k);
+                let (brs, bcs) = st(tb, k, n);
+                let (crs, ccs) = st(tc, m, n);
+                let mut c = c0.clone();
+                unsafe {
+                    sgemm(
+                        m,
+                        k,
+                        n,
+                        Strided {
+                            ptr: a.as_ptr(),
+                            rs: ars,
+                            cs: acs,
+                        },
+                        Strided {
+                            ptr: b.as_ptr(),
+                            rs: brs,
+                            cs: bcs,
+                        },
+                        Strided {
+                            ptr: c.as_mut_ptr(),
+                            rs: crs,
+                            cs: ccs,
+                        },
+                        acc,
+                    );
+                }
+                for i in 0..m {
+                    for j in 0..n {
+                        let mut want = 0.0f64;
+                        for p in 0..k {
+                            let av = a[(i as isize * ars + p as isize * acs) as usize];
+                            let bv = b[(p as isize * brs + j as isize * bcs) as usize];
+                            want += av as f64 * bv as f64;
+                        }
+                        let at = (i as isize * crs + j as isize * ccs) as usize;
+                        if acc {
+                            want += c0[at] as f64;
+                        }
+                        let got = c[at] as f64;
+                        assert!(
+                            (got - want).abs() <= 1e-4 * (k as f64).sqrt() * want.abs().max(1.0),
+                            "m{m} k{k} n{n} ta{ta} tb{tb} tc{tc} acc{acc} at ({i},{j}): {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
