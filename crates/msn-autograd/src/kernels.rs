@@ -579,6 +579,14 @@ fn with_padded<R>(x: &[f32], g: &ConvGeom, f: impl FnOnce(&[f32]) -> R) -> R {
     })
 }
 
+/// Whether [`conv_gemm`] and [`conv_weight_gemm`] run on this CPU (x86-64 with AVX-512).
+pub fn fused_conv_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return crate::sgemm_avx512::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// `out (+)= w im2col(x)` for one image group (`w`: `[b, rows]`, `out`: `[b, cols]`
 /// row-major) on the AVX-512 sgemm, im2col fused into its packing. `false` (nothing done)
 /// when the CPU has no AVX-512.

@@ -86,6 +86,10 @@ struct Lowered {
     b: usize,
     /// `[groups * b, a * kh * kw]`.
     wm: Array2<f32>,
+    /// For a stride-1 `K`: `K^T` as a convolution of B images (the weight flipped in space,
+    /// its channel axes swapped: `[groups * a, b * kh * kw]`), so the adjoint runs on the
+    /// fused im2col sgemm instead of a matrix product followed by col2im.
+    flipped: Option<(ConvGeom, Array2<f32>)>,
 }
 
 impl Lowered {
@@ -94,13 +98,48 @@ impl Lowered {
     fn new(geom: ConvGeom, w: &Var, b: usize, groups: usize) -> Self {
         let wm = weight_matrix(&w.value());
         let a = geom.c;
+        let flipped = Self::flip(&geom, &wm, b, groups);
         Lowered {
             geom,
             groups,
             a,
             b,
             wm,
+            flipped,
         }
+    }
+
+    /// The adjoint of a stride-1 convolution as a convolution: `dx[c, y, x] = sum over
+    /// (o, i, j) of w[o, c, i, j] dy[o, y + p - i d, x + p - j d]`, a convolution of `dy`
+    /// with padding `d (k - 1) - p` and the weight `w'[c, o, k-1-i, k-1-j]`. `None` where
+    /// that padding would be negative, for strided convolutions, and when the fused kernels
+    /// are not available.
+    fn flip(
+        geom: &ConvGeom,
+        wm: &Array2<f32>,
+        b: usize,
+        groups: usize,
+    ) -> Option<(ConvGeom, Array2<f32>)> {
+        let g = geom;
+        let pad = |a: usize, k: usize| (g.dilation[a] * (k - 1)).checked_sub(g.padding[a]);
+        if g.stride != [1, 1] || !crate::kernels::fused_conv_available() {
+            return None;
+        }
+        let (ph, pw) = (pad(0, g.kh)?, pad(1, g.kw)?);
+        let fg = ConvGeom::new(b, (g.oh, g.ow), (g.kh, g.kw), [1, 1], [ph, pw], g.dilation);
+        debug_assert_eq!((fg.oh, fg.ow), (g.h, g.w));
+        let (a, taps) = (g.c, g.kh * g.kw);
+        let mut f = Array2::<f32>::zeros((groups * a, b * taps));
+        for gi in 0..groups {
+            for c in 0..a {
+                for o in 0..b {
+                    for t in 0..taps {
+                        f[[gi * a + c, o * taps + taps - 1 - t]] = wm[[gi * b + o, c * taps + t]];
+                    }
+                }
+            }
+        }
+        Some((fg, f))
     }
 
     fn a_size(&self) -> usize {
@@ -168,6 +207,15 @@ impl Lowered {
             self.geom.cols(),
             self.a * self.geom.plane(),
         );
+        if let Some((fg, fw)) = &self.flipped {
+            for g in 0..self.groups {
+                let src = &b_img[g * self.b * l..(g + 1) * self.b * l];
+                let w = fw.slice(s![g * self.a..(g + 1) * self.a, ..]);
+                let out = &mut a_img[g * size..(g + 1) * size];
+                assert!(conv_gemm(src, fg, w, out, true), "fused kernels present");
+            }
+            return;
+        }
         let col = self.col(col);
         for g in 0..self.groups {
             let (w, bg) = (self.w(g).reversed_axes(), self.b_group(b_img, g));
@@ -444,5 +492,88 @@ mod tests {
         );
         let want: f32 = (0..4).map(|c| x[[2, c, 1, 4]] * w[[c, 1, 0, 0]]).sum();
         assert!((y.value()[[2, 1, 1, 4]] - want).abs() < 1e-6);
+    }
+
+    /// Forward, input gradient and weight gradient against the definition, summed in f64, on
+    /// shapes large enough for every blocking edge of the kernels: more taps than one k
+    /// block, output channels not a multiple of the register tile, pixels over several
+    /// panels; stride 1 (whose input gradient is itself a convolution), stride 2, dilation
+    /// and groups.
+    #[test]
+    fn large_convolutions_match_the_definition() {
+        for (n, c, h, o, k, opts) in [
+            (2, 40, 13, 50, 3, ConvOptions::default().padding(1)),
+            (
+                2,
+                20,
+                12,
+                20,
+                4,
+                ConvOptions::default().padding(2).stride(2),
+            ),
+            (
+                1,
+                24,
+                11,
+                18,
+                3,
+                ConvOptions::default().padding(3).dilation(2).groups(2),
+            ),
+            (3, 8, 30, 33, 5, ConvOptions::default().padding(2)),
+        ] {
+            let g = opts.groups;
+            let x = spread(&[n, c, h, h + 1], -1.0, 1.0, 21);
+            let w = spread(&[o, c / g, k, k], -0.5, 0.5, 22);
+            let (xv, wv) = (Var::parameter(x.clone()), Var::parameter(w.clone()));
+            let y = xv.conv2d(&wv, opts);
+            let ys = y.shape();
+            let gy = spread(&ys, -1.0, 1.0, 23);
+            y.mul(&Var::constant(gy.clone())).sum().backward();
+            let (s, p, d) = (opts.stride[0], opts.padding[0] as isize, opts.dilation[0]);
+            let mut want_y = ndarray::ArrayD::<f64>::zeros(ys.clone());
+            let mut want_dx = ndarray::ArrayD::<f64>::zeros(x.raw_dim());
+            let mut want_dw = ndarray::ArrayD::<f64>::zeros(w.raw_dim());
+            let (cg, og) = (c / g, o / g);
+            for ni in 0..n {
+                for oc in 0..o {
+                    for oy in 0..ys[2] {
+                        for ox in 0..ys[3] {
+                            let mut acc = 0.0f64;
+                            for ci in 0..cg {
+                                let xc = (oc / og) * cg + ci;
+                                for i in 0..k {
+                                    for j in 0..k {
+                                        let yy = (oy * s + i * d) as isize - p;
+                                        let xx = (ox * s + j * d) as isize - p;
+                                        if yy < 0 || xx < 0 || yy >= h as isize || xx > h as isize {
+                                            continue;
+                                        }
+                                        let xi = [ni, xc, yy as usize, xx as usize];
+                                        let wi = [oc, ci, i, j];
+                                        let gyv = gy[[ni, oc, oy, ox]] as f64;
+                                        acc += x[xi] as f64 * w[wi] as f64;
+                                        want_dx[xi] += gyv * w[wi] as f64;
+                                        want_dw[wi] += gyv * x[xi] as f64;
+                                    }
+                                }
+                            }
+                            want_y[[ni, oc, oy, ox]] = acc;
+                        }
+                    }
+                }
+            }
+            let close = |name: &str, got: &Array, want: &ndarray::ArrayD<f64>| {
+                let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+                for (a, b) in got.iter().zip(want) {
+                    assert!(
+                        (*a as f64 - b).abs() <= 1e-5 * scale,
+                        "{name} (c {c}, o {o}, k {k}, {opts:?}): {a} vs {b}"
+                    );
+                }
+            };
+            close("y", &y.value(), &want_y);
+            close("dx", &xv.grad().expect("dx"), &want_dx);
+            close("dw", &wv.grad().expect("dw"), &want_dw);
+        }
     }
 }
