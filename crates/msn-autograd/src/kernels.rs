@@ -68,8 +68,8 @@ pub fn gemm_avx512(c: &mut ArrayViewMut2<f32>, a: ArrayView2<f32>, b: ArrayView2
     let Some((m, k, n)) = gemm_dims(c, &a, &b) else {
         return;
     };
-    let (cs, as_, bs) = (c.strides(), a.strides(), b.strides());
-    let (cs, as_, bs) = ([cs[0], cs[1]], [as_[0], as_[1]], [bs[0], bs[1]]);
+    let (cs, bs) = (c.strides(), b.strides());
+    let (cs, bs) = ([cs[0], cs[1]], [bs[0], bs[1]]);
     // SAFETY: AVX-512 is present (checked above); the pointers and strides come from live
     // ndarray views of the stated shapes, and `c` is borrowed mutably so it cannot alias.
     unsafe {
@@ -77,11 +77,7 @@ pub fn gemm_avx512(c: &mut ArrayViewMut2<f32>, a: ArrayView2<f32>, b: ArrayView2
             m,
             k,
             n,
-            Strided {
-                ptr: a.as_ptr(),
-                rs: as_[0],
-                cs: as_[1],
-            },
+            a,
             Strided {
                 ptr: b.as_ptr(),
                 rs: bs[0],
@@ -587,38 +583,49 @@ pub fn fused_conv_available() -> bool {
     false
 }
 
+/// A convolution's weight matrix (`[b, rows]`) packed once for [`conv_gemm`] and used for
+/// every image.
+pub struct PackedWeight {
+    #[cfg(target_arch = "x86_64")]
+    a: crate::sgemm_avx512::PackedA,
+    #[cfg(not(target_arch = "x86_64"))]
+    never: std::convert::Infallible,
+}
+
+impl PackedWeight {
+    /// `None` where the fused kernels do not run ([`fused_conv_available`]).
+    pub fn new(w: ArrayView2<f32>) -> Option<Self> {
+        #[cfg(target_arch = "x86_64")]
+        if crate::sgemm_avx512::available() {
+            return Some(PackedWeight {
+                a: crate::sgemm_avx512::PackedA::new(w),
+            });
+        }
+        let _ = w;
+        None
+    }
+}
+
 /// `out (+)= w im2col(x)` for one image group (`w`: `[b, rows]`, `out`: `[b, cols]`
-/// row-major) on the AVX-512 sgemm, im2col fused into its packing. `false` (nothing done)
-/// when the CPU has no AVX-512.
-pub fn conv_gemm(x: &[f32], g: &ConvGeom, w: ArrayView2<f32>, out: &mut [f32], acc: bool) -> bool {
+/// row-major) on the AVX-512 sgemm, im2col fused into its packing.
+pub fn conv_gemm(x: &[f32], g: &ConvGeom, w: &PackedWeight, out: &mut [f32], acc: bool) {
     #[cfg(target_arch = "x86_64")]
     {
-        use crate::sgemm_avx512::{available, sgemm_packed, Strided};
-        if !available() {
-            return false;
-        }
-        let (m, k, n) = (w.nrows(), g.rows(), g.cols());
-        assert_eq!(w.ncols(), k, "conv_gemm: weight columns");
-        assert!(out.len() >= m * n, "conv_gemm: output size");
-        let ws = w.strides();
+        use crate::sgemm_avx512::{sgemm_packed, Strided};
+        let n = g.cols();
+        assert!(out.len() >= w.a.rows() * n, "conv_gemm: output size");
         with_padded(x, g, |xp| {
             let b = Im2colB {
                 xp,
                 g,
                 transposed: false,
             };
-            // SAFETY: AVX-512 is present; `w` is a live view of its shape, `out` holds
-            // `m * n` values and is borrowed mutably, so it overlaps neither `w` nor the image.
+            // SAFETY: a `PackedWeight` exists only where AVX-512 is present; `out` holds
+            // `rows * n` values and is borrowed mutably, so it does not overlap the image.
             unsafe {
                 sgemm_packed(
-                    m,
-                    k,
                     n,
-                    Strided {
-                        ptr: w.as_ptr(),
-                        rs: ws[0],
-                        cs: ws[1],
-                    },
+                    &w.a,
                     &b,
                     Strided {
                         ptr: out.as_mut_ptr(),
@@ -629,12 +636,11 @@ pub fn conv_gemm(x: &[f32], g: &ConvGeom, w: ArrayView2<f32>, out: &mut [f32], a
                 );
             }
         });
-        true
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (x, g, w, out, acc);
-        false
+        let _ = (x, g, out, acc);
+        match w.never {}
     }
 }
 
@@ -644,31 +650,25 @@ pub fn conv_gemm(x: &[f32], g: &ConvGeom, w: ArrayView2<f32>, out: &mut [f32], a
 pub fn conv_weight_gemm(x: &[f32], g: &ConvGeom, gy: ArrayView2<f32>, dw: &mut [f32]) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        use crate::sgemm_avx512::{available, sgemm_packed, Strided};
+        use crate::sgemm_avx512::{available, sgemm_packed, PackedA, Strided};
         if !available() {
             return false;
         }
         let (m, k, n) = (gy.nrows(), g.cols(), g.rows());
         assert_eq!(gy.ncols(), k, "conv_weight_gemm: gradient columns");
         assert!(dw.len() >= m * n, "conv_weight_gemm: weight size");
-        let gs = gy.strides();
+        let a = PackedA::new(gy);
         with_padded(x, g, |xp| {
             let b = Im2colB {
                 xp,
                 g,
                 transposed: true,
             };
-            // SAFETY: as in `conv_gemm`.
+            // SAFETY: AVX-512 is present; `dw` holds `m * n` values and is borrowed mutably.
             unsafe {
                 sgemm_packed(
-                    m,
-                    k,
                     n,
-                    Strided {
-                        ptr: gy.as_ptr(),
-                        rs: gs[0],
-                        cs: gs[1],
-                    },
+                    &a,
                     &b,
                     Strided {
                         ptr: dw.as_mut_ptr(),

@@ -16,7 +16,6 @@ const MR: usize = 8;
 /// Columns of a packed B panel: [`PackB::pack`] writes panels of this width.
 pub const NR: usize = 48;
 const KC: usize = 256;
-const MC: usize = 256;
 const NC: usize = 1536;
 
 /// Whether this CPU runs the AVX-512 kernels (checked once).
@@ -26,8 +25,8 @@ pub fn available() -> bool {
 }
 
 thread_local! {
-    /// Per-thread packing buffers: (A block, B block).
-    static PACK: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// Per-thread packing buffer of a B block.
+    static PACK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// A strided matrix operand: element `(i, j)` is at `ptr + i * rs + j * cs`.
@@ -58,6 +57,37 @@ impl PackB for StridedB {
     }
 }
 
+/// An A operand (`[m, k]`) packed once as `MR`-row panels, `MR` values per k (zero rows
+/// past `m`): a convolution's weight is packed once and used for every image.
+pub struct PackedA {
+    data: Vec<f32>,
+    m: usize,
+    k: usize,
+}
+
+impl PackedA {
+    /// Packs `a`.
+    pub fn new(a: ndarray::ArrayView2<f32>) -> Self {
+        let (m, k) = a.dim();
+        let mut data = vec![0.0f32; m.next_multiple_of(MR) * k];
+        if k > 0 {
+            for (p, panel) in data.chunks_exact_mut(MR * k).enumerate() {
+                for r in 0..MR.min(m - p * MR) {
+                    for (kk, v) in a.row(p * MR + r).iter().enumerate() {
+                        panel[kk * MR + r] = *v;
+                    }
+                }
+            }
+        }
+        PackedA { data, m, k }
+    }
+
+    /// Rows.
+    pub fn rows(&self) -> usize {
+        self.m
+    }
+}
+
 /// `c = a b` (or `c += a b` when `accumulate`) for `a: [m, k]`, `b: [k, n]`, `c: [m, n]`.
 ///
 /// # Safety
@@ -68,28 +98,29 @@ pub unsafe fn sgemm(
     m: usize,
     k: usize,
     n: usize,
-    a: Strided<*const f32>,
+    a: ndarray::ArrayView2<f32>,
     b: Strided<*const f32>,
     c: Strided<*mut f32>,
     accumulate: bool,
 ) {
-    sgemm_packed(m, k, n, a, &StridedB(b), c, accumulate)
+    debug_assert_eq!(a.dim(), (m, k));
+    sgemm_packed(n, &PackedA::new(a), &StridedB(b), c, accumulate)
 }
 
-/// [`sgemm`] with a B that packs itself (`b: [k, n]`).
+/// `c = a b` (or `c += a b` when `accumulate`) with a packed A (`[m, k]`) and a B
+/// (`[k, n]`) that packs itself.
 ///
 /// # Safety
-/// As [`sgemm`] for `a` and `c`; `c` must not overlap what `b` reads.
-#[allow(clippy::too_many_arguments)]
+/// [`available`] must be true; `c` must address a live `[a.rows(), n]` matrix with its
+/// strides and must not overlap what `b` reads.
 pub unsafe fn sgemm_packed(
-    m: usize,
-    k: usize,
     n: usize,
-    a: Strided<*const f32>,
+    a: &PackedA,
     b: &impl PackB,
     c: Strided<*mut f32>,
     accumulate: bool,
 ) {
+    let (m, k) = (a.m, a.k);
     if m == 0 || n == 0 {
         return;
     }
@@ -103,10 +134,8 @@ pub unsafe fn sgemm_packed(
         }
         return;
     }
-    PACK.with(|bufs| {
-        let mut bufs = bufs.borrow_mut();
-        let (ap, bp) = &mut *bufs;
-        ap.resize(MC.min(m.next_multiple_of(MR)) * KC.min(k), 0.0);
+    PACK.with(|bp| {
+        let mut bp = bp.borrow_mut();
         bp.resize(NC.min(n.next_multiple_of(NR)) * KC.min(k), 0.0);
         for jc in (0..n).step_by(NC) {
             let nc = NC.min(n - jc);
@@ -115,76 +144,26 @@ pub unsafe fn sgemm_packed(
                 let bp = &mut bp[..nc.next_multiple_of(NR) * kc];
                 b.pack(pc, kc, jc, nc, bp);
                 let load_c = accumulate || pc > 0;
-                for ic in (0..m).step_by(MC) {
-                    let mc = MC.min(m - ic);
-                    pack_a(a, ic, mc, pc, kc, ap);
-                    for ir in (0..mc).step_by(MR) {
-                        let mr = MR.min(mc - ir);
-                        let apanel = ap.as_ptr().add(ir * kc);
-                        for jr in (0..nc).step_by(NR) {
-                            let nr = NR.min(nc - jr);
-                            let cptr = c
-                                .ptr
-                                .offset((ic + ir) as isize * c.rs + (jc + jr) as isize * c.cs);
-                            kernel(
-                                kc,
-                                apanel,
-                                bp.as_ptr().add(jr * kc),
-                                Strided { ptr: cptr, ..c },
-                                mr,
-                                nr,
-                                load_c,
-                            );
-                        }
+                for ir in (0..m).step_by(MR) {
+                    let mr = MR.min(m - ir);
+                    let apanel = a.data.as_ptr().add(ir * k + pc * MR);
+                    for jr in (0..nc).step_by(NR) {
+                        let nr = NR.min(nc - jr);
+                        let cptr = c.ptr.offset(ir as isize * c.rs + (jc + jr) as isize * c.cs);
+                        kernel(
+                            kc,
+                            apanel,
+                            bp.as_ptr().add(jr * kc),
+                            Strided { ptr: cptr, ..c },
+                            mr,
+                            nr,
+                            load_c,
+                        );
                     }
                 }
             }
         }
     });
-}
-
-/// Packs `a[ic..ic+mc, pc..pc+kc]` as `MR`-row panels, `MR` values per k, zero-padded.
-unsafe fn pack_a(
-    a: Strided<*const f32>,
-    ic: usize,
-    mc: usize,
-    pc: usize,
-    kc: usize,
-    ap: &mut [f32],
-) {
-    for (p, ir) in (0..mc).step_by(MR).enumerate() {
-        let mr = MR.min(mc - ir);
-        let panel = &mut ap[p * MR * kc..(p + 1) * MR * kc];
-        let row = |r: usize| {
-            a.ptr
-                .offset((ic + ir + r) as isize * a.rs + pc as isize * a.cs)
-        };
-        if a.cs == 1 {
-            // Row-major A: read each row once, contiguously.
-            for r in 0..MR {
-                if r < mr {
-                    let src = std::slice::from_raw_parts(row(r), kc);
-                    for (kk, v) in src.iter().enumerate() {
-                        panel[kk * MR + r] = *v;
-                    }
-                } else {
-                    for kk in 0..kc {
-                        panel[kk * MR + r] = 0.0;
-                    }
-                }
-            }
-        } else {
-            for kk in 0..kc {
-                for r in 0..MR {
-                    panel[kk * MR + r] = if r < mr {
-                        *row(r).offset(kk as isize * a.cs)
-                    } else {
-                        0.0
-                    };
-                }
-            }
-        }
-    }
 }
 
 /// Packs `b[pc..pc+kc, jc..jc+nc]` as `NR`-column panels, `NR` values per k, zero-padded.
@@ -444,16 +423,14 @@ mod tests {
                 let (brs, bcs) = st(tb, k, n);
                 let (crs, ccs) = st(tc, m, n);
                 let mut c = c0.clone();
+                let shape = ndarray::ShapeBuilder::strides((m, k), (ars as usize, acs as usize));
+                let av = ndarray::ArrayView2::from_shape(shape, &a).unwrap();
                 unsafe {
                     sgemm(
                         m,
                         k,
                         n,
-                        Strided {
-                            ptr: a.as_ptr(),
-                            rs: ars,
-                            cs: acs,
-                        },
+                        av,
                         Strided {
                             ptr: b.as_ptr(),
                             rs: brs,

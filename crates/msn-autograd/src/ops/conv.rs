@@ -4,6 +4,7 @@
 
 use crate::kernels::{
     col2im, conv_gemm, conv_weight_gemm, gemm_seq, im2col, par_images, view2, view2_mut, ConvGeom,
+    PackedWeight,
 };
 use crate::{Array, Var};
 use ndarray::{s, Array2, ArrayView2, Dimension, IxDyn};
@@ -89,7 +90,9 @@ struct Lowered {
     /// For a stride-1 `K`: `K^T` as a convolution of B images (the weight flipped in space,
     /// its channel axes swapped: `[groups * a, b * kh * kw]`), so the adjoint runs on the
     /// fused im2col sgemm instead of a matrix product followed by col2im.
-    flipped: Option<(ConvGeom, Array2<f32>)>,
+    flipped: Option<(ConvGeom, Vec<PackedWeight>)>,
+    /// `wm`'s groups packed for the fused kernels, where they run.
+    packed: Option<Vec<PackedWeight>>,
 }
 
 impl Lowered {
@@ -99,6 +102,9 @@ impl Lowered {
         let wm = weight_matrix(&w.value());
         let a = geom.c;
         let flipped = Self::flip(&geom, &wm, b, groups);
+        let packed = (0..groups)
+            .map(|g| PackedWeight::new(wm.slice(s![g * b..(g + 1) * b, ..])))
+            .collect();
         Lowered {
             geom,
             groups,
@@ -106,6 +112,7 @@ impl Lowered {
             b,
             wm,
             flipped,
+            packed,
         }
     }
 
@@ -119,7 +126,7 @@ impl Lowered {
         wm: &Array2<f32>,
         b: usize,
         groups: usize,
-    ) -> Option<(ConvGeom, Array2<f32>)> {
+    ) -> Option<(ConvGeom, Vec<PackedWeight>)> {
         let g = geom;
         let pad = |a: usize, k: usize| (g.dilation[a] * (k - 1)).checked_sub(g.padding[a]);
         if g.stride != [1, 1] || !crate::kernels::fused_conv_available() {
@@ -139,7 +146,10 @@ impl Lowered {
                 }
             }
         }
-        Some((fg, f))
+        let packed = (0..groups)
+            .map(|gi| PackedWeight::new(f.slice(s![gi * a..(gi + 1) * a, ..])))
+            .collect::<Option<_>>()?;
+        Some((fg, packed))
     }
 
     fn a_size(&self) -> usize {
@@ -188,7 +198,8 @@ impl Lowered {
         for g in 0..self.groups {
             let out = &mut b_img[g * self.b * l..(g + 1) * self.b * l];
             let src = &a_img[g * size..(g + 1) * size];
-            if conv_gemm(src, &self.geom, self.w(g), out, false) {
+            if let Some(packed) = &self.packed {
+                conv_gemm(src, &self.geom, &packed[g], out, false);
                 continue;
             }
             gemm_seq(
@@ -210,9 +221,8 @@ impl Lowered {
         if let Some((fg, fw)) = &self.flipped {
             for g in 0..self.groups {
                 let src = &b_img[g * self.b * l..(g + 1) * self.b * l];
-                let w = fw.slice(s![g * self.a..(g + 1) * self.a, ..]);
                 let out = &mut a_img[g * size..(g + 1) * size];
-                assert!(conv_gemm(src, fg, w, out, true), "fused kernels present");
+                conv_gemm(src, fg, &fw[g], out, true);
             }
             return;
         }
