@@ -491,7 +491,8 @@ pub fn col2im(col: &[f32], geom: &ConvGeom, dx: &mut [f32]) {
 /// convolutions pack their panels from the image and never write the column matrix.
 #[cfg(target_arch = "x86_64")]
 struct Im2colB<'a> {
-    /// The padded `[c, hp, wp]` image group.
+    /// The padded `[c, hp, wp]` image groups, back to back: columns run over (image, output
+    /// pixel), so small images are multiplied several at a time.
     xp: &'a [f32],
     g: &'a ConvGeom,
     transposed: bool,
@@ -508,17 +509,24 @@ impl Im2colB<'_> {
         (c * hp + i * g.dilation[0]) * wp + j * g.dilation[1]
     }
 
-    /// Output pixels `l0..l1` as runs within output rows: `(source offset of the run's first
-    /// pixel relative to a tap, run length, position of the run's first pixel - l0)`.
+    /// Columns `l0..l1` (image `l / cols`, its output pixel `l % cols`) as runs within
+    /// output rows: `(source offset of the run's first pixel relative to a tap, run length,
+    /// position of the run's first pixel - l0)`.
     fn runs(&self, l0: usize, l1: usize) -> Vec<(usize, usize, usize)> {
         let g = self.g;
-        let wp = g.padded().1;
+        let (hp, wp) = g.padded();
+        let (cols, image) = (g.cols(), g.c * hp * wp);
         let mut runs = Vec::with_capacity((l1 - l0) / g.ow.max(1) + 2);
         let mut l = l0;
         while l < l1 {
-            let (oy, ox) = (l / g.ow, l % g.ow);
+            let (im, px) = (l / cols, l % cols);
+            let (oy, ox) = (px / g.ow, px % g.ow);
             let len = (g.ow - ox).min(l1 - l);
-            runs.push((oy * g.stride[0] * wp + ox * g.stride[1], len, l - l0));
+            runs.push((
+                im * image + oy * g.stride[0] * wp + ox * g.stride[1],
+                len,
+                l - l0,
+            ));
             l += len;
         }
         runs
@@ -564,13 +572,28 @@ impl crate::sgemm_avx512::PackB for Im2colB<'_> {
 /// Runs `f` with one image group (`x`: `[c, h, w]`) zero-padded as the geometry says (the
 /// image itself when there is no padding).
 #[cfg(target_arch = "x86_64")]
-fn with_padded<R>(x: &[f32], g: &ConvGeom, f: impl FnOnce(&[f32]) -> R) -> R {
-    if g.padding == [0, 0] {
-        return f(&x[..g.c * g.plane()]);
+fn with_padded<R>(xs: &[&[f32]], g: &ConvGeom, f: impl FnOnce(&[f32]) -> R) -> R {
+    if g.padding == [0, 0] && xs.len() == 1 {
+        return f(&xs[0][..g.c * g.plane()]);
     }
     PADDED.with(|buf| {
         let mut buf = buf.borrow_mut();
-        pad_into(x, g, &mut buf);
+        if xs.len() == 1 {
+            pad_into(xs[0], g, &mut buf);
+        } else {
+            let (hp, wp) = g.padded();
+            let image = g.c * hp * wp;
+            let mut one = Vec::new();
+            buf.clear();
+            for x in xs {
+                if g.padding == [0, 0] {
+                    buf.extend_from_slice(&x[..image]);
+                } else {
+                    pad_into(x, g, &mut one);
+                    buf.extend_from_slice(&one);
+                }
+            }
+        }
         f(&buf)
     })
 }
@@ -606,15 +629,16 @@ impl PackedWeight {
     }
 }
 
-/// `out (+)= w im2col(x)` for one image group (`w`: `[b, rows]`, `out`: `[b, cols]`
-/// row-major) on the AVX-512 sgemm, im2col fused into its packing.
-pub fn conv_gemm(x: &[f32], g: &ConvGeom, w: &PackedWeight, out: &mut [f32], acc: bool) {
+/// `out (+)= w [im2col(x_0) .. im2col(x_n)]` for image groups `xs` (`w`: `[b, rows]`,
+/// `out`: `[b, xs.len() * cols]` row-major) on the AVX-512 sgemm, im2col fused into its
+/// packing.
+pub fn conv_gemm(xs: &[&[f32]], g: &ConvGeom, w: &PackedWeight, out: &mut [f32], acc: bool) {
     #[cfg(target_arch = "x86_64")]
     {
         use crate::sgemm_avx512::{sgemm_packed, Strided};
-        let n = g.cols();
+        let n = g.cols() * xs.len();
         assert!(out.len() >= w.a.rows() * n, "conv_gemm: output size");
-        with_padded(x, g, |xp| {
+        with_padded(xs, g, |xp| {
             let b = Im2colB {
                 xp,
                 g,
@@ -639,26 +663,26 @@ pub fn conv_gemm(x: &[f32], g: &ConvGeom, w: &PackedWeight, out: &mut [f32], acc
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (x, g, out, acc);
+        let _ = (xs, g, out, acc);
         match w.never {}
     }
 }
 
-/// `dw += gy im2col(x)^T` for one image group (`gy`: `[b, cols]`, `dw`: `[b, rows]`
-/// row-major), im2col fused into the packing as in [`conv_gemm`]. `false` (nothing done)
-/// when the CPU has no AVX-512.
-pub fn conv_weight_gemm(x: &[f32], g: &ConvGeom, gy: ArrayView2<f32>, dw: &mut [f32]) -> bool {
+/// `dw += gy [im2col(x_0) .. im2col(x_n)]^T` for image groups `xs` (`gy`:
+/// `[b, xs.len() * cols]`, `dw`: `[b, rows]` row-major), im2col fused into the packing as
+/// in [`conv_gemm`]. `false` (nothing done) when the CPU has no AVX-512.
+pub fn conv_weight_gemm(xs: &[&[f32]], g: &ConvGeom, gy: ArrayView2<f32>, dw: &mut [f32]) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         use crate::sgemm_avx512::{available, sgemm_packed, PackedA, Strided};
         if !available() {
             return false;
         }
-        let (m, k, n) = (gy.nrows(), g.cols(), g.rows());
+        let (m, k, n) = (gy.nrows(), g.cols() * xs.len(), g.rows());
         assert_eq!(gy.ncols(), k, "conv_weight_gemm: gradient columns");
         assert!(dw.len() >= m * n, "conv_weight_gemm: weight size");
         let a = PackedA::new(gy);
-        with_padded(x, g, |xp| {
+        with_padded(xs, g, |xp| {
             let b = Im2colB {
                 xp,
                 g,
@@ -683,7 +707,7 @@ pub fn conv_weight_gemm(x: &[f32], g: &ConvGeom, gy: ArrayView2<f32>, dw: &mut [
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (x, g, gy, dw);
+        let _ = (xs, g, gy, dw);
         false
     }
 }

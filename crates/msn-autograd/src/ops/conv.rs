@@ -8,6 +8,7 @@ use crate::kernels::{
 };
 use crate::{Array, Var};
 use ndarray::{s, Array2, ArrayView2, Dimension, IxDyn};
+use std::ops::Range;
 
 /// Stride, padding and dilation (height, width) and the group count of a convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,96 +193,195 @@ impl Lowered {
         view2(col, rows, l)
     }
 
-    /// `b = K a` for one image.
-    fn forward(&self, a_img: &[f32], b_img: &mut [f32], col: &mut Vec<f32>) {
-        let (l, size) = (self.geom.cols(), self.a * self.geom.plane());
-        for g in 0..self.groups {
-            let out = &mut b_img[g * self.b * l..(g + 1) * self.b * l];
-            let src = &a_img[g * size..(g + 1) * size];
-            if let Some(packed) = &self.packed {
-                conv_gemm(src, &self.geom, &packed[g], out, false);
-                continue;
-            }
-            gemm_seq(
-                &mut view2_mut(out, self.b, l),
-                self.w(g),
-                self.columns(a_img, g, self.col(col)),
-                false,
-            );
+    /// How many images the fused kernels multiply at once: enough for about 256 columns,
+    /// since the small images of late layers fill the 48-column register tile badly alone.
+    fn batch(&self) -> usize {
+        match self.packed {
+            Some(_) => (256 / self.geom.cols().max(1)).clamp(1, 32),
+            None => 1,
         }
     }
 
-    /// `a += K^T b` for one image.
-    fn adjoint(&self, b_img: &[f32], a_img: &mut [f32], col: &mut Vec<f32>) {
+    /// `b = K a` for `count` images (`a_imgs`, `b_imgs`: back to back).
+    fn forward(&self, a_imgs: &[f32], count: usize, b_imgs: &mut [f32], col: &mut Vec<f32>) {
+        let (l, size) = (self.geom.cols(), self.a * self.geom.plane());
+        let (a_size, b_size) = (a_imgs.len() / count, b_imgs.len() / count);
+        if let Some(packed) = &self.packed {
+            for (g, w) in packed.iter().enumerate() {
+                let srcs = groups_of(a_imgs, count, g * size, size);
+                through_groups(b_imgs, count, g, self.b, l, false, |out, acc| {
+                    conv_gemm(&srcs, &self.geom, w, out, acc)
+                });
+            }
+            return;
+        }
+        for i in 0..count {
+            let a_img = &a_imgs[i * a_size..(i + 1) * a_size];
+            let b_img = &mut b_imgs[i * b_size..(i + 1) * b_size];
+            for g in 0..self.groups {
+                let out = &mut b_img[g * self.b * l..(g + 1) * self.b * l];
+                gemm_seq(
+                    &mut view2_mut(out, self.b, l),
+                    self.w(g),
+                    self.columns(a_img, g, self.col(col)),
+                    false,
+                );
+            }
+        }
+    }
+
+    /// `a += K^T b` for `count` images.
+    fn adjoint(&self, b_imgs: &[f32], count: usize, a_imgs: &mut [f32], col: &mut Vec<f32>) {
         let (rows, l, size) = (
             self.geom.rows(),
             self.geom.cols(),
             self.a * self.geom.plane(),
         );
         if let Some((fg, fw)) = &self.flipped {
-            for g in 0..self.groups {
-                let src = &b_img[g * self.b * l..(g + 1) * self.b * l];
-                let out = &mut a_img[g * size..(g + 1) * size];
-                conv_gemm(src, fg, &fw[g], out, true);
+            for (g, w) in fw.iter().enumerate() {
+                let srcs = groups_of(b_imgs, count, g * self.b * l, self.b * l);
+                through_groups(a_imgs, count, g, self.a, fg.cols(), true, |out, acc| {
+                    conv_gemm(&srcs, fg, w, out, acc)
+                });
             }
             return;
         }
+        let (a_size, b_size) = (a_imgs.len() / count, b_imgs.len() / count);
         let col = self.col(col);
-        for g in 0..self.groups {
-            let (w, bg) = (self.w(g).reversed_axes(), self.b_group(b_img, g));
-            let out = &mut a_img[g * size..(g + 1) * size];
-            if self.geom.pointwise() {
-                gemm_seq(&mut view2_mut(out, rows, l), w, bg, false);
-            } else {
-                gemm_seq(&mut view2_mut(col, rows, l), w, bg, false);
-                col2im(col, &self.geom, out);
+        for i in 0..count {
+            let b_img = &b_imgs[i * b_size..(i + 1) * b_size];
+            let a_img = &mut a_imgs[i * a_size..(i + 1) * a_size];
+            for g in 0..self.groups {
+                let (w, bg) = (self.w(g).reversed_axes(), self.b_group(b_img, g));
+                let out = &mut a_img[g * size..(g + 1) * size];
+                if self.geom.pointwise() {
+                    gemm_seq(&mut view2_mut(out, rows, l), w, bg, false);
+                } else {
+                    gemm_seq(&mut view2_mut(col, rows, l), w, bg, false);
+                    col2im(col, &self.geom, out);
+                }
             }
         }
     }
 
-    /// `dW += b im2col(a)^T` for one image.
-    fn weight_grad(&self, a_img: &[f32], b_img: &[f32], dw: &mut [f32], col: &mut Vec<f32>) {
-        let (rows, size) = (self.geom.rows(), self.a * self.geom.plane());
+    /// `dW += b im2col(a)^T` for `count` images.
+    fn weight_grad(
+        &self,
+        a_imgs: &[f32],
+        b_imgs: &[f32],
+        count: usize,
+        dw: &mut [f32],
+        col: &mut Vec<f32>,
+    ) {
+        let (rows, l, size) = (
+            self.geom.rows(),
+            self.geom.cols(),
+            self.a * self.geom.plane(),
+        );
+        let (a_size, b_size) = (a_imgs.len() / count, b_imgs.len() / count);
         for g in 0..self.groups {
-            let bg = self.b_group(b_img, g);
             let dwg = &mut dw[g * self.b * rows..(g + 1) * self.b * rows];
-            let src = &a_img[g * size..(g + 1) * size];
-            if conv_weight_gemm(src, &self.geom, bg, dwg) {
+            if self.packed.is_some() {
+                let srcs = groups_of(a_imgs, count, g * size, size);
+                let done = if count == 1 {
+                    conv_weight_gemm(&srcs, &self.geom, self.b_group(b_imgs, g), dwg)
+                } else {
+                    // The gradients side by side: `[b, count * l]`.
+                    let mut gy = Array2::<f32>::zeros((self.b, count * l));
+                    for i in 0..count {
+                        let bg = self.b_group(&b_imgs[i * b_size..(i + 1) * b_size], g);
+                        gy.slice_mut(s![.., i * l..(i + 1) * l]).assign(&bg);
+                    }
+                    conv_weight_gemm(&srcs, &self.geom, gy.view(), dwg)
+                };
+                assert!(done, "the fused kernels run where the weights were packed");
                 continue;
             }
-            gemm_seq(
-                &mut view2_mut(dwg, self.b, rows),
-                bg,
-                self.columns(a_img, g, self.col(col)).reversed_axes(),
-                true,
-            );
+            for i in 0..count {
+                let a_img = &a_imgs[i * a_size..(i + 1) * a_size];
+                let bg = self.b_group(&b_imgs[i * b_size..(i + 1) * b_size], g);
+                gemm_seq(
+                    &mut view2_mut(dwg, self.b, rows),
+                    bg,
+                    self.columns(a_img, g, self.col(col)).reversed_axes(),
+                    true,
+                );
+            }
         }
     }
 
-    /// Runs `f(image, its slice of out, im2col buffer, weight gradient)` over `n` images split
-    /// across threads (`out` holds `out_size` values an image, or nothing when `out_size` is
-    /// 0); returns each thread's weight gradient (`dw_len` values, 0 when not wanted).
+    /// Runs `f(images, their slice of out, im2col buffer, weight gradient)` over `n` images
+    /// split across threads and, within a thread, taken [`Lowered::batch`] at a time (`out`
+    /// holds `out_size` values an image, or nothing when `out_size` is 0); returns each
+    /// thread's weight gradient (`dw_len` values, 0 when not wanted).
     fn images(
         &self,
         n: usize,
         out: &mut [f32],
         out_size: usize,
         dw_len: usize,
-        f: impl Fn(usize, &mut [f32], &mut Vec<f32>, &mut [f32]) + Sync,
+        f: impl Fn(Range<usize>, &mut [f32], &mut Vec<f32>, &mut [f32]) + Sync,
     ) -> Vec<Vec<f32>> {
+        let batch = self.batch();
         par_images(n, out, out_size, |imgs, outs| {
             let (mut col, mut dw) = (Vec::new(), vec![0.0f32; dw_len]);
-            for (k, ni) in imgs.enumerate() {
-                f(
-                    ni,
-                    &mut outs[k * out_size..(k + 1) * out_size],
-                    &mut col,
-                    &mut dw,
-                );
+            for start in imgs.clone().step_by(batch) {
+                let end = (start + batch).min(imgs.end);
+                let at = (start - imgs.start) * out_size;
+                let part = &mut outs[at..at + (end - start) * out_size];
+                f(start..end, part, &mut col, &mut dw);
             }
             dw
         })
     }
+}
+
+/// Group `g` (the `size` values at `offset`) of each of `count` images back to back in `imgs`.
+fn groups_of(imgs: &[f32], count: usize, offset: usize, size: usize) -> Vec<&[f32]> {
+    let image = imgs.len() / count;
+    (0..count)
+        .map(|i| &imgs[i * image + offset..i * image + offset + size])
+        .collect()
+}
+
+thread_local! {
+    /// Per-thread product of several images' groups before it is spread over the images.
+    static SIDE_BY_SIDE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f(out, accumulate)` on the `[rows, count * l]` matrix whose column block `i` is group
+/// `g` (`rows * l` values at `g * rows * l`) of image `i` of `imgs`: in place for one image,
+/// else in a buffer then copied into the images, or added when `add`.
+fn through_groups(
+    imgs: &mut [f32],
+    count: usize,
+    g: usize,
+    rows: usize,
+    l: usize,
+    add: bool,
+    f: impl FnOnce(&mut [f32], bool),
+) {
+    let image = imgs.len() / count;
+    if count == 1 {
+        return f(&mut imgs[g * rows * l..(g + 1) * rows * l], add);
+    }
+    SIDE_BY_SIDE.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        buf.resize(rows * count * l, 0.0);
+        f(&mut buf, false);
+        for i in 0..count {
+            for r in 0..rows {
+                let src = &buf[(r * count + i) * l..(r * count + i + 1) * l];
+                let at = i * image + (g * rows + r) * l;
+                let dst = &mut imgs[at..at + l];
+                if add {
+                    dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+                } else {
+                    dst.copy_from_slice(src);
+                }
+            }
+        }
+    })
 }
 
 /// The standard-layout values of an array, as a slice.
@@ -299,9 +399,9 @@ fn dims4(v: &Var) -> [usize; 4] {
     [shape[0], shape[1], shape[2], shape[3]]
 }
 
-/// The image `i` of a batch of `size`-value images.
-fn image(xs: &[f32], i: usize, size: usize) -> &[f32] {
-    &xs[i * size..(i + 1) * size]
+/// The images `r` of a batch of `size`-value images.
+fn images<'x>(xs: &'x [f32], r: &Range<usize>, size: usize) -> &'x [f32] {
+    &xs[r.start * size..r.end * size]
 }
 
 impl Var {
@@ -367,9 +467,12 @@ fn apply(x: &Var, w: &Var, k: Lowered, transposed: bool, y_shape: [usize; 4]) ->
     {
         let xv = x.value();
         let xs = values(&xv);
-        k.images(n, &mut y, y_size, 0, |i, yi, col, _| match transposed {
-            false => k.forward(image(&xs, i, x_size), yi, col),
-            true => k.adjoint(image(&xs, i, x_size), yi, col),
+        k.images(n, &mut y, y_size, 0, |r, ys, col, _| {
+            let (xr, count) = (images(&xs, &r, x_size), r.len());
+            match transposed {
+                false => k.forward(xr, count, ys, col),
+                true => k.adjoint(xr, count, ys, col),
+            }
         });
     }
     let y = Array::from_shape_vec(IxDyn(&y_shape), y).expect("sized");
@@ -383,16 +486,16 @@ fn apply(x: &Var, w: &Var, k: Lowered, transposed: bool, y_shape: [usize; 4]) ->
             let dw_len = if needs[1] { wshape.size() } else { 0 };
             let dx_size = if needs[0] { x_size } else { 0 };
             let mut dx = vec![0.0f32; n * dx_size];
-            let parts = k.images(n, &mut dx, dx_size, dw_len, |i, dxi, col, dw| {
-                let (xi, gyi) = (image(&xs, i, x_size), image(&gs, i, y_size));
-                let (a_img, b_img) = if transposed { (gyi, xi) } else { (xi, gyi) };
+            let parts = k.images(n, &mut dx, dx_size, dw_len, |r, dxs, col, dw| {
+                let (xr, gyr) = (images(&xs, &r, x_size), images(&gs, &r, y_size));
+                let (a_imgs, b_imgs) = if transposed { (gyr, xr) } else { (xr, gyr) };
                 if needs[1] {
-                    k.weight_grad(a_img, b_img, dw, col);
+                    k.weight_grad(a_imgs, b_imgs, r.len(), dw, col);
                 }
                 match (needs[0], transposed) {
                     (false, _) => {}
-                    (true, false) => k.adjoint(gyi, dxi, col),
-                    (true, true) => k.forward(gyi, dxi, col),
+                    (true, false) => k.adjoint(gyr, r.len(), dxs, col),
+                    (true, true) => k.forward(gyr, r.len(), dxs, col),
                 }
             });
             let dx = needs[0].then(|| Array::from_shape_vec(xshape, dx).expect("sized"));
@@ -508,7 +611,7 @@ mod tests {
     /// shapes large enough for every blocking edge of the kernels: more taps than one k
     /// block, output channels not a multiple of the register tile, pixels over several
     /// panels; stride 1 (whose input gradient is itself a convolution), stride 2, dilation
-    /// and groups.
+    /// and groups; small images, several to a matrix product.
     #[test]
     fn large_convolutions_match_the_definition() {
         for (n, c, h, o, k, opts) in [
@@ -530,6 +633,9 @@ mod tests {
                 ConvOptions::default().padding(3).dilation(2).groups(2),
             ),
             (3, 8, 30, 33, 5, ConvOptions::default().padding(2)),
+            // Small images, taken several at a time by the fused kernels.
+            (5, 16, 4, 20, 3, ConvOptions::default().padding(1)),
+            (6, 12, 5, 8, 3, ConvOptions::default().padding(1).groups(2)),
         ] {
             let g = opts.groups;
             let x = spread(&[n, c, h, h + 1], -1.0, 1.0, 21);
