@@ -47,10 +47,6 @@ pub fn gemm_into(
 /// gradient (k = output channels), and `gemm`'s kernels are faster when the inner dimension
 /// dominates (the weight gradient: k = output pixels).
 pub fn gemm_seq(c: &mut ArrayViewMut2<f32>, a: ArrayView2<f32>, b: ArrayView2<f32>, acc: bool) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::sgemm_avx512::available() {
-        return gemm_avx512(c, a, b, acc);
-    }
     let (m, k) = a.dim();
     let n = b.ncols();
     if k >= 3 * m.max(n) {
@@ -598,10 +594,19 @@ fn with_padded<R>(xs: &[&[f32]], g: &ConvGeom, f: impl FnOnce(&[f32]) -> R) -> R
     })
 }
 
-/// Whether [`conv_gemm`] and [`conv_weight_gemm`] run on this CPU (x86-64 with AVX-512).
+static FUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Turns the fused convolution kernels off (`false`: im2col into a buffer, then sgemm) or
+/// back on, for benchmarks that measure both in one run.
+pub fn set_fused(on: bool) {
+    FUSED.store(on, Ordering::Relaxed);
+}
+
+/// Whether convolutions run on [`conv_gemm`] and [`conv_weight_gemm`]: on x86-64 with
+/// AVX-512, unless [`set_fused`] turned them off.
 pub fn fused_conv_available() -> bool {
     #[cfg(target_arch = "x86_64")]
-    return crate::sgemm_avx512::available();
+    return FUSED.load(Ordering::Relaxed) && crate::sgemm_avx512::available();
     #[cfg(not(target_arch = "x86_64"))]
     false
 }
@@ -619,7 +624,7 @@ impl PackedWeight {
     /// `None` where the fused kernels do not run ([`fused_conv_available`]).
     pub fn new(w: ArrayView2<f32>) -> Option<Self> {
         #[cfg(target_arch = "x86_64")]
-        if crate::sgemm_avx512::available() {
+        if fused_conv_available() {
             return Some(PackedWeight {
                 a: crate::sgemm_avx512::PackedA::new(w),
             });
@@ -674,8 +679,8 @@ pub fn conv_gemm(xs: &[&[f32]], g: &ConvGeom, w: &PackedWeight, out: &mut [f32],
 pub fn conv_weight_gemm(xs: &[&[f32]], g: &ConvGeom, gy: ArrayView2<f32>, dw: &mut [f32]) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        use crate::sgemm_avx512::{available, sgemm_packed, PackedA, Strided};
-        if !available() {
+        use crate::sgemm_avx512::{sgemm_packed, PackedA, Strided};
+        if !fused_conv_available() {
             return false;
         }
         let (m, k, n) = (gy.nrows(), g.cols() * xs.len(), g.rows());

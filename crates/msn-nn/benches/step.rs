@@ -10,6 +10,7 @@
 //! 4. with `--torch PYTHON`, PyTorch's step times from `tests/python/bench_torch_step.py` on
 //!    the same machine, with the ratio ours/PyTorch.
 
+use msn_autograd::kernels::set_fused;
 use msn_autograd::ops::conv::ConvOptions;
 use msn_autograd::ops::elementwise::spread;
 use msn_autograd::{no_grad, Var};
@@ -108,7 +109,12 @@ fn peak_gflops() -> (f64, String) {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1) as f64;
-    let per_cycle = if fma { 32.0 } else { 8.0 };
+    // Two FMA units of 16 (AVX-512) or 8 (AVX2) lanes, 2 FLOPs each.
+    let per_cycle = match (fma, info.contains(" avx512f ")) {
+        (true, true) => 64.0,
+        (true, false) => 32.0,
+        _ => 8.0,
+    };
     (
         cores * mhz / 1e3 * per_cycle,
         format!("{cores} cores x {mhz:.0} MHz x {per_cycle} FLOP/cycle"),
@@ -121,19 +127,38 @@ fn conv_gflops(name: &str, n: usize, c: usize, hw: usize, o: usize, k: usize, op
     let y = no_grad(|| x.conv2d(&w, opts));
     let (oh, ow) = (y.shape()[2], y.shape()[3]);
     let flops = 2.0 * (n * o * oh * ow * c * k * k) as f64;
-    let fwd = median_ms(2, 5, || {
-        no_grad(|| x.conv2d(&w, opts));
+    // Fused (im2col inside the sgemm's packing) and unfused kernels, in turns, 5 rounds.
+    let (mut fwd, mut total) = ([vec![], vec![]], [vec![], vec![]]);
+    for _ in 0..5 {
+        for (side, fused) in [true, false].into_iter().enumerate() {
+            set_fused(fused);
+            fwd[side].push(median_ms(1, 3, || {
+                no_grad(|| x.conv2d(&w, opts));
+            }));
+            total[side].push(median_ms(1, 3, || {
+                x.zero_grad();
+                w.zero_grad();
+                x.conv2d(&w, opts).sum().backward();
+            }));
+        }
+    }
+    set_fused(true);
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let [f, u] = [0, 1].map(|side| {
+        let fwd = med(&mut fwd[side]);
+        (fwd, (med(&mut total[side]) - fwd).max(1e-9))
     });
-    let total = median_ms(2, 5, || {
-        x.zero_grad();
-        w.zero_grad();
-        x.conv2d(&w, opts).sum().backward();
-    });
-    let bwd = (total - fwd).max(1e-9);
     println!(
-        "  {name:<28} fwd {fwd:7.2} ms {:6.1} GFLOP/s | bwd {bwd:7.2} ms {:6.1} GFLOP/s",
-        flops / fwd / 1e6,
-        2.0 * flops / bwd / 1e6
+        "  {name:<28} fwd {:7.2} ms {:6.1} GFLOP/s | bwd {:7.2} ms {:6.1} GFLOP/s | unfused/fused fwd {:.2} bwd {:.2}",
+        f.0,
+        flops / f.0 / 1e6,
+        f.1,
+        2.0 * flops / f.1 / 1e6,
+        u.0 / f.0,
+        u.1 / f.1
     );
 }
 
@@ -149,8 +174,15 @@ fn main() {
         .unwrap_or(1);
     println!("msn training-step benchmark ({threads} threads for sgemm)\n");
 
+    // `--kernels`: only the conv kernels (section 3).
+    let kernels_only = args.iter().any(|a| a == "--kernels");
     let mut ours = Vec::new();
-    for (arch, shape, rounds) in [("cnn3", [1, 28, 28], 41), ("vgg7", [3, 32, 32], 15)] {
+    let archs: &[(&str, [usize; 3], usize)] = if kernels_only {
+        &[]
+    } else {
+        &[("cnn3", [1, 28, 28], 41), ("vgg7", [3, 32, 32], 15)]
+    };
+    for &(arch, shape, rounds) in archs {
         println!(
             "{arch}, batch 64, {}x{}: forward + backward + SGD step, median of {rounds} \
              round-robin rounds",
@@ -168,39 +200,10 @@ fn main() {
         );
     }
 
-    println!("normalization layers alone, forward + backward, x = [64, 32, 16, 16]");
-    let shape = [64, 32, 16, 16];
-    let bn = BatchNorm::new(32);
-    let bn_ms = fwd_bwd_ms(20, |x| bn.forward(x, &mut Ctx::train(0)), &shape);
-    let mo = MeanOnlyBatchNorm::new(32);
-    let mo_ms = fwd_bwd_ms(20, |x| mo.forward(x, &mut Ctx::train(0)), &shape);
-    let w = spread(&[32, 32, 4, 4], -1.0, 1.0, 7);
-    let sn = SpectralNorm::new(&w, &mut rand_chacha::ChaCha8Rng::seed_from_u64(1));
-    let sn_ms = fwd_bwd_ms(20, |wv| sn.normalize(wv, true), &[32, 32, 4, 4]);
-    println!("  BatchNorm        {bn_ms:7.3} ms");
-    println!(
-        "  mean-only BN     {mo_ms:7.3} ms   (MSN/BN = {:.3})",
-        mo_ms / bn_ms
-    );
-    println!("  SN power iter.   {sn_ms:7.3} ms   (weight [32, 32, 4, 4])\n");
-
-    let (peak, how) = peak_gflops();
-    println!("conv2d kernels, batch 64 (peak {peak:.0} GFLOP/s = {how})");
-    let p = |pad| ConvOptions::default().padding(pad);
-    conv_gflops("cnn3 conv1 1->16 5x5 28", 64, 1, 28, 16, 5, p(2));
-    conv_gflops("cnn3 conv2 16->32 3x3 28", 64, 16, 28, 32, 3, p(2));
-    conv_gflops(
-        "cnn3 conv3 32->32 4x4 s2 30",
-        64,
-        32,
-        30,
-        32,
-        4,
-        p(2).stride(2),
-    );
-    conv_gflops("vgg7 32->32 3x3 32", 64, 32, 32, 32, 3, p(1));
-    conv_gflops("vgg7 64->64 3x3 16", 64, 64, 16, 64, 3, p(1));
-    conv_gflops("vgg7 128->256 3x3 4", 64, 128, 4, 256, 3, p(1));
+    if !kernels_only {
+        norm_layers();
+    }
+    conv_kernels();
 
     if let Some(py) = torch {
         let script = concat!(
@@ -229,4 +232,45 @@ fn main() {
             Err(e) => println!("  cannot run {py}: {e}"),
         }
     }
+}
+
+/// Section 2: the normalization layers alone.
+fn norm_layers() {
+    println!("normalization layers alone, forward + backward, x = [64, 32, 16, 16]");
+
+    let shape = [64, 32, 16, 16];
+    let bn = BatchNorm::new(32);
+    let bn_ms = fwd_bwd_ms(20, |x| bn.forward(x, &mut Ctx::train(0)), &shape);
+    let mo = MeanOnlyBatchNorm::new(32);
+    let mo_ms = fwd_bwd_ms(20, |x| mo.forward(x, &mut Ctx::train(0)), &shape);
+    let w = spread(&[32, 32, 4, 4], -1.0, 1.0, 7);
+    let sn = SpectralNorm::new(&w, &mut rand_chacha::ChaCha8Rng::seed_from_u64(1));
+    let sn_ms = fwd_bwd_ms(20, |wv| sn.normalize(wv, true), &[32, 32, 4, 4]);
+    println!("  BatchNorm        {bn_ms:7.3} ms");
+    println!(
+        "  mean-only BN     {mo_ms:7.3} ms   (MSN/BN = {:.3})",
+        mo_ms / bn_ms
+    );
+    println!("  SN power iter.   {sn_ms:7.3} ms   (weight [32, 32, 4, 4])\n");
+}
+
+/// Section 3: the conv kernels at the cnn3 and vgg7 layer shapes.
+fn conv_kernels() {
+    let (peak, how) = peak_gflops();
+    println!("conv2d kernels, batch 64 (peak {peak:.0} GFLOP/s = {how})");
+    let p = |pad| ConvOptions::default().padding(pad);
+    conv_gflops("cnn3 conv1 1->16 5x5 28", 64, 1, 28, 16, 5, p(2));
+    conv_gflops("cnn3 conv2 16->32 3x3 28", 64, 16, 28, 32, 3, p(2));
+    conv_gflops(
+        "cnn3 conv3 32->32 4x4 s2 30",
+        64,
+        32,
+        30,
+        32,
+        4,
+        p(2).stride(2),
+    );
+    conv_gflops("vgg7 32->32 3x3 32", 64, 32, 32, 32, 3, p(1));
+    conv_gflops("vgg7 64->64 3x3 16", 64, 64, 16, 64, 3, p(1));
+    conv_gflops("vgg7 128->256 3x3 4", 64, 128, 4, 256, 3, p(1));
 }

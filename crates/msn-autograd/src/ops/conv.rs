@@ -120,8 +120,8 @@ impl Lowered {
     /// The adjoint of a stride-1 convolution as a convolution: `dx[c, y, x] = sum over
     /// (o, i, j) of w[o, c, i, j] dy[o, y + p - i d, x + p - j d]`, a convolution of `dy`
     /// with padding `d (k - 1) - p` and the weight `w'[c, o, k-1-i, k-1-j]`. `None` where
-    /// that padding would be negative, for strided convolutions, and when the fused kernels
-    /// are not available.
+    /// that padding would be negative, for strided convolutions, for fewer than 8 input
+    /// channels, and when the fused kernels are not available.
     fn flip(
         geom: &ConvGeom,
         wm: &Array2<f32>,
@@ -130,7 +130,9 @@ impl Lowered {
     ) -> Option<(ConvGeom, Vec<PackedWeight>)> {
         let g = geom;
         let pad = |a: usize, k: usize| (g.dilation[a] * (k - 1)).checked_sub(g.padding[a]);
-        if g.stride != [1, 1] || !crate::kernels::fused_conv_available() {
+        // With fewer than 8 input channels (a first layer's input gradient, rarely wanted)
+        // most of the kernel's 8-row tile would be idle.
+        if g.stride != [1, 1] || g.c < 8 || !crate::kernels::fused_conv_available() {
             return None;
         }
         let (ph, pw) = (pad(0, g.kh)?, pad(1, g.kw)?);
