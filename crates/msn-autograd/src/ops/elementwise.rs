@@ -12,35 +12,38 @@ enum Saved {
 impl Var {
     /// An elementwise op whose derivative is a function of the input: the input is read from
     /// the parent during the backward pass, nothing is copied.
-    fn unary(&self, f: impl Fn(f32) -> f32, df: impl Fn(f32) -> f32 + 'static) -> Var {
-        let y = self.value().mapv(f);
+    fn unary(
+        &self,
+        f: impl Fn(f32) -> f32 + Sync,
+        df: impl Fn(f32) -> f32 + Sync + 'static,
+    ) -> Var {
+        let y = map(&self.value(), f);
         self.pointwise(y, Saved::Input(self.clone()), df)
     }
 
     /// An elementwise op whose derivative is a function of the output (tanh, sigmoid, exp,
     /// sqrt): the output is kept for the backward pass.
-    fn unary_y(&self, f: impl Fn(f32) -> f32, df: impl Fn(f32) -> f32 + 'static) -> Var {
-        let y = self.value().mapv(f);
+    fn unary_y(
+        &self,
+        f: impl Fn(f32) -> f32 + Sync,
+        df: impl Fn(f32) -> f32 + Sync + 'static,
+    ) -> Var {
+        let y = map(&self.value(), f);
         let saved = Saved::Output(y.clone());
         self.pointwise(y, saved, df)
     }
 
     /// `y` with the backward pass `dx = g * df(saved)`.
-    fn pointwise(&self, y: Array, saved: Saved, df: impl Fn(f32) -> f32 + 'static) -> Var {
+    fn pointwise(&self, y: Array, saved: Saved, df: impl Fn(f32) -> f32 + Sync + 'static) -> Var {
         Var::from_op(
             y,
             vec![self.clone()],
             Box::new(move |g, _| {
-                let mut dx = g.to_owned();
-                let mut times_df = |at: &Array| {
-                    ndarray::Zip::from(&mut dx)
-                        .and(at)
-                        .for_each(|g, &v| *g *= df(v))
-                };
-                match &saved {
+                let times_df = |at: &Array| map2(g, at, |g, v| g * df(v));
+                let dx = match &saved {
                     Saved::Input(x) => times_df(&x.value()),
                     Saved::Output(y) => times_df(y),
-                }
+                };
                 vec![Some(dx)]
             }),
         )
@@ -93,6 +96,48 @@ impl Var {
 }
 
 /// Used by tests: an array of the given shape with values spread over `[lo, hi)`.
+/// `f` of every value of `x`, on all threads for large standard-layout tensors.
+fn map(x: &Array, f: impl Fn(f32) -> f32 + Sync) -> Array {
+    match x.as_slice() {
+        Some(xs) if xs.len() >= crate::ops::norm::PARALLEL_MIN => {
+            let out = par_chunks(xs.len(), |at, o| {
+                o.iter_mut().zip(&xs[at..]).for_each(|(o, &v)| *o = f(v))
+            });
+            Array::from_shape_vec(x.raw_dim(), out).expect("same size")
+        }
+        _ => x.mapv(f),
+    }
+}
+
+/// `f(a, b)` of the values of two same-shape tensors, on all threads for large ones.
+fn map2(a: &Array, b: &Array, f: impl Fn(f32, f32) -> f32 + Sync) -> Array {
+    match (a.as_slice(), b.as_slice()) {
+        (Some(av), Some(bv))
+            if av.len() >= crate::ops::norm::PARALLEL_MIN && a.shape() == b.shape() =>
+        {
+            let out = par_chunks(av.len(), |at, o| {
+                o.iter_mut()
+                    .zip(av[at..].iter().zip(&bv[at..]))
+                    .for_each(|(o, (&x, &y))| *o = f(x, y))
+            });
+            Array::from_shape_vec(a.raw_dim(), out).expect("same size")
+        }
+        _ => ndarray::Zip::from(a).and(b).map_collect(|&x, &y| f(x, y)),
+    }
+}
+
+/// A new `len`-value vector filled by `f(offset, chunk)` over one chunk per thread.
+fn par_chunks(len: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+    let mut out = vec![0.0f32; len];
+    let threads = crate::kernels::threads().max(1);
+    let per = len.div_ceil(threads).max(1);
+    use rayon::prelude::*;
+    out.par_chunks_mut(per)
+        .enumerate()
+        .for_each(|(i, o)| f(i * per, o));
+    out
+}
+
 pub fn spread(shape: &[usize], lo: f32, hi: f32, seed: u64) -> Array {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     Array::from_shape_simple_fn(ndarray::IxDyn(shape), || {

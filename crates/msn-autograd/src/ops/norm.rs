@@ -43,21 +43,64 @@ pub(crate) fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Per-channel sums of `a`, and of `a * b` when `b` is given (standard-layout slices);
-/// per-sample partial sums are accumulated in f64.
+/// per-sample partial sums are accumulated in f64, on all threads for large tensors (each
+/// thread's images in order, the threads' totals in order: reproducible for a thread count).
 fn channel_sums(a: &[f32], b: Option<&[f32]>, (n, c, l): (usize, usize, usize)) -> [Vec<f32>; 2] {
-    let mut sum = vec![0.0f64; c];
-    let mut dot = vec![0.0f64; if b.is_some() { c } else { 0 }];
-    for ni in 0..n {
-        for ci in 0..c {
-            let r = (ni * c + ci) * l..(ni * c + ci + 1) * l;
-            sum[ci] += lane_sum(&a[r.clone()]) as f64;
-            if let Some(b) = b {
-                dot[ci] += lane_dot(&a[r.clone()], &b[r]) as f64;
+    let parts = par_batch(n, c * l, |imgs| {
+        let mut sum = vec![0.0f64; c];
+        let mut dot = vec![0.0f64; if b.is_some() { c } else { 0 }];
+        for ni in imgs {
+            for ci in 0..c {
+                let r = (ni * c + ci) * l..(ni * c + ci + 1) * l;
+                sum[ci] += lane_sum(&a[r.clone()]) as f64;
+                if let Some(b) = b {
+                    dot[ci] += lane_dot(&a[r.clone()], &b[r]) as f64;
+                }
             }
         }
+        (sum, dot)
+    });
+    let mut total = [
+        vec![0.0f64; c],
+        vec![0.0f64; if b.is_some() { c } else { 0 }],
+    ];
+    for (sum, dot) in parts {
+        total[0].iter_mut().zip(sum).for_each(|(t, v)| *t += v);
+        total[1].iter_mut().zip(dot).for_each(|(t, v)| *t += v);
     }
-    let f = |v: Vec<f64>| v.into_iter().map(|s| s as f32).collect();
-    [f(sum), f(dot)]
+    total.map(|v| v.into_iter().map(|s| s as f32).collect())
+}
+
+/// Runs `f` on contiguous ranges of `n` images of `size` values, one range per thread when
+/// the tensor is large enough to be worth it, and returns the results in range order.
+fn par_batch<R: Send>(
+    n: usize,
+    size: usize,
+    f: impl Fn(std::ops::Range<usize>) -> R + Sync,
+) -> Vec<R> {
+    if n * size < PARALLEL_MIN {
+        return vec![f(0..n)];
+    }
+    crate::kernels::par_images(n, &mut [], 0, |imgs, _| f(imgs))
+}
+
+/// Tensors smaller than this many values are processed on the calling thread.
+pub(crate) const PARALLEL_MIN: usize = 1 << 15;
+
+/// `out[i] = f(i-th image's values, its slice of out)` over images on all threads for large
+/// tensors: a new `Vec` of `n * size` values, each written once.
+fn par_fill(n: usize, size: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+    let mut out = vec![0.0f32; n * size];
+    if n * size < PARALLEL_MIN {
+        (0..n).for_each(|i| f(i, &mut out[i * size..(i + 1) * size]));
+    } else {
+        crate::kernels::par_images(n, &mut out, size, |imgs, part| {
+            for (k, i) in imgs.enumerate() {
+                f(i, &mut part[k * size..(k + 1) * size]);
+            }
+        });
+    }
+    out
 }
 
 /// `y = scale[c] * x + shift[c]` over a standard-layout slice.
@@ -67,38 +110,35 @@ fn channel_map(
     scale: &[f32],
     shift: &[f32],
 ) -> Vec<f32> {
-    let mut out = Vec::with_capacity(x.len());
-    for ni in 0..n {
+    par_fill(n, c * l, |ni, out| {
         for ci in 0..c {
             let (a, b) = (scale[ci], shift[ci]);
             let base = (ni * c + ci) * l;
-            out.extend(x[base..base + l].iter().map(|&v| a * v + b));
+            let o = &mut out[ci * l..(ci + 1) * l];
+            o.iter_mut()
+                .zip(&x[base..base + l])
+                .for_each(|(o, &v)| *o = a * v + b);
         }
-    }
-    out
+    })
 }
 
-/// `y = p[c] * x + q[c] * z + r[c]` over two standard-layout slices.
+/// `y = p[c] * x + q[c] * z + r[c]` over standard-layout slices.
 fn channel_map2(
     x: &[f32],
     z: &[f32],
     (n, c, l): (usize, usize, usize),
     [p, q, r]: [&[f32]; 3],
 ) -> Vec<f32> {
-    let mut out = Vec::with_capacity(x.len());
-    for ni in 0..n {
+    par_fill(n, c * l, |ni, out| {
         for ci in 0..c {
             let (a, b, k) = (p[ci], q[ci], r[ci]);
             let base = (ni * c + ci) * l;
-            out.extend(
-                x[base..base + l]
-                    .iter()
-                    .zip(&z[base..base + l])
-                    .map(|(&v, &w)| a * v + b * w + k),
-            );
+            let o = &mut out[ci * l..(ci + 1) * l];
+            o.iter_mut()
+                .zip(x[base..base + l].iter().zip(&z[base..base + l]))
+                .for_each(|(o, (&v, &w))| *o = a * v + b * w + k);
         }
-    }
-    out
+    })
 }
 
 fn vec1(v: &Var) -> Vec<f32> {
