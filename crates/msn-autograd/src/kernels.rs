@@ -233,6 +233,35 @@ pub fn par_images<R: Send>(
     parts.into_par_iter().map(|(r, o)| f(r, o)).collect()
 }
 
+/// A new `len`-value vector whose values `f(offset, chunk)` writes, chunk by chunk, one
+/// chunk per thread for long vectors (from `min_parallel` values). The memory is written
+/// once, by the threads, instead of being zeroed first on the calling thread.
+///
+/// # Safety
+/// `f` must write every value of each chunk it is given.
+pub(crate) unsafe fn par_fill(
+    len: usize,
+    min_parallel: usize,
+    f: impl Fn(usize, &mut [std::mem::MaybeUninit<f32>]) + Sync,
+) -> Vec<f32> {
+    let mut out = Vec::with_capacity(len);
+    let spare = &mut out.spare_capacity_mut()[..len];
+    let threads = threads().max(1);
+    if len < min_parallel || threads == 1 {
+        f(0, spare);
+    } else {
+        let per = len.div_ceil(threads);
+        spare
+            .par_chunks_mut(per)
+            .enumerate()
+            .for_each(|(i, chunk)| f(i * per, chunk));
+    }
+    // SAFETY: `f` writes every value of each chunk (the caller's promise), and the chunks
+    // cover `0..len`.
+    unsafe { out.set_len(len) };
+    out
+}
+
 /// The geometry of a 2-D convolution of one image, seen from its (non-transposed) input side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConvGeom {

@@ -1,6 +1,8 @@
 //! Elementwise ops: each is a value function `f` and a derivative `df(x, y)`, given the input
 //! and the output.
 
+use crate::kernels::par_fill;
+use crate::ops::norm::PARALLEL_MIN;
 use crate::{Array, Var};
 
 /// What an elementwise op's derivative is a function of.
@@ -99,43 +101,39 @@ impl Var {
 /// `f` of every value of `x`, on all threads for large standard-layout tensors.
 fn map(x: &Array, f: impl Fn(f32) -> f32 + Sync) -> Array {
     match x.as_slice() {
-        Some(xs) if xs.len() >= crate::ops::norm::PARALLEL_MIN => {
-            let out = par_chunks(xs.len(), |at, o| {
-                o.iter_mut().zip(&xs[at..]).for_each(|(o, &v)| *o = f(v))
-            });
+        Some(xs) => {
+            // SAFETY: the closure writes each value of its chunk once.
+            let out = unsafe {
+                par_fill(xs.len(), PARALLEL_MIN, |at, o| {
+                    o.iter_mut().zip(&xs[at..]).for_each(|(o, &v)| {
+                        o.write(f(v));
+                    })
+                })
+            };
             Array::from_shape_vec(x.raw_dim(), out).expect("same size")
         }
-        _ => x.mapv(f),
+        None => x.mapv(f),
     }
 }
 
 /// `f(a, b)` of the values of two same-shape tensors, on all threads for large ones.
 fn map2(a: &Array, b: &Array, f: impl Fn(f32, f32) -> f32 + Sync) -> Array {
     match (a.as_slice(), b.as_slice()) {
-        (Some(av), Some(bv))
-            if av.len() >= crate::ops::norm::PARALLEL_MIN && a.shape() == b.shape() =>
-        {
-            let out = par_chunks(av.len(), |at, o| {
-                o.iter_mut()
-                    .zip(av[at..].iter().zip(&bv[at..]))
-                    .for_each(|(o, (&x, &y))| *o = f(x, y))
-            });
+        (Some(av), Some(bv)) if a.shape() == b.shape() => {
+            // SAFETY: the closure writes each value of its chunk once.
+            let out = unsafe {
+                par_fill(av.len(), PARALLEL_MIN, |at, o| {
+                    o.iter_mut()
+                        .zip(av[at..].iter().zip(&bv[at..]))
+                        .for_each(|(o, (&x, &y))| {
+                            o.write(f(x, y));
+                        })
+                })
+            };
             Array::from_shape_vec(a.raw_dim(), out).expect("same size")
         }
         _ => ndarray::Zip::from(a).and(b).map_collect(|&x, &y| f(x, y)),
     }
-}
-
-/// A new `len`-value vector filled by `f(offset, chunk)` over one chunk per thread.
-fn par_chunks(len: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
-    let mut out = vec![0.0f32; len];
-    let threads = crate::kernels::threads().max(1);
-    let per = len.div_ceil(threads).max(1);
-    use rayon::prelude::*;
-    out.par_chunks_mut(per)
-        .enumerate()
-        .for_each(|(i, o)| f(i * per, o));
-    out
 }
 
 pub fn spread(shape: &[usize], lo: f32, hi: f32, seed: u64) -> Array {

@@ -2,6 +2,7 @@
 //! of broadcasting ops. They make batch norm, the mean-only batch norm of MSN and conv biases
 //! cheap; their gradients are checked against finite differences like every other op.
 
+use crate::kernels::par_fill;
 use crate::{Array, Var};
 use ndarray::IxDyn;
 
@@ -87,20 +88,21 @@ fn par_batch<R: Send>(
 /// Tensors smaller than this many values are processed on the calling thread.
 pub(crate) const PARALLEL_MIN: usize = 1 << 15;
 
-/// `out[i] = f(i-th image's values, its slice of out)` over images on all threads for large
-/// tensors: a new `Vec` of `n * size` values, each written once.
-fn par_fill(n: usize, size: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
-    let mut out = vec![0.0f32; n * size];
-    if n * size < PARALLEL_MIN {
-        (0..n).for_each(|i| f(i, &mut out[i * size..(i + 1) * size]));
-    } else {
-        crate::kernels::par_images(n, &mut out, size, |imgs, part| {
-            for (k, i) in imgs.enumerate() {
-                f(i, &mut part[k * size..(k + 1) * size]);
-            }
-        });
+/// Splits values `at..at + len` of an `[N, C, L]` tensor into runs of one channel:
+/// `f(offset from at, run length, channel)`.
+fn for_channel_runs(
+    at: usize,
+    len: usize,
+    (c, l): (usize, usize),
+    mut f: impl FnMut(usize, usize, usize),
+) {
+    let mut k = 0;
+    while k < len {
+        let i = at + k;
+        let run = (l - i % l).min(len - k);
+        f(k, run, i / l % c);
+        k += run;
     }
-    out
 }
 
 /// `y = scale[c] * x + shift[c]` over a standard-layout slice.
@@ -110,16 +112,18 @@ fn channel_map(
     scale: &[f32],
     shift: &[f32],
 ) -> Vec<f32> {
-    par_fill(n, c * l, |ni, out| {
-        for ci in 0..c {
-            let (a, b) = (scale[ci], shift[ci]);
-            let base = (ni * c + ci) * l;
-            let o = &mut out[ci * l..(ci + 1) * l];
-            o.iter_mut()
-                .zip(&x[base..base + l])
-                .for_each(|(o, &v)| *o = a * v + b);
-        }
-    })
+    debug_assert_eq!(x.len(), n * c * l);
+    // SAFETY: the channel runs cover the chunk, and each of its values is written once.
+    unsafe {
+        par_fill(x.len(), PARALLEL_MIN, |at, out| {
+            for_channel_runs(at, out.len(), (c, l), |k, run, ci| {
+                let (a, b) = (scale[ci], shift[ci]);
+                for (o, &v) in out[k..k + run].iter_mut().zip(&x[at + k..]) {
+                    o.write(a * v + b);
+                }
+            })
+        })
+    }
 }
 
 /// `y = p[c] * x + q[c] * z + r[c]` over standard-layout slices.
@@ -129,16 +133,19 @@ fn channel_map2(
     (n, c, l): (usize, usize, usize),
     [p, q, r]: [&[f32]; 3],
 ) -> Vec<f32> {
-    par_fill(n, c * l, |ni, out| {
-        for ci in 0..c {
-            let (a, b, k) = (p[ci], q[ci], r[ci]);
-            let base = (ni * c + ci) * l;
-            let o = &mut out[ci * l..(ci + 1) * l];
-            o.iter_mut()
-                .zip(x[base..base + l].iter().zip(&z[base..base + l]))
-                .for_each(|(o, (&v, &w))| *o = a * v + b * w + k);
-        }
-    })
+    debug_assert_eq!(x.len(), n * c * l);
+    // SAFETY: the channel runs cover the chunk, and each of its values is written once.
+    unsafe {
+        par_fill(x.len(), PARALLEL_MIN, |at, out| {
+            for_channel_runs(at, out.len(), (c, l), |k, run, ci| {
+                let (a, b, m) = (p[ci], q[ci], r[ci]);
+                let values = x[at + k..].iter().zip(&z[at + k..]);
+                for (o, (&v, &w)) in out[k..k + run].iter_mut().zip(values) {
+                    o.write(a * v + b * w + m);
+                }
+            })
+        })
+    }
 }
 
 fn vec1(v: &Var) -> Vec<f32> {
