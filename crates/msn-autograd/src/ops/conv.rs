@@ -92,6 +92,8 @@ struct Lowered {
     /// its channel axes swapped: `[groups * a, b * kh * kw]`), so the adjoint runs on the
     /// fused im2col sgemm instead of a matrix product followed by col2im.
     flipped: Option<(ConvGeom, Vec<PackedWeight>)>,
+    /// For a strided `K`: `K^T` as one stride-1 convolution per output phase.
+    phases: Option<Vec<Phase>>,
     /// `wm`'s groups packed for the fused kernels, where they run.
     packed: Option<Vec<PackedWeight>>,
 }
@@ -103,6 +105,7 @@ impl Lowered {
         let wm = weight_matrix(&w.value());
         let a = geom.c;
         let flipped = Self::flip(&geom, &wm, b, groups);
+        let phases = phases(&geom, &wm, b, groups);
         let packed = (0..groups)
             .map(|g| PackedWeight::new(wm.slice(s![g * b..(g + 1) * b, ..])))
             .collect();
@@ -113,6 +116,7 @@ impl Lowered {
             b,
             wm,
             flipped,
+            phases,
             packed,
         }
     }
@@ -249,6 +253,18 @@ impl Lowered {
             return;
         }
         let (a_size, b_size) = (a_imgs.len() / count, b_imgs.len() / count);
+        if let Some(phases) = &self.phases {
+            for i in 0..count {
+                let b_img = &b_imgs[i * b_size..(i + 1) * b_size];
+                let a_img = &mut a_imgs[i * a_size..(i + 1) * a_size];
+                for g in 0..self.groups {
+                    let dy = &b_img[g * self.b * l..(g + 1) * self.b * l];
+                    let dx = &mut a_img[g * size..(g + 1) * size];
+                    adjoint_by_phases(phases, &self.geom, g, self.a, dy, dx);
+                }
+            }
+            return;
+        }
         let col = self.col(col);
         for i in 0..count {
             let b_img = &b_imgs[i * b_size..(i + 1) * b_size];
@@ -384,6 +400,146 @@ fn through_groups(
             }
         }
     })
+}
+
+/// One phase of a strided convolution's adjoint: the input pixels `(s y + py, s x + px)`
+/// receive `dx[c, y, x] = sum over (o, t, u) of w'[c, o, t, u] B[o, y + t, x + u]`, a plain
+/// stride-1 convolution of a window `B` of `dy` (rows from `dy` row `e0y`, zero outside)
+/// with the taps `i = py + p - s (e0y + t)` of the weight (and likewise across).
+struct Phase {
+    /// `(py, px)`.
+    at: [usize; 2],
+    /// First `dy` row and column of the window `B` (may be negative).
+    e0: [isize; 2],
+    /// The stride-1 convolution over `B`: `b` channels of `(H + K' - 1) x (W + K' - 1)`,
+    /// kernel `K'y x K'x`, no padding; its output is the phase's `H x W` pixels.
+    geom: ConvGeom,
+    /// `w'` per group: `[a, b * K'y * K'x]`.
+    weights: Vec<PackedWeight>,
+}
+
+/// The phases of the adjoint of a strided, undilated convolution (`None` for stride 1,
+/// dilation, fewer than 8 input channels, or without the fused kernels). Phases that no
+/// tap reaches, or that hold no input pixel, are left out: their input gradient is zero.
+fn phases(g: &ConvGeom, wm: &Array2<f32>, b: usize, groups: usize) -> Option<Vec<Phase>> {
+    if g.stride == [1, 1]
+        || g.dilation != [1, 1]
+        || g.c < 8
+        || !crate::kernels::fused_conv_available()
+    {
+        return None;
+    }
+    // Per axis and phase: (first window offset e0, taps i in window order, output size).
+    let axis = |ax: usize, k: usize, size: usize, ph: usize| {
+        let (s, p) = (g.stride[ax] as isize, g.padding[ax] as isize);
+        let mut taps: Vec<(isize, usize)> = (0..k)
+            .filter(|&i| (ph as isize + p - i as isize).rem_euclid(s) == 0)
+            .map(|i| ((ph as isize + p - i as isize) / s, i))
+            .collect();
+        taps.sort();
+        let out = if ph < size {
+            (size - ph).div_ceil(s as usize)
+        } else {
+            0
+        };
+        (
+            taps.first().map_or(0, |t| t.0),
+            taps.into_iter().map(|t| t.1).collect::<Vec<_>>(),
+            out,
+        )
+    };
+    let mut phases = Vec::new();
+    for py in 0..g.stride[0] {
+        for px in 0..g.stride[1] {
+            let (ey, iy, hy) = axis(0, g.kh, g.h, py);
+            let (ex, jx, wx) = axis(1, g.kw, g.w, px);
+            if iy.is_empty() || jx.is_empty() || hy == 0 || wx == 0 {
+                continue;
+            }
+            let (kh, kw) = (iy.len(), jx.len());
+            let geom = ConvGeom::new(
+                b,
+                (hy + kh - 1, wx + kw - 1),
+                (kh, kw),
+                [1, 1],
+                [0, 0],
+                [1, 1],
+            );
+            let a = g.c;
+            let mut f = Array2::<f32>::zeros((groups * a, b * kh * kw));
+            for gi in 0..groups {
+                for c in 0..a {
+                    for o in 0..b {
+                        for (t, &i) in iy.iter().enumerate() {
+                            for (u, &j) in jx.iter().enumerate() {
+                                f[[gi * a + c, (o * kh + t) * kw + u]] =
+                                    wm[[gi * b + o, (c * g.kh + i) * g.kw + j]];
+                            }
+                        }
+                    }
+                }
+            }
+            let weights = (0..groups)
+                .map(|gi| PackedWeight::new(f.slice(s![gi * a..(gi + 1) * a, ..])))
+                .collect::<Option<_>>()?;
+            phases.push(Phase {
+                at: [py, px],
+                e0: [ey, ex],
+                geom,
+                weights,
+            });
+        }
+    }
+    Some(phases)
+}
+
+/// `a += K^T b` for one image group through the phases: `dy` is the group's `[b, oh, ow]`
+/// gradient, `dx` its `[a, h, w]` input gradient.
+fn adjoint_by_phases(
+    phases: &[Phase],
+    g: &ConvGeom,
+    group: usize,
+    a: usize,
+    dy: &[f32],
+    dx: &mut [f32],
+) {
+    let (oh, ow) = (g.oh as isize, g.ow as isize);
+    let mut window = Vec::new();
+    let mut out = Vec::new();
+    for ph in phases {
+        let pg = &ph.geom;
+        // The window of dy, zero outside it.
+        window.clear();
+        window.resize(pg.c * pg.h * pg.w, 0.0);
+        for o in 0..pg.c {
+            for r in 0..pg.h {
+                let y = r as isize + ph.e0[0];
+                if !(0..oh).contains(&y) {
+                    continue;
+                }
+                for q in 0..pg.w {
+                    let x = q as isize + ph.e0[1];
+                    if (0..ow).contains(&x) {
+                        window[(o * pg.h + r) * pg.w + q] =
+                            dy[(o * g.oh + y as usize) * g.ow + x as usize];
+                    }
+                }
+            }
+        }
+        out.clear();
+        out.resize(a * pg.cols(), 0.0);
+        conv_gemm(&[&window], pg, &ph.weights[group], &mut out, false);
+        let [sy, sx] = g.stride;
+        for c in 0..a {
+            for y in 0..pg.oh {
+                let row = &out[(c * pg.oh + y) * pg.ow..(c * pg.oh + y + 1) * pg.ow];
+                let at = (c * g.h + sy * y + ph.at[0]) * g.w + ph.at[1];
+                for (x, v) in row.iter().enumerate() {
+                    dx[at + sx * x] += v;
+                }
+            }
+        }
+    }
 }
 
 /// The standard-layout values of an array, as a slice.
@@ -635,6 +791,16 @@ mod tests {
                 ConvOptions::default().padding(3).dilation(2).groups(2),
             ),
             (3, 8, 30, 33, 5, ConvOptions::default().padding(2)),
+            (
+                2,
+                16,
+                15,
+                12,
+                3,
+                ConvOptions::default().padding(1).stride(2),
+            ),
+            (2, 9, 14, 10, 5, ConvOptions::default().padding(1).stride(3)),
+            (2, 16, 9, 12, 2, ConvOptions::default().stride(2).groups(2)),
             // Small images, taken several at a time by the fused kernels.
             (5, 16, 4, 20, 3, ConvOptions::default().padding(1)),
             (6, 12, 5, 8, 3, ConvOptions::default().padding(1).groups(2)),
