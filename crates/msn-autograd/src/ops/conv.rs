@@ -511,19 +511,19 @@ fn adjoint_by_phases(
         // The window of dy, zero outside it.
         window.clear();
         window.resize(pg.c * pg.h * pg.w, 0.0);
+        // Window columns q0..q1 read dy columns q0 + e0x..q1 + e0x.
+        let q0 = (-ph.e0[1]).clamp(0, pg.w as isize) as usize;
+        let q1 = (ow - ph.e0[1]).clamp(q0 as isize, pg.w as isize) as usize;
         for o in 0..pg.c {
             for r in 0..pg.h {
                 let y = r as isize + ph.e0[0];
-                if !(0..oh).contains(&y) {
+                if !(0..oh).contains(&y) || q0 == q1 {
                     continue;
                 }
-                for q in 0..pg.w {
-                    let x = q as isize + ph.e0[1];
-                    if (0..ow).contains(&x) {
-                        window[(o * pg.h + r) * pg.w + q] =
-                            dy[(o * g.oh + y as usize) * g.ow + x as usize];
-                    }
-                }
+                let src = (o * g.oh + y as usize) * g.ow;
+                let x0 = (q0 as isize + ph.e0[1]) as usize;
+                let dst = (o * pg.h + r) * pg.w;
+                window[dst + q0..dst + q1].copy_from_slice(&dy[src + x0..src + x0 + (q1 - q0)]);
             }
         }
         out.clear();
