@@ -233,6 +233,48 @@ pub fn par_images<R: Send>(
     parts.into_par_iter().map(|(r, o)| f(r, o)).collect()
 }
 
+/// [`par_images`] into a new zeroed `n * stride`-value vector, returned with the results.
+/// Each thread zeroes its own part, so the calling thread does not zero it all first.
+pub fn par_images_new<R: Send>(
+    n: usize,
+    stride: usize,
+    f: impl Fn(Range<usize>, &mut [f32]) -> R + Sync,
+) -> (Vec<f32>, Vec<R>) {
+    let len = n * stride;
+    let mut out = Vec::<f32>::with_capacity(len);
+    let ptr = SendPtr(out.as_mut_ptr());
+    let results = par_images(n, &mut [], 0, |imgs, _| {
+        let (at, part) = (imgs.start * stride, imgs.len() * stride);
+        // SAFETY: the chunks of `par_images` are disjoint ranges of images, so each thread
+        // owns values `at..at + part` of the allocation (capacity `len`); they are zeroed
+        // through the raw pointer before the slice is made.
+        let chunk = unsafe {
+            let p = ptr.get().add(at);
+            std::ptr::write_bytes(p, 0, part);
+            std::slice::from_raw_parts_mut(p, part)
+        };
+        f(imgs, chunk)
+    });
+    // SAFETY: the chunks cover all `n` images, so every value was zeroed (then written).
+    unsafe { out.set_len(len) };
+    (out, results)
+}
+
+/// A raw pointer the threads of [`par_images_new`] share; each writes only its own range.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+
+// SAFETY: used only to hand disjoint ranges of one allocation to scoped worker threads.
+unsafe impl Send for SendPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// A new `len`-value vector whose values `f(offset, chunk)` writes, chunk by chunk, one
 /// chunk per thread for long vectors (from `min_parallel` values). The memory is written
 /// once, by the threads, instead of being zeroed first on the calling thread.

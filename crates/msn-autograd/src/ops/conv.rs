@@ -3,8 +3,8 @@
 //! `[C_in, C_out/groups, kh, kw]`. Biases are added by the layers, as separate broadcast adds.
 
 use crate::kernels::{
-    col2im, conv_gemm, conv_weight_gemm, gemm_seq, im2col, par_images, view2, view2_mut, ConvGeom,
-    PackedWeight,
+    col2im, conv_gemm, conv_weight_gemm, gemm_seq, im2col, par_images_new, view2, view2_mut,
+    ConvGeom, PackedWeight,
 };
 use crate::{Array, Var};
 use ndarray::{s, Array2, ArrayView2, Dimension, IxDyn};
@@ -329,19 +329,19 @@ impl Lowered {
     }
 
     /// Runs `f(images, their slice of out, im2col buffer, weight gradient)` over `n` images
-    /// split across threads and, within a thread, taken [`Lowered::batch`] at a time (`out`
-    /// holds `out_size` values an image, or nothing when `out_size` is 0); returns each
-    /// thread's weight gradient (`dw_len` values, 0 when not wanted).
+    /// split across threads and, within a thread, taken [`Lowered::batch`] at a time (the
+    /// output, returned, holds `out_size` values an image, zeroed before `f` runs, or nothing
+    /// when `out_size` is 0); returns it and each thread's weight gradient (`dw_len` values,
+    /// 0 when not wanted).
     fn images(
         &self,
         n: usize,
-        out: &mut [f32],
         out_size: usize,
         dw_len: usize,
         f: impl Fn(Range<usize>, &mut [f32], &mut Vec<f32>, &mut [f32]) + Sync,
-    ) -> Vec<Vec<f32>> {
+    ) -> (Vec<f32>, Vec<Vec<f32>>) {
         let batch = self.batch();
-        par_images(n, out, out_size, |imgs, outs| {
+        par_images_new(n, out_size, |imgs, outs| {
             let (mut col, mut dw) = (Vec::new(), vec![0.0f32; dw_len]);
             for start in imgs.clone().step_by(batch) {
                 let end = (start + batch).min(imgs.end);
@@ -621,18 +621,18 @@ fn apply(x: &Var, w: &Var, k: Lowered, transposed: bool, y_shape: [usize; 4]) ->
     } else {
         (k.a_size(), k.b_size())
     };
-    let mut y = vec![0.0f32; n * y_size];
-    {
+    let y = {
         let xv = x.value();
         let xs = values(&xv);
-        k.images(n, &mut y, y_size, 0, |r, ys, col, _| {
+        k.images(n, y_size, 0, |r, ys, col, _| {
             let (xr, count) = (images(&xs, &r, x_size), r.len());
             match transposed {
                 false => k.forward(xr, count, ys, col),
                 true => k.adjoint(xr, count, ys, col),
             }
-        });
-    }
+        })
+        .0
+    };
     let y = Array::from_shape_vec(IxDyn(&y_shape), y).expect("sized");
     let input = x.clone();
     Var::from_op(
@@ -643,8 +643,7 @@ fn apply(x: &Var, w: &Var, k: Lowered, transposed: bool, y_shape: [usize; 4]) ->
             let xs = values(&xv);
             let dw_len = if needs[1] { wshape.size() } else { 0 };
             let dx_size = if needs[0] { x_size } else { 0 };
-            let mut dx = vec![0.0f32; n * dx_size];
-            let parts = k.images(n, &mut dx, dx_size, dw_len, |r, dxs, col, dw| {
+            let (dx, parts) = k.images(n, dx_size, dw_len, |r, dxs, col, dw| {
                 let (xr, gyr) = (images(&xs, &r, x_size), images(&gs, &r, y_size));
                 let (a_imgs, b_imgs) = if transposed { (gyr, xr) } else { (xr, gyr) };
                 if needs[1] {
