@@ -603,34 +603,35 @@ impl Im2colB<'_> {
 #[cfg(target_arch = "x86_64")]
 impl crate::sgemm_avx512::PackB for Im2colB<'_> {
     fn pack(&self, pc: usize, kc: usize, jc: usize, nc: usize, out: &mut [f32]) {
-        use crate::sgemm_avx512::NR;
+        use crate::sgemm_avx512::{copy_panel, gather_panel, NR};
         let sx = self.g.stride[1];
-        for (p, jr) in (0..nc).step_by(NR).enumerate() {
-            let nr = NR.min(nc - jr);
-            let panel = &mut out[p * NR * kc..(p + 1) * NR * kc];
-            if !self.transposed {
-                // B[r, l]: each packed row is the tap `r` over NR output pixels.
+        let pixels = |runs: Vec<(usize, usize, usize)>| -> Vec<usize> {
+            runs.into_iter()
+                .flat_map(|(src, len, _)| (0..len).map(move |q| src + q * sx))
+                .collect()
+        };
+        if !self.transposed {
+            // B[r, l]: each packed row is the tap `r` over NR output pixels.
+            let taps: Vec<usize> = (pc..pc + kc).map(|r| self.tap(r)).collect();
+            for (p, jr) in (0..nc).step_by(NR).enumerate() {
+                let nr = NR.min(nc - jr);
+                let panel = &mut out[p * NR * kc..(p + 1) * NR * kc];
                 let runs = self.runs(jc + jr, jc + jr + nr);
-                let taps: Vec<usize> = (pc..pc + kc).map(|r| self.tap(r)).collect();
                 if sx == 1 {
-                    crate::sgemm_avx512::copy_panel(self.xp, &runs, nr, &taps, panel);
+                    copy_panel(self.xp, &runs, nr, &taps, panel);
                 } else {
-                    let pixels: Vec<usize> = runs
-                        .iter()
-                        .flat_map(|&(src, len, _)| (0..len).map(move |q| src + q * sx))
-                        .collect();
-                    crate::sgemm_avx512::gather_panel(self.xp, &pixels, &taps, panel);
+                    gather_panel(self.xp, &pixels(runs), &taps, panel);
                 }
-            } else {
-                // B[l, r]: packed column `t` is the tap `jc + jr + t` over output pixels,
-                // gathered one output pixel (packed row) at a time.
+            }
+        } else {
+            // B[l, r]: packed column `t` is the tap `jc + jr + t` over output pixels,
+            // gathered one output pixel (packed row) at a time.
+            let starts = pixels(self.runs(pc, pc + kc));
+            for (p, jr) in (0..nc).step_by(NR).enumerate() {
+                let nr = NR.min(nc - jr);
+                let panel = &mut out[p * NR * kc..(p + 1) * NR * kc];
                 let taps: Vec<usize> = (jc + jr..jc + jr + nr).map(|r| self.tap(r)).collect();
-                let starts: Vec<usize> = self
-                    .runs(pc, pc + kc)
-                    .into_iter()
-                    .flat_map(|(src, len, _)| (0..len).map(move |q| src + q * sx))
-                    .collect();
-                crate::sgemm_avx512::gather_panel(self.xp, &taps, &starts, panel);
+                gather_panel(self.xp, &taps, &starts, panel);
             }
         }
     }

@@ -859,4 +859,73 @@ mod tests {
             close("dw", &wv.grad().expect("dw"), &want_dw);
         }
     }
+
+    /// A transposed convolution is the adjoint of a convolution, on shapes that take the
+    /// fused paths (8 or more channels, stride 1 and 2): its value pairs with the
+    /// convolution's (`<conv(x), y> = <x, conv_t(y)>`), its input gradient is the
+    /// convolution of the output gradient, and its weight gradient the convolution's weight
+    /// gradient with the two sides swapped.
+    #[test]
+    fn large_transposed_convolutions_are_adjoints() {
+        for (c, o, h, k, opts) in [
+            (
+                16,
+                24,
+                9,
+                4,
+                ConvOptions::default()
+                    .stride(2)
+                    .padding(1)
+                    .output_padding(1),
+            ),
+            (12, 8, 7, 3, ConvOptions::default().padding(1)),
+            (
+                16,
+                16,
+                8,
+                3,
+                ConvOptions::default()
+                    .stride(2)
+                    .padding(1)
+                    .output_padding(1)
+                    .groups(2),
+            ),
+        ] {
+            let x = spread(&[2, c, h, h], -1.0, 1.0, 31);
+            let w = spread(&[o, c / opts.groups, k, k], -0.5, 0.5, 32);
+            let conv = |x: &Var, w: &Var| x.conv2d(w, opts);
+            let y = spread(
+                &conv(&Var::constant(x.clone()), &Var::constant(w.clone())).shape(),
+                -1.0,
+                1.0,
+                33,
+            );
+            // conv_t(y) with the same weight, and its gradients against z.
+            let (yv, wv) = (Var::parameter(y.clone()), Var::parameter(w.clone()));
+            let t = yv.conv_transpose2d(&wv, opts);
+            assert_eq!(t.shape(), x.shape(), "{opts:?}");
+            let z = spread(&t.shape(), -1.0, 1.0, 34);
+            t.mul(&Var::constant(z.clone())).sum().backward();
+            // The same quantities from the convolution.
+            let (zv, w2) = (Var::parameter(z.clone()), Var::parameter(w.clone()));
+            let cz = conv(&zv, &w2);
+            cz.mul(&Var::constant(y.clone())).sum().backward();
+            let close = |name: &str, a: &Array, b: &Array| {
+                let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+                for (p, q) in a.iter().zip(b) {
+                    assert!((p - q).abs() <= 2e-5 * scale, "{name} {opts:?}: {p} vs {q}");
+                }
+            };
+            let cx = conv(&Var::constant(x.clone()), &Var::constant(w.clone()));
+            let lhs: f64 = cx.value().iter().zip(&y).map(|(a, b)| (a * b) as f64).sum();
+            let tx = Var::constant(y.clone()).conv_transpose2d(&Var::constant(w.clone()), opts);
+            let rhs: f64 = tx.value().iter().zip(&x).map(|(a, b)| (a * b) as f64).sum();
+            assert!(
+                (lhs - rhs).abs() < 1e-4 * lhs.abs().max(1.0),
+                "{opts:?}: {lhs} vs {rhs}"
+            );
+            close("dy", &yv.grad().expect("dy"), &cz.value());
+            close("dw", &wv.grad().expect("dw"), &w2.grad().expect("dw"));
+        }
+    }
 }
