@@ -141,13 +141,14 @@ def main():
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
+                train_s = time.time() - t
                 net.eval()
                 with torch.no_grad():
                     acc = sum((net(xte_t[i:i + 500]).argmax(1) == yte_t[i:i + 500]).sum().item()
                               for i in range(0, len(xte_t), 500)) / len(xte_t)
                 accs.append(acc)
                 print(f"{variant} seed {seed} epoch {ep + 1}: test {acc:.4f} loss {loss.item():.3f} "
-                      f"({time.time() - t:.0f} s)", flush=True)
+                      f"train {train_s:.1f} s ({len(xtr) / train_s:.0f} img/s)", flush=True)
             gs = [round(m.weight.abs().mean().item(), 3) for m in net if isinstance(m, (msn.MeanOnlyBatchNorm2d, nn.BatchNorm2d))]
             rec = dict(variant=variant, seed=seed, epochs=a.epochs, lr=lr, augment=not a.no_augment,
                        test_acc=accs, init_layer_std=init_stds,
