@@ -136,11 +136,14 @@ pub unsafe fn sgemm_packed(
     }
     PACK.with(|bp| {
         let mut bp = bp.borrow_mut();
-        bp.resize(NC.min(n.next_multiple_of(NR)) * KC.min(k), 0.0);
+        // k in equal blocks of at most KC (288 = 144 + 144, not 256 + 32: a short last
+        // block pays the C tile's loads and stores for little work).
+        let kb = k.div_ceil(k.div_ceil(KC));
+        bp.resize(NC.min(n.next_multiple_of(NR)) * kb, 0.0);
         for jc in (0..n).step_by(NC) {
             let nc = NC.min(n - jc);
-            for pc in (0..k).step_by(KC) {
-                let kc = KC.min(k - pc);
+            for pc in (0..k).step_by(kb) {
+                let kc = kb.min(k - pc);
                 let bp = &mut bp[..nc.next_multiple_of(NR) * kc];
                 b.pack(pc, kc, jc, nc, bp);
                 let load_c = accumulate || pc > 0;
