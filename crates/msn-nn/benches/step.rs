@@ -1,4 +1,5 @@
-//! Training-step benchmark: `cargo bench -p msn-nn --bench step [-- --torch PYTHON]`.
+//! Training-step benchmark:
+//! `cargo bench -p msn-nn --bench step [-- --torch PYTHON] [--rounds N] [--kernels]`.
 //!
 //! Prints, in one run:
 //! 1. the cnn3 (batch 64, 28x28) and vgg7 (batch 64, 32x32) training-step time
@@ -6,9 +7,10 @@
 //! 2. forward + backward of the normalization layers alone: BatchNorm, mean-only BN, and the
 //!    SN power iteration with the weight normalization;
 //! 3. the conv kernels' GFLOP/s at the cnn3 and vgg7 layer shapes, forward and backward,
-//!    beside the machine's peak;
+//!    beside the machine's peak, fused (im2col inside the sgemm's packing) against unfused;
 //! 4. with `--torch PYTHON`, PyTorch's step times from `tests/python/bench_torch_step.py` on
-//!    the same machine, with the ratio ours/PyTorch.
+//!    the same machine, taken in turns with ours for `--rounds` rounds (3 by default), with
+//!    the ratio ours/PyTorch of the medians and of each round.
 
 use msn_autograd::kernels::set_fused;
 use msn_autograd::ops::conv::ConvOptions;
@@ -164,11 +166,18 @@ fn conv_gflops(name: &str, n: usize, c: usize, hw: usize, o: usize, k: usize, op
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let torch = args
-        .iter()
-        .position(|a| a == "--torch")
-        .and_then(|i| args.get(i + 1))
-        .cloned();
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let torch = value("--torch");
+    // Ours and PyTorch's take turns for this many rounds; each figure is the median of the
+    // rounds' medians (the machine's speed drifts from minute to minute).
+    let rounds: usize = value("--rounds").map_or(if torch.is_some() { 3 } else { 1 }, |r| {
+        r.parse().expect("--rounds takes a number")
+    });
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -176,28 +185,44 @@ fn main() {
 
     // `--kernels`: only the conv kernels (section 3).
     let kernels_only = args.iter().any(|a| a == "--kernels");
-    let mut ours = Vec::new();
     let archs: &[(&str, [usize; 3], usize)] = if kernels_only {
         &[]
     } else {
         &[("cnn3", [1, 28, 28], 41), ("vgg7", [3, 32, 32], 15)]
     };
-    for &(arch, shape, rounds) in archs {
-        println!(
-            "{arch}, batch 64, {}x{}: forward + backward + SGD step, median of {rounds} \
-             round-robin rounds",
-            shape[1], shape[2]
-        );
-        let times = step_ms(arch, shape, rounds);
-        for (n, t) in NORMS.iter().zip(&times) {
-            println!("  {n:<5} {t:8.2} ms");
-            ours.push((format!("{arch}-{n}"), *t));
+    // name -> (ours per round, PyTorch's per round)
+    let mut table: Vec<(String, Vec<f64>, Vec<f64>)> = Vec::new();
+    for round in 0..rounds {
+        for &(arch, shape, steps) in archs {
+            println!(
+                "round {}/{rounds}: {arch}, batch 64, {}x{}: forward + backward + SGD step, \
+                 median of {steps} round-robin steps",
+                round + 1,
+                shape[1],
+                shape[2]
+            );
+            let times = step_ms(arch, shape, steps);
+            for (n, t) in NORMS.iter().zip(&times) {
+                println!("  {n:<5} {t:8.2} ms");
+                let name = format!("{arch}-{n}");
+                match table.iter_mut().find(|(k, _, _)| *k == name) {
+                    Some(row) => row.1.push(*t),
+                    None => table.push((name, vec![*t], Vec::new())),
+                }
+            }
+            println!(
+                "  ratio msn/bn = {:.3}   sn/none = {:.3}\n",
+                times[3] / times[1],
+                times[2] / times[0]
+            );
         }
-        println!(
-            "  ratio msn/bn = {:.3}   sn/none = {:.3}\n",
-            times[3] / times[1],
-            times[2] / times[0]
-        );
+        if let (Some(py), false) = (&torch, kernels_only) {
+            for (name, ms) in torch_steps(py) {
+                if let Some(row) = table.iter_mut().find(|(k, _, _)| *k == name) {
+                    row.2.push(ms);
+                }
+            }
+        }
     }
 
     if !kernels_only {
@@ -205,31 +230,56 @@ fn main() {
     }
     conv_kernels();
 
-    if let Some(py) = torch {
-        let script = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../tests/python/bench_torch_step.py"
+    if torch.is_some() && !kernels_only {
+        println!(
+            "\nPyTorch on the same machine (tests/python/bench_torch_step.py: nn.Conv2d, \
+             nn.BatchNorm2d, hand-written SN), {rounds} rounds in turns with ours; medians of \
+             the rounds"
         );
-        println!("\nPyTorch on the same machine ({py} {script})");
-        match std::process::Command::new(&py).arg(script).output() {
-            Ok(out) if out.status.success() => {
-                let text = String::from_utf8_lossy(&out.stdout);
-                for line in text.lines() {
-                    let mut it = line.split_whitespace();
-                    if let (Some(name), Some(ms)) =
-                        (it.next(), it.next().and_then(|v| v.parse::<f64>().ok()))
-                    {
-                        if let Some((_, t)) = ours.iter().find(|(n, _)| n == name) {
-                            println!(
-                                "  {name:<12} ours {t:8.2} ms  torch {ms:8.2} ms  ours/torch {:.2}",
-                                t / ms
-                            );
-                        }
-                    }
-                }
-            }
-            Ok(out) => println!("  failed: {}", String::from_utf8_lossy(&out.stderr)),
-            Err(e) => println!("  cannot run {py}: {e}"),
+        let med = |v: &[f64]| {
+            let mut v = v.to_vec();
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+        };
+        for (name, o, t) in &table {
+            let per_round: Vec<String> = o
+                .iter()
+                .zip(t)
+                .map(|(a, b)| format!("{:.2}", a / b))
+                .collect();
+            println!(
+                "  {name:<12} ours {:8.2} ms  torch {:8.2} ms  ours/torch {:.2}  (rounds: {})",
+                med(o),
+                med(t),
+                med(o) / med(t),
+                per_round.join(", ")
+            );
+        }
+    }
+}
+
+/// PyTorch's step times (`<arch>-<norm>` -> ms) from `tests/python/bench_torch_step.py`;
+/// none, with a message, when it cannot run.
+fn torch_steps(py: &str) -> Vec<(String, f64)> {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/python/bench_torch_step.py"
+    );
+    match std::process::Command::new(py).arg(script).output() {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|line| {
+                let mut it = line.split_whitespace();
+                Some((it.next()?.to_string(), it.next()?.parse().ok()?))
+            })
+            .collect(),
+        Ok(out) => {
+            println!("  PyTorch failed: {}", String::from_utf8_lossy(&out.stderr));
+            Vec::new()
+        }
+        Err(e) => {
+            println!("  cannot run {py}: {e}");
+            Vec::new()
         }
     }
 }
