@@ -345,6 +345,13 @@ unsafe fn kernel(
         a = a.add(MR);
         b = b.add(NR);
     }
+    store(&acc, c, mr, nr, load_c);
+}
+
+/// Writes (or adds, `load_c`) the first `mr` rows and `nr` columns of a tile into `c`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn store(acc: &[[__m512; 3]; MR], c: Strided<*mut f32>, mr: usize, nr: usize, load_c: bool) {
     if c.cs == 1 {
         let masks = [
             mask(nr),
@@ -368,7 +375,7 @@ unsafe fn kernel(
         }
     } else {
         let mut tile = [[0.0f32; NR]; MR];
-        for (t, row) in tile.iter_mut().zip(&acc) {
+        for (t, row) in tile.iter_mut().zip(acc) {
             for (j, v) in row.iter().enumerate() {
                 _mm512_storeu_ps(t.as_mut_ptr().add(16 * j), *v);
             }
@@ -377,6 +384,91 @@ unsafe fn kernel(
             for (j, v) in t.iter().enumerate().take(nr) {
                 let p = c.ptr.offset(r as isize * c.rs + j as isize * c.cs);
                 *p = if load_c { *p + v } else { *v };
+            }
+        }
+    }
+}
+
+/// The direct form of [`kernel`] for stride-1 convolutions whose output rows hold whole
+/// 16-pixel vectors: B is read straight from the padded image, vector `v` of row `kk` at
+/// `bases[v] + taps[kk]`, with no packing. `NV` (1 to 3) vectors, `16 * NV` columns.
+#[target_feature(enable = "avx512f")]
+unsafe fn kernel_direct<const NV: usize>(
+    kc: usize,
+    a: *const f32,
+    taps: *const isize,
+    bases: [*const f32; 3],
+    c: Strided<*mut f32>,
+    mr: usize,
+    load_c: bool,
+) {
+    let mut acc = [[_mm512_setzero_ps(); 3]; MR];
+    let mut a = a;
+    for kk in 0..kc {
+        let t = *taps.add(kk);
+        let mut b = [_mm512_setzero_ps(); 3];
+        for v in 0..NV {
+            b[v] = _mm512_loadu_ps(bases[v].offset(t));
+        }
+        for (r, row) in acc.iter_mut().enumerate() {
+            let av = _mm512_set1_ps(*a.add(r));
+            for v in 0..NV {
+                row[v] = _mm512_fmadd_ps(av, b[v], row[v]);
+            }
+        }
+        a = a.add(MR);
+    }
+    store(&acc, c, mr, 16 * NV, load_c);
+}
+
+/// `c (+)= a B` for a convolution read straight from its padded input `xp`: `B[kk, l] =
+/// xp[taps[kk] + pixels[l / 16] + l % 16]`, `n = 16 * pixels.len()` columns (each 16-pixel
+/// vector contiguous in `xp`). Panics if a read would leave `xp`.
+///
+/// # Safety
+/// [`available`] must be true; `c` must address a live `[a.rows(), n]` matrix with its
+/// strides and must not overlap `xp`.
+pub unsafe fn sgemm_direct(
+    a: &PackedA,
+    xp: &[f32],
+    taps: &[isize],
+    pixels: &[usize],
+    c: Strided<*mut f32>,
+    accumulate: bool,
+) {
+    let (m, k, n) = (a.m, a.k, 16 * pixels.len());
+    assert_eq!(taps.len(), k, "sgemm_direct: one tap per row of B");
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(k > 0, "sgemm_direct: B has no rows");
+    let (tmin, tmax) = (taps.iter().min().copied(), taps.iter().max().copied());
+    let pmax = pixels.iter().max().copied();
+    let (Some(tmin), Some(tmax), Some(pmax)) = (tmin, tmax, pmax) else {
+        return;
+    };
+    assert!(
+        tmin >= 0 && tmax as usize + pmax + 16 <= xp.len(),
+        "sgemm_direct: out of bounds"
+    );
+    let kb = k.div_ceil(k.div_ceil(KC));
+    for pc in (0..k).step_by(kb) {
+        let kc = kb.min(k - pc);
+        let load_c = accumulate || pc > 0;
+        let tp = taps.as_ptr().add(pc);
+        for ir in (0..m).step_by(MR) {
+            let mr = MR.min(m - ir);
+            let apanel = a.data.as_ptr().add(ir * k + pc * MR);
+            for (t, vecs) in pixels.chunks(3).enumerate() {
+                let base = |v: usize| xp.as_ptr().add(vecs[v.min(vecs.len() - 1)]);
+                let bases = [base(0), base(1), base(2)];
+                let cptr = c.ptr.offset(ir as isize * c.rs + (48 * t) as isize * c.cs);
+                let c = Strided { ptr: cptr, ..c };
+                match vecs.len() {
+                    3 => kernel_direct::<3>(kc, apanel, tp, bases, c, mr, load_c),
+                    2 => kernel_direct::<2>(kc, apanel, tp, bases, c, mr, load_c),
+                    _ => kernel_direct::<1>(kc, apanel, tp, bases, c, mr, load_c),
+                }
             }
         }
     }

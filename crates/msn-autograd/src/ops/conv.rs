@@ -800,6 +800,17 @@ mod tests {
             ),
             (2, 9, 14, 10, 5, ConvOptions::default().padding(1).stride(3)),
             (2, 16, 9, 12, 2, ConvOptions::default().stride(2).groups(2)),
+            // Output rows of whole 16-pixel vectors: the direct kernel.
+            (2, 12, 15, 20, 3, ConvOptions::default().padding(1)),
+            (3, 10, 31, 9, 3, ConvOptions::default().padding(1)),
+            (
+                2,
+                16,
+                15,
+                12,
+                3,
+                ConvOptions::default().padding(2).dilation(2),
+            ),
             // Small images, taken several at a time by the fused kernels.
             (5, 16, 4, 20, 3, ConvOptions::default().padding(1)),
             (6, 12, 5, 8, 3, ConvOptions::default().padding(1).groups(2)),
