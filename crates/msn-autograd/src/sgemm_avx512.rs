@@ -15,7 +15,7 @@ use std::cell::RefCell;
 const MR: usize = 8;
 /// Columns of a packed B panel: [`PackB::pack`] writes panels of this width.
 pub const NR: usize = 48;
-const KC: usize = 256;
+const KC: usize = 128;
 const NC: usize = 1536;
 
 /// Whether this CPU runs the AVX-512 kernels (checked once).
@@ -147,11 +147,13 @@ pub unsafe fn sgemm_packed(
                 let bp = &mut bp[..nc.next_multiple_of(NR) * kc];
                 b.pack(pc, kc, jc, nc, bp);
                 let load_c = accumulate || pc > 0;
-                for ir in (0..m).step_by(MR) {
-                    let mr = MR.min(m - ir);
-                    let apanel = a.data.as_ptr().add(ir * k + pc * MR);
-                    for jr in (0..nc).step_by(NR) {
-                        let nr = NR.min(nc - jr);
+                // Each B micro-panel (kc x NR) stays in L1 while every A panel of the
+                // block passes over it.
+                for jr in (0..nc).step_by(NR) {
+                    let nr = NR.min(nc - jr);
+                    for ir in (0..m).step_by(MR) {
+                        let mr = MR.min(m - ir);
+                        let apanel = a.data.as_ptr().add(ir * k + pc * MR);
                         let cptr = c.ptr.offset(ir as isize * c.rs + (jc + jr) as isize * c.cs);
                         kernel(
                             kc,
@@ -456,12 +458,12 @@ pub unsafe fn sgemm_direct(
         let kc = kb.min(k - pc);
         let load_c = accumulate || pc > 0;
         let tp = taps.as_ptr().add(pc);
-        for ir in (0..m).step_by(MR) {
-            let mr = MR.min(m - ir);
-            let apanel = a.data.as_ptr().add(ir * k + pc * MR);
-            for (t, vecs) in pixels.chunks(3).enumerate() {
-                let base = |v: usize| xp.as_ptr().add(vecs[v.min(vecs.len() - 1)]);
-                let bases = [base(0), base(1), base(2)];
+        for (t, vecs) in pixels.chunks(3).enumerate() {
+            let base = |v: usize| xp.as_ptr().add(vecs[v.min(vecs.len() - 1)]);
+            let bases = [base(0), base(1), base(2)];
+            for ir in (0..m).step_by(MR) {
+                let mr = MR.min(m - ir);
+                let apanel = a.data.as_ptr().add(ir * k + pc * MR);
                 let cptr = c.ptr.offset(ir as isize * c.rs + (48 * t) as isize * c.cs);
                 let c = Strided { ptr: cptr, ..c };
                 match vecs.len() {
