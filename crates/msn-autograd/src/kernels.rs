@@ -712,7 +712,7 @@ impl PackedWeight {
 pub fn conv_gemm(xs: &[&[f32]], g: &ConvGeom, w: &PackedWeight, out: &mut [f32], acc: bool) {
     #[cfg(target_arch = "x86_64")]
     {
-        use crate::sgemm_avx512::{sgemm_packed, Strided};
+        use crate::sgemm_avx512::{sgemm_direct, sgemm_packed, Strided};
         let n = g.cols() * xs.len();
         assert!(out.len() >= w.a.rows() * n, "conv_gemm: output size");
         let c = Strided {
@@ -720,26 +720,6 @@ pub fn conv_gemm(xs: &[&[f32]], g: &ConvGeom, w: &PackedWeight, out: &mut [f32],
             rs: n as isize,
             cs: 1,
         };
-        if g.stride == [1, 1] && g.ow.is_multiple_of(16) {
-            // Output rows of whole 16-pixel vectors: the kernel reads the image directly.
-            return with_padded(xs, g, |xp| {
-                let im = Im2colB {
-                    xp,
-                    g,
-                    transposed: false,
-                };
-                let taps: Vec<isize> = (0..g.rows()).map(|r| im.tap(r) as isize).collect();
-                let (hp, wp) = g.padded();
-                let pixels: Vec<usize> = (0..n / 16)
-                    .map(|v| {
-                        let (image, px) = (16 * v / g.cols(), 16 * v % g.cols());
-                        image * g.c * hp * wp + (px / g.ow) * wp + px % g.ow
-                    })
-                    .collect();
-                // SAFETY: as below; `sgemm_direct` checks its reads against `xp`.
-                unsafe { crate::sgemm_avx512::sgemm_direct(&w.a, xp, &taps, &pixels, c, acc) }
-            });
-        }
         with_padded(xs, g, |xp| {
             let b = Im2colB {
                 xp,
@@ -747,19 +727,23 @@ pub fn conv_gemm(xs: &[&[f32]], g: &ConvGeom, w: &PackedWeight, out: &mut [f32],
                 transposed: false,
             };
             // SAFETY: a `PackedWeight` exists only where AVX-512 is present; `out` holds
-            // `rows * n` values and is borrowed mutably, so it does not overlap the image.
+            // `rows * n` values and is borrowed mutably, so it does not overlap the image;
+            // `sgemm_direct` checks its reads against `xp`.
             unsafe {
-                sgemm_packed(
-                    n,
-                    &w.a,
-                    &b,
-                    Strided {
-                        ptr: out.as_mut_ptr(),
-                        rs: n as isize,
-                        cs: 1,
-                    },
-                    acc,
-                );
+                if g.stride == [1, 1] && g.ow.is_multiple_of(16) {
+                    // Output rows of whole 16-pixel vectors: the kernel reads the image.
+                    let taps: Vec<isize> = (0..g.rows()).map(|r| b.tap(r) as isize).collect();
+                    let (hp, wp) = g.padded();
+                    let pixels: Vec<usize> = (0..n / 16)
+                        .map(|v| {
+                            let (image, px) = (16 * v / g.cols(), 16 * v % g.cols());
+                            image * g.c * hp * wp + (px / g.ow) * wp + px % g.ow
+                        })
+                        .collect();
+                    sgemm_direct(&w.a, xp, &taps, &pixels, c, acc);
+                } else {
+                    sgemm_packed(n, &w.a, &b, c, acc);
+                }
             }
         });
     }
