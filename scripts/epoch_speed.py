@@ -12,7 +12,9 @@ sweep; the table gives medians.
   scripts/torch_vgg7_cifar.py.
 
 Run: python3 scripts/epoch_speed.py --msn target/release/msn --python /work/venv/bin/python
-     [--archs cnn3,vgg7] [--norms none,bn,sn,msn] [--rounds 1]
+     [--archs cnn3,vgg7] [--norms none,bn,sn,msn] [--rounds 1] [--mnist-limit N]
+Rounds alternate which side goes first. On a machine whose speed drifts, shorter epochs
+(--mnist-limit 12800) over more rounds give steadier ratios than one long pair.
 """
 import argparse
 import json
@@ -27,8 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT / ".." / "shared"
 
 
-def ours(msn, arch, norm, out):
-    data = {"cnn3": ["--dataset", "mnist", "--data-dir", str(SHARED / "data" / "mnist")],
+def ours(msn, arch, norm, out, limit):
+    data = {"cnn3": ["--dataset", "mnist", "--data-dir", str(SHARED / "data" / "mnist"),
+                     *(["--train-limit", str(limit), "--test-limit", "1000"] if limit else [])],
             "vgg7": ["--dataset", "cifar10", "--data-dir", str(SHARED / "data" / "cifar10"),
                      "--augment", "false"]}[arch]
     run = Path(out) / f"{arch}-{norm}"
@@ -39,10 +42,11 @@ def ours(msn, arch, norm, out):
     return json.loads(line)["images_per_second"]
 
 
-def torch(python, arch, norm):
+def torch(python, arch, norm, limit):
     if arch == "cnn3":
         ref = SHARED / "reference" / "pytorch"
-        cmd = [python, str(ref / "train_1epoch.py"), str(SHARED / "data" / "mnist"), norm]
+        cmd = [python, str(ref / "train_1epoch.py"), str(SHARED / "data" / "mnist"), norm,
+               *(["--limit", str(limit)] if limit else [])]
         cwd = ref
     else:
         cmd = [python, str(ROOT / "scripts" / "torch_vgg7_cifar.py"), str(SHARED / "data" / "cifar10"),
@@ -59,14 +63,22 @@ def main():
     ap.add_argument("--archs", default="cnn3,vgg7")
     ap.add_argument("--norms", default="none,bn,sn,msn")
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--mnist-limit", type=int, default=0,
+                    help="cnn3 epochs on the first N MNIST training images (0: all 60,000)")
     a = ap.parse_args()
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(a.rounds):
             for arch in a.archs.split(","):
                 for norm in a.norms.split(","):
-                    o = ours(a.msn, arch, norm, f"{tmp}/{r}")
-                    t = torch(a.python, arch, norm)
+                    limit = a.mnist_limit if arch == "cnn3" else 0
+                    # Alternate which side goes first, so drift favours neither.
+                    if r % 2 == 0:
+                        o = ours(a.msn, arch, norm, f"{tmp}/{r}", limit)
+                        t = torch(a.python, arch, norm, limit)
+                    else:
+                        t = torch(a.python, arch, norm, limit)
+                        o = ours(a.msn, arch, norm, f"{tmp}/{r}", limit)
                     runs.setdefault((arch, norm), []).append((o, t))
                     print(f"round {r + 1} {arch} {norm}: ours {o:.0f} img/s, PyTorch {t:.0f} img/s, "
                           f"ours/PyTorch time {t / o:.2f}", flush=True)
