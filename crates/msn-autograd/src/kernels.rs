@@ -569,11 +569,7 @@ struct Im2colB<'a> {
 impl Im2colB<'_> {
     /// Offset of tap row `r` (`(c, i, j)`) in the padded plane, for output pixel (0, 0).
     fn tap(&self, r: usize) -> usize {
-        let g = self.g;
-        let (hp, wp) = g.padded();
-        let (c, ij) = (r / (g.kh * g.kw), r % (g.kh * g.kw));
-        let (i, j) = (ij / g.kw, ij % g.kw);
-        (c * hp + i * g.dilation[0]) * wp + j * g.dilation[1]
+        tap_offset(self.g, r)
     }
 
     /// Columns `l0..l1` (image `l / cols`, its output pixel `l % cols`) as runs within
@@ -712,7 +708,7 @@ impl PackedWeight {
 pub fn conv_gemm(xs: &[&[f32]], g: &ConvGeom, w: &PackedWeight, out: &mut [f32], acc: bool) {
     #[cfg(target_arch = "x86_64")]
     {
-        use crate::sgemm_avx512::{sgemm_direct, sgemm_packed, Strided};
+        use crate::sgemm_avx512::{sgemm_packed, Strided};
         let n = g.cols() * xs.len();
         assert!(out.len() >= w.a.rows() * n, "conv_gemm: output size");
         let c = Strided {
@@ -727,23 +723,9 @@ pub fn conv_gemm(xs: &[&[f32]], g: &ConvGeom, w: &PackedWeight, out: &mut [f32],
                 transposed: false,
             };
             // SAFETY: a `PackedWeight` exists only where AVX-512 is present; `out` holds
-            // `rows * n` values and is borrowed mutably, so it does not overlap the image;
-            // `sgemm_direct` checks its reads against `xp`.
+            // `rows * n` values and is borrowed mutably, so it does not overlap the image.
             unsafe {
-                if g.stride == [1, 1] && g.ow.is_multiple_of(16) {
-                    // Output rows of whole 16-pixel vectors: the kernel reads the image.
-                    let taps: Vec<isize> = (0..g.rows()).map(|r| b.tap(r) as isize).collect();
-                    let (hp, wp) = g.padded();
-                    let pixels: Vec<usize> = (0..n / 16)
-                        .map(|v| {
-                            let (image, px) = (16 * v / g.cols(), 16 * v % g.cols());
-                            image * g.c * hp * wp + (px / g.ow) * wp + px % g.ow
-                        })
-                        .collect();
-                    sgemm_direct(&w.a, xp, &taps, &pixels, c, acc);
-                } else {
-                    sgemm_packed(n, &w.a, &b, c, acc);
-                }
+                sgemm_packed(n, &w.a, &b, c, acc);
             }
         });
     }
@@ -751,6 +733,132 @@ pub fn conv_gemm(xs: &[&[f32]], g: &ConvGeom, w: &PackedWeight, out: &mut [f32],
     {
         let _ = (xs, g, out, acc);
         match w.never {}
+    }
+}
+
+/// Offset of im2col row `r` (tap `(c, i, j)`) in a padded `[c, hp, wp]` image group, for
+/// output pixel (0, 0).
+#[cfg(target_arch = "x86_64")]
+fn tap_offset(g: &ConvGeom, r: usize) -> usize {
+    let (hp, wp) = g.padded();
+    let (c, ij) = (r / (g.kh * g.kw), r % (g.kh * g.kw));
+    let (i, j) = (ij / g.kw, ij % g.kw);
+    (c * hp + i * g.dilation[0]) * wp + j * g.dilation[1]
+}
+
+/// Whether a convolution runs on the direct kernels ([`conv_direct`],
+/// [`conv_weight_direct`]), which read the padded image where it is instead of packing
+/// im2col panels: on AVX-512, for stride 1, when the output rows fill at least 3/4 of the
+/// 16-pixel vectors they take (28 or 30 pixels: 2 vectors; not 8 or 4).
+pub fn direct_conv(g: &ConvGeom) -> bool {
+    fused_conv_available()
+        && g.stride == [1, 1]
+        && g.ow > 0
+        && 4 * g.ow >= 3 * 16 * g.ow.div_ceil(16)
+}
+
+/// The padded image groups `xs` back to back (`[c, hp, wp]` each) and 16 zeros after them,
+/// the most a vector's unused lanes read past the last image.
+#[cfg(target_arch = "x86_64")]
+fn with_padded_images<R>(xs: &[&[f32]], g: &ConvGeom, f: impl FnOnce(&[f32]) -> R) -> R {
+    let (hp, wp) = g.padded();
+    let (ph, pw) = (g.padding[0], g.padding[1]);
+    let image = g.c * hp * wp;
+    PADDED.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        buf.clear();
+        buf.resize(xs.len() * image + 16, 0.0);
+        for (i, x) in xs.iter().enumerate() {
+            for c in 0..g.c {
+                for y in 0..g.h {
+                    let dst = i * image + (c * hp + y + ph) * wp + pw;
+                    let src = (c * g.h + y) * g.w;
+                    buf[dst..dst + g.w].copy_from_slice(&x[src..src + g.w]);
+                }
+            }
+        }
+        f(&buf)
+    })
+}
+
+/// The 16-pixel vectors of [`with_padded_images`]' images: image `i`'s output pixel `px`
+/// lands at column `i * image + px` (rows of the output `rs` apart, see [`conv_direct`]).
+#[cfg(target_arch = "x86_64")]
+fn pixel_vecs(g: &ConvGeom, count: usize, image: usize) -> Vec<crate::sgemm_avx512::PixelVec> {
+    let (hp, wp) = g.padded();
+    let mut vecs = Vec::with_capacity(count * g.oh * g.ow.div_ceil(16));
+    for i in 0..count {
+        for y in 0..g.oh {
+            for x in (0..g.ow).step_by(16) {
+                vecs.push(crate::sgemm_avx512::PixelVec {
+                    src: i * g.c * hp * wp + y * wp + x,
+                    dst: i * image + y * g.ow + x,
+                    lanes: (g.ow - x).min(16),
+                });
+            }
+        }
+    }
+    vecs
+}
+
+/// `out[o * rs + i * image + px] (+)= (w im2col(xs[i]))[o, px]` for a convolution that
+/// [`direct_conv`] accepts: the kernel reads the padded images directly, and writes each
+/// image's output where it belongs (no side-by-side buffer).
+pub fn conv_direct(
+    xs: &[&[f32]],
+    g: &ConvGeom,
+    w: &PackedWeight,
+    out: &mut [f32],
+    rs: usize,
+    image: usize,
+    acc: bool,
+) {
+    assert!(direct_conv(g), "conv_direct: not a direct convolution");
+    #[cfg(target_arch = "x86_64")]
+    {
+        let taps: Vec<isize> = (0..g.rows()).map(|r| tap_offset(g, r) as isize).collect();
+        let vecs = pixel_vecs(g, xs.len(), image);
+        with_padded_images(xs, g, |xp| {
+            // SAFETY: a `PackedWeight` exists only where AVX-512 is present;
+            // `sgemm_direct` checks its reads and writes.
+            unsafe { crate::sgemm_avx512::sgemm_direct(&w.a, xp, &taps, &vecs, out, rs, acc) }
+        });
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (xs, w, out, rs, image, acc);
+    }
+}
+
+/// `dw[o, r] += sum over images i and pixels px of gy[o * rs + i * image + px] *
+/// im2col(xs[i])[r, px]` (`dw`: `[m, rows]`, `m = dw.len() / rows`) for a convolution that
+/// [`direct_conv`] accepts, as dot products along the pixels: no packing, no transposition.
+pub fn conv_weight_direct(
+    xs: &[&[f32]],
+    g: &ConvGeom,
+    gy: &[f32],
+    rs: usize,
+    image: usize,
+    dw: &mut [f32],
+) {
+    assert!(
+        direct_conv(g),
+        "conv_weight_direct: not a direct convolution"
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        let taps: Vec<isize> = (0..g.rows()).map(|r| tap_offset(g, r) as isize).collect();
+        let vecs = pixel_vecs(g, xs.len(), image);
+        let m = dw.len() / g.rows().max(1);
+        with_padded_images(xs, g, |xp| {
+            // SAFETY: AVX-512 is present (`direct_conv`); `dot_direct` checks its reads and
+            // the size of `dw`.
+            unsafe { crate::sgemm_avx512::dot_direct(gy, rs, m, xp, &taps, &vecs, dw) }
+        });
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (xs, gy, rs, image, dw);
     }
 }
 

@@ -391,16 +391,49 @@ unsafe fn store(acc: &[[__m512; 3]; MR], c: Strided<*mut f32>, mr: usize, nr: us
     }
 }
 
-/// The direct form of [`kernel`] for stride-1 convolutions whose output rows hold whole
-/// 16-pixel vectors: B is read straight from the padded image, vector `v` of row `kk` at
-/// `bases[v] + taps[kk]`, with no packing. `NV` (1 to 3) vectors, `16 * NV` columns.
+/// One vector of up to 16 output pixels of a stride-1 convolution, consecutive in one
+/// output row: its pixels read the padded image at `src + tap` for each tap, and sit at
+/// column `dst` onwards of the output (or of the output gradient). Only `lanes` of the 16
+/// are real; the others read past the row, into the padding or the next row, and are
+/// dropped (masked stores, or zero lanes of the gradient).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PixelVec {
+    pub src: usize,
+    pub dst: usize,
+    pub lanes: usize,
+}
+
+/// Checks that every vector's full 16-lane reads at each tap stay inside `xp`, and returns
+/// the largest `dst + lanes`.
+fn direct_bounds(what: &str, xp: &[f32], taps: &[isize], vecs: &[PixelVec]) -> usize {
+    let tmin = taps.iter().copied().min().unwrap_or(0);
+    let tmax = taps.iter().copied().max().unwrap_or(0);
+    let smax = vecs.iter().map(|v| v.src).max().unwrap_or(0);
+    assert!(
+        tmin >= 0 && tmax as usize + smax + 16 <= xp.len(),
+        "{what}: reads outside the image"
+    );
+    assert!(
+        vecs.iter().all(|v| (1..=16).contains(&v.lanes)),
+        "{what}: 1 to 16 lanes a vector"
+    );
+    vecs.iter().map(|v| v.dst + v.lanes).max().unwrap_or(0)
+}
+
+/// The direct form of [`kernel`] for stride-1 convolutions: B is read straight from the
+/// padded image, vector `v` of row `kk` at `src[v] + taps[kk]`, with no packing. `NV` (1 to
+/// 3) vectors, stored at their own columns `dst[v]` under their lane masks.
 #[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn kernel_direct<const NV: usize>(
     kc: usize,
     a: *const f32,
     taps: *const isize,
-    bases: [*const f32; 3],
-    c: Strided<*mut f32>,
+    src: [*const f32; 3],
+    c: *mut f32,
+    rs: usize,
+    dst: [usize; 3],
+    masks: [__mmask16; 3],
     mr: usize,
     load_c: bool,
 ) {
@@ -410,7 +443,7 @@ unsafe fn kernel_direct<const NV: usize>(
         let t = *taps.add(kk);
         let mut b = [_mm512_setzero_ps(); 3];
         for v in 0..NV {
-            b[v] = _mm512_loadu_ps(bases[v].offset(t));
+            b[v] = _mm512_loadu_ps(src[v].offset(t));
         }
         for (r, row) in acc.iter_mut().enumerate() {
             let av = _mm512_set1_ps(*a.add(r));
@@ -420,60 +453,139 @@ unsafe fn kernel_direct<const NV: usize>(
         }
         a = a.add(MR);
     }
-    store(&acc, c, mr, 16 * NV, load_c);
+    for (r, row) in acc.iter().enumerate().take(mr) {
+        for v in 0..NV {
+            let p = c.add(r * rs + dst[v]);
+            let val = if load_c {
+                _mm512_add_ps(row[v], _mm512_maskz_loadu_ps(masks[v], p))
+            } else {
+                row[v]
+            };
+            _mm512_mask_storeu_ps(p, masks[v], val);
+        }
+    }
 }
 
-/// `c (+)= a B` for a convolution read straight from its padded input `xp`: `B[kk, l] =
-/// xp[taps[kk] + pixels[l / 16] + l % 16]`, `n = 16 * pixels.len()` columns (each 16-pixel
-/// vector contiguous in `xp`). Panics if a read would leave `xp`.
+/// `c (+)= a B` for a stride-1 convolution read straight from its padded input `xp`:
+/// `B[kk, vector v lane l] = xp[taps[kk] + v.src + l]`, written to `c[i * rs + v.dst + l]`
+/// for output row `i` and `l < v.lanes`. Panics if a read would leave `xp` or a write `c`.
 ///
 /// # Safety
-/// [`available`] must be true; `c` must address a live `[a.rows(), n]` matrix with its
-/// strides and must not overlap `xp`.
+/// [`available`] must be true.
 pub unsafe fn sgemm_direct(
     a: &PackedA,
     xp: &[f32],
     taps: &[isize],
-    pixels: &[usize],
-    c: Strided<*mut f32>,
+    vecs: &[PixelVec],
+    c: &mut [f32],
+    rs: usize,
     accumulate: bool,
 ) {
-    let (m, k, n) = (a.m, a.k, 16 * pixels.len());
+    let (m, k) = (a.m, a.k);
     assert_eq!(taps.len(), k, "sgemm_direct: one tap per row of B");
-    if m == 0 || n == 0 {
+    if m == 0 || vecs.is_empty() {
         return;
     }
     assert!(k > 0, "sgemm_direct: B has no rows");
-    let (tmin, tmax) = (taps.iter().min().copied(), taps.iter().max().copied());
-    let pmax = pixels.iter().max().copied();
-    let (Some(tmin), Some(tmax), Some(pmax)) = (tmin, tmax, pmax) else {
-        return;
-    };
+    let reach = direct_bounds("sgemm_direct", xp, taps, vecs);
     assert!(
-        tmin >= 0 && tmax as usize + pmax + 16 <= xp.len(),
-        "sgemm_direct: out of bounds"
+        (m - 1) * rs + reach <= c.len(),
+        "sgemm_direct: writes outside c"
     );
     let kb = k.div_ceil(k.div_ceil(KC));
     for pc in (0..k).step_by(kb) {
         let kc = kb.min(k - pc);
         let load_c = accumulate || pc > 0;
         let tp = taps.as_ptr().add(pc);
-        for (t, vecs) in pixels.chunks(3).enumerate() {
-            let base = |v: usize| xp.as_ptr().add(vecs[v.min(vecs.len() - 1)]);
-            let bases = [base(0), base(1), base(2)];
+        for three in vecs.chunks(3) {
+            let at = |v: usize| three[v.min(three.len() - 1)];
+            let src = [0, 1, 2].map(|v| xp.as_ptr().add(at(v).src));
+            let dst = [0, 1, 2].map(|v| at(v).dst);
+            let masks = [0, 1, 2].map(|v| mask(at(v).lanes));
             for ir in (0..m).step_by(MR) {
                 let mr = MR.min(m - ir);
                 let apanel = a.data.as_ptr().add(ir * k + pc * MR);
-                let cptr = c.ptr.offset(ir as isize * c.rs + (48 * t) as isize * c.cs);
-                let c = Strided { ptr: cptr, ..c };
-                match vecs.len() {
-                    3 => kernel_direct::<3>(kc, apanel, tp, bases, c, mr, load_c),
-                    2 => kernel_direct::<2>(kc, apanel, tp, bases, c, mr, load_c),
-                    _ => kernel_direct::<1>(kc, apanel, tp, bases, c, mr, load_c),
+                let cp = c.as_mut_ptr().add(ir * rs);
+                match three.len() {
+                    3 => kernel_direct::<3>(kc, apanel, tp, src, cp, rs, dst, masks, mr, load_c),
+                    2 => kernel_direct::<2>(kc, apanel, tp, src, cp, rs, dst, masks, mr, load_c),
+                    _ => kernel_direct::<1>(kc, apanel, tp, src, cp, rs, dst, masks, mr, load_c),
                 }
             }
         }
     }
+}
+
+/// Rows and taps of one tile of [`dot_direct`].
+const DOT_M: usize = 4;
+const DOT_T: usize = 6;
+/// Vectors a block of [`dot_direct`]: the tile's gradient rows stay in L1 across the taps.
+const DOT_V: usize = 96;
+
+/// `dw[i * taps.len() + kk] += sum over vectors v and lanes l < v.lanes of
+/// gy[i * gs + v.dst + l] * xp[taps[kk] + v.src + l]` for `i < m`: a stride-1 convolution's
+/// weight gradient as dot products along the pixels, both operands read where they are,
+/// with no packing or transposition. Panics if a read would leave `gy` or `xp`, or `dw` is
+/// short.
+///
+/// # Safety
+/// [`available`] must be true.
+pub unsafe fn dot_direct(
+    gy: &[f32],
+    gs: usize,
+    m: usize,
+    xp: &[f32],
+    taps: &[isize],
+    vecs: &[PixelVec],
+    dw: &mut [f32],
+) {
+    let n = taps.len();
+    if m == 0 || n == 0 || vecs.is_empty() {
+        return;
+    }
+    let reach = direct_bounds("dot_direct", xp, taps, vecs);
+    assert!(
+        (m - 1) * gs + reach <= gy.len(),
+        "dot_direct: reads outside gy"
+    );
+    assert!(dw.len() >= m * n, "dot_direct: weight gradient size");
+    for block in vecs.chunks(DOT_V) {
+        for t0 in (0..n).step_by(DOT_T) {
+            // A ragged last tile repeats its last tap (or row) and drops the repeat.
+            let tap = |t: usize| taps[(t0 + t).min(n - 1)];
+            let xt = [0, 1, 2, 3, 4, 5].map(|t| xp.as_ptr().offset(tap(t)));
+            for i0 in (0..m).step_by(DOT_M) {
+                let gr = [0, 1, 2, 3].map(|i| gy.as_ptr().add((i0 + i).min(m - 1) * gs));
+                let sums = dot_tile(gr, xt, block);
+                for (i, row) in sums.iter().enumerate().take(m - i0) {
+                    let out = &mut dw[(i0 + i) * n + t0..];
+                    for (o, s) in out.iter_mut().zip(row).take(n - t0) {
+                        *o += s;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn dot_tile(
+    gy: [*const f32; DOT_M],
+    xt: [*const f32; DOT_T],
+    vecs: &[PixelVec],
+) -> [[f32; DOT_T]; DOT_M] {
+    let mut acc = [[_mm512_setzero_ps(); DOT_T]; DOT_M];
+    for v in vecs {
+        let m = mask(v.lanes);
+        let g = gy.map(|r| _mm512_maskz_loadu_ps(m, r.add(v.dst)));
+        for t in 0..DOT_T {
+            let x = _mm512_loadu_ps(xt[t].add(v.src));
+            for i in 0..DOT_M {
+                acc[i][t] = _mm512_fmadd_ps(g[i], x, acc[i][t]);
+            }
+        }
+    }
+    acc.map(|row| row.map(|v| _mm512_reduce_add_ps(v)))
 }
 
 #[cfg(test)]

@@ -39,18 +39,33 @@ fn main() {
     let mut opt = Sgd::new(0.9, false, 0.0);
     let x = Var::constant(spread(&[64, shape[0], shape[1], shape[2]], -1.0, 1.0, 3));
     let labels: Vec<usize> = (0..64).map(|i| i % 10).collect();
-    let mut times = Vec::new();
+    // Per step: total, forward, backward, optimizer (ms).
+    let mut times: [Vec<f64>; 4] = Default::default();
     for _ in 0..steps {
         let start = Instant::now();
         let loss = model.forward(&x, &mut Ctx::train(0)).cross_entropy(&labels);
+        let forward = start.elapsed();
         loss.backward();
+        let backward = start.elapsed();
         opt.step(&params, 0.01);
         zero_grad(&params);
-        times.push(start.elapsed().as_secs_f64() * 1e3);
+        let total = start.elapsed();
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        for (t, v) in times.iter_mut().zip([
+            ms(total),
+            ms(forward),
+            ms(backward - forward),
+            ms(total - backward),
+        ]) {
+            t.push(v);
+        }
     }
-    times.sort_by(f64::total_cmp);
+    let median = |t: &mut Vec<f64>| {
+        t.sort_by(f64::total_cmp);
+        t[t.len() / 2]
+    };
+    let [t, f, b, o] = times.each_mut().map(median);
     println!(
-        "{arch} {norm}: median step {:.2} ms over {steps}",
-        times[steps / 2]
+        "{arch} {norm}: median step {t:.2} ms over {steps} (forward {f:.2}, backward {b:.2}, optimizer {o:.2})"
     );
 }

@@ -3,8 +3,8 @@
 //! `[C_in, C_out/groups, kh, kw]`. Biases are added by the layers, as separate broadcast adds.
 
 use crate::kernels::{
-    col2im, conv_gemm, conv_weight_gemm, gemm_seq, im2col, par_images_new, view2, view2_mut,
-    ConvGeom, PackedWeight,
+    col2im, conv_direct, conv_gemm, conv_weight_direct, conv_weight_gemm, direct_conv, gemm_seq,
+    im2col, par_images_new, view2, view2_mut, ConvGeom, PackedWeight,
 };
 use crate::{Array, Var};
 use ndarray::{s, Array2, ArrayView2, Dimension, IxDyn};
@@ -201,8 +201,11 @@ impl Lowered {
 
     /// How many images the fused kernels multiply at once: enough for about 256 columns,
     /// since the small images of late layers fill the 48-column register tile badly alone.
+    /// The direct kernels write each image in place, so they take more images at once (the
+    /// weight gradient's dot products then run longer between their sums).
     fn batch(&self) -> usize {
         match self.packed {
+            Some(_) if direct_conv(&self.geom) => (4096 / self.geom.cols().max(1)).clamp(1, 32),
             Some(_) => (256 / self.geom.cols().max(1)).clamp(1, 32),
             None => 1,
         }
@@ -215,6 +218,11 @@ impl Lowered {
         if let Some(packed) = &self.packed {
             for (g, w) in packed.iter().enumerate() {
                 let srcs = groups_of(a_imgs, count, g * size, size);
+                if direct_conv(&self.geom) {
+                    let out = &mut b_imgs[g * self.b * l..];
+                    conv_direct(&srcs, &self.geom, w, out, l, b_size, false);
+                    continue;
+                }
                 through_groups(b_imgs, count, g, self.b, l, false, |out, acc| {
                     conv_gemm(&srcs, &self.geom, w, out, acc)
                 });
@@ -244,8 +252,14 @@ impl Lowered {
             self.a * self.geom.plane(),
         );
         if let Some((fg, fw)) = &self.flipped {
+            let a_size = a_imgs.len() / count;
             for (g, w) in fw.iter().enumerate() {
                 let srcs = groups_of(b_imgs, count, g * self.b * l, self.b * l);
+                if direct_conv(fg) {
+                    let out = &mut a_imgs[g * self.a * fg.cols()..];
+                    conv_direct(&srcs, fg, w, out, fg.cols(), a_size, true);
+                    continue;
+                }
                 through_groups(a_imgs, count, g, self.a, fg.cols(), true, |out, acc| {
                     conv_gemm(&srcs, fg, w, out, acc)
                 });
@@ -301,6 +315,11 @@ impl Lowered {
             let dwg = &mut dw[g * self.b * rows..(g + 1) * self.b * rows];
             if self.packed.is_some() {
                 let srcs = groups_of(a_imgs, count, g * size, size);
+                if direct_conv(&self.geom) {
+                    let gy = &b_imgs[g * self.b * l..];
+                    conv_weight_direct(&srcs, &self.geom, gy, l, b_size, dwg);
+                    continue;
+                }
                 let done = if count == 1 {
                     conv_weight_gemm(&srcs, &self.geom, self.b_group(b_imgs, g), dwg)
                 } else {
