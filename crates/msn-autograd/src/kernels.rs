@@ -373,7 +373,7 @@ impl ConvGeom {
     }
 
     /// The padded input plane: `(h + 2 ph, w + 2 pw)`.
-    fn padded(&self) -> (usize, usize) {
+    pub(crate) fn padded(&self) -> (usize, usize) {
         (self.h + 2 * self.padding[0], self.w + 2 * self.padding[1])
     }
 }
@@ -781,6 +781,35 @@ fn with_padded_images<R>(xs: &[&[f32]], g: &ConvGeom, f: impl FnOnce(&[f32]) -> 
     })
 }
 
+/// The input images of a direct convolution.
+pub enum DirectInput<'a> {
+    /// Image groups (`[c, h, w]` each), zero-padded into a scratch buffer by the kernels.
+    Images(&'a [&'a [f32]]),
+    /// `count` image groups already padded (`[c, hp, wp]` each, back to back, the geometry's
+    /// padding included), followed by at least 16 more values: the most a vector's unused
+    /// lanes read past the last image.
+    Padded(&'a [f32], usize),
+}
+
+impl DirectInput<'_> {
+    #[cfg(target_arch = "x86_64")]
+    fn count(&self) -> usize {
+        match self {
+            DirectInput::Images(xs) => xs.len(),
+            DirectInput::Padded(_, count) => *count,
+        }
+    }
+}
+
+/// Runs `f` on the padded images of `x`.
+#[cfg(target_arch = "x86_64")]
+fn with_input<R>(x: &DirectInput, g: &ConvGeom, f: impl FnOnce(&[f32]) -> R) -> R {
+    match x {
+        DirectInput::Images(xs) => with_padded_images(xs, g, f),
+        DirectInput::Padded(xp, _) => f(xp),
+    }
+}
+
 /// The 16-pixel vectors of [`with_padded_images`]' images: image `i`'s output pixel `px`
 /// lands at column `i * image + px` (rows of the output `rs` apart, see [`conv_direct`]).
 #[cfg(target_arch = "x86_64")]
@@ -805,7 +834,7 @@ fn pixel_vecs(g: &ConvGeom, count: usize, image: usize) -> Vec<crate::sgemm_avx5
 /// [`direct_conv`] accepts: the kernel reads the padded images directly, and writes each
 /// image's output where it belongs (no side-by-side buffer).
 pub fn conv_direct(
-    xs: &[&[f32]],
+    x: DirectInput,
     g: &ConvGeom,
     w: &PackedWeight,
     out: &mut [f32],
@@ -815,26 +844,71 @@ pub fn conv_direct(
 ) {
     assert!(direct_conv(g), "conv_direct: not a direct convolution");
     #[cfg(target_arch = "x86_64")]
+    direct(&x, g, w, out, rs, &pixel_vecs(g, x.count(), image), acc);
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (x, w, out, rs, image, acc);
+}
+
+/// [`conv_direct`] for any stride-1 convolution on AVX-512, in the "wide" layout: output
+/// pixel `(y, x)` of image `i` and channel `o` at `out[o * rs + i * image + y * wp + x]`,
+/// with `wp` the padded input's width. The 16-pixel vectors run on across rows, so narrow
+/// rows waste no lanes; the `wp - ow` columns past each row's end hold garbage.
+pub fn conv_direct_wide(
+    x: DirectInput,
+    g: &ConvGeom,
+    w: &PackedWeight,
+    out: &mut [f32],
+    rs: usize,
+    image: usize,
+) {
+    assert!(
+        fused_conv_available() && g.stride == [1, 1],
+        "conv_direct_wide: not a direct convolution"
+    );
+    #[cfg(target_arch = "x86_64")]
     {
-        let taps: Vec<isize> = (0..g.rows()).map(|r| tap_offset(g, r) as isize).collect();
-        let vecs = pixel_vecs(g, xs.len(), image);
-        with_padded_images(xs, g, |xp| {
-            // SAFETY: a `PackedWeight` exists only where AVX-512 is present;
-            // `sgemm_direct` checks its reads and writes.
-            unsafe { crate::sgemm_avx512::sgemm_direct(&w.a, xp, &taps, &vecs, out, rs, acc) }
-        });
+        let (hp, wp) = g.padded();
+        let end = g.oh.saturating_sub(1) * wp + g.ow;
+        let vecs: Vec<_> = (0..x.count())
+            .flat_map(|i| {
+                (0..end)
+                    .step_by(16)
+                    .map(move |q| crate::sgemm_avx512::PixelVec {
+                        src: i * g.c * hp * wp + q,
+                        dst: i * image + q,
+                        lanes: (end - q).min(16),
+                    })
+            })
+            .collect();
+        direct(&x, g, w, out, rs, &vecs, false);
     }
     #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (xs, w, out, rs, image, acc);
-    }
+    let _ = (x, w, out, rs, image);
+}
+
+#[cfg(target_arch = "x86_64")]
+fn direct(
+    x: &DirectInput,
+    g: &ConvGeom,
+    w: &PackedWeight,
+    out: &mut [f32],
+    rs: usize,
+    vecs: &[crate::sgemm_avx512::PixelVec],
+    acc: bool,
+) {
+    let taps: Vec<isize> = (0..g.rows()).map(|r| tap_offset(g, r) as isize).collect();
+    with_input(x, g, |xp| {
+        // SAFETY: a `PackedWeight` exists only where AVX-512 is present; `sgemm_direct`
+        // checks its reads and writes.
+        unsafe { crate::sgemm_avx512::sgemm_direct(&w.a, xp, &taps, vecs, out, rs, acc) }
+    });
 }
 
 /// `dw[o, r] += sum over images i and pixels px of gy[o * rs + i * image + px] *
 /// im2col(xs[i])[r, px]` (`dw`: `[m, rows]`, `m = dw.len() / rows`) for a convolution that
 /// [`direct_conv`] accepts, as dot products along the pixels: no packing, no transposition.
 pub fn conv_weight_direct(
-    xs: &[&[f32]],
+    x: DirectInput,
     g: &ConvGeom,
     gy: &[f32],
     rs: usize,
@@ -848,9 +922,9 @@ pub fn conv_weight_direct(
     #[cfg(target_arch = "x86_64")]
     {
         let taps: Vec<isize> = (0..g.rows()).map(|r| tap_offset(g, r) as isize).collect();
-        let vecs = pixel_vecs(g, xs.len(), image);
+        let vecs = pixel_vecs(g, x.count(), image);
         let m = dw.len() / g.rows().max(1);
-        with_padded_images(xs, g, |xp| {
+        with_input(&x, g, |xp| {
             // SAFETY: AVX-512 is present (`direct_conv`); `dot_direct` checks its reads and
             // the size of `dw`.
             unsafe { crate::sgemm_avx512::dot_direct(gy, rs, m, xp, &taps, &vecs, dw) }
@@ -858,7 +932,7 @@ pub fn conv_weight_direct(
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (xs, gy, rs, image, dw);
+        let _ = (x, gy, rs, image, dw);
     }
 }
 

@@ -516,9 +516,10 @@ pub unsafe fn sgemm_direct(
     }
 }
 
-/// Rows and taps of one tile of [`dot_direct`].
+/// Rows and taps of one tile of [`dot_direct`]: 16 accumulators (LLVM spills some of 20),
+/// 4 gradient vectors and the image vectors fit the registers.
 const DOT_M: usize = 4;
-const DOT_T: usize = 6;
+const DOT_T: usize = 4;
 /// Vectors a block of [`dot_direct`]: the tile's gradient rows stay in L1 across the taps.
 const DOT_V: usize = 96;
 
@@ -550,12 +551,14 @@ pub unsafe fn dot_direct(
     );
     assert!(dw.len() >= m * n, "dot_direct: weight gradient size");
     for block in vecs.chunks(DOT_V) {
-        for t0 in (0..n).step_by(DOT_T) {
-            // A ragged last tile repeats its last tap (or row) and drops the repeat.
-            let tap = |t: usize| taps[(t0 + t).min(n - 1)];
-            let xt = [0, 1, 2, 3, 4, 5].map(|t| xp.as_ptr().offset(tap(t)));
-            for i0 in (0..m).step_by(DOT_M) {
-                let gr = [0, 1, 2, 3].map(|i| gy.as_ptr().add((i0 + i).min(m - 1) * gs));
+        // The tile's gradient rows stay in L1 while the taps pass; a tile's taps overlap,
+        // so their image windows are a few KB.
+        for i0 in (0..m).step_by(DOT_M) {
+            // A ragged last tile repeats its last row (or tap) and drops the repeat.
+            let gr = [0, 1, 2, 3].map(|i| gy.as_ptr().add((i0 + i).min(m - 1) * gs));
+            for t0 in (0..n).step_by(DOT_T) {
+                let tap = |t: usize| taps[(t0 + t).min(n - 1)];
+                let xt = [0, 1, 2, 3].map(|t| xp.as_ptr().offset(tap(t)));
                 let sums = dot_tile(gr, xt, block);
                 for (i, row) in sums.iter().enumerate().take(m - i0) {
                     let out = &mut dw[(i0 + i) * n + t0..];
@@ -574,18 +577,30 @@ unsafe fn dot_tile(
     xt: [*const f32; DOT_T],
     vecs: &[PixelVec],
 ) -> [[f32; DOT_T]; DOT_M] {
-    let mut acc = [[_mm512_setzero_ps(); DOT_T]; DOT_M];
+    // One flat array of accumulators, indexed by constants once the loops unroll, so they
+    // all live in registers.
+    let mut acc = [_mm512_setzero_ps(); DOT_M * DOT_T];
     for v in vecs {
         let m = mask(v.lanes);
-        let g = gy.map(|r| _mm512_maskz_loadu_ps(m, r.add(v.dst)));
+        let g0 = _mm512_maskz_loadu_ps(m, gy[0].add(v.dst));
+        let g1 = _mm512_maskz_loadu_ps(m, gy[1].add(v.dst));
+        let g2 = _mm512_maskz_loadu_ps(m, gy[2].add(v.dst));
+        let g3 = _mm512_maskz_loadu_ps(m, gy[3].add(v.dst));
         for t in 0..DOT_T {
             let x = _mm512_loadu_ps(xt[t].add(v.src));
-            for i in 0..DOT_M {
-                acc[i][t] = _mm512_fmadd_ps(g[i], x, acc[i][t]);
-            }
+            acc[t] = _mm512_fmadd_ps(g0, x, acc[t]);
+            acc[DOT_T + t] = _mm512_fmadd_ps(g1, x, acc[DOT_T + t]);
+            acc[2 * DOT_T + t] = _mm512_fmadd_ps(g2, x, acc[2 * DOT_T + t]);
+            acc[3 * DOT_T + t] = _mm512_fmadd_ps(g3, x, acc[3 * DOT_T + t]);
         }
     }
-    acc.map(|row| row.map(|v| _mm512_reduce_add_ps(v)))
+    let mut sums = [[0.0f32; DOT_T]; DOT_M];
+    for (i, row) in sums.iter_mut().enumerate() {
+        for (t, s) in row.iter_mut().enumerate() {
+            *s = _mm512_reduce_add_ps(acc[i * DOT_T + t]);
+        }
+    }
+    sums
 }
 
 #[cfg(test)]

@@ -3,8 +3,9 @@
 //! `[C_in, C_out/groups, kh, kw]`. Biases are added by the layers, as separate broadcast adds.
 
 use crate::kernels::{
-    col2im, conv_direct, conv_gemm, conv_weight_direct, conv_weight_gemm, direct_conv, gemm_seq,
-    im2col, par_images_new, view2, view2_mut, ConvGeom, PackedWeight,
+    col2im, conv_direct, conv_direct_wide, conv_gemm, conv_weight_direct, conv_weight_gemm,
+    direct_conv, gemm_seq, im2col, par_images_new, view2, view2_mut, ConvGeom, DirectInput,
+    PackedWeight,
 };
 use crate::{Array, Var};
 use ndarray::{s, Array2, ArrayView2, Dimension, IxDyn};
@@ -94,6 +95,9 @@ struct Lowered {
     flipped: Option<(ConvGeom, Vec<PackedWeight>)>,
     /// For a strided `K`: `K^T` as one stride-1 convolution per output phase.
     phases: Option<Vec<Phase>>,
+    /// For a strided `K` whose phase convolution takes the direct kernels: `K` itself as a
+    /// stride-1 convolution of the input's phases (space to depth), for all three passes.
+    s2d: Option<S2d>,
     /// `wm`'s groups packed for the fused kernels, where they run.
     packed: Option<Vec<PackedWeight>>,
 }
@@ -104,8 +108,12 @@ impl Lowered {
     fn new(geom: ConvGeom, w: &Var, b: usize, groups: usize) -> Self {
         let wm = weight_matrix(&w.value());
         let a = geom.c;
+        let s2d = S2d::new(&geom, &wm, b, groups);
         let flipped = Self::flip(&geom, &wm, b, groups);
-        let phases = phases(&geom, &wm, b, groups);
+        let phases = match s2d {
+            Some(_) => None,
+            None => phases(&geom, &wm, b, groups),
+        };
         let packed = (0..groups)
             .map(|g| PackedWeight::new(wm.slice(s![g * b..(g + 1) * b, ..])))
             .collect();
@@ -117,6 +125,7 @@ impl Lowered {
             wm,
             flipped,
             phases,
+            s2d,
             packed,
         }
     }
@@ -204,10 +213,14 @@ impl Lowered {
     /// The direct kernels write each image in place, so they take more images at once (the
     /// weight gradient's dot products then run longer between their sums).
     fn batch(&self) -> usize {
-        match self.packed {
-            Some(_) if direct_conv(&self.geom) => (4096 / self.geom.cols().max(1)).clamp(1, 32),
-            Some(_) => (256 / self.geom.cols().max(1)).clamp(1, 32),
-            None => 1,
+        match (&self.packed, &self.s2d) {
+            // A few hundred KB of phase images at a time.
+            (_, Some(s2d)) => (65536 / (s2d.pg.c * s2d.pg.plane()).max(1)).clamp(1, 32),
+            (Some(_), _) if direct_conv(&self.geom) => {
+                (4096 / self.geom.cols().max(1)).clamp(1, 32)
+            }
+            (Some(_), _) => (256 / self.geom.cols().max(1)).clamp(1, 32),
+            (None, _) => 1,
         }
     }
 
@@ -215,12 +228,23 @@ impl Lowered {
     fn forward(&self, a_imgs: &[f32], count: usize, b_imgs: &mut [f32], col: &mut Vec<f32>) {
         let (l, size) = (self.geom.cols(), self.a * self.geom.plane());
         let (a_size, b_size) = (a_imgs.len() / count, b_imgs.len() / count);
+        if let Some(s2d) = &self.s2d {
+            return s2d.forward(&self.geom, a_imgs, count, b_imgs);
+        }
         if let Some(packed) = &self.packed {
             for (g, w) in packed.iter().enumerate() {
                 let srcs = groups_of(a_imgs, count, g * size, size);
                 if direct_conv(&self.geom) {
                     let out = &mut b_imgs[g * self.b * l..];
-                    conv_direct(&srcs, &self.geom, w, out, l, b_size, false);
+                    conv_direct(
+                        DirectInput::Images(&srcs),
+                        &self.geom,
+                        w,
+                        out,
+                        l,
+                        b_size,
+                        false,
+                    );
                     continue;
                 }
                 through_groups(b_imgs, count, g, self.b, l, false, |out, acc| {
@@ -251,13 +275,24 @@ impl Lowered {
             self.geom.cols(),
             self.a * self.geom.plane(),
         );
+        if let Some(s2d) = &self.s2d {
+            return s2d.adjoint(&self.geom, b_imgs, count, a_imgs);
+        }
         if let Some((fg, fw)) = &self.flipped {
             let a_size = a_imgs.len() / count;
             for (g, w) in fw.iter().enumerate() {
                 let srcs = groups_of(b_imgs, count, g * self.b * l, self.b * l);
                 if direct_conv(fg) {
                     let out = &mut a_imgs[g * self.a * fg.cols()..];
-                    conv_direct(&srcs, fg, w, out, fg.cols(), a_size, true);
+                    conv_direct(
+                        DirectInput::Images(&srcs),
+                        fg,
+                        w,
+                        out,
+                        fg.cols(),
+                        a_size,
+                        true,
+                    );
                     continue;
                 }
                 through_groups(a_imgs, count, g, self.a, fg.cols(), true, |out, acc| {
@@ -317,7 +352,7 @@ impl Lowered {
                 let srcs = groups_of(a_imgs, count, g * size, size);
                 if direct_conv(&self.geom) {
                     let gy = &b_imgs[g * self.b * l..];
-                    conv_weight_direct(&srcs, &self.geom, gy, l, b_size, dwg);
+                    conv_weight_direct(DirectInput::Images(&srcs), &self.geom, gy, l, b_size, dwg);
                     continue;
                 }
                 let done = if count == 1 {
@@ -419,6 +454,260 @@ fn through_groups(
             }
         }
     })
+}
+
+thread_local! {
+    /// Per-thread phase images of [`S2d`] (its input side, or its input gradient).
+    static PHASES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A strided, undilated convolution `K` (stride `s`, kernel `k`, padding `p`) as a stride-1
+/// convolution of the input's phases (space to depth): phase `(u, v)` of channel `c` is the
+/// padded input's pixels `(s y + u, s x + v)`, a channel of its own, and the weight's taps
+/// `(s i + u, s j + v)` become that channel's `ceil(k / s)`-square kernel (zero past `k`).
+/// The direct kernels then run all three passes without packing: forward and weight
+/// gradient on the phase convolution, the input gradient as its flipped convolution
+/// (written wide, see [`conv_direct_wide`]) gathered back from the phases.
+struct S2d {
+    /// The phase convolution: `a * s * s` channels of `(oh + kq - 1) x (ow + kq - 1)`, kernel
+    /// `kq x kq`, stride 1, no padding; its output is `K`'s.
+    pg: ConvGeom,
+    /// Phase weights per group, `[b, a * s * s * kq * kq]`.
+    packed: Vec<PackedWeight>,
+    /// The phase convolution's adjoint as a convolution of the output gradient (padding
+    /// `kq - 1`, the phase weight flipped, channel axes swapped) and its weights per group.
+    fg: ConvGeom,
+    flipped: Vec<PackedWeight>,
+    groups: usize,
+    b: usize,
+}
+
+impl S2d {
+    fn new(g: &ConvGeom, wm: &Array2<f32>, b: usize, groups: usize) -> Option<S2d> {
+        let [sy, sx] = g.stride;
+        if g.stride == [1, 1] || g.dilation != [1, 1] || !crate::kernels::fused_conv_available() {
+            return None;
+        }
+        let (kqh, kqw) = (g.kh.div_ceil(sy), g.kw.div_ceil(sx));
+        let (hq, wq) = (g.oh + kqh - 1, g.ow + kqw - 1);
+        let ap = g.c * sy * sx;
+        let pg = ConvGeom::new(ap, (hq, wq), (kqh, kqw), [1, 1], [0, 0], [1, 1]);
+        debug_assert_eq!((pg.oh, pg.ow), (g.oh, g.ow));
+        if !direct_conv(&pg) {
+            return None;
+        }
+        // Phase weight: row o, column ((c * sy + u) * sx + v) * kq^2 + i * kqw + j holds
+        // w[o, c, sy i + u, sx j + v].
+        let (taps, ptaps) = (g.kh * g.kw, kqh * kqw);
+        let mut pw = Array2::<f32>::zeros((groups * b, ap * ptaps));
+        for o in 0..groups * b {
+            for c in 0..g.c {
+                for y in 0..g.kh {
+                    for x in 0..g.kw {
+                        let ch = (c * sy + y % sy) * sx + x % sx;
+                        let col = ch * ptaps + (y / sy) * kqw + x / sx;
+                        pw[[o, col]] = wm[[o, c * taps + y * g.kw + x]];
+                    }
+                }
+            }
+        }
+        let fg = ConvGeom::new(
+            b,
+            (g.oh, g.ow),
+            (kqh, kqw),
+            [1, 1],
+            [kqh - 1, kqw - 1],
+            [1, 1],
+        );
+        debug_assert_eq!((fg.oh, fg.ow), (hq, wq));
+        let mut f = Array2::<f32>::zeros((groups * ap, b * ptaps));
+        for gi in 0..groups {
+            for c in 0..ap {
+                for o in 0..b {
+                    for t in 0..ptaps {
+                        f[[gi * ap + c, o * ptaps + ptaps - 1 - t]] =
+                            pw[[gi * b + o, c * ptaps + t]];
+                    }
+                }
+            }
+        }
+        let pack = |m: &Array2<f32>, rows: usize| -> Option<Vec<PackedWeight>> {
+            (0..groups)
+                .map(|gi| PackedWeight::new(m.slice(s![gi * rows..(gi + 1) * rows, ..])))
+                .collect()
+        };
+        Some(S2d {
+            pg,
+            packed: pack(&pw, b)?,
+            fg,
+            flipped: pack(&f, ap)?,
+            groups,
+            b,
+        })
+    }
+
+    /// Runs `f` on the phase images of `count` input images (`[groups * a, h, w]` each, back
+    /// to back): group-major, `[groups][count][pg.c, hq, wq]`, then 16 zeros (the slack of
+    /// [`DirectInput::Padded`]).
+    fn with_phases<R>(
+        &self,
+        g: &ConvGeom,
+        xs: &[f32],
+        count: usize,
+        f: impl FnOnce(&[f32]) -> R,
+    ) -> R {
+        let [sy, sx] = g.stride;
+        let (hq, wq) = (self.pg.h, self.pg.w);
+        let plane = hq * wq;
+        let image = self.groups * g.c * g.plane();
+        PHASES.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            buf.clear();
+            buf.resize(count * self.groups * self.pg.c * plane + 16, 0.0);
+            for gi in 0..self.groups {
+                for i in 0..count {
+                    for c in 0..g.c {
+                        let src = &xs[i * image + (gi * g.c + c) * g.plane()..][..g.plane()];
+                        for u in 0..sy {
+                            for v in 0..sx {
+                                let ch = ((gi * count + i) * g.c + c) * sy * sx + u * sx + v;
+                                let dst = &mut buf[ch * plane..(ch + 1) * plane];
+                                phase_copy(src, g, [u, v], [hq, wq], dst);
+                            }
+                        }
+                    }
+                }
+            }
+            f(&buf)
+        })
+    }
+
+    fn forward(&self, g: &ConvGeom, a_imgs: &[f32], count: usize, b_imgs: &mut [f32]) {
+        let (l, b_size) = (g.cols(), b_imgs.len() / count);
+        let size = self.pg.c * self.pg.plane();
+        self.with_phases(g, a_imgs, count, |xq| {
+            for (gi, w) in self.packed.iter().enumerate() {
+                let x = DirectInput::Padded(&xq[gi * count * size..], count);
+                let out = &mut b_imgs[gi * self.b * l..];
+                conv_direct(x, &self.pg, w, out, l, b_size, false);
+            }
+        })
+    }
+
+    /// `a += K^T b`: the flipped phase convolution of `b` into phase images (wide rows),
+    /// then each input pixel takes its value from its phase.
+    fn adjoint(&self, g: &ConvGeom, b_imgs: &[f32], count: usize, a_imgs: &mut [f32]) {
+        let (l, fg) = (g.cols(), &self.fg);
+        let [sy, sx] = g.stride;
+        let wpf = fg.padded().1;
+        let plane = fg.oh * wpf;
+        let ap = self.pg.c;
+        let image = self.groups * ap * plane;
+        let a_size = a_imgs.len() / count;
+        PHASES.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            buf.clear();
+            buf.resize(count * image, 0.0);
+            for (gi, w) in self.flipped.iter().enumerate() {
+                let srcs = groups_of(b_imgs, count, gi * self.b * l, self.b * l);
+                let out = &mut buf[gi * ap * plane..];
+                conv_direct_wide(DirectInput::Images(&srcs), fg, w, out, plane, image);
+            }
+            for i in 0..count {
+                for c in 0..self.groups * g.c {
+                    let dst = &mut a_imgs[i * a_size + c * g.plane()..][..g.plane()];
+                    for u in 0..sy {
+                        for v in 0..sx {
+                            let ch = i * image / plane + c * sy * sx + u * sx + v;
+                            let src = &buf[ch * plane..(ch + 1) * plane];
+                            phase_copy_back(src, g, [u, v], [fg.oh, fg.ow], wpf, dst);
+                        }
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// The output columns `x'` of a phase row whose input column `s x' + v - p` is inside a
+/// `w`-wide row, and the first such input column.
+fn phase_cols(
+    w: usize,
+    s: usize,
+    v: usize,
+    p: usize,
+    wq: usize,
+) -> (std::ops::Range<usize>, usize) {
+    // First x' with s x' + v >= p, last with s x' + v - p < w.
+    let x0 = p.saturating_sub(v).div_ceil(s);
+    let x1 = ((w + p).saturating_sub(v)).div_ceil(s).min(wq);
+    if x0 >= x1 {
+        return (0..0, 0);
+    }
+    (x0..x1, s * x0 + v - p)
+}
+
+/// Phase `(u, v)` of one input channel `x` (`[h, w]`) under the geometry's stride and
+/// padding: `dst[y * wq + x'] = x[s y + u - p, s x' + v - p]`, zero outside the input
+/// (`dst` is zero on entry).
+fn phase_copy(x: &[f32], g: &ConvGeom, [u, v]: [usize; 2], [hq, wq]: [usize; 2], dst: &mut [f32]) {
+    let ([sy, sx], [py, px]) = (g.stride, g.padding);
+    let (cols, first) = phase_cols(g.w, sx, v, px, wq);
+    for y in 0..hq {
+        let Some(row) = (sy * y + u).checked_sub(py).filter(|r| *r < g.h) else {
+            continue;
+        };
+        let out = &mut dst[y * wq + cols.start..y * wq + cols.end];
+        let src = &x[row * g.w + first..(row + 1) * g.w];
+        if sx == 2 {
+            // Stride 2, the common case, in a form the compiler vectorizes.
+            let n = out.len().min(src.len() / 2);
+            for (o, s) in out[..n].iter_mut().zip(src.chunks_exact(2)) {
+                *o = s[0];
+            }
+            if n < out.len() {
+                out[n] = src[2 * n];
+            }
+        } else {
+            for (o, s) in out.iter_mut().zip(src.iter().step_by(sx)) {
+                *o = *s;
+            }
+        }
+    }
+}
+
+/// The adjoint of [`phase_copy`], adding: `dx[s y + u - p, s x' + v - p] += src[y * wp +
+/// x']` for the `hq x wq` phase pixels that fall inside the input (`src` rows `wp` apart).
+fn phase_copy_back(
+    src: &[f32],
+    g: &ConvGeom,
+    [u, v]: [usize; 2],
+    [hq, wq]: [usize; 2],
+    wp: usize,
+    dx: &mut [f32],
+) {
+    let ([sy, sx], [py, px]) = (g.stride, g.padding);
+    let (cols, first) = phase_cols(g.w, sx, v, px, wq);
+    for y in 0..hq {
+        let Some(row) = (sy * y + u).checked_sub(py).filter(|r| *r < g.h) else {
+            continue;
+        };
+        let out = &mut dx[row * g.w + first..(row + 1) * g.w];
+        let src = &src[y * wp + cols.start..y * wp + cols.end];
+        if sx == 2 {
+            let n = src.len().min(out.len() / 2);
+            for (o, s) in out.chunks_exact_mut(2).zip(&src[..n]) {
+                o[0] += *s;
+            }
+            if n < src.len() {
+                out[2 * n] += src[n];
+            }
+        } else {
+            for (o, s) in out.iter_mut().step_by(sx).zip(src) {
+                *o += *s;
+            }
+        }
+    }
 }
 
 /// One phase of a strided convolution's adjoint: the input pixels `(s y + py, s x + px)`
@@ -830,6 +1119,24 @@ mod tests {
                 3,
                 ConvOptions::default().padding(2).dilation(2),
             ),
+            // Strided, as stride-1 convolutions of the input's phases (space to depth); with
+            // stride 3 and a 5x5 kernel, phase taps past the kernel are zero.
+            (
+                2,
+                12,
+                30,
+                14,
+                4,
+                ConvOptions::default().padding(2).stride(2),
+            ),
+            (
+                1,
+                8,
+                40,
+                6,
+                5,
+                ConvOptions::default().padding(1).stride(3).groups(2),
+            ),
             // Small images, taken several at a time by the fused kernels.
             (5, 16, 4, 20, 3, ConvOptions::default().padding(1)),
             (6, 12, 5, 8, 3, ConvOptions::default().padding(1).groups(2)),
@@ -909,6 +1216,8 @@ mod tests {
                     .output_padding(1),
             ),
             (12, 8, 7, 3, ConvOptions::default().padding(1)),
+            // Space to depth.
+            (16, 12, 30, 4, ConvOptions::default().stride(2).padding(1)),
             (
                 16,
                 16,
