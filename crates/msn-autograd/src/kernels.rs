@@ -1,7 +1,6 @@
 //! Numeric kernels kept apart from the graph: sgemm, per-image im2col / col2im for
 //! convolutions, and the batch split that runs images on all threads.
 
-use crate::Array;
 use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
 use std::ops::Range;
@@ -197,14 +196,6 @@ pub fn matmul(a: ArrayView2<f32>, b: ArrayView2<f32>) -> Array2<f32> {
     let mut c = Array2::<f32>::zeros((a.nrows(), b.ncols()));
     gemm_into(&mut c.view_mut(), a, b, false);
     c
-}
-
-/// A 2-D copy of a tensor that must have two axes.
-pub fn as_2d(a: &Array) -> Array2<f32> {
-    a.view()
-        .into_dimensionality::<ndarray::Ix2>()
-        .expect("a 2-D tensor")
-        .to_owned()
 }
 
 /// Runs `f(images, out_part)` on contiguous chunks of a batch of `n` images, one chunk per

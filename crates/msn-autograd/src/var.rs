@@ -6,9 +6,10 @@ use std::cell::{Cell, Ref, RefCell};
 use std::collections::HashSet;
 use std::rc::Rc;
 
-/// Turns the gradient of an op's output into the gradients of its parents (in order). The
-/// second argument says which parents need one; the rule may return `None` for the others.
-pub(crate) type BackwardFn = Box<dyn FnOnce(&Array, &[bool]) -> Vec<Option<Array>>>;
+/// Turns the gradient of an op's output (owned: a rule may reuse its memory) into the
+/// gradients of its parents (in order). The second argument says which parents need one;
+/// the rule may return `None` for the others.
+pub(crate) type BackwardFn = Box<dyn FnOnce(Array, &[bool]) -> Vec<Option<Array>>>;
 
 struct Node {
     value: RefCell<Array>,
@@ -114,6 +115,11 @@ impl Var {
         *self.0.grad.borrow_mut() = None;
     }
 
+    /// True for parameters and constants: nodes no op made.
+    pub fn is_leaf(&self) -> bool {
+        self.0.parents.is_empty()
+    }
+
     /// True when both handles point at the same node.
     pub fn same(&self, other: &Var) -> bool {
         Rc::ptr_eq(&self.0, &other.0)
@@ -176,7 +182,7 @@ impl Var {
                 continue;
             };
             let needs: Vec<bool> = v.0.parents.iter().map(Var::requires_grad).collect();
-            for (p, gp) in v.0.parents.iter().zip(rule(&g, &needs)) {
+            for (p, gp) in v.0.parents.iter().zip(rule(g, &needs)) {
                 if let (true, Some(gp)) = (p.requires_grad(), gp) {
                     debug_assert_eq!(gp.shape(), p.value().shape(), "gradient shape");
                     p.accumulate(gp);

@@ -18,6 +18,7 @@ impl Var {
             value,
             vec![self.clone(), other.clone()],
             Box::new(move |g, needs| {
+                let g = &g;
                 let (ga, gb) = rule(g, &a, &b);
                 vec![
                     needs[0].then(|| unbroadcast(&ga, a.shape())),
@@ -77,6 +78,7 @@ impl Var {
             y,
             vec![self.clone()],
             Box::new(move |g, _| {
+                let g = &g;
                 let g = g.as_standard_layout();
                 let gs = g.as_slice().expect("standard layout");
                 let ws = w.as_slice().expect("standard layout");

@@ -947,6 +947,7 @@ fn apply(x: &Var, w: &Var, k: Lowered, transposed: bool, y_shape: [usize; 4]) ->
         y,
         vec![x.clone(), w.clone()],
         Box::new(move |gy, needs| {
+            let gy = &gy;
             let (gs, xv) = (values(gy), input.value());
             let xs = values(&xv);
             let dw_len = if needs[1] { wshape.size() } else { 0 };

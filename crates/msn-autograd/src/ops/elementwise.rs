@@ -41,6 +41,7 @@ impl Var {
             y,
             vec![self.clone()],
             Box::new(move |g, _| {
+                let g = &g;
                 let times_df = |at: &Array| map2(g, at, |g, v| g * df(v));
                 let dx = match &saved {
                     Saved::Input(x) => times_df(&x.value()),

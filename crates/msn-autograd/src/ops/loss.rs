@@ -18,6 +18,7 @@ impl Var {
             y,
             vec![self.clone()],
             Box::new(move |g, _| {
+                let g = &g;
                 // d/dx = g - softmax * sum(g)
                 let mut dx = g.to_owned();
                 for (mut drow, lrow) in dx.axis_iter_mut(Axis(0)).zip(saved.axis_iter(Axis(0))) {
@@ -57,6 +58,7 @@ impl Var {
             Array::from_elem(IxDyn(&[]), loss / n),
             vec![self.clone()],
             Box::new(move |g, _| {
+                let g = &g;
                 let g = g[[]] / n;
                 let mut dx = x;
                 ndarray::Zip::from(&mut dx).and(&t).for_each(|x, &t| {

@@ -178,6 +178,7 @@ impl Var {
             y,
             parents,
             Box::new(move |g, needs| {
+                let g = &g;
                 with_slice(g, |gs| {
                     let dx = needs[0].then(|| {
                         let v = match scale_shape {
@@ -227,6 +228,7 @@ impl Var {
             y,
             vec![self.clone(), weight.clone(), bias.clone()],
             Box::new(move |gy, needs| {
+                let gy = &gy;
                 with_slice(gy, |gs| {
                     let [gsum, gx] = if needs[1] {
                         with_slice(&input.value(), |xs| channel_sums(gs, Some(xs), d))
@@ -274,6 +276,7 @@ impl Var {
             y,
             vec![self.clone(), bias.clone()],
             Box::new(move |gy, needs| {
+                let gy = &gy;
                 with_slice(gy, |gs| {
                     let [gsum, _] = channel_sums(gs, None, d);
                     let dx = needs[0].then(|| {
@@ -316,6 +319,7 @@ impl Var {
             y,
             vec![self.clone(), weight.clone(), bias.clone()],
             Box::new(move |gy, needs| {
+                let gy = &gy;
                 with_slice(gy, |gs| {
                     let [gsum, gxhat] = channel_sums(gs, Some(&xhat), d);
                     let dx = needs[0].then(|| {

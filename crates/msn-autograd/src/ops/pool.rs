@@ -110,6 +110,7 @@ impl Var {
             y,
             vec![self.clone()],
             Box::new(move |g, _| {
+                let g = &g;
                 let dx = input_grad(g, shape, |gs, d| {
                     d.par_chunks_mut(plane_in.max(1))
                         .zip(gs.par_chunks(plane_out.max(1)))
@@ -152,6 +153,7 @@ impl Var {
             y,
             vec![self.clone()],
             Box::new(move |g, _| {
+                let g = &g;
                 let dx = input_grad(g, shape, |gs, d| {
                     for plane in 0..n * c {
                         for oy in 0..oh {

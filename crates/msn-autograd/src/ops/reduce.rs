@@ -35,6 +35,7 @@ impl Var {
             y,
             vec![self.clone()],
             Box::new(move |g, _| {
+                let g = &g;
                 vec![Some(
                     g.broadcast(shape.clone())
                         .expect("kept axes broadcast")

@@ -17,7 +17,12 @@ impl Var {
             y,
             vec![self.clone()],
             Box::new(move |g, _| {
-                let g = g.as_standard_layout().into_owned();
+                // The gradient is owned: in standard layout (as every op makes them) it is
+                // reshaped where it lies, not copied.
+                let g = match g.is_standard_layout() {
+                    true => g,
+                    false => g.as_standard_layout().into_owned(),
+                };
                 vec![Some(g.into_shape_with_order(old).expect("same count"))]
             }),
         )
@@ -50,6 +55,7 @@ impl Var {
             y,
             parts.to_vec(),
             Box::new(move |g, needs| {
+                let g = &g;
                 let mut start = 0;
                 sizes
                     .iter()
