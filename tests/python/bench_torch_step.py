@@ -1,8 +1,8 @@
 """Dev-only: PyTorch training-step times for the benchmark in crates/msn-nn/benches/step.rs.
 
 Prints `<arch>-<norm> <milliseconds>` per line: cnn3 (batch 64, 28x28) and vgg7 (batch 64,
-32x32), forward + backward + SGD step, median of 41 (cnn3) or 15 (vgg7) round-robin rounds after
-2 warm-up rounds, the machine's thread count as PyTorch's default.
+32x32), forward + backward + SGD step, one net at a time, median of 41 (cnn3) or 15 (vgg7)
+steps after 2 warm-up steps, the machine's thread count as PyTorch's default.
 
 This is the fastest plain PyTorch for these nets: nn.Conv2d, nn.BatchNorm2d, and SN written by
 hand as in `../shared/reference/pytorch/msn.py` (one power iteration without grad, then
@@ -76,27 +76,35 @@ def vgg7(norm):
 
 
 def step_times(nets, shape, rounds):
-    """Median step time per net; the nets take turns step by step (round-robin), as in the
-    Rust benchmark, so drift in the machine's speed falls on all of them alike."""
+    """Median step time per net, one net at a time (as a training run has it), after 2
+    warm-up steps; the Rust benchmark times its nets the same way."""
     x = torch.rand(64, *shape) * 2 - 1
     y = torch.arange(64) % 10
-    opts = [torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9) for net in nets]
-    times = [[] for _ in nets]
-    for r in range(rounds + 2):
-        for net, opt, t in zip(nets, opts, times):
+    medians = []
+    for net in nets:
+        opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+        times = []
+        for step in range(rounds + 2):
             start = time.perf_counter()
             opt.zero_grad()
             nn.functional.cross_entropy(net(x), y).backward()
             opt.step()
-            if r >= 2:
-                t.append((time.perf_counter() - start) * 1e3)
-    return [sorted(t)[len(t) // 2] for t in times]
+            if step >= 2:
+                times.append((time.perf_counter() - start) * 1e3)
+        medians.append(sorted(times)[len(times) // 2])
+    return medians
 
 
 def main():
+    """All eight nets, or only `ARCH NORM` when given (the Rust benchmark times one net at a
+    time, in turns with its own)."""
+    import sys
+
     norms = ("none", "bn", "sn", "msn")
+    only = tuple(sys.argv[1:3]) if len(sys.argv) >= 3 else None
     for arch, make, shape, rounds in [("cnn3", cnn3, (1, 28, 28), 41), ("vgg7", vgg7, (3, 32, 32), 15)]:
-        for norm, ms in zip(norms, step_times([make(n) for n in norms], shape, rounds)):
+        chosen = [n for n in norms if only is None or only == (arch, n)]
+        for norm, ms in zip(chosen, step_times([make(n) for n in chosen], shape, rounds)):
             print(f"{arch}-{norm} {ms:.3f}")
 
 

@@ -757,14 +757,22 @@ fn with_padded_images<R>(xs: &[&[f32]], g: &ConvGeom, f: impl FnOnce(&[f32]) -> 
     let image = g.c * hp * wp;
     PADDED.with(|buf| {
         let mut buf = buf.borrow_mut();
-        buf.clear();
+        // Every value is written below (borders zeroed, rows copied), so the buffer is not
+        // cleared first: one pass over memory instead of two.
         buf.resize(xs.len() * image + 16, 0.0);
-        for (i, x) in xs.iter().enumerate() {
-            for c in 0..g.c {
-                for y in 0..g.h {
-                    let dst = i * image + (c * hp + y + ph) * wp + pw;
-                    let src = (c * g.h + y) * g.w;
-                    buf[dst..dst + g.w].copy_from_slice(&x[src..src + g.w]);
+        let (body, tail) = buf.split_at_mut(xs.len() * image);
+        tail.fill(0.0);
+        for (x, out) in xs.iter().zip(body.chunks_exact_mut(image)) {
+            for (c, plane) in out.chunks_exact_mut(hp * wp).enumerate() {
+                let (top, rest) = plane.split_at_mut(ph * wp);
+                top.fill(0.0);
+                let (rows, bottom) = rest.split_at_mut(g.h * wp);
+                bottom.fill(0.0);
+                for (y, row) in rows.chunks_exact_mut(wp).enumerate() {
+                    let src = &x[(c * g.h + y) * g.w..][..g.w];
+                    row[..pw].fill(0.0);
+                    row[pw..pw + g.w].copy_from_slice(src);
+                    row[pw + g.w..].fill(0.0);
                 }
             }
         }

@@ -3,14 +3,16 @@
 //!
 //! Prints, in one run:
 //! 1. the cnn3 (batch 64, 28x28) and vgg7 (batch 64, 32x32) training-step time
-//!    (forward + backward + SGD step) per norm, with the ratios msn/bn and sn/none;
+//!    (forward + backward + SGD step) per norm, one net at a time, with the ratios msn/bn and
+//!    sn/none;
 //! 2. forward + backward of the normalization layers alone: BatchNorm, mean-only BN, and the
 //!    SN power iteration with the weight normalization;
 //! 3. the conv kernels' GFLOP/s at the cnn3 and vgg7 layer shapes, forward and backward,
 //!    beside the machine's peak, fused (im2col inside the sgemm's packing) against unfused;
 //! 4. with `--torch PYTHON`, PyTorch's step times from `tests/python/bench_torch_step.py` on
-//!    the same machine, taken in turns with ours for `--rounds` rounds (3 by default), with
-//!    the ratio ours/PyTorch of the medians and of each round.
+//!    the same machine: each net right after (or, every other round, right before) ours, for
+//!    `--rounds` rounds (3 by default), with the ratio ours/PyTorch of the medians and of
+//!    each round.
 
 use msn_autograd::kernels::set_fused;
 use msn_autograd::ops::conv::ConvOptions;
@@ -46,48 +48,38 @@ fn median_ms(warmup: usize, iters: usize, mut f: impl FnMut()) -> f64 {
     t[t.len() / 2]
 }
 
-/// Training-step times of one architecture for every norm, in milliseconds. The norms take
-/// turns step by step (round-robin) and each reports its median, so drift in the machine's
-/// speed (frequency, neighbours on a shared host) falls on all four alike.
-fn step_ms(arch: &str, shape: [usize; 3], rounds: usize) -> Vec<f64> {
+/// Training-step times of one architecture for every norm, in milliseconds: one net at a
+/// time (as a training run has it: its weights and activations warm in cache), the median of
+/// `rounds` steps after two warm-up steps. The PyTorch side times its nets the same way.
+fn step_ms(arch: &str, norm: NormKind, shape: [usize; 3], rounds: usize) -> f64 {
     let x = Var::constant(spread(&[64, shape[0], shape[1], shape[2]], -1.0, 1.0, 3));
     let labels: Vec<usize> = (0..64).map(|i| i % 10).collect();
-    let mut runs: Vec<_> = NORMS
-        .iter()
-        .map(|&norm| {
-            let cfg = ModelConfig {
-                architecture: arch.into(),
-                norm,
-                input_shape: shape,
-                num_classes: 10,
-                width: 100,
-                depth: 16,
-                latent: 128,
-            };
-            let model = build(&cfg, 1).unwrap();
-            let params = model.parameters();
-            (model, params, Sgd::new(0.9, false, 0.0), Vec::new())
-        })
-        .collect();
-    for round in 0..rounds + 2 {
-        for (model, params, opt, times) in runs.iter_mut() {
-            let start = Instant::now();
-            let loss = model.forward(&x, &mut Ctx::train(0)).cross_entropy(&labels);
-            loss.backward();
-            opt.step(params, 0.01);
-            zero_grad(params);
-            // The first two rounds warm up the allocator and caches.
-            if round >= 2 {
-                times.push(start.elapsed().as_secs_f64() * 1e3);
-            }
+    let cfg = ModelConfig {
+        architecture: arch.into(),
+        norm,
+        input_shape: shape,
+        num_classes: 10,
+        width: 100,
+        depth: 16,
+        latent: 128,
+    };
+    let model = build(&cfg, 1).unwrap();
+    let params = model.parameters();
+    let mut opt = Sgd::new(0.9, false, 0.0);
+    let mut times = Vec::new();
+    for step in 0..rounds + 2 {
+        let start = Instant::now();
+        let loss = model.forward(&x, &mut Ctx::train(0)).cross_entropy(&labels);
+        loss.backward();
+        opt.step(&params, 0.01);
+        zero_grad(&params);
+        // The first two steps warm up the allocator and caches.
+        if step >= 2 {
+            times.push(start.elapsed().as_secs_f64() * 1e3);
         }
     }
-    runs.into_iter()
-        .map(|(_, _, _, mut t)| {
-            t.sort_by(f64::total_cmp);
-            t[t.len() / 2]
-        })
-        .collect()
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
 }
 
 fn fwd_bwd_ms(iters: usize, f: impl Fn(&Var) -> Var, shape: &[usize]) -> f64 {
@@ -196,18 +188,38 @@ fn main() {
         for &(arch, shape, steps) in archs {
             println!(
                 "round {}/{rounds}: {arch}, batch 64, {}x{}: forward + backward + SGD step, \
-                 median of {steps} round-robin steps",
+                 median of {steps} steps, one net at a time",
                 round + 1,
                 shape[1],
                 shape[2]
             );
-            let times = step_ms(arch, shape, steps);
-            for (n, t) in NORMS.iter().zip(&times) {
-                println!("  {n:<5} {t:8.2} ms");
-                let name = format!("{arch}-{n}");
+            let mut times = Vec::new();
+            for &norm in &NORMS {
+                let name = format!("{arch}-{norm}");
+                // Each net runs here and in PyTorch back to back, and the side that goes
+                // first alternates between rounds, so drift falls on both alike.
+                let torch_first = round % 2 == 1;
+                let mut theirs = None;
+                if let (Some(py), true) = (&torch, torch_first) {
+                    theirs = torch_step(py, arch, norm);
+                }
+                let t = step_ms(arch, norm, shape, steps);
+                if let (Some(py), false) = (&torch, torch_first) {
+                    theirs = torch_step(py, arch, norm);
+                }
+                match theirs {
+                    Some(p) => println!("  {norm:<5} {t:8.2} ms   PyTorch {p:8.2} ms"),
+                    None => println!("  {norm:<5} {t:8.2} ms"),
+                }
+                times.push(t);
                 match table.iter_mut().find(|(k, _, _)| *k == name) {
-                    Some(row) => row.1.push(*t),
-                    None => table.push((name, vec![*t], Vec::new())),
+                    Some(row) => row.1.push(t),
+                    None => table.push((name.clone(), vec![t], Vec::new())),
+                }
+                if let (Some(p), Some(row)) =
+                    (theirs, table.iter_mut().find(|(k, _, _)| *k == name))
+                {
+                    row.2.push(p);
                 }
             }
             println!(
@@ -215,13 +227,6 @@ fn main() {
                 times[3] / times[1],
                 times[2] / times[0]
             );
-        }
-        if let (Some(py), false) = (&torch, kernels_only) {
-            for (name, ms) in torch_steps(py) {
-                if let Some(row) = table.iter_mut().find(|(k, _, _)| *k == name) {
-                    row.2.push(ms);
-                }
-            }
         }
     }
 
@@ -233,8 +238,8 @@ fn main() {
     if torch.is_some() && !kernels_only {
         println!(
             "\nPyTorch on the same machine (tests/python/bench_torch_step.py: nn.Conv2d, \
-             nn.BatchNorm2d, hand-written SN), {rounds} rounds in turns with ours; medians of \
-             the rounds"
+             nn.BatchNorm2d, hand-written SN), each net in turns with ours, {rounds} rounds; \
+             medians of the rounds"
         );
         let med = |v: &[f64]| {
             let mut v = v.to_vec();
@@ -258,28 +263,29 @@ fn main() {
     }
 }
 
-/// PyTorch's step times (`<arch>-<norm>` -> ms) from `tests/python/bench_torch_step.py`;
-/// none, with a message, when it cannot run.
-fn torch_steps(py: &str) -> Vec<(String, f64)> {
+/// PyTorch's step time of one net (ms) from `tests/python/bench_torch_step.py`; none, with
+/// a message, when it cannot run.
+fn torch_step(py: &str, arch: &str, norm: NormKind) -> Option<f64> {
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../tests/python/bench_torch_step.py"
     );
-    match std::process::Command::new(py).arg(script).output() {
+    let out = std::process::Command::new(py)
+        .arg(script)
+        .arg(arch)
+        .arg(norm.to_string())
+        .output();
+    match out {
         Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
             .lines()
-            .filter_map(|line| {
-                let mut it = line.split_whitespace();
-                Some((it.next()?.to_string(), it.next()?.parse().ok()?))
-            })
-            .collect(),
+            .find_map(|line| line.split_whitespace().nth(1)?.parse().ok()),
         Ok(out) => {
             println!("  PyTorch failed: {}", String::from_utf8_lossy(&out.stderr));
-            Vec::new()
+            None
         }
         Err(e) => {
             println!("  cannot run {py}: {e}");
-            Vec::new()
+            None
         }
     }
 }

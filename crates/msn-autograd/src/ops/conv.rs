@@ -606,7 +606,7 @@ impl S2d {
         let a_size = a_imgs.len() / count;
         PHASES.with(|buf| {
             let mut buf = buf.borrow_mut();
-            buf.clear();
+            // Not cleared: the kernel writes every phase pixel read below.
             buf.resize(count * image, 0.0);
             for (gi, w) in self.flipped.iter().enumerate() {
                 let srcs = groups_of(b_imgs, count, gi * self.b * l, self.b * l);
