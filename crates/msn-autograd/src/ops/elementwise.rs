@@ -40,14 +40,13 @@ impl Var {
         Var::from_op(
             y,
             vec![self.clone()],
-            Box::new(move |g, _| {
-                let g = &g;
-                let times_df = |at: &Array| map2(g, at, |g, v| g * df(v));
-                let dx = match &saved {
-                    Saved::Input(x) => times_df(&x.value()),
-                    Saved::Output(y) => times_df(y),
-                };
-                vec![Some(dx)]
+            Box::new(move |mut g, _| {
+                // In place: the output gradient becomes the input's, with no new tensor.
+                match &saved {
+                    Saved::Input(x) => times_df(&mut g, &x.value(), &df),
+                    Saved::Output(y) => times_df(&mut g, y, &df),
+                }
+                vec![Some(g)]
             }),
         )
     }
@@ -98,7 +97,6 @@ impl Var {
     }
 }
 
-/// Used by tests: an array of the given shape with values spread over `[lo, hi)`.
 /// `f` of every value of `x`, on all threads for large standard-layout tensors.
 fn map(x: &Array, f: impl Fn(f32) -> f32 + Sync) -> Array {
     match x.as_slice() {
@@ -117,26 +115,24 @@ fn map(x: &Array, f: impl Fn(f32) -> f32 + Sync) -> Array {
     }
 }
 
-/// `f(a, b)` of the values of two same-shape tensors, on all threads for large ones.
-fn map2(a: &Array, b: &Array, f: impl Fn(f32, f32) -> f32 + Sync) -> Array {
-    match (a.as_slice(), b.as_slice()) {
-        (Some(av), Some(bv)) if a.shape() == b.shape() => {
-            // SAFETY: the closure writes each value of its chunk once.
-            let out = unsafe {
-                par_fill(av.len(), PARALLEL_MIN, |at, o| {
-                    o.iter_mut()
-                        .zip(av[at..].iter().zip(&bv[at..]))
-                        .for_each(|(o, (&x, &y))| {
-                            o.write(f(x, y));
-                        })
-                })
-            };
-            Array::from_shape_vec(a.raw_dim(), out).expect("same size")
+/// `g *= df(at)`, value by value (same shapes), on all threads for large standard-layout
+/// tensors.
+fn times_df(g: &mut Array, at: &Array, df: &(impl Fn(f32) -> f32 + Sync)) {
+    use rayon::prelude::*;
+    debug_assert_eq!(g.shape(), at.shape());
+    match (g.as_slice_mut(), at.as_slice()) {
+        (Some(gs), Some(vs)) if gs.len() >= PARALLEL_MIN => {
+            let per = gs.len().div_ceil(crate::kernels::threads().max(1));
+            gs.par_chunks_mut(per)
+                .zip(vs.par_chunks(per))
+                .for_each(|(g, v)| g.iter_mut().zip(v).for_each(|(g, &v)| *g *= df(v)));
         }
-        _ => ndarray::Zip::from(a).and(b).map_collect(|&x, &y| f(x, y)),
+        (Some(gs), Some(vs)) => gs.iter_mut().zip(vs).for_each(|(g, &v)| *g *= df(v)),
+        _ => g.zip_mut_with(at, |g, &v| *g *= df(v)),
     }
 }
 
+/// Used by tests: an array of the given shape with values spread over `[lo, hi)`.
 pub fn spread(shape: &[usize], lo: f32, hi: f32, seed: u64) -> Array {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     Array::from_shape_simple_fn(ndarray::IxDyn(shape), || {
@@ -151,6 +147,23 @@ pub fn spread(shape: &[usize], lo: f32, hi: f32, seed: u64) -> Array {
 mod tests {
     use crate::gradcheck::check;
     use crate::ops::elementwise::spread;
+
+    /// Large tensors take the threaded in-place backward: each value's gradient still pairs
+    /// with its own input.
+    #[test]
+    fn large_backward_pairs_each_value_with_its_input() {
+        let x = spread(&[3, 50_001], -2.0, 2.0, 2);
+        let g = spread(&[3, 50_001], -1.0, 1.0, 3);
+        let xv = crate::Var::parameter(x.clone());
+        let y = xv.leaky_relu(0.1).tanh();
+        y.mul(&crate::Var::constant(g.clone())).sum().backward();
+        let got = xv.grad().unwrap();
+        for ((gx, &xi), &gi) in got.iter().zip(&x).zip(&g) {
+            let l = if xi > 0.0 { xi } else { 0.1 * xi };
+            let want = gi * (1.0 - l.tanh().powi(2)) * if xi > 0.0 { 1.0 } else { 0.1 };
+            assert!((gx - want).abs() <= 1e-5, "{gx} vs {want} at x = {xi}");
+        }
+    }
 
     #[test]
     fn gradients_match_finite_differences() {

@@ -178,30 +178,28 @@ impl Var {
             y,
             parents,
             Box::new(move |g, needs| {
-                let g = &g;
-                with_slice(g, |gs| {
-                    let dx = needs[0].then(|| {
-                        let v = match scale_shape {
-                            Some(_) => channel_map(gs, d, &s, &vec![0.0; d.1]),
-                            None => gs.to_vec(),
-                        };
+                let want_scale = scale_shape.is_some() && needs[2];
+                let [dt, ds] = with_slice(&g, |gs| match want_scale {
+                    true => with_slice(&input.value(), |xs| channel_sums(gs, Some(xs), d)),
+                    false => channel_sums(gs, None, d),
+                });
+                // Without a scale (a conv bias) the input gradient is the output's: moved,
+                // not copied.
+                let dx = needs[0].then(|| match scale_shape {
+                    Some(_) => with_slice(&g, |gs| {
+                        let v = channel_map(gs, d, &s, &vec![0.0; d.1]);
                         Array::from_shape_vec(xshape.clone(), v).expect("same size")
-                    });
-                    let want_scale = scale_shape.is_some() && needs[2];
-                    let [dt, ds] = if want_scale {
-                        with_slice(&input.value(), |xs| channel_sums(gs, Some(xs), d))
-                    } else {
-                        channel_sums(gs, None, d)
-                    };
-                    let mut out = vec![
-                        dx,
-                        needs[1].then(|| Array::from_shape_vec(shift_shape, dt).expect("C")),
-                    ];
-                    if let Some(shape) = scale_shape {
-                        out.push(want_scale.then(|| Array::from_shape_vec(shape, ds).expect("C")));
-                    }
-                    out
-                })
+                    }),
+                    None => g,
+                });
+                let mut out = vec![
+                    dx,
+                    needs[1].then(|| Array::from_shape_vec(shift_shape, dt).expect("C")),
+                ];
+                if let Some(shape) = scale_shape {
+                    out.push(want_scale.then(|| Array::from_shape_vec(shape, ds).expect("C")));
+                }
+                out
             }),
         )
     }
