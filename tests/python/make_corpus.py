@@ -211,6 +211,44 @@ def vectors():
     save("gen_vector_dot", g.model([y]), {"x": rng.uniform(-1, 1, 4).astype(np.float32)})
 
 
+def depthwise():
+    """Depthwise convolutions, which the runtime computes on its own kernel (issue 17): 3x3,
+    5x5 and 3x5 kernels, strides 1, 2, 3 and unequal, symmetric and TensorFlow-style
+    asymmetric padding, batches, no bias, a pointwise conv first (tract then drops the batch
+    axis), the Relu or Clip the kernel absorbs, and a dilated one it leaves to tract."""
+    global RNG
+    RNG = np.random.default_rng(17)
+
+    def dw(g, x, c, k, stride=(1, 1), pads=(1, 1, 1, 1), bias=True, dil=None):
+        kh, kw = (k, k) if isinstance(k, int) else k
+        ins = [x, g.const(arr(c, 1, kh, kw))] + ([g.const(arr(c))] if bias else [])
+        attrs = dict(group=c, kernel_shape=[kh, kw], pads=list(pads), strides=list(stride))
+        if dil:
+            attrs["dilations"] = [dil, dil]
+        return g.op("Conv", ins, **attrs)
+
+    def clip(g, y, lo=0.0, hi=6.0):
+        return g.op("Clip", [y, g.const(np.float32(lo)), g.const(np.float32(hi))])
+
+    cases = [
+        ("k3_s1_clip", (1, 8, 20, 20), lambda g: clip(g, dw(g, "x", 8, 3))),
+        ("k3_s2_tfpad_clip", (1, 8, 21, 21), lambda g: clip(g, dw(g, "x", 8, 3, (2, 2), (0, 0, 1, 1)))),
+        ("k5_s2_tfpad_relu", (1, 6, 17, 17), lambda g: g.op("Relu", [dw(g, "x", 6, 5, (2, 2), (1, 1, 2, 2))])),
+        ("k5_s1_7x7", (1, 16, 7, 7), lambda g: dw(g, "x", 16, 5, pads=(2, 2, 2, 2))),
+        ("k3_batch2_nobias", (2, 4, 9, 11), lambda g: dw(g, "x", 4, 3, bias=False)),
+        ("k3x5_s3x1_nopad", (1, 4, 13, 10), lambda g: dw(g, "x", 4, (3, 5), (3, 1), (0, 0, 0, 0))),
+        ("pointwise_then_k3_s2", (1, 6, 15, 15),
+         lambda g: clip(g, dw(g, g.conv("x", 6, 6, k=1, pads=0), 6, 3, (2, 2)))),
+        ("dilated", (1, 4, 12, 12), lambda g: dw(g, "x", 4, 3, pads=(2, 2, 2, 2), dil=2)),
+        ("chain", (1, 4, 16, 16),
+         lambda g: clip(g, dw(g, g.op("Relu", [dw(g, "x", 4, 3)]), 4, 5, (2, 2), (2, 2, 2, 2)), -1.0, 1.0)),
+    ]
+    for name, shape, build in cases:
+        g = G(shape=shape)
+        y = build(g)
+        save(f"gen_depthwise_{name}", g.model([y]), g.feed())
+
+
 def randomise_bn(model):
     import torch
     with torch.no_grad():
@@ -294,13 +332,15 @@ def architectures():
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--only", choices=["generated", "vectors", "architectures"])
+    p.add_argument("--only", choices=["generated", "vectors", "depthwise", "architectures"])
     args = p.parse_args()
     os.makedirs(OUT, exist_ok=True)
     if args.only in (None, "generated"):
         generated()
     if args.only in (None, "vectors"):
         vectors()
+    if args.only in (None, "depthwise"):
+        depthwise()
     if args.only in (None, "architectures"):
         architectures()
 

@@ -30,6 +30,10 @@ pub struct BenchArgs {
     /// A second model, run interleaved with the first in the same process
     #[arg(long, value_name = "OTHER.onnx")]
     pub compare: Option<PathBuf>,
+    /// Run the model twice, interleaved: depthwise convolutions on msn's kernel (first), then
+    /// on tract's own (second)
+    #[arg(long, conflicts_with = "compare")]
+    pub compare_depthwise: bool,
     /// Threads for tract's matrix products (0: every core, 1: single-threaded)
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub threads: usize,
@@ -112,10 +116,20 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
     let mut paths = vec![args.model.clone()];
     paths.extend(args.compare.clone());
-    let models = paths
+    let mut models = paths
         .iter()
         .map(|p| load_classifier(Some(p), &options))
         .collect::<Result<Vec<_>>>()?;
+    if args.compare_depthwise {
+        msn_runtime::set_tract_depthwise(true);
+        let tract = load_classifier(Some(&args.model), &options);
+        msn_runtime::set_tract_depthwise(false);
+        models.push(tract?);
+        paths.push(PathBuf::from(format!(
+            "{} (tract depthwise)",
+            args.model.display()
+        )));
+    }
     let refs: Vec<_> = models.iter().collect();
     let stats = msn_runtime::bench::run(&refs, args.warmup, args.iters)?;
     let ratio = (stats.len() == 2).then(|| stats[1].p50_ms / stats[0].p50_ms);

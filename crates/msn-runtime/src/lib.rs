@@ -26,6 +26,7 @@
 
 pub mod bench;
 mod classifier;
+pub mod depthwise;
 mod error;
 pub mod gan;
 mod guard;
@@ -61,6 +62,19 @@ pub fn set_threads(threads: usize) -> usize {
         Executor::multithread(n)
     });
     n
+}
+
+static TRACT_DEPTHWISE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Leaves depthwise convolutions to tract's own kernel from now on (`true`), instead of
+/// [`depthwise::Depthwise`]: to compare the two.
+pub fn set_tract_depthwise(tract: bool) {
+    TRACT_DEPTHWISE.store(tract, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether depthwise convolutions are left to tract ([`set_tract_depthwise`]).
+pub fn tract_depthwise() -> bool {
+    TRACT_DEPTHWISE.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 static HALF: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);

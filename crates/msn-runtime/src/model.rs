@@ -232,6 +232,14 @@ impl Source {
             typed
         };
         let typed = match kind {
+            Plan::Optimized if !half && !crate::tract_depthwise() => {
+                let mut typed = typed
+                    .into_decluttered()
+                    .map_err(err("declutter the model"))?;
+                crate::depthwise::rewrite(&mut typed)
+                    .map_err(err("lower depthwise convolutions"))?;
+                typed.into_optimized().map_err(err("optimize the model"))?
+            }
             Plan::Optimized => typed.into_optimized().map_err(err("optimize the model"))?,
             Plan::Reference => typed,
         };
@@ -570,6 +578,16 @@ impl Model {
             .map_err(|e| Error::Inference(format!("{}: {e:#}", self.origin.display())))?;
         out.into_iter()
             .map(|v| self.for_caller(v.into_tensor()))
+            .collect()
+    }
+
+    /// tract's op name of every node of the plan, in plan order.
+    pub fn ops(&self) -> Vec<String> {
+        let model = self.plan.model();
+        model
+            .nodes
+            .iter()
+            .map(|n| n.op().name().to_string())
             .collect()
     }
 
