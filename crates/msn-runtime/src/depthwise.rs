@@ -1,20 +1,23 @@
-//! Depthwise convolutions on vector kernels, on every thread of tract's executor.
+//! Depthwise convolutions, and first layers on gray or RGB images, on our own vector kernel,
+//! on every thread of tract's executor.
 //!
 //! tract 0.23.9 walks a depthwise convolution zone by zone along each output row: on x86-64
 //! its vector kernel covers stride 1 only, and on the small late planes of a mobile network
 //! (7x7 and 14x14 with 5x5 kernels) most of its time goes to walking the zones. On
-//! EfficientNet-Lite0 that was 47% of a run, at about 1 GMAC/s. [`rewrite`] replaces every
-//! float depthwise `Conv` of a decluttered model (NCHW, constant kernel and bias, no
-//! dilation) by [`Depthwise`], with a `Relu` or `Clip` that follows it fused in, before
-//! tract optimises the rest.
+//! EfficientNet-Lite0 that was 47% of a run, at about 1 GMAC/s. A first layer (three input
+//! channels, stride 2) goes through im2col to a matrix product with an inner dimension of
+//! 27. [`rewrite`] replaces every float convolution of a decluttered model whose groups have
+//! at most three input channels (NCHW, constant kernel and bias, no dilation) by
+//! [`DirectConv`], with a `Relu` or `Clip` that follows it fused in, before tract optimises
+//! the rest.
 //!
-//! One plane at a time: the input plane is copied into a zero-padded buffer, split into its
-//! `sh x sw` phases for a strided convolution (every phase a stride-1 image with the same
-//! row length `qw`), so that each output position `oy * qw + ox` of a "wide" output is the
-//! bias plus one product per tap at a fixed offset from it. That sum runs along whole
-//! vectors of the flattened wide output, across row ends (the `qw - ow` columns past each
-//! row's end are computed and dropped), for any kernel size and stride; the wide rows are
-//! then copied into place, clipped if a clip was fused.
+//! One output plane at a time: the group's input planes are copied into a zero-padded
+//! buffer, each split into its `sh x sw` phases for a strided convolution (every phase a
+//! stride-1 image with the same row length `qw`), so that each output position
+//! `oy * qw + ox` of a "wide" output is the bias plus one product per tap and input plane at
+//! a fixed offset from it. That sum runs along whole vectors of the flattened wide output,
+//! across row ends (the `qw - ow` columns past each row's end are computed and dropped), for
+//! any kernel size and stride; the wide rows are then copied into place.
 
 use std::fmt;
 use std::sync::Arc;
@@ -24,6 +27,9 @@ use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
 use tract_onnx::tract_core::ops::math::{Max, Min};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_core::{as_op, op_as_typed_op, op_out_of_plan};
+
+/// The most input channels per group the kernel takes (RGB).
+const MAX_GROUP_INPUTS: usize = 3;
 
 /// Values the kernel reads past the last tap's wide output (its vectors are 16 wide).
 const SLACK: usize = 16;
@@ -45,13 +51,17 @@ struct Geometry {
     /// One phase's rows and row length.
     qh: usize,
     qw: usize,
-    /// Each tap's offset in the buffer from the wide output position it adds to.
+    /// Input planes per group (1 for a depthwise convolution), one after the other in the
+    /// buffer.
+    cin: usize,
+    /// Each tap's offset in the buffer from the wide output position it adds to, for every
+    /// input plane of the group in turn (the order of an ONNX kernel's `[ci, kh, kw]`).
     offsets: Vec<usize>,
 }
 
 impl Geometry {
-    #[allow(clippy::too_many_arguments)]
     fn new(
+        cin: usize,
         (h, w): (usize, usize),
         (kh, kw): (usize, usize),
         (sh, sw): (usize, usize),
@@ -63,11 +73,14 @@ impl Geometry {
         let ph = ((oh - 1) * sh + kh).max(pt + h);
         let pw = ((ow - 1) * sw + kw).max(pl + w);
         let (qh, qw) = (ph.div_ceil(sh), pw.div_ceil(sw));
-        let mut offsets = Vec::with_capacity(kh * kw);
-        for ky in 0..kh {
-            for kx in 0..kw {
-                let phase = (ky % sh) * sw + kx % sw;
-                offsets.push(phase * qh * qw + (ky / sh) * qw + kx / sw);
+        let plane_len = sh * sw * qh * qw;
+        let mut offsets = Vec::with_capacity(cin * kh * kw);
+        for ci in 0..cin {
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    let phase = (ky % sh) * sw + kx % sw;
+                    offsets.push(ci * plane_len + phase * qh * qw + (ky / sh) * qw + kx / sw);
+                }
             }
         }
         Geometry {
@@ -81,8 +94,14 @@ impl Geometry {
             ow,
             qh,
             qw,
+            cin,
             offsets,
         }
+    }
+
+    /// One input plane's length in the buffer, all its phases.
+    fn plane_len(&self) -> usize {
+        self.sh * self.sw * self.qh * self.qw
     }
 
     /// The wide output's length, in whole vectors.
@@ -90,18 +109,31 @@ impl Geometry {
         (self.oh * self.qw).next_multiple_of(16)
     }
 
-    /// The buffer's length: every phase, then what the last vectors of the last taps read.
-    /// The largest offset plus `wide_len` stays within it: a tap's row in its phase plus the
-    /// output rows is at most `qh`, and its column past the row end at most `(kw - 1) / sw`.
+    /// The buffer's length: every plane's phases, then what the last vectors of the last
+    /// taps read. The largest offset plus `wide_len` stays within it: a tap's row in its
+    /// phase plus the output rows is at most `qh`, and its column past the row end at most
+    /// `(kw - 1) / sw`.
     fn buffer_len(&self) -> usize {
         let last = self.offsets.iter().max().copied().unwrap_or(0);
-        (self.sh * self.sw * self.qh * self.qw).max(last + self.wide_len()) + SLACK
+        (self.cin * self.plane_len()).max(last + self.wide_len()) + SLACK
     }
 
-    /// Copies one input plane into `buf` (zeroed first): padded, and split into phases.
+    /// Copies a group's input planes (`cin` of `h * w`) into `buf`: padded, phase-split.
+    #[inline(always)]
+    fn fill_group(&self, planes: &[f32], buf: &mut [f32]) {
+        buf.fill(0.0);
+        let len = self.plane_len();
+        for (plane, buf) in planes
+            .chunks_exact(self.h * self.w)
+            .zip(buf.chunks_mut(len))
+        {
+            self.fill(plane, buf);
+        }
+    }
+
+    /// Copies one input plane into its place in `buf` (zeroed): padded, split into phases.
     #[inline(always)]
     fn fill(&self, plane: &[f32], buf: &mut [f32]) {
-        buf.fill(0.0);
         let phase_len = self.qh * self.qw;
         for (iy, row) in plane.chunks_exact(self.w).enumerate() {
             let py = iy + self.pt;
@@ -149,16 +181,20 @@ impl Geometry {
     }
 }
 
-/// A depthwise convolution (one input channel per output channel) of an NCHW f32 tensor,
-/// with an optional clip of its output, as tract's `Max` then `Min` compute it.
+/// A convolution of an NCHW f32 tensor whose groups have few input channels each: a
+/// depthwise convolution (one input channel per group), or a network's first convolution
+/// (three). With an optional clip of its output, as tract's `Max` then `Min` compute it.
 #[derive(Clone)]
-pub struct Depthwise {
+pub struct DirectConv {
     /// Input shape, `[n, c, h, w]`.
     input: [usize; 4],
+    /// Output channels, and groups.
+    cout: usize,
+    groups: usize,
     /// Whether the tensors have the `n` axis (NCHW) or not (CHW, `n` is 1).
     batch: bool,
     geometry: Geometry,
-    /// `[c, kh * kw]`, row-major.
+    /// `[cout, cin / groups * kh * kw]`, row-major.
     kernel: Arc<Vec<f32>>,
     /// One per channel.
     bias: Arc<Vec<f32>>,
@@ -167,11 +203,12 @@ pub struct Depthwise {
 }
 
 /// Bit for bit: two ops are the same op when they compute the same values.
-impl PartialEq for Depthwise {
-    fn eq(&self, other: &Depthwise) -> bool {
+impl PartialEq for DirectConv {
+    fn eq(&self, other: &DirectConv) -> bool {
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         let clip = |c: (Option<f32>, Option<f32>)| (c.0.map(f32::to_bits), c.1.map(f32::to_bits));
         self.input == other.input
+            && (self.cout, self.groups) == (other.cout, other.groups)
             && self.geometry == other.geometry
             && bits(&self.kernel) == bits(&other.kernel)
             && bits(&self.bias) == bits(&other.bias)
@@ -179,15 +216,17 @@ impl PartialEq for Depthwise {
     }
 }
 
-impl Eq for Depthwise {}
+impl Eq for DirectConv {}
 
-impl fmt::Debug for Depthwise {
+impl fmt::Debug for DirectConv {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let g = &self.geometry;
         write!(
             f,
-            "Depthwise({:?}, {} taps, stride {}x{}, out {}x{}, clip {:?})",
+            "DirectConv({:?} -> {} channels, {} groups, {} taps, stride {}x{}, out {}x{}, clip {:?})",
             self.input,
+            self.cout,
+            self.groups,
             g.offsets.len(),
             g.sh,
             g.sw,
@@ -198,9 +237,9 @@ impl fmt::Debug for Depthwise {
     }
 }
 
-impl Op for Depthwise {
+impl Op for DirectConv {
     fn name(&self) -> StaticName {
-        "MsnDepthwise".into()
+        "MsnDirectConv".into()
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
@@ -214,24 +253,27 @@ impl Op for Depthwise {
     op_as_typed_op!();
 }
 
-impl EvalOp for Depthwise {
+impl EvalOp for DirectConv {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let x = inputs[0].try_as_plain_ram()?.as_slice::<f32>()?;
-        let [n, c, h, w] = self.input;
+        let [n, cin, h, w] = self.input;
         ensure!(
-            x.len() == n * c * h * w,
+            x.len() == n * cin * h * w,
             "depthwise input has the wrong size"
         );
         let g = &self.geometry;
         let plane = g.oh * g.ow;
+        let cout = self.cout;
+        let cout_g = cout / self.groups;
         // SAFETY: f32 has no invalid bit patterns, and every value is written below.
-        let mut output = unsafe { Tensor::uninitialized::<f32>(&self.shape(n, c, g.oh, g.ow))? };
+        let mut output = unsafe { Tensor::uninitialized::<f32>(&self.shape(n, cout, g.oh, g.ow))? };
         let mut view = output.try_as_plain_ram_mut()?;
         let out = view.as_slice_mut::<f32>()?;
         let work = out.len() * g.offsets.len();
         let taps = g.offsets.len();
+        let group_len = g.cin * h * w;
         let (lo, hi) = (
             self.clip.0.unwrap_or(f32::NEG_INFINITY),
             self.clip.1.unwrap_or(f32::INFINITY),
@@ -240,14 +282,22 @@ impl EvalOp for Depthwise {
         tract_linalg::multithread::par_chunks_mut(out, plane, work, |first, chunk| {
             let mut buf = vec![0f32; g.buffer_len()];
             let mut wide = vec![0f32; g.wide_len()];
+            // The (image, group) whose planes `buf` holds.
+            let mut filled = None;
             for (i, out) in chunk.chunks_exact_mut(plane).enumerate() {
                 let p = first + i;
-                let ch = p % c;
+                let co = p % cout;
+                // Input planes of image `p / cout`, group `co / cout_g`.
+                let group = p / cout * self.groups + co / cout_g;
+                let fill = (filled != Some(group)).then(|| {
+                    filled = Some(group);
+                    &x[group * group_len..(group + 1) * group_len]
+                });
                 let job = Plane {
                     g,
-                    x: &x[p * h * w..(p + 1) * h * w],
-                    k: &self.kernel[ch * taps..(ch + 1) * taps],
-                    bias: self.bias[ch],
+                    fill,
+                    k: &self.kernel[co * taps..(co + 1) * taps],
+                    bias: self.bias[co],
                     lo,
                     hi,
                 };
@@ -259,7 +309,7 @@ impl EvalOp for Depthwise {
     }
 }
 
-impl Depthwise {
+impl DirectConv {
     /// A tensor shape in this op's layout.
     fn shape(&self, n: usize, c: usize, h: usize, w: usize) -> TVec<usize> {
         if self.batch {
@@ -270,29 +320,33 @@ impl Depthwise {
     }
 }
 
-impl TypedOp for Depthwise {
+impl TypedOp for DirectConv {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let [n, c, _, _] = self.input;
         ensure!(inputs.len() == 1 && inputs[0].datum_type == f32::datum_type());
         let g = &self.geometry;
-        Ok(tvec!(f32::fact(self.shape(n, c, g.oh, g.ow))))
+        Ok(tvec!(f32::fact(self.shape(
+            self.input[0],
+            self.cout,
+            g.oh,
+            g.ow
+        ))))
     }
 
     fn cost(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
-        let [n, c, _, _] = self.input;
         let g = &self.geometry;
-        let macs = n * c * g.oh * g.ow * g.offsets.len();
+        let macs = self.input[0] * self.cout * g.oh * g.ow * g.offsets.len();
         Ok(tvec!((Cost::FMA(f32::datum_type()), macs.into())))
     }
 
     as_op!();
 }
 
-/// One channel of one image: the input plane, its taps, bias and clip bounds (infinite
-/// when there is no clip; a NaN passes through either way).
+/// One output channel of one image: the input planes of its group if the buffer does not
+/// hold them yet, its taps, bias and clip bounds (infinite when there is no clip; a NaN
+/// passes through either way).
 struct Plane<'a> {
     g: &'a Geometry,
-    x: &'a [f32],
+    fill: Option<&'a [f32]>,
     k: &'a [f32],
     bias: f32,
     lo: f32,
@@ -355,7 +409,9 @@ unsafe fn plane_avx2(p: &Plane, buf: &mut [f32], wide: &mut [f32], out: &mut [f3
 #[inline(always)]
 fn plane<const FMA: bool>(p: &Plane, buf: &mut [f32], wide: &mut [f32], out: &mut [f32]) {
     let g = p.g;
-    g.fill(p.x, buf);
+    if let Some(x) = p.fill {
+        g.fill_group(x, buf);
+    }
     let n = wide.len();
     let mut i = 0;
     while i + 64 <= n {
@@ -418,7 +474,7 @@ fn clip_bound(model: &TypedModel, node: &TypedNode, from: OutletId) -> Option<(b
 
 /// The op that replaces the Conv `node`, if it is a float depthwise convolution this kernel
 /// covers; and the outlet it replaces, past any clip it absorbs.
-fn lower(model: &TypedModel, node: &TypedNode) -> Option<(Depthwise, OutletId)> {
+fn lower(model: &TypedModel, node: &TypedNode) -> Option<(DirectConv, OutletId)> {
     let conv = node.op_as::<Conv>()?;
     let spec = &conv.pool_spec;
     let x = model.outlet_fact(node.inputs[0]).ok()?;
@@ -433,26 +489,30 @@ fn lower(model: &TypedModel, node: &TypedNode) -> Option<(Depthwise, OutletId)> 
         (false, &[c, h, w]) => [1, c, h, w],
         _ => return None,
     };
+    let (cout, groups) = (spec.output_channels, conv.group);
     let fits = x.datum_type == f32::datum_type()
         && conv.q_params.is_none()
         && conv.kernel_fmt == KernelFormat::OIHW
         && spec.kernel_shape.len() == 2
-        && c > 1
-        && conv.group == c
+        && groups > 0
         && spec.input_channels == c
-        && spec.output_channels == c
+        && c % groups == 0
+        && cout % groups == 0
         && spec.dilations().iter().all(|&d| d == 1)
         && node.inputs.len() == 3;
-    if !fits {
+    // Depthwise convolutions, and first layers on gray or RGB images: more input channels
+    // per group make matrix products, tract's strength.
+    let cin = if fits { c / groups } else { 0 };
+    if !(1..=MAX_GROUP_INPUTS).contains(&cin) {
         return None;
     }
     let (kh, kw) = (spec.kernel_shape[0], spec.kernel_shape[1]);
     let kernel = konst(model, node.inputs[1])?;
     let bias = konst(model, node.inputs[2])?;
     if kernel.datum_type() != f32::datum_type()
-        || kernel.shape() != [c, 1, kh, kw]
+        || kernel.shape() != [cout, cin, kh, kw]
         || bias.datum_type() != f32::datum_type()
-        || !(bias.len() == c || bias.len() == 1)
+        || !(bias.len() == cout || bias.len() == 1)
     {
         return None;
     }
@@ -463,6 +523,7 @@ fn lower(model: &TypedModel, node: &TypedNode) -> Option<(Depthwise, OutletId)> 
         return None;
     }
     let geometry = Geometry::new(
+        cin,
         (h, w),
         (kh, kw),
         (strides[0], strides[1]),
@@ -470,13 +531,15 @@ fn lower(model: &TypedModel, node: &TypedNode) -> Option<(Depthwise, OutletId)> 
         (oh, ow),
     );
     let bias = bias.try_as_plain_ram().ok()?.as_slice::<f32>().ok()?;
-    let bias = if bias.len() == c {
+    let bias = if bias.len() == cout {
         bias.to_vec()
     } else {
-        vec![bias[0]; c]
+        vec![bias[0]; cout]
     };
-    let mut op = Depthwise {
+    let mut op = DirectConv {
         input: [n, c, h, w],
+        cout,
+        groups,
         batch,
         geometry,
         kernel: Arc::new(
@@ -514,8 +577,7 @@ fn lower(model: &TypedModel, node: &TypedNode) -> Option<(Depthwise, OutletId)> 
     Some((op, last))
 }
 
-/// Replaces every depthwise convolution [`Depthwise`] covers in a decluttered model; returns
-/// how many.
+/// Replaces every convolution [`DirectConv`] covers in a decluttered model; returns how many.
 pub fn rewrite(model: &mut TypedModel) -> TractResult<usize> {
     let mut count = 0;
     loop {
@@ -544,13 +606,14 @@ mod tests {
     use msn_onnx::builder::{attr, GraphBuilder};
     use std::path::Path;
 
-    /// A depthwise Conv on `[n, c, h, w]` with a kernel `k x k`, then `tail` ("", "Relu",
+    /// A Conv on `[n, cin, h, w]` to `cout` channels in `groups` groups with a kernel
+    /// `kh x kw`, then `tail` ("", "Relu",
     /// "Clip" 0..6, "Clip-min" 0.., "Min" at 0.5 alone). With `tail` starting "pw+", a 1x1
     /// Conv comes first (tract then drops the batch axis of a batch of one: CHW).
     #[allow(clippy::too_many_arguments)]
     fn graph(
         n: usize,
-        c: usize,
+        (c, cout, groups): (usize, usize, usize),
         (h, w): (usize, usize),
         (kh, kw): (usize, usize),
         stride: (usize, usize),
@@ -560,10 +623,10 @@ mod tests {
     ) -> Source {
         let mut b = GraphBuilder::new("dw");
         let x = b.input("x", &[n as i64, c as i64, h as i64, w as i64]);
-        let kv: Vec<f32> = (0..c * kh * kw)
+        let kv: Vec<f32> = (0..cout * c / groups * kh * kw)
             .map(|i| ((i as f32) * 0.37).sin())
             .collect();
-        let kernel = ndarray::Array::from_shape_vec(vec![c, 1, kh, kw], kv).unwrap();
+        let kernel = ndarray::Array::from_shape_vec(vec![cout, c / groups, kh, kw], kv).unwrap();
         let k = b.initializer_f32("k", &kernel.into_dyn());
         let (x, tail) = match tail.strip_prefix("pw+") {
             Some(rest) => {
@@ -576,12 +639,12 @@ mod tests {
         };
         let mut ins = vec![x.clone(), k];
         if bias {
-            let bv: Vec<f32> = (0..c).map(|i| (i as f32) * 0.1 - 0.3).collect();
+            let bv: Vec<f32> = (0..cout).map(|i| (i as f32) * 0.1 - 0.3).collect();
             ins.push(b.initializer_f32("b", &ndarray::Array::from_vec(bv).into_dyn()));
         }
         let ins: Vec<&str> = ins.iter().map(|s| s.as_str()).collect();
         let attrs = [
-            attr::int("group", c as i64),
+            attr::int("group", groups as i64),
             attr::ints("kernel_shape", &[kh as i64, kw as i64]),
             attr::ints("strides", &[stride.0 as i64, stride.1 as i64]),
             attr::ints("pads", &pads.map(|p| p as i64)),
@@ -609,7 +672,7 @@ mod tests {
         }
         let oh = (h + pads[0] + pads[2] - kh) / stride.0 + 1;
         let ow = (w + pads[1] + pads[3] - kw) / stride.1 + 1;
-        b.output(&y, &[n as i64, c as i64, oh as i64, ow as i64]);
+        b.output(&y, &[n as i64, cout as i64, oh as i64, ow as i64]);
         let model = b.into_model(13);
         Source::from_bytes(msn_onnx::io::to_bytes(&model), Path::new("dw.onnx")).unwrap()
     }
@@ -619,7 +682,7 @@ mod tests {
         let shapes = verify::shapes(source.inputs(), &[]).unwrap();
         let ours = source.plan(&shapes, Plan::Optimized).unwrap();
         assert!(
-            ours.ops().iter().any(|o| o == "MsnDepthwise"),
+            ours.ops().iter().any(|o| o == "MsnDirectConv"),
             "not rewritten: {:?}",
             ours.ops()
         );
@@ -647,7 +710,7 @@ mod tests {
     /// Batch, channels, input size, kernel, strides, pads, bias, tail (see [`graph`]).
     type Case = (
         usize,
-        usize,
+        (usize, usize, usize),
         (usize, usize),
         (usize, usize),
         (usize, usize),
@@ -657,12 +720,12 @@ mod tests {
     );
 
     #[test]
-    fn depthwise_matches_tracts_own_kernel() {
+    fn direct_convolutions_match_tracts_own() {
         let cases: &[Case] = &[
             // EfficientNet-Lite0's shapes: stride 1 and 2, 3x3 and 5x5, asymmetric padding.
             (
                 1,
-                32,
+                (32, 32, 32),
                 (112, 112),
                 (3, 3),
                 (1, 1),
@@ -672,7 +735,7 @@ mod tests {
             ),
             (
                 1,
-                24,
+                (24, 24, 24),
                 (112, 112),
                 (3, 3),
                 (2, 2),
@@ -682,7 +745,7 @@ mod tests {
             ),
             (
                 1,
-                12,
+                (12, 12, 12),
                 (28, 28),
                 (5, 5),
                 (1, 1),
@@ -690,15 +753,51 @@ mod tests {
                 true,
                 "pw+Relu",
             ),
-            (2, 12, (28, 28), (3, 3), (2, 2), [1, 1, 1, 1], true, "pw+"),
-            (1, 16, (56, 56), (5, 5), (2, 2), [1, 1, 2, 2], true, "Relu"),
-            (1, 40, (7, 7), (5, 5), (1, 1), [2, 2, 2, 2], true, "Clip"),
-            (1, 40, (14, 14), (5, 5), (1, 1), [2, 2, 2, 2], false, ""),
+            (
+                2,
+                (12, 12, 12),
+                (28, 28),
+                (3, 3),
+                (2, 2),
+                [1, 1, 1, 1],
+                true,
+                "pw+",
+            ),
+            (
+                1,
+                (16, 16, 16),
+                (56, 56),
+                (5, 5),
+                (2, 2),
+                [1, 1, 2, 2],
+                true,
+                "Relu",
+            ),
+            (
+                1,
+                (40, 40, 40),
+                (7, 7),
+                (5, 5),
+                (1, 1),
+                [2, 2, 2, 2],
+                true,
+                "Clip",
+            ),
+            (
+                1,
+                (40, 40, 40),
+                (14, 14),
+                (5, 5),
+                (1, 1),
+                [2, 2, 2, 2],
+                false,
+                "",
+            ),
             // Batches, odd sizes, unequal strides, no padding, stride 3, kernels wider than
             // tall, a lone Min, a Clip with only a lower bound, 1x1 planes.
             (
                 3,
-                5,
+                (5, 5, 5),
                 (9, 13),
                 (3, 3),
                 (1, 2),
@@ -706,18 +805,107 @@ mod tests {
                 true,
                 "Clip-min",
             ),
-            (2, 7, (17, 10), (3, 5), (3, 1), [0, 0, 0, 0], false, "Min"),
-            (1, 3, (1, 1), (3, 3), (1, 1), [1, 1, 1, 1], true, "Relu"),
-            (1, 3, (7, 10), (3, 3), (2, 2), [1, 1, 1, 1], true, ""),
-            (1, 3, (7, 9), (3, 3), (2, 2), [1, 1, 1, 1], true, ""),
-            (2, 4, (6, 6), (1, 1), (2, 2), [0, 0, 0, 0], true, ""),
-            (1, 2, (5, 4), (5, 4), (1, 1), [0, 0, 0, 0], true, ""),
+            (
+                2,
+                (7, 7, 7),
+                (17, 10),
+                (3, 5),
+                (3, 1),
+                [0, 0, 0, 0],
+                false,
+                "Min",
+            ),
+            (
+                1,
+                (3, 3, 3),
+                (1, 1),
+                (3, 3),
+                (1, 1),
+                [1, 1, 1, 1],
+                true,
+                "Relu",
+            ),
+            (
+                1,
+                (3, 3, 3),
+                (7, 10),
+                (3, 3),
+                (2, 2),
+                [1, 1, 1, 1],
+                true,
+                "",
+            ),
+            (1, (3, 3, 3), (7, 9), (3, 3), (2, 2), [1, 1, 1, 1], true, ""),
+            (2, (4, 4, 4), (6, 6), (1, 1), (2, 2), [0, 0, 0, 0], true, ""),
+            (1, (2, 2, 2), (5, 4), (5, 4), (1, 1), [0, 0, 0, 0], true, ""),
+            // First layers (RGB and gray, one group), a depth multiplier of 2, groups of
+            // 2 and 3 inputs, and in a batch.
+            (
+                1,
+                (3, 32, 1),
+                (224, 224),
+                (3, 3),
+                (2, 2),
+                [0, 0, 1, 1],
+                true,
+                "Clip",
+            ),
+            (
+                1,
+                (3, 16, 1),
+                (30, 31),
+                (5, 5),
+                (1, 1),
+                [2, 2, 2, 2],
+                true,
+                "Relu",
+            ),
+            (
+                1,
+                (1, 32, 1),
+                (28, 28),
+                (3, 3),
+                (1, 1),
+                [1, 1, 1, 1],
+                true,
+                "",
+            ),
+            (
+                1,
+                (4, 8, 4),
+                (11, 9),
+                (3, 3),
+                (2, 1),
+                [1, 1, 1, 1],
+                true,
+                "",
+            ),
+            (
+                1,
+                (6, 9, 3),
+                (10, 10),
+                (3, 3),
+                (1, 1),
+                [1, 1, 1, 1],
+                false,
+                "Relu",
+            ),
+            (
+                3,
+                (3, 5, 1),
+                (13, 12),
+                (3, 3),
+                (2, 2),
+                [1, 1, 1, 1],
+                true,
+                "",
+            ),
         ];
         for &(n, c, hw, k, s, pads, bias, tail) in cases {
             let err = check(&graph(n, c, hw, k, s, pads, bias, tail));
             assert!(
                 err < 1e-5,
-                "n{n} c{c} {hw:?} k{k:?} s{s:?} pads{pads:?} bias {bias} {tail}: relative error {err:e}"
+                "n{n} c{c:?} {hw:?} k{k:?} s{s:?} pads{pads:?} bias {bias} {tail}: relative error {err:e}"
             );
         }
     }

@@ -47,8 +47,8 @@ pub use tract_onnx::prelude::Tensor;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Runs tract's matrix products on `threads` threads from now on (0: every core; 1: the
-/// calling thread only). tract's executor is process-wide; depthwise convolutions and other
-/// non-matrix ops stay on the calling thread.
+/// calling thread only). tract's executor is process-wide; it also runs [`depthwise`]'s
+/// convolutions; tract's other non-matrix ops stay on the calling thread.
 pub fn set_threads(threads: usize) -> usize {
     use tract_linalg::multithread::{set_default_executor, Executor};
     let n = match threads {
@@ -66,8 +66,8 @@ pub fn set_threads(threads: usize) -> usize {
 
 static TRACT_DEPTHWISE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// Leaves depthwise convolutions to tract's own kernel from now on (`true`), instead of
-/// [`depthwise::Depthwise`]: to compare the two.
+/// Leaves depthwise convolutions and first layers to tract from now on (`true`), instead of
+/// [`depthwise::DirectConv`]: to compare the two.
 pub fn set_tract_depthwise(tract: bool) {
     TRACT_DEPTHWISE.store(tract, std::sync::atomic::Ordering::Relaxed);
 }
