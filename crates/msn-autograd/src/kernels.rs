@@ -204,6 +204,185 @@ pub fn matmul(a: ArrayView2<f32>, b: ArrayView2<f32>) -> Array2<f32> {
     c
 }
 
+/// A linear layer's three products, `x` `[n, k]` and `W` `[o, k]` both read along `k` where
+/// they are contiguous, with no transposed copy: `y = x W^T` as dot products, `dx = dy W` and
+/// `dW = dy^T x` as sums of scaled rows. Each output value is summed in a fixed order, so the
+/// results do not depend on the thread count.
+pub mod linear {
+    use rayon::prelude::*;
+
+    /// Rows of `W` whose dot products with one row of `x` run together.
+    const ROWS: usize = 4;
+    /// Lanes a dot product keeps apart (a vector register's worth).
+    const LANES: usize = 16;
+
+    /// `y = x W^T`, `[n, o]`.
+    pub fn forward(x: &[f32], w: &[f32], n: usize, k: usize, o: usize) -> Vec<f32> {
+        let mut y = vec![0.0f32; n * o];
+        if k == 0 || o == 0 {
+            return y;
+        }
+        let row = |(i, yi): (usize, &mut [f32])| dots(&x[i * k..(i + 1) * k], w, k, yi);
+        if n * k * o < 1 << 16 || super::threads() == 1 {
+            y.chunks_mut(o).enumerate().for_each(row);
+        } else {
+            y.par_chunks_mut(o).enumerate().for_each(row);
+        }
+        y
+    }
+
+    /// `dx = dy W`, `[n, k]`.
+    pub fn input_grad(dy: &[f32], w: &[f32], n: usize, k: usize, o: usize) -> Vec<f32> {
+        let mut dx = vec![0.0f32; n * k];
+        if k == 0 {
+            return dx;
+        }
+        let row = |(i, dxi): (usize, &mut [f32])| {
+            for j in 0..o {
+                axpy(dy[i * o + j], &w[j * k..(j + 1) * k], dxi);
+            }
+        };
+        if n * k * o < 1 << 16 || super::threads() == 1 {
+            dx.chunks_mut(k).enumerate().for_each(row);
+        } else {
+            dx.par_chunks_mut(k).enumerate().for_each(row);
+        }
+        dx
+    }
+
+    /// `dW = dy^T x`, `[o, k]`: split along `k` (columns of `x`), so each task reads its
+    /// own block of every row of `x` and fills its own `[o, BLOCK]` tile, which is then
+    /// copied into place.
+    pub fn weight_grad(dy: &[f32], x: &[f32], n: usize, k: usize, o: usize) -> Vec<f32> {
+        const BLOCK: usize = 512;
+        if k == 0 || o == 0 {
+            return vec![0.0f32; o * k];
+        }
+        let blocks = k.div_ceil(BLOCK);
+        let mut tiles = vec![0.0f32; blocks * o * BLOCK];
+        let tile = |(b, t): (usize, &mut [f32])| {
+            let cols = b * BLOCK..((b + 1) * BLOCK).min(k);
+            for (j, out) in t.chunks_mut(BLOCK).enumerate() {
+                let out = &mut out[..cols.len()];
+                for i in 0..n {
+                    axpy(dy[i * o + j], &x[i * k + cols.start..i * k + cols.end], out);
+                }
+            }
+        };
+        if n * k * o < 1 << 16 || super::threads() == 1 || blocks == 1 {
+            tiles.chunks_mut(o * BLOCK).enumerate().for_each(tile);
+        } else {
+            tiles.par_chunks_mut(o * BLOCK).enumerate().for_each(tile);
+        }
+        let mut dw = Vec::with_capacity(o * k);
+        for j in 0..o {
+            for b in 0..blocks {
+                let len = BLOCK.min(k - b * BLOCK);
+                let at = (b * o + j) * BLOCK;
+                dw.extend_from_slice(&tiles[at..at + len]);
+            }
+        }
+        dw
+    }
+
+    /// `y[j] = x . W[j]` for every row of `W`, `ROWS` rows at a time.
+    fn dots(x: &[f32], w: &[f32], k: usize, y: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the features were just detected.
+            return unsafe { dots_avx512(x, w, k, y) };
+        }
+        dots_plain(x, w, k, y)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,fma")]
+    unsafe fn dots_avx512(x: &[f32], w: &[f32], k: usize, y: &mut [f32]) {
+        dots_plain(x, w, k, y)
+    }
+
+    #[inline(always)]
+    fn dots_plain(x: &[f32], w: &[f32], k: usize, y: &mut [f32]) {
+        let full = k - k % LANES;
+        for (j0, yj) in (0..y.len()).step_by(ROWS).zip(y.chunks_mut(ROWS)) {
+            let mut acc = [[0.0f32; LANES]; ROWS];
+            for at in (0..full).step_by(LANES) {
+                let xs = &x[at..at + LANES];
+                for (r, a) in acc.iter_mut().enumerate().take(yj.len()) {
+                    let ws = &w[(j0 + r) * k + at..(j0 + r) * k + at + LANES];
+                    for l in 0..LANES {
+                        a[l] += xs[l] * ws[l];
+                    }
+                }
+            }
+            for (r, v) in yj.iter_mut().enumerate() {
+                let ws = &w[(j0 + r) * k..(j0 + r + 1) * k];
+                let tail: f32 = (full..k).map(|t| x[t] * ws[t]).sum();
+                *v = acc[r].iter().sum::<f32>() + tail;
+            }
+        }
+    }
+
+    /// `out += a x`.
+    fn axpy(a: f32, x: &[f32], out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the features were just detected.
+            return unsafe { axpy_avx512(a, x, out) };
+        }
+        axpy_plain(a, x, out)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,fma")]
+    unsafe fn axpy_avx512(a: f32, x: &[f32], out: &mut [f32]) {
+        axpy_plain(a, x, out)
+    }
+
+    #[inline(always)]
+    fn axpy_plain(a: f32, x: &[f32], out: &mut [f32]) {
+        for (o, v) in out.iter_mut().zip(x) {
+            *o += v * a;
+        }
+    }
+}
+
+/// Sum, sum of squares (both in f64) and the count of values at or below zero, in one pass
+/// over `v`, on all threads for long slices. Chunks are fixed (64 Ki values), so the result
+/// depends only on `v`.
+pub fn moments(v: &[f32]) -> (f64, f64, usize) {
+    const CHUNK: usize = 1 << 16;
+    let one = |c: &[f32]| {
+        // Eight lanes per accumulator: the sums vectorise and do not wait on each other.
+        let (mut s, mut q, mut z) = ([0.0f64; 8], [0.0f64; 8], 0usize);
+        let mut lanes = c.chunks_exact(8);
+        for l in &mut lanes {
+            for k in 0..8 {
+                let a = l[k] as f64;
+                s[k] += a;
+                q[k] += a * a;
+            }
+            z += l.iter().filter(|&&a| a <= 0.0).count();
+        }
+        for &a in lanes.remainder() {
+            s[0] += a as f64;
+            q[0] += a as f64 * a as f64;
+            z += usize::from(a <= 0.0);
+        }
+        (s.iter().sum::<f64>(), q.iter().sum::<f64>(), z)
+    };
+    let add = |a: (f64, f64, usize), b: (f64, f64, usize)| (a.0 + b.0, a.1 + b.1, a.2 + b.2);
+    if v.len() <= CHUNK || threads() == 1 {
+        return v.chunks(CHUNK).map(one).fold((0.0, 0.0, 0), add);
+    }
+    let parts: Vec<_> = v.par_chunks(CHUNK).map(one).collect();
+    parts.into_iter().fold((0.0, 0.0, 0), add)
+}
+
 /// Runs `f(images, out_part)` on contiguous chunks of a batch of `n` images, one chunk per
 /// thread, in parallel. `out` holds `stride` values per image and is split with the images
 /// (`stride` 0: every chunk gets an empty slice). Results come back in chunk order, and the
@@ -998,7 +1177,29 @@ pub fn view2_mut(s: &mut [f32], rows: usize, cols: usize) -> ArrayViewMut2<'_, f
 
 #[cfg(test)]
 mod tests {
-    use super::{col2im, im2col, ConvGeom};
+    use super::{col2im, im2col, moments, ConvGeom};
+
+    /// The one-pass moments against plain sums, on lengths around the lanes and the
+    /// parallel chunks (empty, a lane tail, several chunks with a tail).
+    #[test]
+    fn moments_match_plain_sums() {
+        for n in [0usize, 1, 7, 8, 13, 65_536, 65_537, 200_003] {
+            let v: Vec<f32> = (0..n).map(|i| (i as f32 * 0.61).sin() - 0.1).collect();
+            let want_s: f64 = v.iter().map(|&a| a as f64).sum();
+            let want_q: f64 = v.iter().map(|&a| a as f64 * a as f64).sum();
+            let want_z = v.iter().filter(|&&a| a <= 0.0).count();
+            let (s, q, z) = moments(&v);
+            assert!(
+                (s - want_s).abs() <= 1e-9 * n as f64 + 1e-12,
+                "{n}: {s} vs {want_s}"
+            );
+            assert!(
+                (q - want_q).abs() <= 1e-9 * n as f64 + 1e-12,
+                "{n}: {q} vs {want_q}"
+            );
+            assert_eq!(z, want_z, "{n}");
+        }
+    }
 
     /// im2col against its definition, and col2im as its adjoint, over strides, paddings,
     /// dilations and non-square shapes.

@@ -21,7 +21,7 @@ impl Linear {
 impl Module for Linear {
     fn forward(&self, x: &Var, ctx: &mut Ctx) -> Var {
         let w = self.effective_weight(ctx.training);
-        self.add_bias(x.matmul(&w.t()))
+        self.add_bias(x.linear(&w))
     }
 
     fn visit_state(&self, prefix: &str, f: &mut dyn FnMut(String, &Var, StateKind)) {

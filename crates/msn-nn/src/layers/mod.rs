@@ -64,15 +64,17 @@ impl Sequential {
 fn record(ctx: &mut Ctx, name: &str, x: &Var) {
     if let Some(rec) = ctx.record.as_mut() {
         let v = x.value();
-        let n = v.len() as f32;
-        let mean = v.sum() / n;
-        let var = v.iter().map(|&a| (a - mean) * (a - mean)).sum::<f32>() / n;
-        let zero = v.iter().filter(|&&a| a <= 0.0).count() as f32 / n;
+        let v = v.as_standard_layout();
+        let (sum, sq, zero) =
+            msn_autograd::kernels::moments(v.as_slice().expect("standard layout"));
+        let n = v.len().max(1) as f64;
+        let mean = sum / n;
+        let var = (sq / n - mean * mean).max(0.0);
         rec.push(ActivationStats {
             layer: name.to_string(),
-            mean,
-            std: var.sqrt(),
-            zero_grad_fraction: zero,
+            mean: mean as f32,
+            std: var.sqrt() as f32,
+            zero_grad_fraction: (zero as f64 / n) as f32,
         });
     }
 }
