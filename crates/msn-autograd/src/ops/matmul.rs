@@ -1,4 +1,5 @@
-//! Matrix product of two 2-D tensors, on matrixmultiply's sgemm through ndarray.
+//! Matrix products of 2-D tensors: `matmul` (on the sgemm kernels of [`crate::kernels`]) and a
+//! linear layer's `x W^T` (`linear`, on [`crate::kernels::linear`]).
 
 use crate::kernels::matmul;
 use crate::Var;
