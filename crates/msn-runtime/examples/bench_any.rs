@@ -1,5 +1,5 @@
 //! Median latency of any single-input models at their declared input shape, run in turns:
-//! `cargo run --profile fast -p msn-runtime --example bench_any -- A.onnx B.onnx ... [--iters N]`
+//! `cargo run --profile fast -p msn-runtime --example bench_any -- A.onnx B.onnx ... [--iters N] [--profile]`
 //! (a dev tool for layer-level experiments; `msn bench` measures image classifiers).
 
 use msn_runtime::model::{Plan, Source};
@@ -7,10 +7,13 @@ use std::time::Instant;
 
 fn main() {
     let mut iters = 50;
+    let mut profile = false;
     let mut paths = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        if a == "--iters" {
+        if a == "--profile" {
+            profile = true;
+        } else if a == "--iters" {
             iters = args.next().and_then(|v| v.parse().ok()).expect("--iters N");
         } else {
             paths.push(a);
@@ -42,6 +45,17 @@ fn main() {
             (m, x)
         })
         .collect();
+    if profile {
+        for (p, (m, x)) in paths.iter().zip(&models) {
+            let input = msn_runtime::Tensor::from(x.clone());
+            let mut nodes = m.profile(vec![input], iters).expect("profiles");
+            nodes.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+            println!("{p}: slowest nodes");
+            for n in nodes.iter().take(12) {
+                println!("  {:50} {:24} {:8.3} ms", n.name, n.op, n.seconds * 1e3);
+            }
+        }
+    }
     let mut times = vec![Vec::new(); models.len()];
     for i in 0..iters + 5 {
         for (k, (m, x)) in models.iter().enumerate() {

@@ -34,6 +34,7 @@ pub mod info;
 pub mod model;
 pub mod npy;
 pub mod preprocess;
+pub mod quant;
 pub mod verify;
 
 pub use classifier::{Classifier, LoadOptions, PreprocessOverrides};

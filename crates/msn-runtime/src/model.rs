@@ -238,7 +238,9 @@ impl Source {
                     .map_err(err("declutter the model"))?;
                 crate::depthwise::rewrite(&mut typed)
                     .map_err(err("lower depthwise convolutions"))?;
-                typed.into_optimized().map_err(err("optimize the model"))?
+                let mut typed = typed.into_optimized().map_err(err("optimize the model"))?;
+                crate::quant::rewrite(&mut typed).map_err(err("swap in QuantizeU8"))?;
+                typed
             }
             Plan::Optimized => typed.into_optimized().map_err(err("optimize the model"))?,
             Plan::Reference => typed,
