@@ -61,13 +61,6 @@ tract_data::declare_knob!(
 );
 
 tract_data::declare_knob!(
-    TRACT_AMX_INT8,
-    bool,
-    false,
-    "x86_64: opt in to the AMX int8 kernels (msn patch). Their 8x8 kernel loads the tile configuration on every call and pads K to 64; measured on a Xeon with AMX, the AVX-512-VNNI kernels beat them on every convolution shape of EfficientNet-Lite0 and ResNet-18 at batch 1. Off by default."
-);
-
-tract_data::declare_knob!(
     TRACT_CPU_ISA,
     Option<String>,
     None,

@@ -138,9 +138,8 @@ pub fn isa_set() -> crate::isa::IsaSet {
     if avxvnni::has_avxvnni() {
         set = set.with(Isa::X86_64AvxVnni);
     }
-    // msn patch: AMX int8 only when asked for (`TRACT_AMX_INT8=true`), see knobs.rs.
     #[cfg(tract_amx_int8)]
-    if crate::knobs::TRACT_AMX_INT8.get() && amx::has_amx_int8() {
+    if amx::has_amx_int8() {
         set = set.with(Isa::X86_64AmxInt8);
     }
     #[cfg(tract_amx_bf16)]
