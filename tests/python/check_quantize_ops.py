@@ -94,6 +94,12 @@ def case_pointwise(g):
     return g.head(g.conv(g.op("Relu", [g.conv("x", 3, 16)]), 16, 8, k=1)), ["QLinearConv"]
 
 
+def case_pointwise_map(g):
+    # No pooling head: every pixel of the 1x1 convolution's output is compared.
+    y = g.conv(g.op("Relu", [g.conv("x", 3, 16)]), 16, 10, k=1)
+    return g.op("Flatten", [y]), ["QLinearConv"]
+
+
 def case_leaky_relu(g):
     y = g.op("LeakyRelu", [g.conv("x", 3, 8)], alpha=0.1)
     return g.head(g.conv(y, 8, 8)), ["QLinearConv", "DequantizeLinear"]

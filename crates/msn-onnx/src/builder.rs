@@ -100,6 +100,25 @@ impl GraphBuilder {
         name.to_string()
     }
 
+    /// Adds an initializer of any element type from its little-endian bytes (`raw_data`) and
+    /// returns its name.
+    pub fn initializer_raw(
+        &mut self,
+        name: &str,
+        dtype: DataType,
+        dims: &[usize],
+        raw: Vec<u8>,
+    ) -> String {
+        self.graph.initializer.push(crate::TensorProto {
+            name: Some(name.to_string()),
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: Some(dtype as i32),
+            raw_data: Some(raw),
+            ..Default::default()
+        });
+        name.to_string()
+    }
+
     /// Adds an int64 initializer and returns its name.
     pub fn initializer_i64(&mut self, name: &str, a: &ArrayD<i64>) -> String {
         self.graph.initializer.push(tensor::from_i64(name, a));

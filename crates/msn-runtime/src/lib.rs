@@ -34,6 +34,7 @@ pub mod info;
 pub mod model;
 pub mod npy;
 pub mod preprocess;
+pub mod qconv;
 pub mod quant;
 pub mod verify;
 
