@@ -1,34 +1,38 @@
-//! int8 1x1 convolutions (u8 activations, i8 weights, u8 output) on our own AVX-512 VNNI
-//! kernel, with the requantization fused per output channel.
+//! int8 convolutions (u8 activations, i8 weights, u8 output, one group) on our own AVX-512
+//! VNNI kernel, with the requantization fused per output channel.
 //!
-//! tract 0.23.9 runs a quantized 1x1 convolution as an int8 matrix product whose output
-//! pipeline it interprets op by op for every 8x8 tile (on x86-64 its VNNI kernel is 256 bits
-//! wide), and a per-channel requantization as separate passes over the i32 output
-//! (`Scale`, `Reduce<Sum>`, `Min`, `Max`, ...). On an int8 EfficientNet-Lite0 its 1x1
-//! convolutions took as long as the float model's (12.6 against 13.0 ms), and per-channel
-//! weights made the model 4.3x slower than float. [`rewrite`] replaces every quantized 1x1
-//! convolution of a decluttered model that it covers (stride 1, one group, no padding,
-//! u8 input and output, constant i8 weights with zero points 0, constant scales) by
-//! [`QConv1x1`] when the CPU has AVX-512 VNNI; elsewhere tract's kernels stay.
+//! tract 0.23.9 runs a quantized convolution as an int8 matrix product whose output pipeline
+//! it interprets op by op for every 8x8 tile (on x86-64 its VNNI kernel is 256 bits wide),
+//! and a per-channel requantization as separate passes over the i32 output (`Scale`,
+//! `Reduce<Sum>`, `Min`, `Max`, ...). On an int8 EfficientNet-Lite0 its 1x1 convolutions took
+//! as long as the float model's (12.6 against 13.0 ms), and per-channel weights made the
+//! model 4.3x slower than float. [`rewrite`] replaces every quantized convolution of a
+//! decluttered model that it covers (one group, u8 input and output, constant i8 weights
+//! with zero points 0, constant scales; any kernel, stride, padding and dilation) by
+//! [`QConv`] when the CPU has AVX-512 VNNI; elsewhere tract's kernels stay.
 //!
 //! What it computes, for output channel `o` and pixel `p`, is what ONNX's `QLinearConv`
 //! defines: `y = clamp(round_half_even(acc * m[o]) + y0, 0, 255)` with
-//! `acc = sum_k x[k, p] * w[o, k] + c[o]`, where `c[o] = bias[o] - x0 * sum_k w[o, k]` (the
-//! input's zero point taken out once per channel, not per pixel) and
-//! `m[o] = x_scale * w_scale[o] / y_scale`. The integer sum is exact; `acc` is converted to
-//! f32, multiplied by `m[o]`, `y0` added (both in f32, no fused multiply-add) and the result
-//! clamped and rounded half to even: [`requantize`] is the scalar definition, and the vector
-//! kernel gives the same bytes. tract requantizes with a fixed-point multiplier, so its
-//! codes and ours can differ by one where a value falls near a half.
+//! `acc = sum_k x[k, p] * w[o, k] + c[o]` over the taps `k` (input channel, kernel row and
+//! column; a tap in the padding reads the input's zero point `x0`), where
+//! `c[o] = bias[o] - x0 * sum_k w[o, k]` (the zero point taken out once per channel, not per
+//! pixel) and `m[o] = x_scale * w_scale[o] / y_scale`. The integer sum is exact; `acc` is
+//! converted to f32, multiplied by `m[o]`, `y0` added (both in f32, no fused multiply-add)
+//! and the result clamped and rounded half to even: [`requantize`] is the scalar definition,
+//! and the vector kernel gives the same bytes. tract requantizes with a fixed-point
+//! multiplier, so its codes and ours can differ by one where a value falls near a half.
 //!
-//! The activations are packed once per image, four input channels per 32-bit lane
-//! (`[ceil(k / 4)][pixels][4]`), the layout `vpdpbusd` multiplies; a tile of 4 output
-//! channels by 64 pixels keeps 16 accumulators in registers.
+//! The activations are packed once per image, four taps per 32-bit lane
+//! (`[ceil(k / 4)][pixels][4]`), the layout `vpdpbusd` multiplies: for a 1x1 convolution
+//! with stride 1 that is an interleave of the input channels, otherwise an im2col. A tile of
+//! 4 output channels by 64 pixels keeps 16 accumulators in registers.
 
 use std::fmt;
 use std::sync::Arc;
 use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
 use tract_onnx::tract_core::ops::einsum::EinSum;
+use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_core::{as_op, op_as_typed_op, op_out_of_plan};
 
 /// Output channels per tile.
@@ -36,14 +40,71 @@ const ROWS: usize = 4;
 /// Pixels per tile: four vectors of 16.
 const COLS: usize = 64;
 
-/// A quantized 1x1 convolution of a u8 `[n, k, h, w]` (or `[k, h, w]`) tensor to u8.
+/// Where each tap of a convolution reads its input, when it is not a plain 1x1 (stride 1,
+/// no padding).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Im2col {
+    /// Input channels and plane.
+    cin: usize,
+    h: usize,
+    w: usize,
+    /// Kernel, strides, dilations, padding before (top, left).
+    kh: usize,
+    kw: usize,
+    sh: usize,
+    sw: usize,
+    dh: usize,
+    dw: usize,
+    pt: usize,
+    pl: usize,
+    /// Output plane.
+    oh: usize,
+    ow: usize,
+    /// The input's zero point, what a tap in the padding reads.
+    x0: u8,
+}
+
+impl Im2col {
+    /// Packs one image's `[cin][h][w]` u8 activations as `[ceil(k / 4)][pixels, padded][4]`
+    /// with `k = cin * kh * kw` taps in ONNX's kernel order, zeros past the last tap and
+    /// pixel.
+    fn pack(&self, x: &[u8], out: &mut [u8]) {
+        let pixels = self.oh * self.ow;
+        let stride = pixels.next_multiple_of(COLS) * 4;
+        let taps = self.cin * self.kh * self.kw;
+        out.fill(0);
+        for t in 0..taps {
+            let (ci, ky, kx) = (t / (self.kh * self.kw), t / self.kw % self.kh, t % self.kw);
+            let plane = &x[ci * self.h * self.w..(ci + 1) * self.h * self.w];
+            let dst = &mut out[(t / 4) * stride + t % 4..];
+            for oy in 0..self.oh {
+                let iy = (oy * self.sh + ky * self.dh) as isize - self.pt as isize;
+                let row = (0..self.h as isize)
+                    .contains(&iy)
+                    .then(|| &plane[iy as usize * self.w..(iy as usize + 1) * self.w]);
+                for ox in 0..self.ow {
+                    let ix = (ox * self.sw + kx * self.dw) as isize - self.pl as isize;
+                    dst[4 * (oy * self.ow + ox)] = match row {
+                        Some(r) if (0..self.w as isize).contains(&ix) => r[ix as usize],
+                        _ => self.x0,
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// A quantized convolution of a u8 `[n, c, h, w]` (or `[c, h, w]`) tensor to u8, one group.
 #[derive(Clone)]
-pub struct QConv1x1 {
+pub struct QConv {
     /// Input and output shapes, with or without the batch axis (the output may drop a batch
     /// of one).
     input: TVec<usize>,
     output: TVec<usize>,
-    /// Input channels, output channels, pixels per image.
+    /// `None` for a 1x1 convolution with stride 1 and no padding.
+    im2col: Option<Im2col>,
+    /// Taps (input channels times kernel positions), output channels, output pixels per
+    /// image.
     k: usize,
     cout: usize,
     pixels: usize,
@@ -56,26 +117,27 @@ pub struct QConv1x1 {
     y0: u8,
 }
 
-impl PartialEq for QConv1x1 {
-    fn eq(&self, other: &QConv1x1) -> bool {
+impl PartialEq for QConv {
+    fn eq(&self, other: &QConv) -> bool {
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         (&self.input, &self.output) == (&other.input, &other.output)
             && (self.k, self.cout, self.pixels, self.y0)
                 == (other.k, other.cout, other.pixels, other.y0)
+            && self.im2col == other.im2col
             && self.weights == other.weights
             && self.offset == other.offset
             && bits(&self.scale) == bits(&other.scale)
     }
 }
 
-impl Eq for QConv1x1 {}
+impl Eq for QConv {}
 
-impl fmt::Debug for QConv1x1 {
+impl fmt::Debug for QConv {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "QConv1x1({:?}: {} -> {} channels, {} pixels, y0 {})",
-            self.input, self.k, self.cout, self.pixels, self.y0
+            "QConv({:?}: {} taps -> {} channels, {} pixels, y0 {}, {:?})",
+            self.input, self.k, self.cout, self.pixels, self.y0, self.im2col
         )
     }
 }
@@ -238,7 +300,7 @@ unsafe fn tile_avx512(t: &Tile, out: [*mut u8; ROWS]) {
     }
 }
 
-impl QConv1x1 {
+impl QConv {
     fn images(&self) -> usize {
         if self.input.len() == 4 {
             self.input[0]
@@ -291,7 +353,7 @@ impl QConv1x1 {
                     #[cfg(not(target_arch = "x86_64"))]
                     {
                         let _ = (tile, out);
-                        bail!("QConv1x1 needs AVX-512 VNNI");
+                        bail!("QConv needs AVX-512 VNNI");
                     }
                 }
             }
@@ -300,9 +362,9 @@ impl QConv1x1 {
     }
 }
 
-impl Op for QConv1x1 {
+impl Op for QConv {
     fn name(&self) -> StaticName {
-        "MsnQConv1x1".into()
+        "MsnQConv".into()
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
@@ -316,34 +378,35 @@ impl Op for QConv1x1 {
     op_as_typed_op!();
 }
 
-impl EvalOp for QConv1x1 {
+impl EvalOp for QConv {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let x = inputs[0].try_as_plain_ram()?;
         let x = x.as_slice::<u8>()?;
         let (n, k, pixels) = (self.images(), self.k, self.pixels);
-        ensure!(
-            x.len() == n * k * pixels,
-            "QConv1x1 input has the wrong size"
-        );
+        let image = self.input[self.input.len() - 3..].iter().product::<usize>();
+        ensure!(x.len() == n * image, "QConv input has the wrong size");
         // SAFETY: u8 has no invalid bit patterns, and every value is written below.
-        let mut y = unsafe { Tensor::uninitialized::<u8>(&self.output.clone())? };
+        let mut y = unsafe { Tensor::uninitialized::<u8>(&self.output)? };
         let mut view = y.try_as_plain_ram_mut()?;
         let out = view.as_slice_mut::<u8>()?;
         let mut packed = vec![0u8; packed_len(k, pixels)];
         for (x, out) in x
-            .chunks_exact(k * pixels)
+            .chunks_exact(image)
             .zip(out.chunks_exact_mut(self.cout * pixels))
         {
-            pack(x, k, pixels, &mut packed);
+            match &self.im2col {
+                Some(g) => g.pack(x, &mut packed),
+                None => pack(x, k, pixels, &mut packed),
+            }
             self.image(&packed, out)?;
         }
         Ok(tvec!(y.into_tvalue()))
     }
 }
 
-impl TypedOp for QConv1x1 {
+impl TypedOp for QConv {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         ensure!(inputs.len() == 1 && inputs[0].datum_type == u8::datum_type());
         Ok(tvec!(u8::fact(self.output.clone())))
@@ -375,19 +438,32 @@ fn per_channel<T: Copy>(v: Vec<T>, len: usize) -> Option<Vec<T>> {
     }
 }
 
-/// The op that replaces `node`, if it is a quantized 1x1 convolution this kernel covers: the
-/// `EinSum` tract's declutter makes of one (`IHW,OI,O,,,O,O,,->OHW`, with `N` in front with a
-/// batch axis; scalar bias and weight parameters have no axis).
-fn lower(model: &TypedModel, node: &TypedNode) -> Option<QConv1x1> {
+/// The op that replaces `node`, if it is a quantized convolution this kernel covers: either
+/// the `EinSum` tract's declutter makes of a 1x1 one ([`lower_einsum`]) or a `Conv`
+/// ([`lower_conv`]).
+fn lower(model: &TypedModel, node: &TypedNode) -> Option<QConv> {
+    lower_einsum(model, node).or_else(|| lower_conv(model, node))
+}
+
+/// The input and output shapes of a node whose first input and output are u8.
+fn u8_shapes(model: &TypedModel, node: &TypedNode) -> Option<(TVec<usize>, TVec<usize>)> {
+    let x = model.outlet_fact(node.inputs[0]).ok()?;
+    let y = &node.outputs[0].fact;
+    if x.datum_type != u8::datum_type() || y.datum_type != u8::datum_type() {
+        return None;
+    }
+    Some((x.shape.as_concrete()?.into(), y.shape.as_concrete()?.into()))
+}
+
+/// A 1x1 convolution with stride 1 and no padding, as tract declutters it: an `EinSum`
+/// `IHW,OI,O,,,O,O,,->OHW` (with `N` in front with a batch axis; scalar bias and weight
+/// parameters have no axis).
+fn lower_einsum(model: &TypedModel, node: &TypedNode) -> Option<QConv> {
     let op = node.op_as::<EinSum>()?;
     if op.q_params != Some(u8::datum_type()) || node.inputs.len() != 9 {
         return None;
     }
-    let x = model.outlet_fact(node.inputs[0]).ok()?;
-    let input: TVec<usize> = x.shape.as_concrete()?.into();
-    if x.datum_type != u8::datum_type() || node.outputs[0].fact.datum_type != u8::datum_type() {
-        return None;
-    }
+    let (input, output) = u8_shapes(model, node)?;
     let weights = model.outlet_fact(node.inputs[1]).ok()?.konst.clone()?;
     let &[cout, k] = weights.shape() else {
         return None;
@@ -400,7 +476,6 @@ fn lower(model: &TypedModel, node: &TypedNode) -> Option<QConv1x1> {
             .unwrap_or(9)
     };
     let (bias, k0, ks) = (o(rank(2)), o(rank(5)), o(rank(6)));
-    let output: TVec<usize> = node.outputs[0].fact.shape.as_concrete()?.into();
     // With a batch axis on both sides, or dropped from the output (a batch of one).
     let (n_in, n_out) = match (input.len(), output.len()) {
         (3, 3) => ("", ""),
@@ -412,11 +487,77 @@ fn lower(model: &TypedModel, node: &TypedNode) -> Option<QConv1x1> {
     let pixels = input[input.len() - 2] * input[input.len() - 1];
     if op.axes.to_string() != expected
         || input[input.len() - 3] != k
-        || k == 0
-        || cout == 0
-        || output[output.len() - 3] != cout
         || output[output.len() - 2] * output[output.len() - 1] != pixels
     {
+        return None;
+    }
+    build(model, node, (input, output), (k, cout, pixels), None)
+}
+
+/// A quantized `Conv` of one group on NCHW (or CHW) with a constant OIHW kernel.
+fn lower_conv(model: &TypedModel, node: &TypedNode) -> Option<QConv> {
+    let conv = node.op_as::<Conv>()?;
+    let spec = &conv.pool_spec;
+    if conv.q_params != Some(u8::datum_type())
+        || node.inputs.len() != 9
+        || conv.group != 1
+        || conv.kernel_fmt != KernelFormat::OIHW
+        || spec.kernel_shape.len() != 2
+        || !matches!(spec.data_format, DataFormat::NCHW | DataFormat::CHW)
+    {
+        return None;
+    }
+    let (input, output) = u8_shapes(model, node)?;
+    let batch = spec.data_format == DataFormat::NCHW;
+    let [n, cin, h, w] = match (batch, &input[..]) {
+        (true, &[n, c, h, w]) => [n, c, h, w],
+        (false, &[c, h, w]) => [1, c, h, w],
+        _ => return None,
+    };
+    let weights = model.outlet_fact(node.inputs[1]).ok()?.konst.clone()?;
+    let &[cout, wc, kh, kw] = weights.shape() else {
+        return None;
+    };
+    let pads = spec.computed_padding(&[h, w]);
+    let (strides, dilations) = (spec.strides(), spec.dilations());
+    let g = Im2col {
+        cin,
+        h,
+        w,
+        kh,
+        kw,
+        sh: strides[0],
+        sw: strides[1],
+        dh: dilations[0],
+        dw: dilations[1],
+        pt: pads[0].pad_before,
+        pl: pads[1].pad_before,
+        oh: pads[0].convoluted,
+        ow: pads[1].convoluted,
+        x0: 0,
+    };
+    let expected: TVec<usize> = if batch {
+        tvec![n, cout, g.oh, g.ow]
+    } else {
+        tvec![cout, g.oh, g.ow]
+    };
+    if wc != cin || output != expected || n == 0 || g.oh * g.ow == 0 || cin * kh * kw == 0 {
+        return None;
+    }
+    let (k, pixels) = (cin * kh * kw, g.oh * g.ow);
+    build(model, node, (input, output), (k, cout, pixels), Some(g))
+}
+
+/// The op, from the node's constant weights `[cout, k]` (any trailing kernel axes) and its
+/// quantization parameters (inputs 2 to 8: bias, x0, x_scale, w0, w_scale, y0, y_scale).
+fn build(
+    model: &TypedModel,
+    node: &TypedNode,
+    (input, output): (TVec<usize>, TVec<usize>),
+    (k, cout, pixels): (usize, usize, usize),
+    mut im2col: Option<Im2col>,
+) -> Option<QConv> {
+    if k == 0 || cout == 0 || pixels == 0 || output[output.len() - 3] != cout {
         return None;
     }
     let w = konst::<i8>(model, node.inputs[1])?;
@@ -431,8 +572,15 @@ fn lower(model: &TypedModel, node: &TypedNode) -> Option<QConv1x1> {
     else {
         return None;
     };
-    if k0.iter().any(|&z| z != 0) || !(0..=255).contains(&y0) || !(0..=255).contains(&x0) {
+    if w.len() != cout * k
+        || k0.iter().any(|&z| z != 0)
+        || !(0..=255).contains(&y0)
+        || !(0..=255).contains(&x0)
+    {
         return None;
+    }
+    if let Some(g) = &mut im2col {
+        g.x0 = x0 as u8;
     }
     // The products' sum is at most `k * 255 * 128` in size; `c` is kept within what leaves
     // room for it in an i32. A bias beyond that (a quantizer saturates a channel's bias when
@@ -459,9 +607,10 @@ fn lower(model: &TypedModel, node: &TypedNode) -> Option<QConv1x1> {
         }
         scale.push(m);
     }
-    Some(QConv1x1 {
+    Some(QConv {
         input,
         output,
+        im2col,
         k,
         cout,
         pixels,
@@ -472,13 +621,13 @@ fn lower(model: &TypedModel, node: &TypedNode) -> Option<QConv1x1> {
     })
 }
 
-/// Replaces every quantized 1x1 convolution [`QConv1x1`] covers in a decluttered model, when
+/// Replaces every quantized convolution [`QConv`] covers in a decluttered model, when
 /// this CPU runs its kernel; returns how many.
 pub fn rewrite(model: &mut TypedModel) -> TractResult<usize> {
     if !available() {
         return Ok(0);
     }
-    let found: Vec<(usize, QConv1x1)> = model
+    let found: Vec<(usize, QConv)> = model
         .nodes
         .iter()
         .filter_map(|node| lower(model, node).map(|op| (node.id, op)))
@@ -610,20 +759,33 @@ mod tests {
         assert_eq!(requantize(i32::MIN, 1.0, 255), 0);
     }
 
-    /// `x` (f32, `[n, k, h, w]`) -> QuantizeLinear -> a 1x1 QLinearConv to `cout` channels
+    /// A convolution's kernel, strides, pads (top, left, bottom, right) and dilations.
+    type Kernel = ((usize, usize), (usize, usize), [usize; 4], (usize, usize));
+
+    const ONE: Kernel = ((1, 1), (1, 1), [0; 4], (1, 1));
+
+    /// `x` (f32, `[n, k, h, w]`) -> QuantizeLinear -> a QLinearConv to `cout` channels
     /// (weights per channel or per tensor) -> DequantizeLinear.
-    fn graph(n: usize, k: usize, cout: usize, (h, w): (usize, usize), per_channel: bool) -> Source {
-        let mut rng = Rng((n * 1000 + k * 100 + cout + h) as u64);
+    fn graph(
+        n: usize,
+        k: usize,
+        cout: usize,
+        (h, w): (usize, usize),
+        per_channel: bool,
+        ((kh, kw), (sh, sw), pads, (dh, dw)): Kernel,
+    ) -> Source {
+        let mut rng = Rng((n * 1000 + k * 100 + cout + h + kh * 7 + sw) as u64);
+        let taps = k * kh * kw;
         let mut b = GraphBuilder::new("q1x1");
         let x = b.input("x", &[n as i64, k as i64, h as i64, w as i64]);
         let f32s = |v: &[f32]| v.iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<u8>>();
         let xs = b.initializer_raw("xs", DataType::Float, &[], f32s(&[0.02]));
         let x0 = b.initializer_raw("x0", DataType::Uint8, &[], vec![121]);
         let q = b.node("QuantizeLinear", &[&x, &xs, &x0], "xq", &[]);
-        let weights: Vec<u8> = rng.bytes(cout * k);
-        let wq = b.initializer_raw("w", DataType::Int8, &[cout, k, 1, 1], weights);
+        let weights: Vec<u8> = rng.bytes(cout * taps);
+        let wq = b.initializer_raw("w", DataType::Int8, &[cout, k, kh, kw], weights);
         let ws: Vec<f32> = (0..cout)
-            .map(|o| (0.004 + 0.003 * ((o * 7) % 5) as f32) * 4.0 / (k as f32).sqrt())
+            .map(|o| (0.004 + 0.003 * ((o * 7) % 5) as f32) * 4.0 / (taps as f32).sqrt())
             .collect();
         let ws = if per_channel { ws } else { ws[..1].to_vec() };
         let dims: &[usize] = if per_channel { &[cout] } else { &[] };
@@ -639,10 +801,17 @@ mod tests {
             "QLinearConv",
             &[&q, &xs, &x0, &wq, &wsn, &w0, &ys, &y0, &bias],
             "yq",
-            &[attr::ints("kernel_shape", &[1, 1])],
+            &[
+                attr::ints("kernel_shape", &[kh as i64, kw as i64]),
+                attr::ints("strides", &[sh as i64, sw as i64]),
+                attr::ints("pads", &pads.map(|p| p as i64)),
+                attr::ints("dilations", &[dh as i64, dw as i64]),
+            ],
         );
         let y = b.node("DequantizeLinear", &[&y, &ys, &y0], "y", &[]);
-        b.output(&y, &[n as i64, cout as i64, h as i64, w as i64]);
+        let oh = (h + pads[0] + pads[2] - (kh - 1) * dh - 1) / sh + 1;
+        let ow = (w + pads[1] + pads[3] - (kw - 1) * dw - 1) / sw + 1;
+        b.output(&y, &[n as i64, cout as i64, oh as i64, ow as i64]);
         let model = b.into_model(13);
         Source::from_bytes(msn_onnx::io::to_bytes(&model), Path::new("q1x1.onnx")).unwrap()
     }
@@ -650,26 +819,51 @@ mod tests {
     /// Our plan against tract's own (its unoptimised plan) on random inputs: at most one
     /// output code apart (tract requantizes in fixed point), and few codes off at all.
     #[test]
-    fn quantized_pointwise_convolutions_match_tracts_own() {
+    fn quantized_convolutions_match_tracts_own() {
         if !available() {
             eprintln!("SKIPPED: this CPU has no AVX-512 VNNI");
             return;
         }
         let cases = [
-            (1, 16, 96, (28, 28), true),
-            (1, 16, 96, (28, 28), false),
-            (1, 3, 5, (7, 9), true),
-            (2, 37, 10, (13, 11), true),
-            (1, 96, 24, (14, 14), false),
-            (1, 320, 64, (7, 7), true),
-            (3, 5, 4, (1, 1), false),
+            // 1x1 (EfficientNet-Lite0's expansions and projections).
+            (1, 16, 96, (28, 28), true, ONE),
+            (1, 16, 96, (28, 28), false, ONE),
+            (1, 3, 5, (7, 9), true, ONE),
+            (2, 37, 10, (13, 11), true, ONE),
+            (1, 96, 24, (14, 14), false, ONE),
+            (1, 320, 64, (7, 7), true, ONE),
+            (3, 5, 4, (1, 1), false, ONE),
+            // Lite0's stem, ResNet's 3x3 and 7x7 and strided 1x1, a 4x4 stride 2 (cnn3),
+            // dilation, uneven kernels and strides, a kernel as large as the image.
+            (
+                1,
+                3,
+                32,
+                (64, 64),
+                true,
+                ((3, 3), (2, 2), [0, 0, 1, 1], (1, 1)),
+            ),
+            (1, 64, 64, (14, 14), true, ((3, 3), (1, 1), [1; 4], (1, 1))),
+            (1, 3, 16, (40, 40), false, ((7, 7), (2, 2), [3; 4], (1, 1))),
+            (2, 64, 128, (14, 14), true, ((1, 1), (2, 2), [0; 4], (1, 1))),
+            (1, 1, 16, (28, 28), true, ((4, 4), (2, 2), [1; 4], (1, 1))),
+            (1, 6, 9, (17, 13), true, ((3, 3), (1, 1), [2; 4], (2, 2))),
+            (
+                2,
+                5,
+                7,
+                (11, 16),
+                false,
+                ((5, 3), (3, 2), [2, 1, 0, 1], (1, 1)),
+            ),
+            (1, 4, 6, (5, 5), true, ((5, 5), (1, 1), [0; 4], (1, 1))),
         ];
-        for (n, k, cout, hw, per_channel) in cases {
-            let source = graph(n, k, cout, hw, per_channel);
+        for (n, k, cout, hw, per_channel, kernel) in cases {
+            let source = graph(n, k, cout, hw, per_channel, kernel);
             let shapes = verify::shapes(source.inputs(), &[]).unwrap();
             let ours = source.plan(&shapes, Plan::Optimized).unwrap();
             assert!(
-                ours.ops().iter().any(|o| o == "MsnQConv1x1"),
+                ours.ops().iter().any(|o| o == "MsnQConv"),
                 "not rewritten: {:?}",
                 ours.ops()
             );
@@ -695,8 +889,8 @@ mod tests {
             let clamped = a.iter().filter(|&&v| v <= -4.8 || v >= 7.9).count();
             assert!(
                 worst <= 1 && off * 100 <= a.len() && clamped * 2 < a.len(),
-                "n{n} k{k} cout{cout} {hw:?} per channel {per_channel}: {off} of {} codes off, \
-                 by up to {worst}; {clamped} at a bound",
+                "n{n} k{k} cout{cout} {hw:?} per channel {per_channel} {kernel:?}: {off} of {} \
+                 codes off, by up to {worst}; {clamped} at a bound",
                 a.len()
             );
         }
