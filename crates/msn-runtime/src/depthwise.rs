@@ -25,9 +25,13 @@ use std::sync::Arc;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
+use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
 use tract_onnx::tract_core::ops::math::{Max, Min};
 use tract_onnx::tract_core::ops::nn::DataFormat;
+use tract_onnx::tract_core::ops::quant::{DequantizeLinearF32, QuantizeLinearU8};
 use tract_onnx::tract_core::{as_op, op_as_typed_op, op_out_of_plan};
+
+use crate::quant::{quantize_u8, QuantizeU8};
 
 /// The most taps (input channels times kernel positions) the kernel takes per group with
 /// more than one input channel: 3x3 on RGB. ResNet's 7x7 stem (147) ran 1.0-1.1x slower
@@ -203,6 +207,19 @@ pub struct DirectConv {
     bias: Arc<Vec<f32>>,
     /// Lower and upper bound, each optional.
     clip: (Option<f32>, Option<f32>),
+    /// A u8 input, dequantized as tract's `DequantizeLinearF32` does (scale, zero point),
+    /// in place of that op before this one.
+    dequant: Option<(f32, i32)>,
+    /// A u8 output, quantized as [`QuantizeU8`] does, in place of that op after this one.
+    quant: Option<QuantizeU8>,
+}
+
+/// The input of a [`DirectConv`].
+#[derive(Clone, Copy)]
+enum Input<'a> {
+    F32(&'a [f32]),
+    /// Values, scale, zero point.
+    U8(&'a [u8], f32, i32),
 }
 
 /// Bit for bit: two ops are the same op when they compute the same values.
@@ -216,6 +233,9 @@ impl PartialEq for DirectConv {
             && bits(&self.kernel) == bits(&other.kernel)
             && bits(&self.bias) == bits(&other.bias)
             && clip(self.clip) == clip(other.clip)
+            && self.dequant.map(|(s, z)| (s.to_bits(), z))
+                == other.dequant.map(|(s, z)| (s.to_bits(), z))
+            && self.quant == other.quant
     }
 }
 
@@ -226,7 +246,7 @@ impl fmt::Debug for DirectConv {
         let g = &self.geometry;
         write!(
             f,
-            "DirectConv({:?} -> {} channels, {} groups, {} taps, stride {}x{}, out {}x{}, clip {:?})",
+            "DirectConv({:?} -> {} channels, {} groups, {} taps, stride {}x{}, out {}x{}, clip {:?}, dequantize {:?}, quantize {:?})",
             self.input,
             self.cout,
             self.groups,
@@ -235,7 +255,9 @@ impl fmt::Debug for DirectConv {
             g.sw,
             g.oh,
             g.ow,
-            self.clip
+            self.clip,
+            self.dequant,
+            self.quant
         )
     }
 }
@@ -260,20 +282,55 @@ impl EvalOp for DirectConv {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let x = inputs[0].try_as_plain_ram()?.as_slice::<f32>()?;
+        let input = inputs[0].try_as_plain_ram()?;
+        let x = match self.dequant {
+            None => Input::F32(input.as_slice::<f32>()?),
+            Some((scale, zp)) => Input::U8(input.as_slice::<u8>()?, scale, zp),
+        };
+        let g = &self.geometry;
+        let shape = self.shape(self.input[0], self.cout, g.oh, g.ow);
+        let output = match &self.quant {
+            None => {
+                // SAFETY: f32 has no invalid bit patterns, and every value is written below.
+                let mut output = unsafe { Tensor::uninitialized::<f32>(&shape)? };
+                let mut view = output.try_as_plain_ram_mut()?;
+                self.planes(x, view.as_slice_mut::<f32>()?, |wide, row| {
+                    row.copy_from_slice(wide)
+                })?;
+                output
+            }
+            Some(q) => {
+                // SAFETY: u8 has no invalid bit patterns, and every value is written below.
+                let mut output = unsafe { Tensor::uninitialized::<u8>(&shape)? };
+                let mut view = output.try_as_plain_ram_mut()?;
+                self.planes(x, view.as_slice_mut::<u8>()?, |wide, row| {
+                    quantize_u8(wide, row, q.scale, q.zero_point)
+                })?;
+                output
+            }
+        };
+        Ok(tvec!(output.into_tvalue()))
+    }
+}
+
+impl DirectConv {
+    /// Every output plane into `out`, its rows written from the wide output by `store`.
+    fn planes<T: Send>(
+        &self,
+        x: Input,
+        out: &mut [T],
+        store: impl Fn(&[f32], &mut [T]) + Sync,
+    ) -> TractResult<()> {
         let [n, cin, h, w] = self.input;
-        ensure!(
-            x.len() == n * cin * h * w,
-            "depthwise input has the wrong size"
-        );
+        let len = match x {
+            Input::F32(x) => x.len(),
+            Input::U8(x, ..) => x.len(),
+        };
+        ensure!(len == n * cin * h * w, "depthwise input has the wrong size");
         let g = &self.geometry;
         let plane = g.oh * g.ow;
         let cout = self.cout;
         let cout_g = cout / self.groups;
-        // SAFETY: f32 has no invalid bit patterns, and every value is written below.
-        let mut output = unsafe { Tensor::uninitialized::<f32>(&self.shape(n, cout, g.oh, g.ow))? };
-        let mut view = output.try_as_plain_ram_mut()?;
-        let out = view.as_slice_mut::<f32>()?;
         let work = out.len() * g.offsets.len();
         let taps = g.offsets.len();
         let group_len = g.cin * h * w;
@@ -285,6 +342,11 @@ impl EvalOp for DirectConv {
         tract_linalg::multithread::par_chunks_mut(out, plane, work, |first, chunk| {
             let mut buf = vec![0f32; g.buffer_len()];
             let mut wide = vec![0f32; g.wide_len()];
+            // A group's planes dequantized, for a u8 input.
+            let mut floats = match x {
+                Input::F32(_) => Vec::new(),
+                Input::U8(..) => vec![0f32; group_len],
+            };
             // The (image, group) whose planes `buf` holds.
             let mut filled = None;
             for (i, out) in chunk.chunks_exact_mut(plane).enumerate() {
@@ -292,10 +354,22 @@ impl EvalOp for DirectConv {
                 let co = p % cout;
                 // Input planes of image `p / cout`, group `co / cout_g`.
                 let group = p / cout * self.groups + co / cout_g;
-                let fill = (filled != Some(group)).then(|| {
+                let fill = if filled != Some(group) {
                     filled = Some(group);
-                    &x[group * group_len..(group + 1) * group_len]
-                });
+                    let at = group * group_len..(group + 1) * group_len;
+                    Some(match x {
+                        Input::F32(x) => &x[at],
+                        Input::U8(x, scale, zp) => {
+                            // What tract's `DequantizeLinearF32` computes.
+                            for (f, &v) in floats.iter_mut().zip(&x[at]) {
+                                *f = (v as i32 - zp) as f32 * scale;
+                            }
+                            &floats[..]
+                        }
+                    })
+                } else {
+                    None
+                };
                 let job = Plane {
                     g,
                     fill,
@@ -304,15 +378,15 @@ impl EvalOp for DirectConv {
                     lo,
                     hi,
                 };
-                isa.run(&job, &mut buf, &mut wide, out);
+                isa.run(&job, &mut buf, &mut wide);
+                for (row, wide) in out.chunks_exact_mut(g.ow).zip(wide.chunks(g.qw)) {
+                    store(&wide[..g.ow], row);
+                }
             }
             Ok(())
-        })?;
-        Ok(tvec!(output.into_tvalue()))
+        })
     }
-}
 
-impl DirectConv {
     /// A tensor shape in this op's layout.
     fn shape(&self, n: usize, c: usize, h: usize, w: usize) -> TVec<usize> {
         if self.batch {
@@ -325,14 +399,19 @@ impl DirectConv {
 
 impl TypedOp for DirectConv {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        ensure!(inputs.len() == 1 && inputs[0].datum_type == f32::datum_type());
+        let input = if self.dequant.is_some() {
+            u8::datum_type()
+        } else {
+            f32::datum_type()
+        };
+        ensure!(inputs.len() == 1 && inputs[0].datum_type == input);
         let g = &self.geometry;
-        Ok(tvec!(f32::fact(self.shape(
-            self.input[0],
-            self.cout,
-            g.oh,
-            g.ow
-        ))))
+        let shape = self.shape(self.input[0], self.cout, g.oh, g.ow);
+        Ok(tvec!(if self.quant.is_some() {
+            u8::fact(shape)
+        } else {
+            f32::fact(shape)
+        }))
     }
 
     fn cost(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
@@ -382,34 +461,35 @@ impl Isa {
         Isa::Baseline
     }
 
-    /// Convolves one plane into `out` (`oh * ow`), with `buf` and `wide` as scratch.
-    fn run(self, p: &Plane, buf: &mut [f32], wide: &mut [f32], out: &mut [f32]) {
+    /// Convolves one plane into `wide` (rows of `qw`, the `ow` first of each the output's),
+    /// with `buf` as scratch.
+    fn run(self, p: &Plane, buf: &mut [f32], wide: &mut [f32]) {
         // SAFETY: `here` found the features the x86-64 blocks are compiled for; aarch64
         // always has NEON.
         match self {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => plane(p, buf, wide, out, |p, b, at, o| unsafe {
+            Isa::Avx512 => plane(p, buf, wide, |p, b, at, o| unsafe {
                 match o.len() {
                     64 => avx512_64(p, b, at, o),
                     _ => avx512_16(p, b, at, o),
                 }
             }),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => plane(p, buf, wide, out, |p, b, at, o| unsafe {
+            Isa::Avx2 => plane(p, buf, wide, |p, b, at, o| unsafe {
                 match o.len() {
                     64 => avx2_64(p, b, at, o),
                     _ => avx2_16(p, b, at, o),
                 }
             }),
             #[cfg(target_arch = "aarch64")]
-            Isa::Baseline => plane(p, buf, wide, out, |p, b, at, o| unsafe {
+            Isa::Baseline => plane(p, buf, wide, |p, b, at, o| unsafe {
                 match o.len() {
                     64 => neon_64(p, b, at, o),
                     _ => neon_16(p, b, at, o),
                 }
             }),
             #[cfg(not(target_arch = "aarch64"))]
-            Isa::Baseline => plane(p, buf, wide, out, |p, b, at, o| match o.len() {
+            Isa::Baseline => plane(p, buf, wide, |p, b, at, o| match o.len() {
                 64 => block::<64>(p, b, at, o),
                 _ => block::<16>(p, b, at, o),
             }),
@@ -418,13 +498,12 @@ impl Isa {
 }
 
 /// Fill the buffer, sum the taps along the wide output in blocks of 64 outputs then 16
-/// (`block` does one), copy the wide rows into place.
+/// (`block` does one).
 #[inline(always)]
 fn plane(
     p: &Plane,
     buf: &mut [f32],
     wide: &mut [f32],
-    out: &mut [f32],
     block: impl Fn(&Plane, &[f32], usize, &mut [f32]),
 ) {
     let g = p.g;
@@ -440,9 +519,6 @@ fn plane(
     while i + 16 <= n {
         block(p, buf, i, &mut wide[i..i + 16]);
         i += 16;
-    }
-    for (row, wide) in out.chunks_exact_mut(g.ow).zip(wide.chunks(g.qw)) {
-        row.copy_from_slice(&wide[..g.ow]);
     }
 }
 
@@ -609,8 +685,9 @@ fn clip_bound(model: &TypedModel, node: &TypedNode, from: OutletId) -> Option<(b
 }
 
 /// The op that replaces the Conv `node`, if it is a float depthwise convolution this kernel
-/// covers; and the outlet it replaces, past any clip it absorbs.
-fn lower(model: &TypedModel, node: &TypedNode) -> Option<(DirectConv, OutletId)> {
+/// covers; the outlet it reads (before a dequantize it absorbs); and the outlet it replaces,
+/// past any clip and quantize it absorbs.
+fn lower(model: &TypedModel, node: &TypedNode) -> Option<(DirectConv, OutletId, OutletId)> {
     let conv = node.op_as::<Conv>()?;
     let spec = &conv.pool_spec;
     let x = model.outlet_fact(node.inputs[0]).ok()?;
@@ -688,7 +765,23 @@ fn lower(model: &TypedModel, node: &TypedNode) -> Option<(DirectConv, OutletId)>
         ),
         bias: Arc::new(bias),
         clip: (None, None),
+        dequant: None,
+        quant: None,
     };
+    // A dequantize of u8 before it whose only reader it is (an int8 model's float depthwise
+    // convolution).
+    let mut from = node.inputs[0];
+    let producer = model.node(from.node);
+    if let Some(d) = producer.op_as::<DequantizeLinearF32>() {
+        let only_reader = matches!(model.single_succ(producer.id), Ok(Some(n)) if n.id == node.id);
+        let u8_in = model
+            .outlet_fact(*producer.inputs.first()?)
+            .is_ok_and(|f| f.datum_type == u8::datum_type());
+        if only_reader && u8_in && !model.outputs.contains(&from) {
+            op.dequant = Some((d.scale, d.zero_point));
+            from = producer.inputs[0];
+        }
+    }
     // A Max then a Min (or either alone) with constants, each the only reader of the one
     // before and neither a model output.
     let mut last = OutletId::new(node.id, 0);
@@ -710,7 +803,22 @@ fn lower(model: &TypedModel, node: &TypedNode) -> Option<(DirectConv, OutletId)>
         }
         last = OutletId::new(next.id, 0);
     }
-    Some((op, last))
+    // And a quantize to u8 after the clip.
+    if !model.outputs.contains(&last) {
+        if let Ok(Some(next)) = model.single_succ(last.node) {
+            let q = next
+                .op_as::<ElementWiseOp>()
+                .and_then(|op| op.0.downcast_ref::<QuantizeLinearU8>());
+            if let Some(q) = q {
+                op.quant = Some(QuantizeU8 {
+                    scale: q.scale,
+                    zero_point: q.zero_point,
+                });
+                last = OutletId::new(next.id, 0);
+            }
+        }
+    }
+    Some((op, from, last))
 }
 
 /// Replaces every convolution [`DirectConv`] covers in a decluttered model; returns how many.
@@ -721,12 +829,12 @@ pub fn rewrite(model: &mut TypedModel) -> TractResult<usize> {
             .eval_order()?
             .into_iter()
             .find_map(|id| lower(model, &model.nodes[id]).map(|l| (id, l)));
-        let Some((id, (op, last))) = found else {
+        let Some((id, (op, from, last))) = found else {
             break;
         };
         let node = &model.nodes[id];
         let mut patch = TypedModelPatch::default();
-        let x = patch.tap_model(model, node.inputs[0])?;
+        let x = patch.tap_model(model, from)?;
         let y = patch.wire_node(&node.name, op, &[x])?;
         patch.shunt_outside(model, last, y[0])?;
         patch.apply(model)?;
@@ -740,6 +848,7 @@ pub fn rewrite(model: &mut TypedModel) -> TractResult<usize> {
 mod tests {
     use crate::{verify, Plan, Source};
     use msn_onnx::builder::{attr, GraphBuilder};
+    use msn_onnx::proto::tensor_proto::DataType;
     use std::path::Path;
 
     /// A Conv on `[n, cin, h, w]` to `cout` channels in `groups` groups with a kernel
@@ -759,6 +868,34 @@ mod tests {
     ) -> Source {
         let mut b = GraphBuilder::new("dw");
         let x = b.input("x", &[n as i64, c as i64, h as i64, w as i64]);
+        // "q+": u8 in and out, as an int8 model has it around a float depthwise convolution:
+        // QuantizeLinear -> DequantizeLinear -> Conv -> tail -> QuantizeLinear ->
+        // DequantizeLinear.
+        let (quantized, tail) = match tail.strip_prefix("q+") {
+            Some(rest) => (true, rest),
+            None => (false, tail),
+        };
+        let qdq = |b: &mut GraphBuilder, x: &str, name: &str, scale: f32, zp: u8| {
+            let s = b.initializer_raw(
+                &format!("{name}_s"),
+                DataType::Float,
+                &[],
+                scale.to_le_bytes().to_vec(),
+            );
+            let z = b.initializer_raw(&format!("{name}_z"), DataType::Uint8, &[], vec![zp]);
+            let q = b.node("QuantizeLinear", &[x, &s, &z], &format!("{name}_q"), &[]);
+            b.node(
+                "DequantizeLinear",
+                &[&q, &s, &z],
+                &format!("{name}_dq"),
+                &[],
+            )
+        };
+        let x = if quantized {
+            qdq(&mut b, &x, "in", 0.02, 110)
+        } else {
+            x
+        };
         let kv: Vec<f32> = (0..cout * c / groups * kh * kw)
             .map(|i| ((i as f32) * 0.37).sin())
             .collect();
@@ -805,6 +942,9 @@ mod tests {
                 y = b.node("Min", &[&y, &hi], "min", &[]);
             }
             _ => unreachable!(),
+        }
+        if quantized {
+            y = qdq(&mut b, &y, "out", 0.03, 40);
         }
         let oh = (h + pads[0] + pads[2] - kh) / stride.0 + 1;
         let ow = (w + pads[1] + pads[3] - kw) / stride.1 + 1;
@@ -865,7 +1005,10 @@ mod tests {
             let mut buf = vec![0f32; g.buffer_len()];
             let mut wide = vec![0f32; g.wide_len()];
             let mut out = vec![0f32; g.oh * g.ow];
-            isa.run(&p, &mut buf, &mut wide, &mut out);
+            isa.run(&p, &mut buf, &mut wide);
+            for (row, w) in out.chunks_exact_mut(g.ow).zip(wide.chunks(g.qw)) {
+                row.copy_from_slice(&w[..g.ow]);
+            }
             out
         };
         let plain = {
@@ -1099,9 +1242,35 @@ mod tests {
                 true,
                 "",
             ),
+            // u8 in and out (an int8 model's float depthwise convolutions), with and
+            // without a clip between, in a batch.
+            (
+                1,
+                (24, 24, 24),
+                (28, 28),
+                (3, 3),
+                (2, 2),
+                [0, 0, 1, 1],
+                true,
+                "q+Clip",
+            ),
+            (2, (8, 8, 8), (9, 11), (5, 5), (1, 1), [2; 4], true, "q+"),
         ];
         for &(n, c, hw, k, s, pads, bias, tail) in cases {
-            let err = check(&graph(n, c, hw, k, s, pads, bias, tail));
+            let source = graph(n, c, hw, k, s, pads, bias, tail);
+            if tail.starts_with("q+") {
+                // The dequantize before and the quantize after are taken in: only the
+                // graph's first quantize and last dequantize stay.
+                let shapes = verify::shapes(source.inputs(), &[]).unwrap();
+                let ops = source.plan(&shapes, Plan::Optimized).unwrap().ops();
+                let count = |name: &str| ops.iter().filter(|o| *o == name).count();
+                assert_eq!(
+                    (count("DequantizeLinearF32"), count("MsnQuantizeU8")),
+                    (1, 1),
+                    "{tail}: {ops:?}"
+                );
+            }
+            let err = check(&source);
             assert!(
                 err < 1e-5,
                 "n{n} c{c:?} {hw:?} k{k:?} s{s:?} pads{pads:?} bias {bias} {tail}: relative error {err:e}"
