@@ -97,14 +97,43 @@ pub fn activation_params(min: f32, max: f32, dtype: QType) -> QParams {
 /// Symmetric int8 weights: per output channel (the first axis of `w`, one scale per row of
 /// `w` as `rows x rest`), or one scale for the whole tensor. Returns the codes and the scales.
 pub fn quantize_weights(w: &[f32], rows: usize, per_channel: bool) -> (Vec<i8>, Vec<f32>) {
+    quantize_weights_at_least(w, rows, per_channel, &[])
+}
+
+/// The largest int32 bias [`bias_min_scales`] allows: 2^30, which leaves the other half of
+/// the i32 range to the products' sum (at most `k * 255 * 128`, 2^30 for `k` = 32,000).
+pub const BIAS_LIMIT: f64 = (1u64 << 30) as f64;
+
+/// The weight scale each output channel needs at least so that its bias, at scale
+/// `input_scale * weight_scale`, stays within [`BIAS_LIMIT`]. A channel whose weights are
+/// near zero otherwise gets a tiny scale, its bias saturates i32 and the runtimes' i32 sums
+/// wrap (onnxruntime then gave EfficientNet-Lite0 the float model's top-1 on 6 of 22 images).
+pub fn bias_min_scales(bias: &[f32], input_scale: f32) -> Vec<f32> {
+    bias.iter()
+        .map(|&b| (b.abs() as f64 / (input_scale as f64 * BIAS_LIMIT)) as f32)
+        .map(|s| if s.is_finite() { s } else { 0.0 })
+        .collect()
+}
+
+/// [`quantize_weights`], with each row's scale at least `min[row]` (the whole tensor's at
+/// least the largest; no minimum where `min` is empty).
+pub fn quantize_weights_at_least(
+    w: &[f32],
+    rows: usize,
+    per_channel: bool,
+    min: &[f32],
+) -> (Vec<i8>, Vec<f32>) {
     let cols = w.len().checked_div(rows).unwrap_or(0);
     let amax = |s: &[f32]| s.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let floor = |i: usize| min.get(i).copied().unwrap_or(0.0);
     let scales: Vec<f32> = if per_channel {
         w.chunks(cols.max(1))
-            .map(|c| weight_scale(amax(c)))
+            .enumerate()
+            .map(|(i, c)| weight_scale(amax(c)).max(floor(i)))
             .collect()
     } else {
-        vec![weight_scale(amax(w)); 1]
+        let all = min.iter().fold(0f32, |m, &v| m.max(v));
+        vec![weight_scale(amax(w)).max(all); 1]
     };
     let q = w
         .iter()
@@ -151,6 +180,35 @@ pub fn quantize_bias(b: &[f32], input_scale: f32, weight_scales: &[f32]) -> Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A channel of near-zero weights with a large bias: without the floor its bias code is
+    /// far past i32 (5.0 / (0.02 * 1e-9 / 127) = 3.2e13); with it the code fits within
+    /// 2^30 and still means the bias, and the other channel keeps its own scale.
+    #[test]
+    fn bias_floor_keeps_int32_biases_in_range() {
+        let w = [1e-9f32, -1e-9, 0.5, -0.25];
+        let bias = [5.0f32, 0.1];
+        let min = bias_min_scales(&bias, 0.02);
+        for per_channel in [true, false] {
+            let (_, plain) = quantize_weights(&w, 2, per_channel);
+            let (q, s) = quantize_weights_at_least(&w, 2, per_channel, &min);
+            let b = quantize_bias(&bias, 0.02, &s);
+            for (i, &v) in b.iter().enumerate() {
+                assert!((v as f64).abs() <= BIAS_LIMIT, "{per_channel}: {v}");
+                let back = v as f64 * 0.02 * s[if per_channel { i } else { 0 }] as f64;
+                assert!(
+                    (back - bias[i] as f64).abs() < 1e-6,
+                    "{per_channel}: {back}"
+                );
+            }
+            if per_channel {
+                let big = quantize_bias(&bias, 0.02, &plain);
+                assert_eq!(big[0], i32::MAX, "the unfloored bias saturates");
+                assert_eq!(s[1], plain[1]);
+                assert_eq!(&q[2..], &[127, -64]);
+            }
+        }
+    }
 
     const U: QParams = QParams {
         scale: 0.5,

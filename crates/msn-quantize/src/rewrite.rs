@@ -338,8 +338,20 @@ impl<'g> Emitter<'g> {
 
     /// int8 weights with rows = output channels; returns (codes initializer, scales).
     fn int8_weight(&mut self, base: &str, w: &ArrayD<f32>, rows: usize) -> (String, Vec<f32>) {
+        self.int8_weight_at_least(base, w, rows, &[])
+    }
+
+    /// [`Self::int8_weight`] with each row's scale at least `min[row]`.
+    fn int8_weight_at_least(
+        &mut self,
+        base: &str,
+        w: &ArrayD<f32>,
+        rows: usize,
+        min: &[f32],
+    ) -> (String, Vec<f32>) {
         let flat: Vec<f32> = w.iter().copied().collect();
-        let (q, scales) = arith::quantize_weights(&flat, rows, self.settings.per_channel);
+        let (q, scales) =
+            arith::quantize_weights_at_least(&flat, rows, self.settings.per_channel, min);
         let raw = q.iter().map(|&v| v as u8).collect();
         let name = self.init(&format!("{base}_quantized"), DataType::Int8, w.shape(), raw);
         (name, scales)
@@ -371,11 +383,16 @@ impl<'g> Emitter<'g> {
         let (xq, xp) = self.need_int8(&n.input[0])?;
         let w = self.weight(n, 1)?;
         let m = w.shape()[0];
-        let (wq, ws) = self.int8_weight(&n.input[1], &w, m);
         let bias = match n.input.get(2).filter(|s| !s.is_empty()) {
             Some(_) => Some(self.weight(n, 2)?),
             None => None,
         };
+        // Scales large enough that every channel's int32 bias fits.
+        let min = match &bias {
+            Some(b) => arith::bias_min_scales(&b.iter().copied().collect::<Vec<_>>(), xp.scale),
+            None => Vec::new(),
+        };
+        let (wq, ws) = self.int8_weight_at_least(&n.input[1], &w, m, &min);
         let yp = self.params_of(output)?;
         let vector = self.settings.per_channel;
         let yq = self.fresh(&format!("{output}_quantized"));

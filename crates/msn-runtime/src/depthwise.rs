@@ -684,6 +684,65 @@ fn clip_bound(model: &TypedModel, node: &TypedNode, from: OutletId) -> Option<(b
     Some((is_max, v))
 }
 
+/// A quantized convolution's weights and bias in float (`w * w_scale`, `bias * x_scale *
+/// w_scale`), the input's dequantization (scale, zero point) and the output's quantization:
+/// what ONNX's `QLinearConv` computes, as a float convolution between a dequantize and a
+/// quantize (the padding, the input's zero point, is 0 in float). Inputs 1 to 8: kernel
+/// (i8), bias (i32), x0, x_scale, w0 (zeros), w_scale, y0, y_scale.
+#[allow(clippy::type_complexity)]
+fn dequantized(
+    model: &TypedModel,
+    node: &TypedNode,
+    cout: usize,
+    taps: usize,
+) -> Option<(Vec<f32>, Vec<f32>, (f32, i32), QuantizeU8)> {
+    fn values<T: Datum + Copy>(model: &TypedModel, outlet: OutletId) -> Option<Vec<T>> {
+        let t = konst(model, outlet)?;
+        (t.datum_type() == T::datum_type())
+            .then(|| Some(t.try_as_plain_ram().ok()?.as_slice::<T>().ok()?.to_vec()))?
+    }
+    let per_channel = |v: Vec<f32>| match v.len() {
+        1 => Some(vec![v[0]; cout]),
+        l if l == cout => Some(v),
+        _ => None,
+    };
+    let w = values::<i8>(model, node.inputs[1])?;
+    let bias = values::<i32>(model, node.inputs[2])?;
+    let bias = per_channel(bias.iter().map(|&b| b as f32).collect())?;
+    let (x0, xs) = (
+        values::<i32>(model, node.inputs[3])?,
+        values::<f32>(model, node.inputs[4])?,
+    );
+    let w0 = values::<i32>(model, node.inputs[5])?;
+    let ws = per_channel(values::<f32>(model, node.inputs[6])?)?;
+    let (y0, ys) = (
+        values::<i32>(model, node.inputs[7])?,
+        values::<f32>(model, node.inputs[8])?,
+    );
+    let (&[x0], &[xs], &[y0], &[ys]) = (&x0[..], &xs[..], &y0[..], &ys[..]) else {
+        return None;
+    };
+    if w.len() != cout * taps
+        || w0.iter().any(|&z| z != 0)
+        || !(0..=255).contains(&y0)
+        || !(ys.is_finite() && ys > 0.0 && xs.is_finite())
+        || ws.iter().any(|s| !s.is_finite())
+    {
+        return None;
+    }
+    let kernel = w
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| v as f32 * ws[i / taps])
+        .collect();
+    let bias = bias.iter().zip(&ws).map(|(&b, &s)| b * (xs * s)).collect();
+    let quant = QuantizeU8 {
+        scale: ys.recip(),
+        zero_point: y0 as u8,
+    };
+    Some((kernel, bias, (xs, x0), quant))
+}
+
 /// The op that replaces the Conv `node`, if it is a float depthwise convolution this kernel
 /// covers; the outlet it reads (before a dequantize it absorbs); and the outlet it replaces,
 /// past any clip and quantize it absorbs.
@@ -703,32 +762,59 @@ fn lower(model: &TypedModel, node: &TypedNode) -> Option<(DirectConv, OutletId, 
         _ => return None,
     };
     let (cout, groups) = (spec.output_channels, conv.group);
-    let fits = x.datum_type == f32::datum_type()
-        && conv.q_params.is_none()
-        && conv.kernel_fmt == KernelFormat::OIHW
-        && spec.kernel_shape.len() == 2
-        && groups > 0
-        && spec.input_channels == c
-        && c % groups == 0
-        && cout % groups == 0
-        && spec.dilations().iter().all(|&d| d == 1)
-        && node.inputs.len() == 3;
+    // An int8 model's depthwise convolution in QLinearConv: u8 in and out.
+    let quantized = conv.q_params == Some(u8::datum_type())
+        && x.datum_type == u8::datum_type()
+        && node.outputs[0].fact.datum_type == u8::datum_type()
+        && node.inputs.len() == 9;
+    let fits =
+        (x.datum_type == f32::datum_type() && conv.q_params.is_none() && node.inputs.len() == 3
+            || quantized)
+            && conv.kernel_fmt == KernelFormat::OIHW
+            && spec.kernel_shape.len() == 2
+            && groups > 0
+            && spec.input_channels == c
+            && c % groups == 0
+            && cout % groups == 0
+            && spec.dilations().iter().all(|&d| d == 1);
     // Depthwise convolutions (any kernel), and first layers on gray or RGB images with small
     // kernels: more taps per group make matrix products, tract's strength.
     let cin = if fits { c / groups } else { 0 };
     let (kh, kw) = (spec.kernel_shape[0], spec.kernel_shape[1]);
-    if cin == 0 || cin > 1 && cin * kh * kw > MAX_GROUP_TAPS {
-        return None;
-    }
-    let kernel = konst(model, node.inputs[1])?;
-    let bias = konst(model, node.inputs[2])?;
-    if kernel.datum_type() != f32::datum_type()
-        || kernel.shape() != [cout, cin, kh, kw]
-        || bias.datum_type() != f32::datum_type()
-        || !(bias.len() == cout || bias.len() == 1)
+    // Quantized: depthwise only (one-group convolutions go to `qconv`).
+    if cin == 0
+        || cin > 1 && cin * kh * kw > MAX_GROUP_TAPS
+        || quantized && (cin > 1 || groups == 1)
     {
         return None;
     }
+    let (kernel, bias, io) = if quantized {
+        let (k, b, dq, q) = dequantized(model, node, cout, cin * kh * kw)?;
+        (k, b, Some((dq, q)))
+    } else {
+        let kernel = konst(model, node.inputs[1])?;
+        let bias = konst(model, node.inputs[2])?;
+        if kernel.datum_type() != f32::datum_type()
+            || kernel.shape() != [cout, cin, kh, kw]
+            || bias.datum_type() != f32::datum_type()
+            || !(bias.len() == cout || bias.len() == 1)
+        {
+            return None;
+        }
+        let kernel = kernel
+            .try_as_plain_ram()
+            .ok()?
+            .as_slice::<f32>()
+            .ok()?
+            .to_vec();
+        let bias = bias.try_as_plain_ram().ok()?.as_slice::<f32>().ok()?;
+        let bias = if bias.len() == cout {
+            bias.to_vec()
+        } else {
+            vec![bias[0]; cout]
+        };
+        (kernel, bias, None)
+    };
     let strides = spec.strides();
     let pads = spec.computed_padding(&[h, w]);
     let (oh, ow) = (pads[0].convoluted, pads[1].convoluted);
@@ -743,31 +829,22 @@ fn lower(model: &TypedModel, node: &TypedNode) -> Option<(DirectConv, OutletId, 
         (pads[0].pad_before, pads[1].pad_before),
         (oh, ow),
     );
-    let bias = bias.try_as_plain_ram().ok()?.as_slice::<f32>().ok()?;
-    let bias = if bias.len() == cout {
-        bias.to_vec()
-    } else {
-        vec![bias[0]; cout]
-    };
     let mut op = DirectConv {
         input: [n, c, h, w],
         cout,
         groups,
         batch,
         geometry,
-        kernel: Arc::new(
-            kernel
-                .try_as_plain_ram()
-                .ok()?
-                .as_slice::<f32>()
-                .ok()?
-                .to_vec(),
-        ),
+        kernel: Arc::new(kernel),
         bias: Arc::new(bias),
         clip: (None, None),
-        dequant: None,
-        quant: None,
+        dequant: io.as_ref().map(|io| io.0),
+        quant: io.map(|io| io.1),
     };
+    if op.quant.is_some() {
+        // Quantized already: u8 in, u8 out, nothing around it to take in.
+        return Some((op, node.inputs[0], OutletId::new(node.id, 0)));
+    }
     // A dequantize of u8 before it whose only reader it is (an int8 model's float depthwise
     // convolution).
     let mut from = node.inputs[0];

@@ -68,8 +68,8 @@ pub fn set_threads(threads: usize) -> usize {
 
 static TRACT_DEPTHWISE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// Leaves depthwise convolutions and first layers to tract from now on (`true`), instead of
-/// [`depthwise::DirectConv`]: to compare the two.
+/// Leaves depthwise convolutions, first layers and int8 convolutions to tract from now on
+/// (`true`), instead of [`depthwise::DirectConv`] and [`qconv::QConv`]: to compare the two.
 pub fn set_tract_depthwise(tract: bool) {
     TRACT_DEPTHWISE.store(tract, std::sync::atomic::Ordering::Relaxed);
 }

@@ -774,8 +774,27 @@ mod tests {
         per_channel: bool,
         ((kh, kw), (sh, sw), pads, (dh, dw)): Kernel,
     ) -> Source {
-        let mut rng = Rng((n * 1000 + k * 100 + cout + h + kh * 7 + sw) as u64);
-        let taps = k * kh * kw;
+        grouped(
+            n,
+            (k, 1),
+            cout,
+            (h, w),
+            per_channel,
+            ((kh, kw), (sh, sw), pads, (dh, dw)),
+        )
+    }
+
+    /// [`graph`] with `k` input channels in `groups` groups.
+    fn grouped(
+        n: usize,
+        (k, groups): (usize, usize),
+        cout: usize,
+        (h, w): (usize, usize),
+        per_channel: bool,
+        ((kh, kw), (sh, sw), pads, (dh, dw)): Kernel,
+    ) -> Source {
+        let mut rng = Rng((n * 1000 + k * 100 + cout + h + kh * 7 + sw + groups) as u64);
+        let taps = k / groups * kh * kw;
         let mut b = GraphBuilder::new("q1x1");
         let x = b.input("x", &[n as i64, k as i64, h as i64, w as i64]);
         let f32s = |v: &[f32]| v.iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<u8>>();
@@ -783,7 +802,7 @@ mod tests {
         let x0 = b.initializer_raw("x0", DataType::Uint8, &[], vec![121]);
         let q = b.node("QuantizeLinear", &[&x, &xs, &x0], "xq", &[]);
         let weights: Vec<u8> = rng.bytes(cout * taps);
-        let wq = b.initializer_raw("w", DataType::Int8, &[cout, k, kh, kw], weights);
+        let wq = b.initializer_raw("w", DataType::Int8, &[cout, k / groups, kh, kw], weights);
         let ws: Vec<f32> = (0..cout)
             .map(|o| (0.004 + 0.003 * ((o * 7) % 5) as f32) * 4.0 / (taps as f32).sqrt())
             .collect();
@@ -806,6 +825,7 @@ mod tests {
                 attr::ints("strides", &[sh as i64, sw as i64]),
                 attr::ints("pads", &pads.map(|p| p as i64)),
                 attr::ints("dilations", &[dh as i64, dw as i64]),
+                attr::int("group", groups as i64),
             ],
         );
         let y = b.node("DequantizeLinear", &[&y, &ys, &y0], "y", &[]);
@@ -860,39 +880,69 @@ mod tests {
         ];
         for (n, k, cout, hw, per_channel, kernel) in cases {
             let source = graph(n, k, cout, hw, per_channel, kernel);
-            let shapes = verify::shapes(source.inputs(), &[]).unwrap();
-            let ours = source.plan(&shapes, Plan::Optimized).unwrap();
-            assert!(
-                ours.ops().iter().any(|o| o == "MsnQConv"),
-                "not rewritten: {:?}",
-                ours.ops()
-            );
-            let reference = source.plan(&shapes, Plan::Reference).unwrap();
-            let mut rng = Rng(5);
-            let len = shapes[0].iter().product::<usize>();
-            let x: Vec<f32> = (0..len)
-                .map(|_| (rng.next() % 10_000) as f32 / 10_000.0 * 5.0 - 2.5)
-                .collect();
-            let x = tract_onnx::prelude::Tensor::from_shape(&shapes[0], &x).unwrap();
-            let a = ours.run(vec![x.clone()]).unwrap().remove(0);
-            let b = reference.run(vec![x]).unwrap().remove(0);
-            assert_eq!(a.shape(), b.shape());
-            let (a, b) = (a.try_as_plain_ram().unwrap(), b.try_as_plain_ram().unwrap());
-            let (a, b) = (a.as_slice::<f32>().unwrap(), b.as_slice::<f32>().unwrap());
-            let codes: Vec<i32> = a
-                .iter()
-                .zip(b)
-                .map(|(a, b)| ((a - b) / 0.05).round().abs() as i32)
-                .collect();
-            let worst = codes.iter().max().copied().unwrap_or(0);
-            let off = codes.iter().filter(|&&c| c != 0).count();
-            let clamped = a.iter().filter(|&&v| v <= -4.8 || v >= 7.9).count();
-            assert!(
-                worst <= 1 && off * 100 <= a.len() && clamped * 2 < a.len(),
-                "n{n} k{k} cout{cout} {hw:?} per channel {per_channel} {kernel:?}: {off} of {} \
-                 codes off, by up to {worst}; {clamped} at a bound",
-                a.len()
-            );
+            let what = format!("n{n} k{k} cout{cout} {hw:?} per channel {per_channel} {kernel:?}");
+            check(&source, "MsnQConv", &what);
         }
+    }
+
+    /// An int8 model's depthwise convolutions in QLinearConv, on our float depthwise kernel
+    /// between a dequantize and a quantize (any CPU).
+    #[test]
+    fn quantized_depthwise_convolutions_match_tracts_own() {
+        let cases = [
+            (1, 32, (28, 28), true, ((3, 3), (1, 1), [1; 4], (1, 1))),
+            (
+                1,
+                24,
+                (21, 20),
+                true,
+                ((3, 3), (2, 2), [0, 0, 1, 1], (1, 1)),
+            ),
+            (2, 40, (14, 14), false, ((5, 5), (1, 1), [2; 4], (1, 1))),
+            (1, 16, (7, 9), true, ((5, 5), (2, 2), [1, 1, 2, 2], (1, 1))),
+        ];
+        for (n, c, hw, per_channel, kernel) in cases {
+            let source = grouped(n, (c, c), c, hw, per_channel, kernel);
+            let what = format!("depthwise n{n} c{c} {hw:?} per channel {per_channel} {kernel:?}");
+            check(&source, "MsnDirectConv", &what);
+        }
+    }
+
+    /// Our plan (with `op` in it) against tract's own (its unoptimised plan) on random
+    /// inputs: at most one output code apart (tract requantizes in fixed point), and few codes
+    /// off at all.
+    fn check(source: &Source, op: &str, what: &str) {
+        let shapes = verify::shapes(source.inputs(), &[]).unwrap();
+        let ours = source.plan(&shapes, Plan::Optimized).unwrap();
+        assert!(
+            ours.ops().iter().any(|o| o == op),
+            "{what}: not rewritten: {:?}",
+            ours.ops()
+        );
+        let reference = source.plan(&shapes, Plan::Reference).unwrap();
+        let mut rng = Rng(5);
+        let len = shapes[0].iter().product::<usize>();
+        let x: Vec<f32> = (0..len)
+            .map(|_| (rng.next() % 10_000) as f32 / 10_000.0 * 5.0 - 2.5)
+            .collect();
+        let x = tract_onnx::prelude::Tensor::from_shape(&shapes[0], &x).unwrap();
+        let a = ours.run(vec![x.clone()]).unwrap().remove(0);
+        let b = reference.run(vec![x]).unwrap().remove(0);
+        assert_eq!(a.shape(), b.shape());
+        let (a, b) = (a.try_as_plain_ram().unwrap(), b.try_as_plain_ram().unwrap());
+        let (a, b) = (a.as_slice::<f32>().unwrap(), b.as_slice::<f32>().unwrap());
+        let codes: Vec<i32> = a
+            .iter()
+            .zip(b)
+            .map(|(a, b)| ((a - b) / 0.05).round().abs() as i32)
+            .collect();
+        let worst = codes.iter().max().copied().unwrap_or(0);
+        let off = codes.iter().filter(|&&c| c != 0).count();
+        let clamped = a.iter().filter(|&&v| v <= -4.8 || v >= 7.9).count();
+        assert!(
+            worst <= 1 && off * 100 <= a.len() && clamped * 2 < a.len(),
+            "{what}: {off} of {} codes off, by up to {worst}; {clamped} at a bound",
+            a.len()
+        );
     }
 }
