@@ -109,8 +109,9 @@ pub fn fold(model: &mut ModelProto) -> Report {
     };
     loop {
         let mut changed = 0;
-        let simple: [(&str, Pass); 4] = [
+        let simple: [(&str, Pass); 5] = [
             ("eliminate_identity", passes::eliminate::identities),
+            ("uniform_quant_params", passes::uniform_quant_params::run),
             ("static_shapes", passes::static_shapes::run),
             ("constant_folding", passes::constant_folding::run),
             ("matmul_to_gemm", passes::matmul_to_gemm::run),

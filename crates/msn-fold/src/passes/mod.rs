@@ -6,3 +6,4 @@ pub mod fuse_into_following_conv;
 pub mod fuse_into_weights;
 pub mod matmul_to_gemm;
 pub mod static_shapes;
+pub mod uniform_quant_params;
