@@ -90,6 +90,20 @@ def case_depthwise(g):
     return g.head(g.conv(g.op("Relu", [y]), 8, 8, k=1)), ["QLinearConv"]
 
 
+def case_depthwise_scales(g):
+    # Depthwise channels whose weights differ in size by 10^4 (as after folding BatchNorm):
+    # onnxruntime's WeightBiasQuantization would quantize such float weights per tensor.
+    # The next layer scales them back (folded BatchNorms do), so every channel counts.
+    x = g.op("Relu", [g.conv("x", 3, 8)])
+    scale = np.float32(10.0) ** np.arange(-2, 0, 0.25, dtype=np.float32)
+    k = (w(8, 1, 3, 3) * scale[:, None, None, None]).astype(np.float32)
+    b = (w(8, s=0.1) * scale).astype(np.float32)
+    y = g.op("Conv", [x, g.const(k), g.const(b)], kernel_shape=[3, 3], pads=[1] * 4, group=8)
+    p = (w(8, 8, 1, 1) / scale[None, :, None, None]).astype(np.float32)
+    y = g.op("Conv", [g.op("Relu", [y]), g.const(p)], kernel_shape=[1, 1])
+    return g.op("Flatten", [y]), ["QLinearConv"]
+
+
 def case_pointwise(g):
     return g.head(g.conv(g.op("Relu", [g.conv("x", 3, 16)]), 16, 8, k=1)), ["QLinearConv"]
 
