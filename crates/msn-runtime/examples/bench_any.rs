@@ -1,5 +1,6 @@
 //! Median latency of any single-input models at their declared input shape, run in turns:
-//! `cargo run --profile fast -p msn-runtime --example bench_any -- A.onnx B.onnx ... [--iters N] [--profile]`
+//! `cargo run --profile fast -p msn-runtime --example bench_any -- A.onnx B.onnx ... [--iters N] [--profile] [--tract]`
+//! (`--tract`: each model also planned with tract's own kernels in place of ours, in turns)
 //! (a dev tool for layer-level experiments; `msn bench` measures image classifiers).
 
 use msn_runtime::model::{Plan, Source};
@@ -8,11 +9,14 @@ use std::time::Instant;
 fn main() {
     let mut iters = 50;
     let mut profile = false;
+    let mut tract = false;
     let mut paths = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         if a == "--profile" {
             profile = true;
+        } else if a == "--tract" {
+            tract = true;
         } else if a == "--iters" {
             iters = args.next().and_then(|v| v.parse().ok()).expect("--iters N");
         } else {
@@ -20,9 +24,17 @@ fn main() {
         }
     }
     msn_runtime::set_threads(1);
+    let paths: Vec<(String, bool)> = paths
+        .into_iter()
+        .flat_map(|p| {
+            let both = [(p.clone(), false), (p, true)];
+            both.into_iter().take(if tract { 2 } else { 1 })
+        })
+        .collect();
     let models: Vec<_> = paths
         .iter()
-        .map(|p| {
+        .map(|(p, tract)| {
+            msn_runtime::set_tract_depthwise(*tract);
             let s = Source::read(p).expect("readable model");
             let shape: Vec<usize> = s.inputs()[0]
                 .dims
@@ -46,7 +58,7 @@ fn main() {
         })
         .collect();
     if profile {
-        for (p, (m, x)) in paths.iter().zip(&models) {
+        for ((p, _), (m, x)) in paths.iter().zip(&models) {
             let input = msn_runtime::Tensor::from(x.clone());
             let mut nodes = m.profile(vec![input], iters).expect("profiles");
             nodes.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
@@ -66,6 +78,10 @@ fn main() {
             }
         }
     }
+    let paths: Vec<String> = paths
+        .into_iter()
+        .map(|(p, tract)| if tract { format!("{p} [tract]") } else { p })
+        .collect();
     let base = {
         let mut t = times[0].clone();
         t.sort_by(f64::total_cmp);

@@ -23,14 +23,13 @@
 use std::fmt;
 use std::sync::Arc;
 use tract_onnx::tract_core::internal::*;
-use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
 use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
-use tract_onnx::tract_core::ops::math::{Max, Min};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_core::ops::quant::{DequantizeLinearF32, QuantizeLinearU8};
 use tract_onnx::tract_core::{as_op, op_as_typed_op, op_out_of_plan};
 
+use crate::graph::{clip_bound, konst, per_channel, values};
 use crate::quant::{quantize_u8, QuantizeU8};
 
 /// The most taps (input channels times kernel positions) the kernel takes per group with
@@ -662,28 +661,6 @@ fn block<const B: usize>(p: &Plane, buf: &[f32], at: usize, out: &mut [f32]) {
     }
 }
 
-/// The constant a node's input holds, if it is one.
-fn konst(model: &TypedModel, outlet: OutletId) -> Option<Arc<Tensor>> {
-    model.outlet_fact(outlet).ok()?.konst.clone()
-}
-
-/// `Some(bound)` if `node` is `Max` (`is_max`) or `Min` of its other input and a constant
-/// scalar f32.
-fn clip_bound(model: &TypedModel, node: &TypedNode, from: OutletId) -> Option<(bool, f32)> {
-    let op = node.op_as::<TypedBinOp>()?;
-    let is_max = op.0.is::<Max>();
-    if !is_max && !op.0.is::<Min>() || node.inputs.len() != 2 {
-        return None;
-    }
-    let other = node.inputs.iter().find(|&&i| i != from)?;
-    let t = konst(model, *other)?;
-    if t.datum_type() != f32::datum_type() || t.len() != 1 {
-        return None;
-    }
-    let v = *t.try_as_plain_ram().ok()?.as_slice::<f32>().ok()?.first()?;
-    Some((is_max, v))
-}
-
 /// A quantized convolution's weights and bias in float (`w * w_scale`, `bias * x_scale *
 /// w_scale`), the input's dequantization (scale, zero point) and the output's quantization:
 /// what ONNX's `QLinearConv` computes, as a float convolution between a dequantize and a
@@ -696,16 +673,7 @@ fn dequantized(
     cout: usize,
     taps: usize,
 ) -> Option<(Vec<f32>, Vec<f32>, (f32, i32), QuantizeU8)> {
-    fn values<T: Datum + Copy>(model: &TypedModel, outlet: OutletId) -> Option<Vec<T>> {
-        let t = konst(model, outlet)?;
-        (t.datum_type() == T::datum_type())
-            .then(|| Some(t.try_as_plain_ram().ok()?.as_slice::<T>().ok()?.to_vec()))?
-    }
-    let per_channel = |v: Vec<f32>| match v.len() {
-        1 => Some(vec![v[0]; cout]),
-        l if l == cout => Some(v),
-        _ => None,
-    };
+    let per_channel = |v: Vec<f32>| per_channel(v, cout);
     let w = values::<i8>(model, node.inputs[1])?;
     let bias = values::<i32>(model, node.inputs[2])?;
     let bias = per_channel(bias.iter().map(|&b| b as f32).collect())?;

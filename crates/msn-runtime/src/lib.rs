@@ -26,9 +26,11 @@
 
 pub mod bench;
 mod classifier;
+pub mod dense;
 pub mod depthwise;
 mod error;
 pub mod gan;
+mod graph;
 mod guard;
 pub mod info;
 pub mod model;

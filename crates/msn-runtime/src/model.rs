@@ -240,6 +240,8 @@ impl Source {
                     .map_err(err("lower depthwise convolutions"))?;
                 crate::qconv::rewrite(&mut typed)
                     .map_err(err("lower quantized 1x1 convolutions"))?;
+                crate::dense::rewrite(&mut typed)
+                    .map_err(err("lower float one-group convolutions"))?;
                 let mut typed = typed.into_optimized().map_err(err("optimize the model"))?;
                 crate::quant::rewrite(&mut typed).map_err(err("swap in QuantizeU8"))?;
                 typed

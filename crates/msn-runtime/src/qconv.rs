@@ -35,6 +35,8 @@ use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_core::{as_op, op_as_typed_op, op_out_of_plan};
 
+use crate::graph::{per_channel, values};
+
 /// Output channels per tile.
 const ROWS: usize = 4;
 /// Pixels per tile: four vectors of 16.
@@ -420,24 +422,6 @@ impl TypedOp for QConv {
     as_op!();
 }
 
-/// The constant a node's input holds, as plain values of type `T`, if it is one.
-fn konst<T: Datum + Copy>(model: &TypedModel, outlet: OutletId) -> Option<Vec<T>> {
-    let t = model.outlet_fact(outlet).ok()?.konst.clone()?;
-    if t.datum_type() != T::datum_type() {
-        return None;
-    }
-    Some(t.try_as_plain_ram().ok()?.as_slice::<T>().ok()?.to_vec())
-}
-
-/// `v` as `len` values: itself, or its one value repeated.
-fn per_channel<T: Copy>(v: Vec<T>, len: usize) -> Option<Vec<T>> {
-    match v.len() {
-        1 => Some(vec![v[0]; len]),
-        l if l == len => Some(v),
-        _ => None,
-    }
-}
-
 /// The op that replaces `node`, if it is a quantized convolution this kernel covers: either
 /// the `EinSum` tract's declutter makes of a 1x1 one ([`lower_einsum`]) or a `Conv`
 /// ([`lower_conv`]).
@@ -560,14 +544,14 @@ fn build(
     if k == 0 || cout == 0 || pixels == 0 || output[output.len() - 3] != cout {
         return None;
     }
-    let w = konst::<i8>(model, node.inputs[1])?;
-    let bias = per_channel(konst::<i32>(model, node.inputs[2])?, cout)?;
-    let x0 = konst::<i32>(model, node.inputs[3])?;
-    let x_scale = konst::<f32>(model, node.inputs[4])?;
-    let k0 = konst::<i32>(model, node.inputs[5])?;
-    let k_scale = per_channel(konst::<f32>(model, node.inputs[6])?, cout)?;
-    let y0 = konst::<i32>(model, node.inputs[7])?;
-    let y_scale = konst::<f32>(model, node.inputs[8])?;
+    let w = values::<i8>(model, node.inputs[1])?;
+    let bias = per_channel(values::<i32>(model, node.inputs[2])?, cout)?;
+    let x0 = values::<i32>(model, node.inputs[3])?;
+    let x_scale = values::<f32>(model, node.inputs[4])?;
+    let k0 = values::<i32>(model, node.inputs[5])?;
+    let k_scale = per_channel(values::<f32>(model, node.inputs[6])?, cout)?;
+    let y0 = values::<i32>(model, node.inputs[7])?;
+    let y_scale = values::<f32>(model, node.inputs[8])?;
     let (&[x0], &[x_scale], &[y0], &[y_scale]) = (&x0[..], &x_scale[..], &y0[..], &y_scale[..])
     else {
         return None;

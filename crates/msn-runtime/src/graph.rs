@@ -1,0 +1,50 @@
+//! What the rewrites before tract's optimiser ([`crate::depthwise`], [`crate::qconv`],
+//! [`crate::dense`]) read off a decluttered model: constants and the bounds of a clip.
+
+use std::sync::Arc;
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::binary::TypedBinOp;
+use tract_onnx::tract_core::ops::math::{Max, Min};
+
+/// The constant a node's input holds, if it is one.
+pub(crate) fn konst(model: &TypedModel, outlet: OutletId) -> Option<Arc<Tensor>> {
+    model.outlet_fact(outlet).ok()?.konst.clone()
+}
+
+/// The constant a node's input holds, as plain values of type `T`, if it is one of that type.
+pub(crate) fn values<T: Datum + Copy>(model: &TypedModel, outlet: OutletId) -> Option<Vec<T>> {
+    let t = konst(model, outlet)?;
+    if t.datum_type() != T::datum_type() {
+        return None;
+    }
+    Some(t.try_as_plain_ram().ok()?.as_slice::<T>().ok()?.to_vec())
+}
+
+/// `v` as `len` values: itself, or its one value repeated.
+pub(crate) fn per_channel<T: Copy>(v: Vec<T>, len: usize) -> Option<Vec<T>> {
+    match v.len() {
+        1 => Some(vec![v[0]; len]),
+        l if l == len => Some(v),
+        _ => None,
+    }
+}
+
+/// `Some(bound)` if `node` is `Max` (`is_max`) or `Min` of its other input and a constant
+/// scalar f32.
+pub(crate) fn clip_bound(
+    model: &TypedModel,
+    node: &TypedNode,
+    from: OutletId,
+) -> Option<(bool, f32)> {
+    let op = node.op_as::<TypedBinOp>()?;
+    let is_max = op.0.is::<Max>();
+    if !is_max && !op.0.is::<Min>() || node.inputs.len() != 2 {
+        return None;
+    }
+    let other = node.inputs.iter().find(|&&i| i != from)?;
+    let v = values::<f32>(model, *other)?;
+    match v[..] {
+        [v] => Some((is_max, v)),
+        _ => None,
+    }
+}
