@@ -116,10 +116,17 @@ pub struct DenseConv {
     wide: Option<Wide>,
     /// Where each tap `(c, ky, kx)` starts in the (padded) input, in values.
     taps: Arc<Vec<usize>>,
-    /// `[ceil(cout / ROWS)][taps][ROWS]`: each tile's weights tap by tap, zeros past the last
-    /// output channel.
+    /// Which way the tiles run.
+    lanes: Lanes,
+    /// Pixels on the lanes: `[ceil(cout / ROWS)][taps][ROWS]`; channels on the lanes:
+    /// `[ceil(cout / (16 * cv))][taps][16 * cv]`. Each tile's weights tap by tap, zeros past
+    /// the last output channel.
     weights: Arc<Vec<f32>>,
+    /// One per output channel, zeros past the last tile's.
     bias: Arc<Vec<f32>>,
+    /// Channels on the lanes: where each output pixel's window starts in the (padded) input,
+    /// in values.
+    windows: Arc<Vec<usize>>,
     clip1: Clip,
     /// Whether a second input, of the output's shape, is added after `clip1`.
     residual: bool,
@@ -134,6 +141,7 @@ impl PartialEq for DenseConv {
             && (self.clip1.bits(), self.clip2.bits()) == (other.clip1.bits(), other.clip2.bits())
             && self.wide == other.wide
             && self.taps == other.taps
+            && (self.lanes, &self.windows) == (other.lanes, &other.windows)
             && bits(&self.weights) == bits(&other.weights)
             && bits(&self.bias) == bits(&other.bias)
     }
@@ -145,10 +153,11 @@ impl fmt::Debug for DenseConv {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "DenseConv({:?}: {} taps -> {} channels, {:?}, {:?}{}, {:?})",
+            "DenseConv({:?}: {} taps -> {} channels, {:?}, {:?}, {:?}{}, {:?})",
             self.input,
             self.taps.len(),
             self.cout,
+            self.lanes,
             self.wide,
             self.clip1,
             if self.residual { ", + residual" } else { "" },
@@ -282,6 +291,130 @@ unsafe fn run_tile(
     }
 }
 
+/// Which way a tile runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lanes {
+    /// `ROWS` output channels by `COLS` pixels, 16 pixels a vector: for large planes.
+    Pixels,
+    /// `16 * cv` output channels (`cv` vectors) by `pt` pixels, each pixel's input value
+    /// broadcast: for small planes (7x7, 14x14), where 64-pixel tiles waste lanes. The
+    /// pixels need not be neighbours, so a wide output is not needed either.
+    Channels { cv: usize, pt: usize },
+}
+
+/// The shapes of channel tiles there are kernels for: 24 or fewer accumulators.
+const CHANNEL_TILES: [(usize, usize); 4] = [(4, 6), (3, 7), (3, 8), (2, 12)];
+
+impl Lanes {
+    /// The better way for `cout` channels, `taps` taps and `pixels` output pixels,
+    /// `computed` of them computed with pixels on the lanes: the share of the lanes that do
+    /// useful work, with channels on the lanes only where they do 5% more. A channel tile
+    /// also transposes its `16 * cv * pt` values into place, about one cycle each against
+    /// `taps * cv * pt` multiply-adds: that is charged as `16 / taps` of its work.
+    fn pick(cout: usize, taps: usize, pixels: usize, computed: usize) -> Lanes {
+        let used = |n: usize, tile: usize| n as f64 / n.next_multiple_of(tile) as f64;
+        let by_pixels = pixels as f64 / computed.next_multiple_of(16) as f64 * used(cout, ROWS);
+        let transpose = taps as f64 / (taps + 16) as f64;
+        let (share, cv, pt) = CHANNEL_TILES
+            .iter()
+            .map(|&(cv, pt)| (used(cout, 16 * cv) * used(pixels, pt) * transpose, cv, pt))
+            .fold((0.0, 0, 0), |best, c| if c.0 > best.0 { c } else { best });
+        if share > by_pixels + 0.05 {
+            Lanes::Channels { cv, pt }
+        } else {
+            Lanes::Pixels
+        }
+    }
+}
+
+/// Where a channel tile's inputs are.
+struct ChannelTile<'a> {
+    /// The input; tap `k` of pixel `p` is at `taps[k] + windows[p]`.
+    x: &'a [f32],
+    taps: &'a [usize],
+    windows: &'a [usize],
+    /// The tile's weights, `16 * cv` per tap, and biases.
+    w: &'a [f32],
+    bias: &'a [f32],
+    clip1: Clip,
+}
+
+/// The plain definition of a channel tile, for the tests: `out[p][c]`, `clip1` applied.
+#[cfg(test)]
+fn channel_tile_plain(t: &ChannelTile, cv: usize, out: &mut [[f32; COLS]]) {
+    let n = 16 * cv;
+    for (p, row) in out.iter_mut().enumerate().take(t.windows.len()) {
+        for (c, y) in row.iter_mut().enumerate().take(n) {
+            let mut acc = t.bias[c];
+            for (k, &at) in t.taps.iter().enumerate() {
+                acc = t.w[k * n + c].mul_add(t.x[at + t.windows[p]], acc);
+            }
+            *y = t.clip1.apply(acc);
+        }
+    }
+}
+
+/// One channel tile with AVX-512: `16 * CV` output channels by `PT` pixels into `out[p]`
+/// (channel `c` at `out[p][c]`), `clip1` applied.
+///
+/// # Safety
+/// The CPU has AVX-512 F ([`available`]); `t.windows` holds `PT` offsets, and `t.x` a value
+/// at every tap's offset plus every window's; `t.w` holds `16 * CV` values per tap and
+/// `t.bias` `16 * CV`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn channel_tile_avx512<const CV: usize, const PT: usize>(
+    t: &ChannelTile,
+    out: &mut [[f32; COLS]],
+) {
+    use std::arch::x86_64::*;
+    let (x, w, b) = (t.x.as_ptr(), t.w.as_ptr(), t.bias.as_ptr());
+    let windows: [usize; PT] = std::array::from_fn(|p| t.windows[p]);
+    let mut acc: [[__m512; CV]; PT] =
+        std::array::from_fn(|_| std::array::from_fn(|v| _mm512_loadu_ps(b.add(16 * v))));
+    for (k, &at) in t.taps.iter().enumerate() {
+        let wk = w.add(k * 16 * CV);
+        let wv: [__m512; CV] = std::array::from_fn(|v| _mm512_loadu_ps(wk.add(16 * v)));
+        let xk = x.add(at);
+        for (acc, &o) in acc.iter_mut().zip(&windows) {
+            let xb = _mm512_set1_ps(*xk.add(o));
+            for (a, &wv) in acc.iter_mut().zip(&wv) {
+                *a = _mm512_fmadd_ps(wv, xb, *a);
+            }
+        }
+    }
+    let (lo, hi) = (_mm512_set1_ps(t.clip1.lo), _mm512_set1_ps(t.clip1.hi));
+    for (acc, row) in acc.iter().zip(out.iter_mut()) {
+        for (v, &a) in acc.iter().enumerate() {
+            let y = _mm512_min_ps(_mm512_max_ps(a, lo), hi);
+            _mm512_storeu_ps(row.as_mut_ptr().add(16 * v), y);
+        }
+    }
+}
+
+/// Runs a channel tile of `cv` vectors by `t.windows.len()` pixels on this CPU's kernel.
+///
+/// # Safety
+/// As [`channel_tile_avx512`]'s; `(cv, t.windows.len())` is one of [`CHANNEL_TILES`].
+unsafe fn run_channel_tile(t: &ChannelTile, cv: usize, out: &mut [[f32; COLS]]) -> TractResult<()> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        match (cv, t.windows.len()) {
+            (4, 6) => channel_tile_avx512::<4, 6>(t, out),
+            (3, 7) => channel_tile_avx512::<3, 7>(t, out),
+            (3, 8) => channel_tile_avx512::<3, 8>(t, out),
+            (2, 12) => channel_tile_avx512::<2, 12>(t, out),
+            other => bail!("DenseConv has no {other:?} channel tile"),
+        }
+        Ok(())
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (t, cv, out);
+        bail!("DenseConv needs AVX-512")
+    }
+}
+
 /// The output, shared by the threads: each writes its own rows.
 #[derive(Clone, Copy)]
 struct Rows(*mut f32);
@@ -319,6 +452,9 @@ impl DenseConv {
     fn image(&self, x: &[f32], res: Option<&[f32]>, out: &mut [f32]) -> TractResult<()> {
         let (cout, pixels, taps) = (self.cout, self.pixels(), self.taps.len());
         ensure!(out.len() == cout * pixels && res.is_none_or(|r| r.len() == out.len()));
+        if let Lanes::Channels { cv, pt } = self.lanes {
+            return self.image_by_channels(x, res, out, (cv, pt));
+        }
         // Pixels computed: the wide output's, or the output's.
         let (computed, row_len) = match &self.wide {
             Some(g) => (g.oh * g.wp, g.wp),
@@ -393,6 +529,65 @@ impl DenseConv {
                                 }
                             }
                             p = end;
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+    /// [`Self::image`] with channels on the lanes: tiles of `16 * cv` channels by `pt`
+    /// pixels, each channel group's pixels in turn (its weights stay in cache), transposed
+    /// into place with the residual and `clip2`.
+    fn image_by_channels(
+        &self,
+        x: &[f32],
+        res: Option<&[f32]>,
+        out: &mut [f32],
+        (cv, pt): (usize, usize),
+    ) -> TractResult<()> {
+        let (cout, pixels, taps) = (self.cout, self.pixels(), self.taps.len());
+        let n = 16 * cv;
+        let groups = cout.div_ceil(n);
+        let work = cout * pixels * taps;
+        let dst = Rows(out.as_mut_ptr());
+        let mut split = vec![0u8; groups];
+        tract_linalg::multithread::par_chunks_mut(&mut split, 1, work, |first, chunk| {
+            let mut buf = [[0f32; COLS]; 12];
+            for g in first..first + chunk.len() {
+                let o = g * n;
+                let rows = (cout - o).min(n);
+                for q0 in (0..pixels).step_by(pt) {
+                    let tile = ChannelTile {
+                        x,
+                        taps: &self.taps,
+                        windows: &self.windows[q0..q0 + pt],
+                        w: &self.weights[g * taps * n..(g + 1) * taps * n],
+                        bias: &self.bias[o..o + n],
+                        clip1: self.clip1,
+                    };
+                    // SAFETY: `rewrite` only builds this op where `available()`; `windows`
+                    // is padded to whole tiles (with in-plane offsets), so every tap of every
+                    // window is within `x`; the weights and biases are padded to whole
+                    // groups; `(cv, pt)` is one of `CHANNEL_TILES` (see `Lanes::pick`).
+                    unsafe { run_channel_tile(&tile, cv, &mut buf)? };
+                    let cols = (pixels - q0).min(pt);
+                    for c in 0..rows {
+                        let at = (o + c) * pixels + q0;
+                        // SAFETY: row `o + c` belongs to this thread's groups; `q0 + cols <=
+                        // pixels`.
+                        let dst = unsafe { std::slice::from_raw_parts_mut(dst.at(at), cols) };
+                        match res {
+                            Some(res) => {
+                                for ((d, b), &r) in dst.iter_mut().zip(&buf).zip(&res[at..]) {
+                                    *d = self.clip2.apply(b[c] + r);
+                                }
+                            }
+                            None => {
+                                for (d, b) in dst.iter_mut().zip(&buf) {
+                                    *d = b[c];
+                                }
+                            }
                         }
                     }
                 }
@@ -664,14 +859,37 @@ fn build(f: Found) -> Option<DenseConv> {
             }
         })
         .collect();
-    let groups = f.cout.div_ceil(ROWS);
-    let mut weights = vec![0f32; groups * k * ROWS];
+    let pixels = oh * ow;
+    let computed = wide.as_ref().map_or(pixels, |g| oh * g.wp);
+    let lanes = Lanes::pick(f.cout, k, pixels, computed);
+    let tile_rows = match lanes {
+        Lanes::Pixels => ROWS,
+        Lanes::Channels { cv, .. } => 16 * cv,
+    };
+    let groups = f.cout.div_ceil(tile_rows);
+    let mut weights = vec![0f32; groups * k * tile_rows];
     for (oc, row) in f.weights.chunks_exact(k).enumerate() {
-        let (g, r) = (oc / ROWS, oc % ROWS);
+        let (g, r) = (oc / tile_rows, oc % tile_rows);
         for (t, &v) in row.iter().enumerate() {
-            weights[(g * k + t) * ROWS + r] = v;
+            weights[(g * k + t) * tile_rows + r] = v;
         }
     }
+    let mut bias = f.bias;
+    bias.resize(groups * tile_rows, 0.0);
+    // Where each output pixel's window starts; the last tile's missing pixels repeat the
+    // last one (computed and not stored).
+    let windows = match lanes {
+        Lanes::Pixels => Vec::new(),
+        Lanes::Channels { pt, .. } => (0..pixels.next_multiple_of(pt))
+            .map(|q| {
+                let q = q.min(pixels - 1);
+                match &wide {
+                    Some(g) => q / ow * g.wp + q % ow,
+                    None => q,
+                }
+            })
+            .collect(),
+    };
     Some(DenseConv {
         input: f.input,
         output: f.output,
@@ -679,8 +897,10 @@ fn build(f: Found) -> Option<DenseConv> {
         cout: f.cout,
         wide,
         taps: Arc::new(taps),
+        lanes,
         weights: Arc::new(weights),
-        bias: Arc::new(f.bias),
+        bias: Arc::new(bias),
+        windows: Arc::new(windows),
         clip1: Clip::NONE,
         residual: false,
         clip2: Clip::NONE,
@@ -730,7 +950,11 @@ fn lower(model: &TypedModel, node: &TypedNode) -> Option<(DenseConv, OutletId, O
         let other = *next.inputs.iter().find(|&&i| i != last)?;
         let b = konst(model, other).and_then(|b| channel_bias(&b, op.cout, op.output.len()));
         if let Some(b) = b {
-            let bias = op.bias.iter().zip(&b).map(|(a, b)| a + b).collect();
+            // The op's biases run past `cout` (zeros, to whole tiles).
+            let mut bias = op.bias.to_vec();
+            for (a, b) in bias.iter_mut().zip(&b) {
+                *a += b;
+            }
             op.bias = Arc::new(bias);
             last = OutletId::new(next.id, 0);
         }
@@ -860,6 +1084,83 @@ mod tests {
         }
     }
 
+    /// The channel tiles give the plain definition's values, for every shape there is a
+    /// kernel for, windows in any order.
+    #[test]
+    fn channel_tiles_match_the_definition() {
+        if !available() {
+            eprintln!("SKIPPED: this CPU has no AVX-512");
+            return;
+        }
+        for (cv, pt) in CHANNEL_TILES {
+            for ntaps in [1, 3, 9, 200] {
+                let span = 150;
+                let x = noise(ntaps as u64, span + 64);
+                let taps: Vec<usize> = (0..ntaps).map(|k| (k * 31) % span).collect();
+                let windows: Vec<usize> = (0..pt).map(|p| (p * 13) % 64).collect();
+                let w = noise(5 + ntaps as u64, ntaps * 16 * cv);
+                let bias = noise(77, 16 * cv);
+                let t = ChannelTile {
+                    x: &x,
+                    taps: &taps,
+                    windows: &windows,
+                    w: &w,
+                    bias: &bias,
+                    clip1: Clip { lo: -1.0, hi: 1.5 },
+                };
+                let mut want = [[f32::NAN; COLS]; 12];
+                channel_tile_plain(&t, cv, &mut want);
+                let mut got = [[f32::NAN; COLS]; 12];
+                // SAFETY: the CPU has AVX-512; every tap of every window is within `x`.
+                unsafe { run_channel_tile(&t, cv, &mut got).unwrap() };
+                for p in 0..12 {
+                    for c in 0..COLS {
+                        let (g, e) = (got[p][c], want[p][c]);
+                        let what = format!("({cv}, {pt}) taps {ntaps} p{p} c{c}");
+                        if p < pt && c < 16 * cv {
+                            assert_eq!(g.to_bits(), e.to_bits(), "{what}: {g} vs {e}");
+                        } else {
+                            assert!(g.is_nan(), "{what}: written outside the tile");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Channels go on the lanes where 64-pixel tiles would waste lanes: small planes.
+    #[test]
+    fn lanes_follow_the_plane() {
+        // EfficientNet-Lite0's 7x7 1x1 convolutions, ResNet's 7x7 and 14x14 3x3.
+        assert!(matches!(
+            Lanes::pick(1152, 192, 49, 49),
+            Lanes::Channels { .. }
+        ));
+        assert!(matches!(
+            Lanes::pick(320, 1152, 49, 49),
+            Lanes::Channels { .. }
+        ));
+        assert!(matches!(
+            Lanes::pick(512, 4608, 49, 63),
+            Lanes::Channels { .. }
+        ));
+        assert!(matches!(
+            Lanes::pick(256, 2304, 196, 224),
+            Lanes::Channels { .. }
+        ));
+        // Large planes keep pixels on the lanes, and so do 14x14 1x1 convolutions: their
+        // last 16-pixel vector wastes little, and their few taps make transposing dear.
+        assert_eq!(Lanes::pick(96, 16, 112 * 112, 112 * 112), Lanes::Pixels);
+        assert_eq!(Lanes::pick(144, 24, 56 * 56, 56 * 56), Lanes::Pixels);
+        assert_eq!(Lanes::pick(480, 80, 196, 196), Lanes::Pixels);
+        assert_eq!(Lanes::pick(80, 480, 196, 196), Lanes::Pixels);
+        // The cases `convolutions_match_tracts_own` relies on for channel tiles, one with
+        // output channels that do not fill the last tile.
+        assert!(matches!(Lanes::pick(80, 400, 49, 49), Lanes::Channels { cv: 3, .. }));
+        assert!(matches!(Lanes::pick(64, 320, 49, 49), Lanes::Channels { .. }));
+        assert!(matches!(Lanes::pick(64, 576, 196, 224), Lanes::Channels { .. }));
+    }
+
     /// A Conv on `[n, c, h, w]` to `cout` channels, kernel `kh x kw`, stride 1, then `tail`:
     /// "+"-separated steps of "relu", "relu6" and "res" (add the input: `cout == c` and the
     /// same plane).
@@ -944,7 +1245,8 @@ mod tests {
             usize,
             [usize; 4],
         );
-        let cases: [(Case, &str); 13] = [
+        let cases: [(Case, &str); 14] = [
+            ((1, (400, 80), (7, 7), (1, 1), 1, [0; 4]), "relu6"),
             ((1, (16, 96), (28, 28), (1, 1), 1, [0; 4]), "relu6"),
             ((1, (24, 24), (14, 14), (1, 1), 1, [0; 4]), "res"),
             ((2, (37, 10), (13, 11), (1, 1), 1, [0; 4]), ""),
