@@ -66,43 +66,68 @@ impl Clip {
     }
 }
 
-/// Where a kernel larger than 1x1 (or a padded 1x1) reads its input: planes copied into a
-/// zero-padded buffer, `hp x wp` each, and the output computed `wp` values a row.
+/// Where a kernel larger than 1x1, a padded or a strided convolution reads its input:
+/// planes copied into a zero-padded buffer (`hp x wp`), each split into its `sh x sw` phases
+/// (`qh x qw` each; phase `(a, b)` holds the padded pixels `(y, x)` with `y % sh == a` and
+/// `x % sw == b`), so that every tap reads a stride-1 image; the output is computed `qw`
+/// values a row, of which the first `ow` are kept.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Wide {
     h: usize,
     w: usize,
+    sh: usize,
+    sw: usize,
     pt: usize,
     pl: usize,
-    hp: usize,
-    wp: usize,
+    qh: usize,
+    qw: usize,
     oh: usize,
     ow: usize,
 }
 
 impl Wide {
+    /// One input plane's phases.
+    fn plane_len(&self) -> usize {
+        self.sh * self.sw * self.qh * self.qw
+    }
+
     /// The padded buffer's length: every plane, and room for the last tap's reads past the
-    /// last plane (at most a row and a kernel's width; masked lanes are not read).
+    /// last plane (less than a row; masked lanes are not read).
     fn buffer_len(&self, cin: usize) -> usize {
-        cin * self.hp * self.wp + 2 * self.wp
+        cin * self.plane_len() + 2 * self.qw
+    }
+
+    /// Where the padded pixel `(y, x)` of plane `c` is in the buffer.
+    fn at(&self, c: usize, y: usize, x: usize) -> usize {
+        let phase = (y % self.sh) * self.sw + x % self.sw;
+        c * self.plane_len() + phase * self.qh * self.qw + y / self.sh * self.qw + x / self.sw
     }
 
     /// Copies `x` (`cin` planes `h x w`) into the padded buffer, whose padding is zero.
     fn fill(&self, x: &[f32], buf: &mut [f32]) {
-        let plane = self.hp * self.wp;
-        for (src, dst) in x
-            .chunks_exact(self.h * self.w)
-            .zip(buf.chunks_exact_mut(plane))
-        {
+        let phase_len = self.qh * self.qw;
+        for (c, src) in x.chunks_exact(self.h * self.w).enumerate() {
             for (y, row) in src.chunks_exact(self.w).enumerate() {
-                let at = (self.pt + y) * self.wp + self.pl;
-                dst[at..at + self.w].copy_from_slice(row);
+                let y = self.pt + y;
+                // Row `y / sh` of the phases `(y % sh, b)`; input column `x` goes to column
+                // `(pl + x) / sw` of phase `(pl + x) % sw`.
+                let base = self.at(c, y, 0);
+                for b0 in 0..self.sw {
+                    let phase = (self.pl + b0) % self.sw;
+                    let at = base + phase * phase_len + (self.pl + b0) / self.sw;
+                    for (d, &v) in buf[at..]
+                        .iter_mut()
+                        .zip(row.iter().skip(b0).step_by(self.sw))
+                    {
+                        *d = v;
+                    }
+                }
             }
         }
     }
 }
 
-/// A float one-group convolution with stride 1 of an f32 `[n, c, h, w]` (or `[c, h, w]`)
+/// A float one-group convolution of an f32 `[n, c, h, w]` (or `[c, h, w]`)
 /// tensor, with what follows it fused in.
 #[derive(Clone)]
 pub struct DenseConv {
@@ -457,7 +482,7 @@ impl DenseConv {
         }
         // Pixels computed: the wide output's, or the output's.
         let (computed, row_len) = match &self.wide {
-            Some(g) => (g.oh * g.wp, g.wp),
+            Some(g) => (g.oh * g.qw, g.qw),
             None => (pixels, pixels),
         };
         let groups = cout.div_ceil(ROWS);
@@ -708,8 +733,10 @@ struct Found {
     output: TVec<usize>,
     cin: usize,
     cout: usize,
-    /// Kernel size, dilations, padding before (top, left) and after (bottom, right).
+    /// Kernel size, strides, dilations, padding before (top, left) and after (bottom,
+    /// right).
     kernel: (usize, usize),
+    strides: (usize, usize),
     dilations: (usize, usize),
     pads: [usize; 4],
     /// `[cout][cin * kh * kw]`.
@@ -754,6 +781,7 @@ fn einsum(model: &TypedModel, node: &TypedNode) -> Option<Found> {
         cin,
         cout,
         kernel: (1, 1),
+        strides: (1, 1),
         dilations: (1, 1),
         pads: [0; 4],
         weights: values::<f32>(model, node.inputs[1])?,
@@ -770,7 +798,6 @@ fn conv(model: &TypedModel, node: &TypedNode) -> Option<Found> {
         || conv.group != 1
         || conv.kernel_fmt != KernelFormat::OIHW
         || spec.kernel_shape.len() != 2
-        || spec.strides().iter().any(|&s| s != 1)
         || !matches!(spec.data_format, DataFormat::NCHW | DataFormat::CHW)
     {
         return None;
@@ -802,13 +829,14 @@ fn conv(model: &TypedModel, node: &TypedNode) -> Option<Found> {
     if wc != cin || output != expected {
         return None;
     }
-    let dilations = spec.dilations();
+    let (strides, dilations) = (spec.strides(), spec.dilations());
     Some(Found {
         input,
         output,
         cin,
         cout,
         kernel: (kh, kw),
+        strides: (strides[0], strides[1]),
         dilations: (dilations[0], dilations[1]),
         pads: [
             pads[0].pad_before,
@@ -834,33 +862,41 @@ fn build(f: Found) -> Option<DenseConv> {
         return None;
     }
     let [pt, pl, pb, pr] = f.pads;
-    let wide = (taps_per_plane > 1 || f.pads != [0; 4]).then(|| Wide {
+    let (sh, sw) = f.strides;
+    let (hp, wp) = (pt + h + pb, pl + w + pr);
+    let plain = taps_per_plane == 1 && f.pads == [0; 4] && f.strides == (1, 1);
+    let wide = (!plain).then(|| Wide {
         h,
         w,
+        sh,
+        sw,
         pt,
         pl,
-        hp: pt + h + pb,
-        wp: pl + w + pr,
+        qh: hp.div_ceil(sh),
+        qw: wp.div_ceil(sw),
         oh,
         ow,
     });
-    // Every tap's reads must stay within the padded planes (or the buffer's slack).
-    if let Some(g) = &wide {
-        if (oh - 1) + (kh - 1) * dh >= g.hp || (ow - 1) + (kw - 1) * dw >= g.wp {
-            return None;
-        }
+    // Every tap's reads of a kept output must stay within the padded plane (the wide
+    // columns past `ow` may run on into the next row, the buffer's slack).
+    if sh == 0
+        || sw == 0
+        || (oh - 1) * sh + (kh - 1) * dh >= hp
+        || (ow - 1) * sw + (kw - 1) * dw >= wp
+    {
+        return None;
     }
     let taps = (0..k)
         .map(|t| {
             let (c, ky, kx) = (t / taps_per_plane, t % taps_per_plane / kw, t % kw);
             match &wide {
-                Some(g) => c * g.hp * g.wp + ky * dh * g.wp + kx * dw,
+                Some(g) => g.at(c, ky * dh, kx * dw),
                 None => c * h * w,
             }
         })
         .collect();
     let pixels = oh * ow;
-    let computed = wide.as_ref().map_or(pixels, |g| oh * g.wp);
+    let computed = wide.as_ref().map_or(pixels, |g| oh * g.qw);
     let lanes = Lanes::pick(f.cout, k, pixels, computed);
     let tile_rows = match lanes {
         Lanes::Pixels => ROWS,
@@ -884,7 +920,7 @@ fn build(f: Found) -> Option<DenseConv> {
             .map(|q| {
                 let q = q.min(pixels - 1);
                 match &wide {
-                    Some(g) => q / ow * g.wp + q % ow,
+                    Some(g) => q / ow * g.qw + q % ow,
                     None => q,
                 }
             })
@@ -1156,19 +1192,30 @@ mod tests {
         assert_eq!(Lanes::pick(80, 480, 196, 196), Lanes::Pixels);
         // The cases `convolutions_match_tracts_own` relies on for channel tiles, one with
         // output channels that do not fill the last tile.
-        assert!(matches!(Lanes::pick(80, 400, 49, 49), Lanes::Channels { cv: 3, .. }));
-        assert!(matches!(Lanes::pick(64, 320, 49, 49), Lanes::Channels { .. }));
-        assert!(matches!(Lanes::pick(64, 576, 196, 224), Lanes::Channels { .. }));
+        assert!(matches!(
+            Lanes::pick(80, 400, 49, 49),
+            Lanes::Channels { cv: 3, .. }
+        ));
+        assert!(matches!(
+            Lanes::pick(64, 320, 49, 49),
+            Lanes::Channels { .. }
+        ));
+        assert!(matches!(
+            Lanes::pick(64, 576, 196, 224),
+            Lanes::Channels { .. }
+        ));
     }
 
-    /// A Conv on `[n, c, h, w]` to `cout` channels, kernel `kh x kw`, stride 1, then `tail`:
+    /// A Conv on `[n, c, h, w]` to `cout` channels, kernel `kh x kw`, then `tail`:
     /// "+"-separated steps of "relu", "relu6" and "res" (add the input: `cout == c` and the
     /// same plane).
+    #[allow(clippy::too_many_arguments)]
     fn graph(
         n: usize,
         (c, cout): (usize, usize),
         (h, w): (usize, usize),
         (kh, kw): (usize, usize),
+        (sh, sw): (usize, usize),
         dilation: usize,
         pads: [usize; 4],
         tail: &str,
@@ -1187,6 +1234,7 @@ mod tests {
             attr::ints("kernel_shape", &[kh as i64, kw as i64]),
             attr::ints("pads", &pads.map(|p| p as i64)),
             attr::ints("dilations", &[dilation as i64; 2]),
+            attr::ints("strides", &[sh as i64, sw as i64]),
         ];
         let mut y = b.node("Conv", &[&x, &k, &bias], "conv", &attrs);
         let (lo, hi) = (
@@ -1202,8 +1250,8 @@ mod tests {
                 _ => unreachable!("{step}"),
             };
         }
-        let oh = h + pads[0] + pads[2] - dilation * (kh - 1);
-        let ow = w + pads[1] + pads[3] - dilation * (kw - 1);
+        let oh = (h + pads[0] + pads[2] - dilation * (kh - 1) - 1) / sh + 1;
+        let ow = (w + pads[1] + pads[3] - dilation * (kw - 1) - 1) / sw + 1;
         b.output(&y, &[n as i64, cout as i64, oh as i64, ow as i64]);
         let model = b.into_model(13);
         Source::from_bytes(msn_onnx::io::to_bytes(&model), Path::new("dense.onnx")).unwrap()
@@ -1237,33 +1285,43 @@ mod tests {
             eprintln!("SKIPPED: this CPU has no AVX-512");
             return;
         }
-        type Case = (
-            usize,
-            (usize, usize),
-            (usize, usize),
-            (usize, usize),
-            usize,
-            [usize; 4],
-        );
-        let cases: [(Case, &str); 14] = [
-            ((1, (400, 80), (7, 7), (1, 1), 1, [0; 4]), "relu6"),
-            ((1, (16, 96), (28, 28), (1, 1), 1, [0; 4]), "relu6"),
-            ((1, (24, 24), (14, 14), (1, 1), 1, [0; 4]), "res"),
-            ((2, (37, 10), (13, 11), (1, 1), 1, [0; 4]), ""),
-            ((1, (3, 5), (7, 9), (1, 1), 1, [0; 4]), "relu"),
-            ((1, (320, 64), (7, 7), (1, 1), 1, [0; 4]), "relu6"),
-            ((1, (64, 64), (14, 14), (3, 3), 1, [1; 4]), "res+relu"),
-            ((2, (16, 32), (28, 28), (3, 3), 1, [1; 4]), "relu"),
-            ((1, (6, 9), (17, 13), (3, 3), 2, [2; 4]), "relu6"),
-            ((2, (5, 7), (11, 16), (5, 3), 1, [2, 1, 0, 1]), ""),
-            ((1, (4, 6), (5, 5), (5, 5), 1, [0; 4]), "relu"),
-            ((1, (32, 32), (6, 6), (1, 1), 1, [1; 4]), "relu"),
-            ((1, (12, 12), (9, 10), (3, 3), 1, [1; 4]), "relu+res+relu6"),
-            ((1, (7, 7), (3, 70), (3, 3), 1, [1; 4]), "relu6+res"),
+        type Pair = (usize, usize);
+        type Case = (usize, Pair, Pair, Pair, Pair, usize, [usize; 4]);
+        let cases: [(Case, &str); 20] = [
+            // Strided: ResNet's 3x3 and 1x1 downsampling and its 7x7 stem, cnn3's 4x4, uneven
+            // strides with dilation.
+            ((1, (64, 128), (28, 28), (3, 3), (2, 2), 1, [1; 4]), "relu"),
+            ((1, (64, 128), (14, 14), (1, 1), (2, 2), 1, [0; 4]), ""),
+            ((1, (3, 16), (40, 40), (7, 7), (2, 2), 1, [3; 4]), "relu"),
+            ((2, (8, 16), (28, 28), (4, 4), (2, 2), 1, [1; 4]), "relu6"),
+            ((2, (5, 7), (11, 16), (5, 3), (3, 2), 2, [2, 1, 0, 1]), ""),
+            ((1, (256, 512), (14, 14), (3, 3), (2, 2), 1, [1; 4]), "relu"),
+            ((1, (400, 80), (7, 7), (1, 1), (1, 1), 1, [0; 4]), "relu6"),
+            ((1, (16, 96), (28, 28), (1, 1), (1, 1), 1, [0; 4]), "relu6"),
+            ((1, (24, 24), (14, 14), (1, 1), (1, 1), 1, [0; 4]), "res"),
+            ((2, (37, 10), (13, 11), (1, 1), (1, 1), 1, [0; 4]), ""),
+            ((1, (3, 5), (7, 9), (1, 1), (1, 1), 1, [0; 4]), "relu"),
+            ((1, (320, 64), (7, 7), (1, 1), (1, 1), 1, [0; 4]), "relu6"),
+            (
+                (1, (64, 64), (14, 14), (3, 3), (1, 1), 1, [1; 4]),
+                "res+relu",
+            ),
+            ((2, (16, 32), (28, 28), (3, 3), (1, 1), 1, [1; 4]), "relu"),
+            ((1, (6, 9), (17, 13), (3, 3), (1, 1), 2, [2; 4]), "relu6"),
+            ((2, (5, 7), (11, 16), (5, 3), (1, 1), 1, [2, 1, 0, 1]), ""),
+            ((1, (4, 6), (5, 5), (5, 5), (1, 1), 1, [0; 4]), "relu"),
+            ((1, (32, 32), (6, 6), (1, 1), (1, 1), 1, [1; 4]), "relu"),
+            (
+                (1, (12, 12), (9, 10), (3, 3), (1, 1), 1, [1; 4]),
+                "relu+res+relu6",
+            ),
+            ((1, (7, 7), (3, 70), (3, 3), (1, 1), 1, [1; 4]), "relu6+res"),
         ];
-        for ((n, c, hw, k, d, pads), tail) in cases {
-            let (err, ops) = check(&graph(n, c, hw, k, d, pads, tail));
-            let what = format!("n{n} {c:?} {hw:?} kernel {k:?} dilation {d} pads {pads:?} {tail}");
+        for ((n, c, hw, k, st, d, pads), tail) in cases {
+            let (err, ops) = check(&graph(n, c, hw, k, st, d, pads, tail));
+            let what = format!(
+                "n{n} {c:?} {hw:?} kernel {k:?} stride {st:?} dilation {d} pads {pads:?} {tail}"
+            );
             assert_eq!(ops, 1, "{what}: not rewritten");
             assert!(err < 1e-5, "{what}: relative error {err:e}");
         }
@@ -1276,7 +1334,16 @@ mod tests {
             eprintln!("SKIPPED: this CPU has no AVX-512");
             return;
         }
-        let source = graph(1, (8, 8), (10, 10), (3, 3), 1, [1; 4], "relu+res+relu6");
+        let source = graph(
+            1,
+            (8, 8),
+            (10, 10),
+            (3, 3),
+            (1, 1),
+            1,
+            [1; 4],
+            "relu+res+relu6",
+        );
         let shapes = verify::shapes(source.inputs(), &[]).unwrap();
         let ours = source.plan(&shapes, Plan::Optimized).unwrap();
         assert_eq!(ours.ops(), ["Source", "MsnDenseConv"], "{:?}", ours.ops());
