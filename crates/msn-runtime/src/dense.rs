@@ -440,6 +440,35 @@ unsafe fn run_channel_tile(t: &ChannelTile, cv: usize, out: &mut [[f32; COLS]]) 
     }
 }
 
+/// Work units the threads share an op's tiles out as (if there are that many tiles): enough
+/// for four cores to balance.
+const UNITS: usize = 32;
+
+/// Part `i` of `n` items split into `parts` nearly equal ranges.
+fn share(n: usize, parts: usize, i: usize) -> std::ops::Range<usize> {
+    i * n / parts..(i + 1) * n / parts
+}
+
+/// Runs `f(a, bs)` over the units `(a, b)`, `a < outer` and `b < inner`, split across
+/// tract's executor; each call gets consecutive units of one `a`.
+fn par_units(
+    (outer, inner): (usize, usize),
+    work: usize,
+    f: impl Fn(usize, std::ops::Range<usize>) -> TractResult<()> + Sync + Send,
+) -> TractResult<()> {
+    let mut units = vec![0u8; outer * inner];
+    tract_linalg::multithread::par_chunks_mut(&mut units, 1, work, |first, chunk| {
+        let (mut u, end) = (first, first + chunk.len());
+        while u < end {
+            let (a, b) = (u / inner, u % inner);
+            let last = inner.min(b + end - u);
+            f(a, b..last)?;
+            u += last - b;
+        }
+        Ok(())
+    })
+}
+
 /// The output, shared by the threads: each writes its own rows.
 #[derive(Clone, Copy)]
 struct Rows(*mut f32);
@@ -486,15 +515,18 @@ impl DenseConv {
             None => (pixels, pixels),
         };
         let groups = cout.div_ceil(ROWS);
+        let blocks = computed.div_ceil(COLS);
+        let parts = UNITS.div_ceil(groups).min(blocks);
         let work = cout * computed * taps;
         let dst = Rows(out.as_mut_ptr());
-        // The threads split the tiles' row groups; each writes only its groups' rows.
-        let mut split = vec![0u8; groups];
-        tract_linalg::multithread::par_chunks_mut(&mut split, 1, work, |first, chunk| {
+        // The threads split the pixel blocks into `parts`, and each part's row groups; each
+        // writes only its groups' rows in its part's pixels.
+        par_units((parts, groups), work, |part, gs| {
             let mut buf = [[0f32; COLS]; ROWS];
-            for p0 in (0..computed).step_by(COLS) {
+            for block in share(blocks, parts, part) {
+                let p0 = block * COLS;
                 let cols = (computed - p0).min(COLS);
-                for g in first..first + chunk.len() {
+                for g in gs.clone() {
                     let o = g * ROWS;
                     let rows = (cout - o).min(ROWS);
                     let tile = Tile {
@@ -574,15 +606,20 @@ impl DenseConv {
         let (cout, pixels, taps) = (self.cout, self.pixels(), self.taps.len());
         let n = 16 * cv;
         let groups = cout.div_ceil(n);
+        let tiles = pixels.div_ceil(pt);
+        let parts = UNITS.div_ceil(groups).min(tiles);
         let work = cout * pixels * taps;
         let dst = Rows(out.as_mut_ptr());
-        let mut split = vec![0u8; groups];
-        tract_linalg::multithread::par_chunks_mut(&mut split, 1, work, |first, chunk| {
+        // The threads split the channel groups, and each group's pixel tiles into `parts`.
+        par_units((groups, parts), work, |g, parts_of_g| {
             let mut buf = [[0f32; COLS]; 12];
-            for g in first..first + chunk.len() {
+            {
                 let o = g * n;
                 let rows = (cout - o).min(n);
-                for q0 in (0..pixels).step_by(pt) {
+                for q0 in parts_of_g
+                    .flat_map(|part| share(tiles, parts, part))
+                    .map(|t| t * pt)
+                {
                     let tile = ChannelTile {
                         x,
                         taps: &self.taps,
@@ -661,6 +698,10 @@ impl EvalOp for DenseConv {
         let mut y = unsafe { Tensor::uninitialized::<f32>(&self.output)? };
         let mut view = y.try_as_plain_ram_mut()?;
         let out = view.as_slice_mut::<f32>()?;
+        // Debug builds (the tests): an output the tiles miss shows as NaN, not as whatever
+        // the allocator hands back (often a previous run's right answer).
+        #[cfg(debug_assertions)]
+        out.fill(f32::NAN);
         let mut padded = match &self.wide {
             Some(g) => vec![0f32; g.buffer_len(self.cin)],
             None => Vec::new(),
@@ -1324,6 +1365,51 @@ mod tests {
             );
             assert_eq!(ops, 1, "{what}: not rewritten");
             assert!(err < 1e-5, "{what}: relative error {err:e}");
+        }
+    }
+
+    /// Threads split the tiles (pixel blocks and channel groups) without changing a value:
+    /// each output is one tile's, summed in the same order.
+    #[test]
+    fn threads_give_the_same_values() {
+        use tract_linalg::multithread::{multithread_tract_scope, Executor};
+        if !available() {
+            eprintln!("SKIPPED: this CPU has no AVX-512");
+            return;
+        }
+        let cases = [
+            // Pixels on the lanes, a few row groups (so the pixels are split too); channels
+            // on the lanes; strided and wide with a residual.
+            graph(1, (32, 16), (40, 40), (1, 1), (1, 1), 1, [0; 4], "relu6"),
+            graph(1, (320, 64), (7, 7), (1, 1), (1, 1), 1, [0; 4], "relu6"),
+            graph(1, (64, 64), (14, 14), (3, 3), (1, 1), 1, [1; 4], "res+relu"),
+            graph(2, (16, 24), (30, 30), (3, 3), (2, 2), 1, [1; 4], "relu"),
+            graph(
+                1,
+                (12, 12),
+                (33, 35),
+                (3, 3),
+                (1, 1),
+                1,
+                [1; 4],
+                "relu+res+relu6",
+            ),
+        ];
+        for source in cases {
+            let shapes = verify::shapes(source.inputs(), &[]).unwrap();
+            let ours = source.plan(&shapes, Plan::Optimized).unwrap();
+            let len = shapes[0].iter().product::<usize>();
+            let x = tract_onnx::prelude::Tensor::from_shape(&shapes[0], &noise(5, len)).unwrap();
+            let one = multithread_tract_scope(Executor::SingleThread, || {
+                ours.run(vec![x.clone()]).unwrap().remove(0)
+            });
+            let three = multithread_tract_scope(Executor::multithread(3), || {
+                ours.run(vec![x.clone()]).unwrap().remove(0)
+            });
+            assert_eq!(one, three, "{:?}", source.inputs());
+            let reference = source.plan(&shapes, Plan::Reference).unwrap();
+            let want = reference.run(vec![x]).unwrap().remove(0);
+            assert!(verify::relative_error(&three, &want) < 1e-5);
         }
     }
 

@@ -65,7 +65,8 @@ fn random(spec: &TensorSpec, shape: &[usize], state: &mut u64) -> Result<Tensor>
 }
 
 /// The largest difference between two outputs relative to the largest magnitude of the
-/// first (floats), or 0 / infinity for equal / different integer outputs.
+/// first (floats; a NaN on one side only counts as infinitely far), or 0 / infinity for
+/// equal / different integer outputs.
 pub fn relative_error(a: &Tensor, b: &Tensor) -> f64 {
     if a.shape() != b.shape() || a.datum_type() != b.datum_type() {
         return f64::INFINITY;
@@ -86,13 +87,15 @@ pub fn relative_error(a: &Tensor, b: &Tensor) -> f64 {
     let err = a
         .iter()
         .zip(b.iter())
-        .map(|(p, q)| if p == q { 0.0 } else { (p - q).abs() })
+        .map(|(p, q)| match (p.is_nan(), q.is_nan()) {
+            (true, true) => 0.0,
+            // `f64::max` would skip a NaN: one side's NaN is as far off as can be.
+            (true, false) | (false, true) => f64::INFINITY,
+            _ if p == q => 0.0,
+            _ => (p - q).abs(),
+        })
         .fold(0.0f64, f64::max);
-    if err.is_nan() {
-        f64::INFINITY
-    } else {
-        err / scale
-    }
+    err / scale
 }
 
 /// Runs `original` and `rewritten` on `n` inputs and returns the largest relative error over
@@ -146,6 +149,12 @@ mod tests {
         let i = Tensor::from(ndarray::arr1(&[1i64, 2]).into_dyn());
         let j = Tensor::from(ndarray::arr1(&[1i64, 3]).into_dyn());
         assert_eq!(relative_error(&i, &i), 0.0);
+        // A NaN on one side only is infinitely far off; on both, it agrees.
+        let n = Tensor::from(ndarray::arr1(&[1.0f32, f32::NAN, 2.0]).into_dyn());
+        let m = Tensor::from(ndarray::arr1(&[1.0f32, 3.0, 2.0]).into_dyn());
+        assert!(relative_error(&n, &m).is_infinite());
+        assert!(relative_error(&m, &n).is_infinite());
+        assert_eq!(relative_error(&n, &n), 0.0);
         assert!(relative_error(&i, &j).is_infinite());
     }
 }
