@@ -338,46 +338,63 @@ impl DirectConv {
             self.clip.1.unwrap_or(f32::INFINITY),
         );
         let isa = Isa::here();
-        tract_linalg::multithread::par_chunks_mut(out, plane, work, |first, chunk| {
+        // Group `group`'s input planes into `buf`, through `floats` for a u8 input.
+        let fill = |group: usize, buf: &mut [f32], floats: &mut [f32]| {
+            let at = group * group_len..(group + 1) * group_len;
+            match x {
+                Input::F32(x) => g.fill_group(&x[at], buf),
+                Input::U8(x, scale, zp) => {
+                    // What tract's `DequantizeLinearF32` computes.
+                    for (f, &v) in floats.iter_mut().zip(&x[at]) {
+                        *f = (v as i32 - zp) as f32 * scale;
+                    }
+                    g.fill_group(floats, buf)
+                }
+            }
+        };
+        let floats = || match x {
+            Input::F32(_) => Vec::new(),
+            Input::U8(..) => vec![0f32; group_len],
+        };
+        // One group for every output plane (a first layer on one image): filled once, here,
+        // rather than once by every thread's chunk.
+        let shared = (self.groups == 1 && n == 1).then(|| {
             let mut buf = vec![0f32; g.buffer_len()];
-            let mut wide = vec![0f32; g.wide_len()];
-            // A group's planes dequantized, for a u8 input.
-            let mut floats = match x {
-                Input::F32(_) => Vec::new(),
-                Input::U8(..) => vec![0f32; group_len],
+            fill(0, &mut buf, &mut floats());
+            buf
+        });
+        tract_linalg::multithread::par_chunks_mut(out, plane, work, |first, chunk| {
+            let mut own = match shared {
+                Some(_) => Vec::new(),
+                None => vec![0f32; g.buffer_len()],
             };
-            // The (image, group) whose planes `buf` holds.
+            let mut wide = vec![0f32; g.wide_len()];
+            let mut floats = floats();
+            // The (image, group) whose planes `own` holds.
             let mut filled = None;
             for (i, out) in chunk.chunks_exact_mut(plane).enumerate() {
                 let p = first + i;
                 let co = p % cout;
                 // Input planes of image `p / cout`, group `co / cout_g`.
                 let group = p / cout * self.groups + co / cout_g;
-                let fill = if filled != Some(group) {
-                    filled = Some(group);
-                    let at = group * group_len..(group + 1) * group_len;
-                    Some(match x {
-                        Input::F32(x) => &x[at],
-                        Input::U8(x, scale, zp) => {
-                            // What tract's `DequantizeLinearF32` computes.
-                            for (f, &v) in floats.iter_mut().zip(&x[at]) {
-                                *f = (v as i32 - zp) as f32 * scale;
-                            }
-                            &floats[..]
+                let buf = match &shared {
+                    Some(buf) => &buf[..],
+                    None => {
+                        if filled != Some(group) {
+                            filled = Some(group);
+                            fill(group, &mut own, &mut floats);
                         }
-                    })
-                } else {
-                    None
+                        &own[..]
+                    }
                 };
                 let job = Plane {
                     g,
-                    fill,
                     k: &self.kernel[co * taps..(co + 1) * taps],
                     bias: self.bias[co],
                     lo,
                     hi,
                 };
-                isa.run(&job, &mut buf, &mut wide);
+                isa.run(&job, buf, &mut wide);
                 for (row, wide) in out.chunks_exact_mut(g.ow).zip(wide.chunks(g.qw)) {
                     store(&wide[..g.ow], row);
                 }
@@ -422,12 +439,10 @@ impl TypedOp for DirectConv {
     as_op!();
 }
 
-/// One output channel of one image: the input planes of its group if the buffer does not
-/// hold them yet, its taps, bias and clip bounds (infinite when there is no clip; a NaN
-/// passes through either way).
+/// One output channel of one image: its taps, bias and clip bounds (infinite when there is
+/// no clip; a NaN passes through either way).
 struct Plane<'a> {
     g: &'a Geometry,
-    fill: Option<&'a [f32]>,
     k: &'a [f32],
     bias: f32,
     lo: f32,
@@ -460,9 +475,9 @@ impl Isa {
         Isa::Baseline
     }
 
-    /// Convolves one plane into `wide` (rows of `qw`, the `ow` first of each the output's),
-    /// with `buf` as scratch.
-    fn run(self, p: &Plane, buf: &mut [f32], wide: &mut [f32]) {
+    /// Convolves one plane into `wide` (rows of `qw`, the `ow` first of each the output's)
+    /// from `buf`, its group's planes filled in ([`Geometry::fill_group`]).
+    fn run(self, p: &Plane, buf: &[f32], wide: &mut [f32]) {
         // SAFETY: `here` found the features the x86-64 blocks are compiled for; aarch64
         // always has NEON.
         match self {
@@ -496,19 +511,14 @@ impl Isa {
     }
 }
 
-/// Fill the buffer, sum the taps along the wide output in blocks of 64 outputs then 16
-/// (`block` does one).
+/// Sum the taps along the wide output in blocks of 64 outputs then 16 (`block` does one).
 #[inline(always)]
 fn plane(
     p: &Plane,
-    buf: &mut [f32],
+    buf: &[f32],
     wide: &mut [f32],
     block: impl Fn(&Plane, &[f32], usize, &mut [f32]),
 ) {
-    let g = p.g;
-    if let Some(x) = p.fill {
-        g.fill_group(x, buf);
-    }
     let n = wide.len();
     let mut i = 0;
     while i + 64 <= n {
@@ -1040,7 +1050,6 @@ mod tests {
         let k: Vec<f32> = (0..18).map(|i| ((i as f32) * 0.29).cos()).collect();
         let p = Plane {
             g: &g,
-            fill: Some(&x),
             k: &k,
             bias: 0.25,
             lo: -0.5,
@@ -1048,9 +1057,10 @@ mod tests {
         };
         let run = |isa: Isa| {
             let mut buf = vec![0f32; g.buffer_len()];
+            g.fill_group(&x, &mut buf);
             let mut wide = vec![0f32; g.wide_len()];
             let mut out = vec![0f32; g.oh * g.ow];
-            isa.run(&p, &mut buf, &mut wide);
+            isa.run(&p, &buf, &mut wide);
             for (row, w) in out.chunks_exact_mut(g.ow).zip(wide.chunks(g.qw)) {
                 row.copy_from_slice(&w[..g.ow]);
             }
