@@ -37,6 +37,7 @@ use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_core::{as_op, op_as_typed_op, op_out_of_plan};
 
 use crate::graph::{clip_bound, konst, per_channel, values};
+use crate::split::{par_units, share, Rows, UNITS};
 
 /// Output channels per tile.
 const ROWS: usize = 6;
@@ -437,53 +438,6 @@ unsafe fn run_channel_tile(t: &ChannelTile, cv: usize, out: &mut [[f32; COLS]]) 
     {
         let _ = (t, cv, out);
         bail!("DenseConv needs AVX-512")
-    }
-}
-
-/// Work units the threads share an op's tiles out as (if there are that many tiles): enough
-/// for four cores to balance.
-const UNITS: usize = 32;
-
-/// Part `i` of `n` items split into `parts` nearly equal ranges.
-fn share(n: usize, parts: usize, i: usize) -> std::ops::Range<usize> {
-    i * n / parts..(i + 1) * n / parts
-}
-
-/// Runs `f(a, bs)` over the units `(a, b)`, `a < outer` and `b < inner`, split across
-/// tract's executor; each call gets consecutive units of one `a`.
-fn par_units(
-    (outer, inner): (usize, usize),
-    work: usize,
-    f: impl Fn(usize, std::ops::Range<usize>) -> TractResult<()> + Sync + Send,
-) -> TractResult<()> {
-    let mut units = vec![0u8; outer * inner];
-    tract_linalg::multithread::par_chunks_mut(&mut units, 1, work, |first, chunk| {
-        let (mut u, end) = (first, first + chunk.len());
-        while u < end {
-            let (a, b) = (u / inner, u % inner);
-            let last = inner.min(b + end - u);
-            f(a, b..last)?;
-            u += last - b;
-        }
-        Ok(())
-    })
-}
-
-/// The output, shared by the threads: each writes its own rows.
-#[derive(Clone, Copy)]
-struct Rows(*mut f32);
-
-// SAFETY: the threads write disjoint rows (see `DenseConv::image`).
-unsafe impl Send for Rows {}
-unsafe impl Sync for Rows {}
-
-impl Rows {
-    /// The output at value `i`.
-    ///
-    /// # Safety
-    /// `i` is within the output.
-    unsafe fn at(&self, i: usize) -> *mut f32 {
-        self.0.add(i)
     }
 }
 

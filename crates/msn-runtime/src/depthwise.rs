@@ -29,6 +29,7 @@ use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_core::ops::quant::{DequantizeLinearF32, QuantizeLinearU8};
 use tract_onnx::tract_core::{as_op, op_as_typed_op, op_out_of_plan};
 
+use crate::dwlanes::ChannelLanes;
 use crate::graph::{clip_bound, konst, per_channel, values};
 use crate::quant::{quantize_u8, QuantizeU8};
 
@@ -211,7 +212,13 @@ pub struct DirectConv {
     dequant: Option<(f32, i32)>,
     /// A u8 output, quantized as [`QuantizeU8`] does, in place of that op after this one.
     quant: Option<QuantizeU8>,
+    /// A float depthwise convolution of a small plane: 16 channels on the lanes
+    /// ([`crate::dwlanes`]), its kernel and bias packed for that.
+    lanes: Option<Lanes>,
 }
+
+/// A small plane's geometry with the kernel and bias packed for 16 channel lanes.
+type Lanes = (ChannelLanes, Arc<Vec<f32>>, Arc<Vec<f32>>);
 
 /// The input of a [`DirectConv`].
 #[derive(Clone, Copy)]
@@ -288,8 +295,23 @@ impl EvalOp for DirectConv {
         };
         let g = &self.geometry;
         let shape = self.shape(self.input[0], self.cout, g.oh, g.ow);
-        let output = match &self.quant {
-            None => {
+        let output = match (&self.quant, &self.lanes, x) {
+            (None, Some((lanes, k, b)), Input::F32(x)) => {
+                let (lo, hi) = (
+                    self.clip.0.unwrap_or(f32::NEG_INFINITY),
+                    self.clip.1.unwrap_or(f32::INFINITY),
+                );
+                // SAFETY: f32 has no invalid bit patterns, and every value is written below.
+                let mut output = unsafe { Tensor::uninitialized::<f32>(&shape)? };
+                let mut view = output.try_as_plain_ram_mut()?;
+                let out = view.as_slice_mut::<f32>()?;
+                // Debug builds (the tests): an output the kernel misses shows as NaN.
+                #[cfg(debug_assertions)]
+                out.fill(f32::NAN);
+                lanes.run(x, (k, b), (lo, hi), out)?;
+                output
+            }
+            (None, ..) => {
                 // SAFETY: f32 has no invalid bit patterns, and every value is written below.
                 let mut output = unsafe { Tensor::uninitialized::<f32>(&shape)? };
                 let mut view = output.try_as_plain_ram_mut()?;
@@ -298,7 +320,7 @@ impl EvalOp for DirectConv {
                 })?;
                 output
             }
-            Some(q) => {
+            (Some(q), ..) => {
                 // SAFETY: u8 has no invalid bit patterns, and every value is written below.
                 let mut output = unsafe { Tensor::uninitialized::<u8>(&shape)? };
                 let mut view = output.try_as_plain_ram_mut()?;
@@ -818,6 +840,7 @@ fn lower(model: &TypedModel, node: &TypedNode) -> Option<(DirectConv, OutletId, 
         clip: (None, None),
         dequant: io.as_ref().map(|io| io.0),
         quant: io.map(|io| io.1),
+        lanes: None,
     };
     if op.quant.is_some() {
         // Quantized already: u8 in, u8 out, nothing around it to take in.
@@ -872,6 +895,27 @@ fn lower(model: &TypedModel, node: &TypedNode) -> Option<(DirectConv, OutletId, 
                 last = OutletId::new(next.id, 0);
             }
         }
+    }
+    // Float in and out, one channel per group: a small plane goes on the channel lanes.
+    if op.dequant.is_none()
+        && op.quant.is_none()
+        && cin == 1
+        && groups == c
+        && cout == c
+        && std::env::var("MSN_DW_LANES").map_or(true, |v| v != "0")
+    {
+        op.lanes = ChannelLanes::new(
+            c,
+            (h, w),
+            (kh, kw),
+            (strides[0], strides[1]),
+            (pads[0].pad_before, pads[1].pad_before),
+            (oh, ow),
+        )
+        .map(|l| {
+            let (k, b) = l.pack(&op.kernel, &op.bias);
+            (l, k, b)
+        });
     }
     Some((op, from, last))
 }

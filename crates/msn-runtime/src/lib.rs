@@ -28,6 +28,7 @@ pub mod bench;
 mod classifier;
 pub mod dense;
 pub mod depthwise;
+mod dwlanes;
 mod error;
 pub mod gan;
 mod graph;
@@ -38,6 +39,7 @@ pub mod npy;
 pub mod preprocess;
 pub mod qconv;
 pub mod quant;
+mod split;
 pub mod verify;
 
 pub use classifier::{Classifier, LoadOptions, PreprocessOverrides};

@@ -1,0 +1,236 @@
+//! Float depthwise convolutions of small planes (EfficientNet's and MobileNet's 7x7 and
+//! 14x14) with 16 channels on the vector lanes.
+//!
+//! [`crate::depthwise`]'s kernel runs along the pixels of one plane at a time. On a 7x7
+//! plane with a 5x5 kernel its wide output is 77 values for 49 kept, and copying the padded
+//! plane in and the rows out costs as much as the 25 taps: EfficientNet-Lite0's 7x7
+//! depthwise convolutions took 2.4x onnxruntime's time. Here 16 channels at a time are
+//! transposed into a zero-padded buffer of 16-lane pixels (`[hp][wp][16]`); each output
+//! pixel is then the bias plus one multiply-add per tap of that tap's 16 weights and the
+//! input pixel under it, 8 pixels at a time, with no wide output; the result is clipped and
+//! transposed back into NCHW. Any kernel, stride and padding.
+
+use std::sync::Arc;
+use tract_onnx::tract_core::internal::*;
+
+use crate::split::{par_units, Rows};
+
+/// Pixels summed side by side.
+const PIXELS: usize = 8;
+
+/// Output planes of at most this many pixels go on this kernel (larger ones fill a 16-lane
+/// buffer out of cache, and the plane kernel's wide output wastes little there).
+pub(crate) const MAX_PIXELS: usize = 256;
+
+/// A depthwise convolution's shape, and its kernel with 16 channels side by side.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct ChannelLanes {
+    c: usize,
+    h: usize,
+    w: usize,
+    kh: usize,
+    kw: usize,
+    sh: usize,
+    sw: usize,
+    pt: usize,
+    pl: usize,
+    oh: usize,
+    ow: usize,
+    /// The padded plane's rows and row length.
+    hp: usize,
+    wp: usize,
+}
+
+impl ChannelLanes {
+    /// The geometry, if its output plane is small enough and every read is in the padded
+    /// plane.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        c: usize,
+        (h, w): (usize, usize),
+        (kh, kw): (usize, usize),
+        (sh, sw): (usize, usize),
+        (pt, pl): (usize, usize),
+        (oh, ow): (usize, usize),
+    ) -> Option<ChannelLanes> {
+        // Few taps on a larger plane: transposing the planes in and out costs more than
+        // the plane kernel's waste.
+        let small = kh * kw >= 25 || oh * ow <= 64;
+        if !available() || !small || oh * ow > MAX_PIXELS || oh * ow == 0 || c == 0 || kh * kw == 0
+        {
+            return None;
+        }
+        let hp = ((oh - 1) * sh + kh).max(pt + h);
+        let wp = ((ow - 1) * sw + kw).max(pl + w);
+        Some(ChannelLanes {
+            c,
+            h,
+            w,
+            kh,
+            kw,
+            sh,
+            sw,
+            pt,
+            pl,
+            oh,
+            ow,
+            hp,
+            wp,
+        })
+    }
+
+    /// `kernel` (`[c][kh * kw]`) as `[ceil(c / 16)][kh * kw][16]`, zeros past the last
+    /// channel; `bias` padded to whole groups of 16.
+    pub(crate) fn pack(&self, kernel: &[f32], bias: &[f32]) -> (Arc<Vec<f32>>, Arc<Vec<f32>>) {
+        let taps = self.kh * self.kw;
+        let groups = self.c.div_ceil(16);
+        let mut k = vec![0f32; groups * taps * 16];
+        for (ch, row) in kernel.chunks_exact(taps).enumerate() {
+            for (t, &v) in row.iter().enumerate() {
+                k[((ch / 16) * taps + t) * 16 + ch % 16] = v;
+            }
+        }
+        let mut b = bias.to_vec();
+        b.resize(groups * 16, 0.0);
+        (Arc::new(k), Arc::new(b))
+    }
+
+    /// Convolves `n` images `x` (`[n][c][h][w]`) into `out` (`[n][c][oh][ow]`) with the
+    /// packed kernel and bias, clipped to `[lo, hi]`.
+    pub(crate) fn run(
+        &self,
+        x: &[f32],
+        (kernel, bias): (&[f32], &[f32]),
+        (lo, hi): (f32, f32),
+        out: &mut [f32],
+    ) -> TractResult<()> {
+        let (plane, oplane) = (self.h * self.w, self.oh * self.ow);
+        let n = x.len() / (self.c * plane).max(1);
+        ensure!(x.len() == n * self.c * plane && out.len() == n * self.c * oplane);
+        let taps = self.kh * self.kw;
+        let groups = self.c.div_ceil(16);
+        ensure!(kernel.len() == groups * taps * 16 && bias.len() == groups * 16);
+        let dst = Rows(out.as_mut_ptr());
+        let work = n * self.c * oplane * taps;
+        par_units((n, groups), work, |image, gs| {
+            let mut buf = vec![0f32; self.hp * self.wp * 16];
+            let mut tmp = vec![0f32; oplane * 16];
+            for g in gs {
+                let c0 = g * 16;
+                let lanes = (self.c - c0).min(16);
+                // The group's planes, transposed into the padded buffer (zero padding).
+                buf.fill(0.0);
+                let src = &x[(image * self.c + c0) * plane..];
+                for l in 0..lanes {
+                    for (iy, row) in src[l * plane..(l + 1) * plane]
+                        .chunks_exact(self.w)
+                        .enumerate()
+                    {
+                        let at = ((iy + self.pt) * self.wp + self.pl) * 16 + l;
+                        for (ix, &v) in row.iter().enumerate() {
+                            buf[at + ix * 16] = v;
+                        }
+                    }
+                }
+                let w = &kernel[g * taps * 16..(g + 1) * taps * 16];
+                let b = &bias[c0..c0 + 16];
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `new` only builds this where `available()`; every tap of every
+                // output pixel reads within the padded buffer (`hp`, `wp` cover the last
+                // output's window), and `tmp` holds 16 values per output pixel.
+                unsafe {
+                    group_avx512(self, &buf, w, b, (lo, hi), &mut tmp)
+                };
+                #[cfg(not(target_arch = "x86_64"))]
+                {
+                    let _ = (w, b, &mut tmp);
+                    bail!("the channel-lane depthwise kernel needs AVX-512");
+                }
+                for l in 0..lanes {
+                    let at = (image * self.c + c0 + l) * oplane;
+                    // SAFETY: plane `c0 + l` of `image` is this unit's alone.
+                    let row = unsafe { std::slice::from_raw_parts_mut(dst.at(at), oplane) };
+                    for (y, t) in row.iter_mut().zip(tmp.chunks_exact(16)) {
+                        *y = t[l];
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Whether this CPU has what the kernel needs.
+pub(crate) fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// One group of 16 channels: `tmp[q][l]` for output pixel `q` and lane `l`.
+///
+/// # Safety
+/// The CPU has AVX-512 F; `buf` is the group's padded plane (`hp * wp * 16`), `w` its
+/// `kh * kw * 16` weights, `b` 16 biases, `tmp` `oh * ow * 16` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn group_avx512(
+    g: &ChannelLanes,
+    buf: &[f32],
+    w: &[f32],
+    b: &[f32],
+    (lo, hi): (f32, f32),
+    tmp: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let (bp, wp, tp) = (buf.as_ptr(), w.as_ptr(), tmp.as_mut_ptr());
+    let bias = _mm512_loadu_ps(b.as_ptr());
+    let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+    // The output pixels `q0..q0 + P` (across rows), each reading its window from `at[p]`.
+    #[inline(always)]
+    unsafe fn pixels<const P: usize>(
+        g: &ChannelLanes,
+        (bp, wp, tp): (*const f32, *const f32, *mut f32),
+        (bias, lo, hi): (__m512, __m512, __m512),
+        q0: usize,
+    ) {
+        let at: [*const f32; P] = std::array::from_fn(|p| {
+            let (oy, ox) = ((q0 + p) / g.ow, (q0 + p) % g.ow);
+            bp.add((oy * g.sh * g.wp + ox * g.sw) * 16)
+        });
+        let mut acc = [bias; P];
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let off = (ky * g.wp + kx) * 16;
+                let wv = _mm512_loadu_ps(wp.add((ky * g.kw + kx) * 16));
+                for (a, &at) in acc.iter_mut().zip(&at) {
+                    *a = _mm512_fmadd_ps(wv, _mm512_loadu_ps(at.add(off)), *a);
+                }
+            }
+        }
+        for (p, a) in acc.iter().enumerate() {
+            let y = _mm512_min_ps(_mm512_max_ps(*a, lo), hi);
+            _mm512_storeu_ps(tp.add((q0 + p) * 16), y);
+        }
+    }
+    let args = ((bp, wp, tp), (bias, lo, hi));
+    let total = g.oh * g.ow;
+    for q0 in (0..total).step_by(PIXELS) {
+        let ((bp, wp, tp), v) = args;
+        match total - q0 {
+            1 => pixels::<1>(g, (bp, wp, tp), v, q0),
+            2 => pixels::<2>(g, (bp, wp, tp), v, q0),
+            3 => pixels::<3>(g, (bp, wp, tp), v, q0),
+            4 => pixels::<4>(g, (bp, wp, tp), v, q0),
+            5 => pixels::<5>(g, (bp, wp, tp), v, q0),
+            6 => pixels::<6>(g, (bp, wp, tp), v, q0),
+            7 => pixels::<7>(g, (bp, wp, tp), v, q0),
+            _ => pixels::<PIXELS>(g, (bp, wp, tp), v, q0),
+        }
+    }
+}
