@@ -49,6 +49,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    msn_cli::keep_freed_memory();
     msn_cli::exit(match Cli::parse().command {
         Command::Classify(args) => msn_cli::classify::run(args),
         Command::Bench(args) => msn_cli::bench::run(args),
