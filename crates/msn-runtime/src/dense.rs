@@ -477,10 +477,14 @@ impl DenseConv {
         // writes only its groups' rows in its part's pixels.
         par_units((parts, groups), work, |part, gs| {
             let mut buf = [[0f32; COLS]; ROWS];
-            for block in share(blocks, parts, part) {
-                let p0 = block * COLS;
-                let cols = (computed - p0).min(COLS);
-                for g in gs.clone() {
+            // Row group by row group, each along its part's pixels: the output is written
+            // in long runs of its rows. (Pixel block by pixel block, the tiles of one block
+            // kept its input in L1 but wrote every row group's rows at once; EfficientNet-
+            // Lite0's 16 -> 96 expansion on 112x112 took 0.90-1.05 ms that way, 0.66 this.)
+            for g in gs {
+                for block in share(blocks, parts, part) {
+                    let p0 = block * COLS;
+                    let cols = (computed - p0).min(COLS);
                     let o = g * ROWS;
                     let rows = (cout - o).min(ROWS);
                     let tile = Tile {
