@@ -10,6 +10,13 @@
 //! input pixel under it, 8 pixels at a time, with no wide output; the result is clipped and
 //! transposed back into NCHW. Any kernel, stride and padding.
 
+// Elsewhere than x86-64 the kernels are compiled out and `available()` is false: the op
+// is never built, and its parts go unused.
+#![cfg_attr(
+    not(target_arch = "x86_64"),
+    allow(dead_code, unused_variables, unreachable_code)
+)]
+
 use std::sync::Arc;
 use tract_onnx::tract_core::internal::*;
 

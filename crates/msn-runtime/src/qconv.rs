@@ -183,6 +183,7 @@ fn pack(x: &[u8], k: usize, pixels: usize, out: &mut [u8]) {
             (c < k).then(|| &x[c * pixels..(c + 1) * pixels])
         };
         let rows = [row(0), row(1), row(2), row(3)];
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
         let mut p = 0;
         #[cfg(target_arch = "x86_64")]
         if let [Some(a), Some(b), Some(c), Some(d)] = rows {
@@ -217,6 +218,8 @@ fn pack(x: &[u8], k: usize, pixels: usize, out: &mut [u8]) {
 
 /// Where a tile's inputs and outputs are. `out` points at row `first` of this chunk's
 /// output, pixel `p0`; rows of the tile at and past `rows` are computed and not stored.
+// Read only by the x86-64 kernel (and the tests).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 struct Tile<'a> {
     /// Packed activations at the tile's first pixel; groups `stride` bytes apart.
     x: &'a [u8],
