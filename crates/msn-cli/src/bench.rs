@@ -30,8 +30,8 @@ pub struct BenchArgs {
     /// A second model, run interleaved with the first in the same process
     #[arg(long, value_name = "OTHER.onnx")]
     pub compare: Option<PathBuf>,
-    /// Run the model twice, interleaved: depthwise convolutions, first layers and int8
-    /// convolutions on msn's kernels (first), then on tract's own (second)
+    /// Run the model twice, interleaved: its convolutions (depthwise, first layers, float
+    /// and int8) on msn's kernels (first), then on tract's own (second)
     #[arg(long, conflicts_with = "compare")]
     pub compare_depthwise: bool,
     /// Threads for tract's matrix products (0: every core, 1: single-threaded)

@@ -43,7 +43,7 @@ use tract_onnx::tract_core::ops::math::Add;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_core::{as_op, op_as_typed_op, op_out_of_plan};
 
-use crate::graph::{clip_bound, konst, per_channel, values};
+use crate::graph::{clip_bound, concrete_shapes, konst, per_channel, values};
 use crate::split::{par_units, share, Rows, UNITS};
 
 /// Output channels per tile.
@@ -757,13 +757,7 @@ fn einsum(model: &TypedModel, node: &TypedNode) -> Option<Found> {
     if op.q_params.is_some() || op.operating_dt != f32::datum_type() || node.inputs.len() != 2 {
         return None;
     }
-    let input: TVec<usize> = model
-        .outlet_fact(node.inputs[0])
-        .ok()?
-        .shape
-        .as_concrete()?
-        .into();
-    let output: TVec<usize> = node.outputs[0].fact.shape.as_concrete()?.into();
+    let (input, output) = concrete_shapes(model, node)?;
     let weights = konst(model, node.inputs[1])?;
     let &[cout, cin] = weights.shape() else {
         return None;
@@ -808,13 +802,7 @@ fn conv(model: &TypedModel, node: &TypedNode) -> Option<Found> {
     {
         return None;
     }
-    let input: TVec<usize> = model
-        .outlet_fact(node.inputs[0])
-        .ok()?
-        .shape
-        .as_concrete()?
-        .into();
-    let output: TVec<usize> = node.outputs[0].fact.shape.as_concrete()?.into();
+    let (input, output) = concrete_shapes(model, node)?;
     let batch = spec.data_format == DataFormat::NCHW;
     let [n, cin, h, w] = match (batch, &input[..]) {
         (true, &[n, c, h, w]) => [n, c, h, w],

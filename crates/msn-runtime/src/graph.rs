@@ -48,3 +48,13 @@ pub(crate) fn clip_bound(
         _ => None,
     }
 }
+
+/// The concrete shapes of a node's first input and first output, if both are known.
+pub(crate) fn concrete_shapes(
+    model: &TypedModel,
+    node: &TypedNode,
+) -> Option<(TVec<usize>, TVec<usize>)> {
+    let x = model.outlet_fact(*node.inputs.first()?).ok()?;
+    let y = &node.outputs.first()?.fact;
+    Some((x.shape.as_concrete()?.into(), y.shape.as_concrete()?.into()))
+}

@@ -72,8 +72,8 @@ pub fn set_threads(threads: usize) -> usize {
 
 static TRACT_DEPTHWISE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// Leaves depthwise convolutions, first layers and int8 convolutions to tract from now on
-/// (`true`), instead of [`depthwise::DirectConv`] and [`qconv::QConv`]: to compare the two.
+/// Leaves every convolution to tract from now on (`true`), instead of our kernels
+/// ([`depthwise::DirectConv`], [`dense::DenseConv`], [`qconv::QConv`]): to compare the two.
 pub fn set_tract_depthwise(tract: bool) {
     TRACT_DEPTHWISE.store(tract, std::sync::atomic::Ordering::Relaxed);
 }

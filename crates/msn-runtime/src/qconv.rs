@@ -35,7 +35,7 @@ use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_core::{as_op, op_as_typed_op, op_out_of_plan};
 
-use crate::graph::{per_channel, values};
+use crate::graph::{concrete_shapes, per_channel, values};
 
 /// Output channels per tile.
 const ROWS: usize = 4;
@@ -434,12 +434,12 @@ fn lower(model: &TypedModel, node: &TypedNode) -> Option<QConv> {
 
 /// The input and output shapes of a node whose first input and output are u8.
 fn u8_shapes(model: &TypedModel, node: &TypedNode) -> Option<(TVec<usize>, TVec<usize>)> {
-    let x = model.outlet_fact(node.inputs[0]).ok()?;
-    let y = &node.outputs[0].fact;
-    if x.datum_type != u8::datum_type() || y.datum_type != u8::datum_type() {
+    let x = model.outlet_fact(*node.inputs.first()?).ok()?;
+    if x.datum_type != u8::datum_type() || node.outputs.first()?.fact.datum_type != u8::datum_type()
+    {
         return None;
     }
-    Some((x.shape.as_concrete()?.into(), y.shape.as_concrete()?.into()))
+    concrete_shapes(model, node)
 }
 
 /// A 1x1 convolution with stride 1 and no padding, as tract declutters it: an `EinSum`
