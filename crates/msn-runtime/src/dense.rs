@@ -43,7 +43,7 @@ use tract_onnx::tract_core::ops::math::Add;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_core::{as_op, op_as_typed_op, op_out_of_plan};
 
-use crate::graph::{clip_bound, concrete_shapes, konst, per_channel, values};
+use crate::graph::{clip_bound, concrete_shapes, in_proportion, konst, per_channel, values};
 use crate::split::{par_units, share, Rows, UNITS};
 
 /// Output channels per tile.
@@ -857,7 +857,17 @@ fn build(f: Found) -> Option<DenseConv> {
     }
     let [pt, pl, pb, pr] = f.pads;
     let (sh, sw) = f.strides;
-    let (hp, wp) = (pt + h + pb, pl + w + pr);
+    let (hp, wp) = (
+        pt.checked_add(h)?.checked_add(pb)?,
+        pl.checked_add(w)?.checked_add(pr)?,
+    );
+    // The padded copy (its phases round each dimension up to a whole stride).
+    let padded = (hp.checked_add(sh)?)
+        .saturating_mul(wp.checked_add(sw)?)
+        .saturating_mul(f.cin);
+    if !in_proportion(padded, f.cin * h * w, f.cout * oh * ow) {
+        return None;
+    }
     let plain = taps_per_plane == 1 && f.pads == [0; 4] && f.strides == (1, 1);
     let wide = (!plain).then(|| Wide {
         h,
@@ -1364,6 +1374,28 @@ mod tests {
             let want = reference.run(vec![x]).unwrap().remove(0);
             assert!(verify::relative_error(&three, &want) < 1e-5);
         }
+    }
+
+    /// A hostile model's padding and strides that would make the padded copy of a small
+    /// input enormous (about 800 M values here, for a 3x3 output): not built, so the
+    /// convolution is left to tract. The same shape with ordinary padding is built.
+    #[test]
+    fn enormous_padding_is_refused() {
+        let found = |stride: usize, pad: usize, out: usize| Found {
+            input: tvec![1, 8, 10, 10],
+            output: tvec![1, 8, out, out],
+            cin: 8,
+            cout: 8,
+            kernel: (3, 3),
+            strides: (stride, stride),
+            dilations: (1, 1),
+            pads: [pad; 4],
+            weights: vec![0.5; 8 * 8 * 9],
+            bias: vec![0.0; 8],
+        };
+        assert!(build(found(5000, 5000, 3)).is_none());
+        assert!(build(found(1, 1, 10)).is_some());
+        assert!(build(found(2, 1, 5)).is_some());
     }
 
     /// What follows the convolution is taken in: nothing of the tail is left to tract.

@@ -30,7 +30,7 @@ use tract_onnx::tract_core::ops::quant::{DequantizeLinearF32, QuantizeLinearU8};
 use tract_onnx::tract_core::{as_op, op_as_typed_op, op_out_of_plan};
 
 use crate::dwlanes::ChannelLanes;
-use crate::graph::{clip_bound, konst, per_channel, values};
+use crate::graph::{clip_bound, in_proportion, konst, per_channel, values};
 use crate::quant::{quantize_u8, QuantizeU8};
 
 /// The most taps (input channels times kernel positions) the kernel takes per group with
@@ -860,6 +860,17 @@ fn lower(model: &TypedModel, node: &TypedNode) -> Option<(DirectConv, OutletId, 
     if oh == 0 || ow == 0 || n == 0 || strides.contains(&0) {
         return None;
     }
+    // The padded, phase-split copy of a group's planes must stay in proportion to them and
+    // to the output (a hostile model's padding and strides could make it enormous).
+    let (sh, sw) = (strides[0], strides[1]);
+    let ph = ((oh - 1).checked_mul(sh)?.checked_add(kh)?).max(pads[0].pad_before.checked_add(h)?);
+    let pw = ((ow - 1).checked_mul(sw)?.checked_add(kw)?).max(pads[1].pad_before.checked_add(w)?);
+    let buffer = (ph.checked_add(sh)?)
+        .saturating_mul(pw.checked_add(sw)?)
+        .saturating_mul(cin);
+    if !in_proportion(buffer, cin * h * w, oh * ow) {
+        return None;
+    }
     let geometry = Geometry::new(
         cin,
         (h, w),
@@ -1119,6 +1130,32 @@ mod tests {
             worst = worst.max(verify::relative_error(&a[0], &b[0]));
         }
         worst
+    }
+
+    /// A hostile model's padding and strides that would make the padded copy of a small
+    /// plane enormous (about 100 M values a plane, for a 3x3 output): not on our kernel,
+    /// for a depthwise convolution and a first layer alike.
+    #[test]
+    fn enormous_padding_is_refused() {
+        for (c, cout, groups) in [(8, 8, 8), (3, 8, 1)] {
+            let source = graph(
+                1,
+                (c, cout, groups),
+                (10, 10),
+                (3, 3),
+                (5000, 5000),
+                [5000; 4],
+                true,
+                "Relu",
+            );
+            let shapes = verify::shapes(source.inputs(), &[]).unwrap();
+            let ours = source.plan(&shapes, Plan::Optimized).unwrap();
+            assert!(
+                !ours.ops().iter().any(|o| o == "MsnDirectConv"),
+                "{:?}",
+                ours.ops()
+            );
+        }
     }
 
     /// Every instruction set this CPU has gives the sums of the plain-Rust block (the AVX2

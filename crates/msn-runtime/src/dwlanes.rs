@@ -20,6 +20,7 @@
 use std::sync::Arc;
 use tract_onnx::tract_core::internal::*;
 
+use crate::graph::in_proportion;
 use crate::split::{par_units, Rows};
 
 /// Pixels summed side by side.
@@ -67,8 +68,11 @@ impl ChannelLanes {
         {
             return None;
         }
-        let hp = ((oh - 1) * sh + kh).max(pt + h);
-        let wp = ((ow - 1) * sw + kw).max(pl + w);
+        let hp = ((oh - 1).checked_mul(sh)?.checked_add(kh)?).max(pt.checked_add(h)?);
+        let wp = ((ow - 1).checked_mul(sw)?.checked_add(kw)?).max(pl.checked_add(w)?);
+        if !in_proportion(hp.saturating_mul(wp), h * w, oh * ow) {
+            return None;
+        }
         Some(ChannelLanes {
             c,
             h,
@@ -239,5 +243,26 @@ unsafe fn group_avx512(
             7 => pixels::<7>(g, (bp, wp, tp), v, q0),
             _ => pixels::<PIXELS>(g, (bp, wp, tp), v, q0),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Padding and strides that would make the 16-lane buffer enormous for a 3x3 output are
+    /// refused (the plane is left to the other kernel or to tract); ordinary ones are not.
+    #[test]
+    fn enormous_padding_is_refused() {
+        if !available() {
+            eprintln!("SKIPPED: this CPU has no AVX-512");
+            return;
+        }
+        let lanes = |s: usize, p: usize, o: usize| {
+            ChannelLanes::new(8, (10, 10), (5, 5), (s, s), (p, p), (o, o))
+        };
+        assert!(lanes(5000, 5000, 3).is_none());
+        assert!(lanes(1, 2, 10).is_some());
+        assert!(lanes(2, 2, 5).is_some());
     }
 }

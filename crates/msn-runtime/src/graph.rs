@@ -58,3 +58,15 @@ pub(crate) fn concrete_shapes(
     let y = &node.outputs.first()?.fact;
     Some((x.shape.as_concrete()?.into(), y.shape.as_concrete()?.into()))
 }
+
+/// Whether a kernel's scratch buffer of `scratch` values is in proportion to the input and
+/// output it serves (`input` and `output` values): at most four times both, plus 64 Ki.
+/// A hostile model can ask for padding and strides that make a padded copy of a small input
+/// enormous while the output stays small; such a convolution is left to tract.
+pub(crate) fn in_proportion(scratch: usize, input: usize, output: usize) -> bool {
+    scratch
+        <= input
+            .saturating_add(output)
+            .saturating_mul(4)
+            .saturating_add(1 << 16)
+}
