@@ -44,7 +44,10 @@ use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_core::{as_op, op_as_typed_op, op_out_of_plan};
 
 use crate::graph::{clip_bound, concrete_shapes, in_proportion, konst, per_channel, values};
+use crate::lanes::{add_clip, copy_rows, from_lanes, split_pairs};
 use crate::split::{par_units, share, Rows, UNITS};
+#[cfg(target_arch = "x86_64")]
+use seq_macro::seq;
 
 /// Output channels per tile.
 const ROWS: usize = 6;
@@ -68,7 +71,7 @@ impl Clip {
         (self.lo.to_bits(), self.hi.to_bits())
     }
 
-    #[inline]
+    #[cfg(test)]
     fn apply(&self, v: f32) -> f32 {
         v.max(self.lo).min(self.hi)
     }
@@ -114,12 +117,39 @@ impl Wide {
     /// Copies `x` (`cin` planes `h x w`) into the padded buffer, whose padding is zero.
     fn fill(&self, x: &[f32], buf: &mut [f32]) {
         let phase_len = self.qh * self.qw;
+        if self.sh == 1 && self.sw == 1 {
+            for (c, src) in x.chunks_exact(self.h * self.w).enumerate() {
+                let at = self.at(c, self.pt, self.pl);
+                copy_rows((src, self.w), (&mut buf[at..], self.qw), self.h, self.w);
+            }
+            return;
+        }
         for (c, src) in x.chunks_exact(self.h * self.w).enumerate() {
             for (y, row) in src.chunks_exact(self.w).enumerate() {
                 let y = self.pt + y;
                 // Row `y / sh` of the phases `(y % sh, b)`; input column `x` goes to column
                 // `(pl + x) / sw` of phase `(pl + x) % sw`.
                 let base = self.at(c, y, 0);
+                if self.sw == 1 {
+                    buf[base + self.pl..base + self.pl + self.w].copy_from_slice(row);
+                    continue;
+                }
+                if self.sw == 2 {
+                    // Even input columns to one phase, odd ones to the other.
+                    let at = |b0: usize| base + (self.pl + b0) % 2 * phase_len + (self.pl + b0) / 2;
+                    let (ae, ao) = (at(0), at(1));
+                    let (lo, hi) = buf.split_at_mut(ae.max(ao));
+                    let (even, odd) = if ae < ao {
+                        (&mut lo[ae..], hi)
+                    } else {
+                        (hi, &mut lo[ao..])
+                    };
+                    split_pairs(row, even, odd);
+                    if row.len() % 2 == 1 {
+                        even[row.len() / 2] = row[row.len() - 1];
+                    }
+                    continue;
+                }
                 for b0 in 0..self.sw {
                     let phase = (self.pl + b0) % self.sw;
                     let at = base + phase * phase_len + (self.pl + b0) / self.sw;
@@ -245,63 +275,85 @@ fn tile_plain(t: &Tile, res: Option<&[Vec<f32>]>, out: &mut [Vec<f32>]) {
     }
 }
 
-/// One tile with AVX-512: `ROWS` output channels by `16 * V` pixels (`V` vectors, masked
-/// past `t.cols`), written to `out[r]`, with `res[r]` added (then `clip2`) when given (each
-/// row's pointer at the tile's first pixel).
+/// Lane mask for vector `v` of a tile storing `cols` pixels.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn lane_mask(cols: usize, v: usize) -> u16 {
+    let n = cols.saturating_sub(16 * v).min(16);
+    if n == 16 {
+        0xffff
+    } else {
+        (1u16 << n) - 1
+    }
+}
+
+// The tile macros below spell out the 6 rows; `seq!` needs the count as a literal.
+const _: () = assert!(ROWS == 6);
+
+/// One tile with AVX-512, `$v` vectors wide: `ROWS` output channels by `16 * $v` pixels
+/// (masked past `t.cols`), written to `out[r]`, with `res[r]` added (then `clip2`) when
+/// given (each row's pointer at the tile's first pixel).
+///
+/// Every loop over rows and vectors is unrolled by `seq!`, so each accumulator has a
+/// constant place and LLVM keeps it in a register at any optimisation level: the boards'
+/// `dist` profile is opt-level "z", which unrolls nothing (with loops over arrays there,
+/// this kernel ran 4.3x slower than at opt-level 3).
 ///
 /// # Safety
 /// The CPU has AVX-512 F ([`available`]); `t.x` holds `t.cols` values from each of
 /// `t.taps`; `t.w` holds `ROWS` values per tap; each of the first `t.rows` rows of `out` and
-/// `res` holds at least `t.cols` (at most `16 * V`) values.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn tile_avx512<const V: usize>(
-    t: &Tile,
-    res: Option<[*const f32; ROWS]>,
-    out: [*mut f32; ROWS],
-) {
-    use std::arch::x86_64::*;
-    let mask: [__mmask16; V] = std::array::from_fn(|v| {
-        let n = t.cols.saturating_sub(16 * v).min(16);
-        if n == 16 {
-            0xffff
-        } else {
-            (1u16 << n) - 1
-        }
-    });
-    let mut acc: [[__m512; V]; ROWS] = std::array::from_fn(|r| [_mm512_set1_ps(t.bias[r]); V]);
-    let (x, w) = (t.x.as_ptr(), t.w.as_ptr());
-    for (k, &at) in t.taps.iter().enumerate() {
-        let xk = x.add(at);
-        let xs: [__m512; V] =
-            std::array::from_fn(|v| _mm512_maskz_loadu_ps(mask[v], xk.add(16 * v)));
-        let wk = w.add(k * ROWS);
-        for (r, acc) in acc.iter_mut().enumerate() {
-            let wb = _mm512_set1_ps(*wk.add(r));
-            for (a, &xv) in acc.iter_mut().zip(&xs) {
-                *a = _mm512_fmadd_ps(wb, xv, *a);
+/// `res` holds at least `t.cols` (at most `16 * $v`) values.
+macro_rules! pixel_tile {
+    ($name:ident, $v:literal) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn $name(t: &Tile, res: Option<[*const f32; ROWS]>, out: [*mut f32; ROWS]) {
+            use std::arch::x86_64::*;
+            let mut mask: [__mmask16; $v] = [0; $v];
+            seq!(V in 0..$v { mask[V] = lane_mask(t.cols, V); });
+            let mut acc = [[_mm512_setzero_ps(); $v]; ROWS];
+            seq!(R in 0..6 {
+                seq!(V in 0..$v { acc[R][V] = _mm512_set1_ps(t.bias[R]); });
+            });
+            let (x, w) = (t.x.as_ptr(), t.w.as_ptr());
+            for (k, &at) in t.taps.iter().enumerate() {
+                let xk = x.add(at);
+                let mut xs = [_mm512_setzero_ps(); $v];
+                seq!(V in 0..$v { xs[V] = _mm512_maskz_loadu_ps(mask[V], xk.add(16 * V)); });
+                let wk = w.add(k * ROWS);
+                seq!(R in 0..6 {
+                    let wb = _mm512_set1_ps(*wk.add(R));
+                    seq!(V in 0..$v { acc[R][V] = _mm512_fmadd_ps(wb, xs[V], acc[R][V]); });
+                });
             }
+            let (lo1, hi1) = (_mm512_set1_ps(t.clip1.lo), _mm512_set1_ps(t.clip1.hi));
+            let (lo2, hi2) = (_mm512_set1_ps(t.clip2.lo), _mm512_set1_ps(t.clip2.hi));
+            seq!(R in 0..6 {
+                if R < t.rows {
+                    seq!(V in 0..$v {
+                        let mut y = _mm512_min_ps(_mm512_max_ps(acc[R][V], lo1), hi1);
+                        if let Some(res) = res {
+                            let r = _mm512_maskz_loadu_ps(mask[V], res[R].add(16 * V));
+                            y = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(y, r), lo2), hi2);
+                        }
+                        _mm512_mask_storeu_ps(out[R].add(16 * V), mask[V], y);
+                    });
+                }
+            });
         }
-    }
-    let (lo1, hi1) = (_mm512_set1_ps(t.clip1.lo), _mm512_set1_ps(t.clip1.hi));
-    let (lo2, hi2) = (_mm512_set1_ps(t.clip2.lo), _mm512_set1_ps(t.clip2.hi));
-    for (r, acc) in acc.iter().enumerate().take(t.rows) {
-        for (v, &a) in acc.iter().enumerate() {
-            let mut y = _mm512_min_ps(_mm512_max_ps(a, lo1), hi1);
-            if let Some(res) = res {
-                y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask[v], res[r].add(16 * v)));
-                y = _mm512_min_ps(_mm512_max_ps(y, lo2), hi2);
-            }
-            _mm512_mask_storeu_ps(out[r].add(16 * v), mask[v], y);
-        }
-    }
+    };
 }
+
+pixel_tile!(tile_avx512_1, 1);
+pixel_tile!(tile_avx512_2, 2);
+pixel_tile!(tile_avx512_3, 3);
+pixel_tile!(tile_avx512_4, 4);
 
 /// Runs `tile` on this CPU's kernel: `ROWS` rows of `out` (and `res`) from the given
 /// pointers.
 ///
 /// # Safety
-/// As [`tile_avx512`]'s.
+/// As [`pixel_tile`]'s.
 unsafe fn run_tile(
     tile: &Tile,
     res: Option<[*const f32; ROWS]>,
@@ -310,10 +362,10 @@ unsafe fn run_tile(
     #[cfg(target_arch = "x86_64")]
     {
         match tile.cols.div_ceil(16) {
-            1 => tile_avx512::<1>(tile, res, out),
-            2 => tile_avx512::<2>(tile, res, out),
-            3 => tile_avx512::<3>(tile, res, out),
-            _ => tile_avx512::<4>(tile, res, out),
+            1 => tile_avx512_1(tile, res, out),
+            2 => tile_avx512_2(tile, res, out),
+            3 => tile_avx512_3(tile, res, out),
+            _ => tile_avx512_4(tile, res, out),
         }
         Ok(())
     }
@@ -387,56 +439,64 @@ fn channel_tile_plain(t: &ChannelTile, cv: usize, out: &mut [[f32; COLS]]) {
     }
 }
 
-/// One channel tile with AVX-512: `16 * CV` output channels by `PT` pixels into `out[p]`
-/// (channel `c` at `out[p][c]`), `clip1` applied.
+/// One channel tile with AVX-512: `16 * $cv` output channels by `$pt` pixels into
+/// `out[p]` (channel `c` at `out[p][c]`), `clip1` applied; unrolled as [`pixel_tile`] is.
 ///
 /// # Safety
-/// The CPU has AVX-512 F ([`available`]); `t.windows` holds `PT` offsets, and `t.x` a value
-/// at every tap's offset plus every window's; `t.w` holds `16 * CV` values per tap and
-/// `t.bias` `16 * CV`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn channel_tile_avx512<const CV: usize, const PT: usize>(
-    t: &ChannelTile,
-    out: &mut [[f32; COLS]],
-) {
-    use std::arch::x86_64::*;
-    let (x, w, b) = (t.x.as_ptr(), t.w.as_ptr(), t.bias.as_ptr());
-    let windows: [usize; PT] = std::array::from_fn(|p| t.windows[p]);
-    let mut acc: [[__m512; CV]; PT] =
-        std::array::from_fn(|_| std::array::from_fn(|v| _mm512_loadu_ps(b.add(16 * v))));
-    for (k, &at) in t.taps.iter().enumerate() {
-        let wk = w.add(k * 16 * CV);
-        let wv: [__m512; CV] = std::array::from_fn(|v| _mm512_loadu_ps(wk.add(16 * v)));
-        let xk = x.add(at);
-        for (acc, &o) in acc.iter_mut().zip(&windows) {
-            let xb = _mm512_set1_ps(*xk.add(o));
-            for (a, &wv) in acc.iter_mut().zip(&wv) {
-                *a = _mm512_fmadd_ps(wv, xb, *a);
+/// The CPU has AVX-512 F ([`available`]); `t.windows` holds `$pt` offsets, and `t.x` a
+/// value at every tap's offset plus every window's; `t.w` holds `16 * $cv` values per tap
+/// and `t.bias` `16 * $cv`.
+macro_rules! channel_tile {
+    ($name:ident, $cv:literal, $pt:literal) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn $name(t: &ChannelTile, out: &mut [[f32; COLS]]) {
+            use std::arch::x86_64::*;
+            let (x, w, b) = (t.x.as_ptr(), t.w.as_ptr(), t.bias.as_ptr());
+            let windows: &[usize; $pt] = t.windows.try_into().expect("a window per pixel");
+            let out: &mut [[f32; COLS]; $pt] = (&mut out[..$pt]).try_into().expect("rows");
+            let mut acc = [[_mm512_setzero_ps(); $cv]; $pt];
+            seq!(P in 0..$pt {
+                seq!(V in 0..$cv { acc[P][V] = _mm512_loadu_ps(b.add(16 * V)); });
+            });
+            for (k, &at) in t.taps.iter().enumerate() {
+                let wk = w.add(k * 16 * $cv);
+                let mut wv = [_mm512_setzero_ps(); $cv];
+                seq!(V in 0..$cv { wv[V] = _mm512_loadu_ps(wk.add(16 * V)); });
+                let xk = x.add(at);
+                seq!(P in 0..$pt {
+                    let xb = _mm512_set1_ps(*xk.add(windows[P]));
+                    seq!(V in 0..$cv { acc[P][V] = _mm512_fmadd_ps(wv[V], xb, acc[P][V]); });
+                });
             }
+            let (lo, hi) = (_mm512_set1_ps(t.clip1.lo), _mm512_set1_ps(t.clip1.hi));
+            seq!(P in 0..$pt {
+                seq!(V in 0..$cv {
+                    let y = _mm512_min_ps(_mm512_max_ps(acc[P][V], lo), hi);
+                    _mm512_storeu_ps(out[P].as_mut_ptr().add(16 * V), y);
+                });
+            });
         }
-    }
-    let (lo, hi) = (_mm512_set1_ps(t.clip1.lo), _mm512_set1_ps(t.clip1.hi));
-    for (acc, row) in acc.iter().zip(out.iter_mut()) {
-        for (v, &a) in acc.iter().enumerate() {
-            let y = _mm512_min_ps(_mm512_max_ps(a, lo), hi);
-            _mm512_storeu_ps(row.as_mut_ptr().add(16 * v), y);
-        }
-    }
+    };
 }
+
+channel_tile!(channel_tile_4x6, 4, 6);
+channel_tile!(channel_tile_3x7, 3, 7);
+channel_tile!(channel_tile_3x8, 3, 8);
+channel_tile!(channel_tile_2x12, 2, 12);
 
 /// Runs a channel tile of `cv` vectors by `t.windows.len()` pixels on this CPU's kernel.
 ///
 /// # Safety
-/// As [`channel_tile_avx512`]'s; `(cv, t.windows.len())` is one of [`CHANNEL_TILES`].
+/// As [`channel_tile`]'s; `(cv, t.windows.len())` is one of [`CHANNEL_TILES`].
 unsafe fn run_channel_tile(t: &ChannelTile, cv: usize, out: &mut [[f32; COLS]]) -> TractResult<()> {
     #[cfg(target_arch = "x86_64")]
     {
         match (cv, t.windows.len()) {
-            (4, 6) => channel_tile_avx512::<4, 6>(t, out),
-            (3, 7) => channel_tile_avx512::<3, 7>(t, out),
-            (3, 8) => channel_tile_avx512::<3, 8>(t, out),
-            (2, 12) => channel_tile_avx512::<2, 12>(t, out),
+            (4, 6) => channel_tile_4x6(t, out),
+            (3, 7) => channel_tile_3x7(t, out),
+            (3, 8) => channel_tile_3x8(t, out),
+            (2, 12) => channel_tile_2x12(t, out),
             other => bail!("DenseConv has no {other:?} channel tile"),
         }
         Ok(())
@@ -494,11 +554,17 @@ impl DenseConv {
                     let cols = (computed - p0).min(COLS);
                     let o = g * ROWS;
                     let rows = (cout - o).min(ROWS);
+                    // Plain loops, not `array::from_fn`: at opt-level "z" its closures are
+                    // calls, a quarter of a small tile's time.
+                    let mut bias = [0f32; ROWS];
+                    for (r, b) in bias.iter_mut().enumerate().take(rows) {
+                        *b = self.bias[o + r];
+                    }
                     let tile = Tile {
                         x: &x[p0..],
                         taps: &self.taps,
                         w: &self.weights[g * taps * ROWS..(g + 1) * taps * ROWS],
-                        bias: std::array::from_fn(|r| self.bias.get(o + r).copied().unwrap_or(0.0)),
+                        bias,
                         clip1: self.clip1,
                         clip2: self.clip2,
                         rows,
@@ -509,19 +575,25 @@ impl DenseConv {
                     if self.wide.is_none() {
                         // SAFETY: rows `o..o + rows` of the output (and of the residual)
                         // exist and belong to this thread's groups; `p0 + cols <= pixels`.
-                        let out = std::array::from_fn(|r| unsafe { dst.at(row(r) * pixels + p0) });
-                        let res = res.map(|res| {
-                            std::array::from_fn(|r| unsafe {
-                                res.as_ptr().add(row(r) * pixels + p0)
-                            })
-                        });
+                        let mut out = [std::ptr::null_mut(); ROWS];
+                        let mut res_rows = [std::ptr::null(); ROWS];
+                        for r in 0..ROWS {
+                            out[r] = unsafe { dst.at(row(r) * pixels + p0) };
+                            if let Some(res) = res {
+                                res_rows[r] = unsafe { res.as_ptr().add(row(r) * pixels + p0) };
+                            }
+                        }
+                        let res = res.map(|_| res_rows);
                         // SAFETY: `rewrite` only builds this op where `available()`; the
                         // tile's input rows hold `cols` values from `p0` (`x` holds every
                         // plane), its weights `ROWS` per tap.
                         unsafe { run_tile(&tile, res, out)? };
                         continue;
                     }
-                    let wide = std::array::from_fn(|r| buf[r].as_mut_ptr());
+                    let mut wide = [std::ptr::null_mut(); ROWS];
+                    for (w, b) in wide.iter_mut().zip(buf.iter_mut()) {
+                        *w = b.as_mut_ptr();
+                    }
                     // SAFETY: as above; the wide buffer's rows hold `COLS` values, and the
                     // padded input holds every tap's `cols` values from `p0` (see
                     // `Wide::buffer_len`).
@@ -540,14 +612,9 @@ impl DenseConv {
                                 let src = &wide[p - p0..p - p0 + n];
                                 // SAFETY: row `o + r` belongs to this thread; `ox + n <= ow`.
                                 let dst = unsafe { std::slice::from_raw_parts_mut(dst.at(at), n) };
-                                match res {
-                                    Some(res) => {
-                                        for ((d, &s), &q) in dst.iter_mut().zip(src).zip(&res[at..])
-                                        {
-                                            *d = self.clip2.apply(s + q);
-                                        }
-                                    }
-                                    None => dst.copy_from_slice(src),
+                                dst.copy_from_slice(src);
+                                if let Some(res) = res {
+                                    add_clip(dst, &res[at..], (self.clip2.lo, self.clip2.hi));
                                 }
                             }
                             p = end;
@@ -604,17 +671,9 @@ impl DenseConv {
                         // SAFETY: row `o + c` belongs to this thread's groups; `q0 + cols <=
                         // pixels`.
                         let dst = unsafe { std::slice::from_raw_parts_mut(dst.at(at), cols) };
-                        match res {
-                            Some(res) => {
-                                for ((d, b), &r) in dst.iter_mut().zip(&buf).zip(&res[at..]) {
-                                    *d = self.clip2.apply(b[c] + r);
-                                }
-                            }
-                            None => {
-                                for (d, b) in dst.iter_mut().zip(&buf) {
-                                    *d = b[c];
-                                }
-                            }
+                        from_lanes(buf.as_flattened(), COLS, c, dst);
+                        if let Some(res) = res {
+                            add_clip(dst, &res[at..], (self.clip2.lo, self.clip2.hi));
                         }
                     }
                 }

@@ -31,7 +31,9 @@ use tract_onnx::tract_core::{as_op, op_as_typed_op, op_out_of_plan};
 
 use crate::dwlanes::ChannelLanes;
 use crate::graph::{clip_bound, in_proportion, konst, per_channel, values};
+use crate::lanes::{copy_rows, split_pairs};
 use crate::quant::{quantize_u8, QuantizeU8};
+use seq_macro::seq;
 
 /// The most taps (input channels times kernel positions) the kernel takes per group with
 /// more than one input channel: 3x3 on RGB. ResNet's 7x7 stem (147) ran 1.0-1.1x slower
@@ -128,7 +130,7 @@ impl Geometry {
     /// Copies a group's input planes (`cin` of `h * w`) into `buf`: padded, phase-split.
     #[inline(always)]
     fn fill_group(&self, planes: &[f32], buf: &mut [f32]) {
-        buf.fill(0.0);
+        crate::lanes::zero(buf);
         let len = self.plane_len();
         for (plane, buf) in planes
             .chunks_exact(self.h * self.w)
@@ -141,6 +143,12 @@ impl Geometry {
     /// Copies one input plane into its place in `buf` (zeroed): padded, split into phases.
     #[inline(always)]
     fn fill(&self, plane: &[f32], buf: &mut [f32]) {
+        if self.sh == 1 && self.sw == 1 {
+            let at = self.pt * self.qw + self.pl;
+            let (src, dst) = ((plane, self.w), (&mut buf[at..], self.qw));
+            copy_rows(src, dst, self.h, self.w);
+            return;
+        }
         let phase_len = self.qh * self.qw;
         for (iy, row) in plane.chunks_exact(self.w).enumerate() {
             let py = iy + self.pt;
@@ -181,49 +189,6 @@ impl Geometry {
                 }
             }
         }
-    }
-}
-
-/// `row[2 * i]` to `even[i]` and `row[2 * i + 1]` to `odd[i]`, for every whole pair.
-fn split_pairs(row: &[f32], even: &mut [f32], odd: &mut [f32]) {
-    let n = row.len() / 2;
-    let (even, odd) = (&mut even[..n], &mut odd[..n]);
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512 F; `row` holds `2 * n` values, `even` and `odd` `n`.
-        unsafe { split_pairs_avx512(&row[..2 * n], even, odd) };
-        return;
-    }
-    for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(row.chunks_exact(2)) {
-        *e = pair[0];
-        *o = pair[1];
-    }
-}
-
-/// [`split_pairs`] 16 pairs at a time.
-///
-/// # Safety
-/// The CPU has AVX-512 F; `row.len() == 2 * even.len() == 2 * odd.len()`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn split_pairs_avx512(row: &[f32], even: &mut [f32], odd: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let n = even.len();
-    let ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    let io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-    let (r, e, o) = (row.as_ptr(), even.as_mut_ptr(), odd.as_mut_ptr());
-    let mut i = 0;
-    while i + 16 <= n {
-        let a = _mm512_loadu_ps(r.add(2 * i));
-        let b = _mm512_loadu_ps(r.add(2 * i + 16));
-        _mm512_storeu_ps(e.add(i), _mm512_permutex2var_ps(a, ie, b));
-        _mm512_storeu_ps(o.add(i), _mm512_permutex2var_ps(a, io, b));
-        i += 16;
-    }
-    while i < n {
-        *e.add(i) = *r.add(2 * i);
-        *o.add(i) = *r.add(2 * i + 1);
-        i += 1;
     }
 }
 
@@ -354,8 +319,9 @@ impl EvalOp for DirectConv {
                 // SAFETY: f32 has no invalid bit patterns, and every value is written below.
                 let mut output = unsafe { Tensor::uninitialized::<f32>(&shape)? };
                 let mut view = output.try_as_plain_ram_mut()?;
-                self.planes(x, view.as_slice_mut::<f32>()?, |wide, row| {
-                    row.copy_from_slice(wide)
+                let g = &self.geometry;
+                self.planes(x, view.as_slice_mut::<f32>()?, |wide, out| {
+                    copy_rows((wide, g.qw), (out, g.ow), g.oh, g.ow)
                 })?;
                 output
             }
@@ -363,8 +329,11 @@ impl EvalOp for DirectConv {
                 // SAFETY: u8 has no invalid bit patterns, and every value is written below.
                 let mut output = unsafe { Tensor::uninitialized::<u8>(&shape)? };
                 let mut view = output.try_as_plain_ram_mut()?;
-                self.planes(x, view.as_slice_mut::<u8>()?, |wide, row| {
-                    quantize_u8(wide, row, q.scale, q.zero_point)
+                let g = &self.geometry;
+                self.planes(x, view.as_slice_mut::<u8>()?, |wide, out| {
+                    for (row, wide) in out.chunks_exact_mut(g.ow).zip(wide.chunks(g.qw)) {
+                        quantize_u8(&wide[..g.ow], row, q.scale, q.zero_point)
+                    }
                 })?;
                 output
             }
@@ -374,7 +343,8 @@ impl EvalOp for DirectConv {
 }
 
 impl DirectConv {
-    /// Every output plane into `out`, its rows written from the wide output by `store`.
+    /// Every output plane into `out`, written from the wide output (rows of `qw` values, the
+    /// first `ow` kept) by `store`.
     fn planes<T: Send>(
         &self,
         x: Input,
@@ -456,9 +426,7 @@ impl DirectConv {
                     hi,
                 };
                 isa.run(&job, buf, &mut wide);
-                for (row, wide) in out.chunks_exact_mut(g.ow).zip(wide.chunks(g.qw)) {
-                    store(&wide[..g.ow], row);
-                }
+                store(&wide, out);
             }
             Ok(())
         })
@@ -540,7 +508,8 @@ impl Isa {
     /// from `buf`, its group's planes filled in ([`Geometry::fill_group`]).
     fn run(self, p: &Plane, buf: &[f32], wide: &mut [f32]) {
         // SAFETY: `here` found the features the x86-64 blocks are compiled for; aarch64
-        // always has NEON.
+        // always has NEON; `plane` asserts that every tap's reads are within `buf`, and
+        // gives each block its `o.len()` outputs.
         match self {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => plane(p, buf, wide, |p, b, at, o| unsafe {
@@ -581,6 +550,11 @@ fn plane(
     block: impl Fn(&Plane, &[f32], usize, &mut [f32]),
 ) {
     let n = wide.len();
+    // What the kernels' unchecked reads rely on: every tap's reads for the whole wide output
+    // are within `buf`.
+    let taps = p.k.len().min(p.g.offsets.len());
+    let last = p.g.offsets[..taps].iter().max().copied().unwrap_or(0);
+    assert!(last + n <= buf.len(), "depthwise buffer too short");
     let mut i = 0;
     while i + 64 <= n {
         block(p, buf, i, &mut wide[i..i + 64]);
@@ -592,34 +566,35 @@ fn plane(
     }
 }
 
-/// A block of `out.len()` outputs from `at` with explicit vector registers, one named
-/// accumulator per register (`$a`), so that it is vector code at any optimisation level
-/// (the boards' `dist` profile is "z", where LLVM vectorises nothing). The clip keeps a NaN:
-/// x86's max/min return their second operand when either is NaN, NEON's return NaN.
+/// A block of `out.len()` outputs from `at` with explicit vector registers, `$n`
+/// accumulators at constant places (`seq!` unrolls their loops), so that it is vector code
+/// with its accumulators in registers at any optimisation level (the boards' `dist` profile
+/// is "z", where LLVM vectorises and unrolls nothing). The clip keeps a NaN: x86's max/min
+/// return their second operand when either is NaN, NEON's return NaN.
+///
+/// # Safety
+/// The CPU has the instruction set; `buf` holds every tap's offset plus `at + N` values
+/// ([`plane`] asserts it for the whole wide output); `out` holds `N`.
 macro_rules! simd_block {
     ($(#[$attr:meta])* $name:ident, $width:expr, $splat:path, $load:path, $fma:path,
-     $max:path, $min:path, $store:path, [$($a:ident),+]) => {
+     $max:path, $min:path, $store:path, $n:literal) => {
         $(#[$attr])*
         unsafe fn $name(p: &Plane, buf: &[f32], at: usize, out: &mut [f32]) {
-            const N: usize = [$(stringify!($a)),+].len() * $width;
-            let bias = $splat(p.bias);
-            $(let mut $a = bias;)+
-            for (&o, &kv) in p.g.offsets.iter().zip(p.k) {
-                let src = buf[o + at..o + at + N].as_ptr();
-                let k = $splat(kv);
-                let mut _j = 0;
-                $(
-                    $a = $fma($load(src.add(_j)), k, $a);
-                    _j += $width;
-                )+
+            const N: usize = $n * $width;
+            let mut acc = [$splat(p.bias); $n];
+            // No call in the loop, not even a bounds check's panic: every zmm register is
+            // caller-saved, and at opt-level "z" LLVM then keeps the accumulators on the
+            // stack throughout (three of four were, with a check here).
+            let (offsets, k, taps) = (p.g.offsets.as_ptr(), p.k.as_ptr(), p.k.len().min(p.g.offsets.len()));
+            let src = buf.as_ptr().add(at);
+            for t in 0..taps {
+                let src = src.add(*offsets.add(t));
+                let k = $splat(*k.add(t));
+                seq!(J in 0..$n { acc[J] = $fma($load(src.add(J * $width)), k, acc[J]); });
             }
             let (lo, hi) = ($splat(p.lo), $splat(p.hi));
             let dst = out[..N].as_mut_ptr();
-            let mut _j = 0;
-            $(
-                $store(dst.add(_j), $min(hi, $max(lo, $a)));
-                _j += $width;
-            )+
+            seq!(J in 0..$n { $store(dst.add(J * $width), $min(hi, $max(lo, acc[J]))); });
         }
     };
 }
@@ -638,7 +613,7 @@ simd_block!(
     _mm512_max_ps,
     _mm512_min_ps,
     _mm512_storeu_ps,
-    [a0, a1, a2, a3]
+    4
 );
 simd_block!(
     #[cfg(target_arch = "x86_64")]
@@ -651,7 +626,7 @@ simd_block!(
     _mm512_max_ps,
     _mm512_min_ps,
     _mm512_storeu_ps,
-    [a0]
+    1
 );
 simd_block!(
     #[cfg(target_arch = "x86_64")]
@@ -664,7 +639,7 @@ simd_block!(
     _mm256_max_ps,
     _mm256_min_ps,
     _mm256_storeu_ps,
-    [a0, a1, a2, a3, a4, a5, a6, a7]
+    8
 );
 simd_block!(
     #[cfg(target_arch = "x86_64")]
@@ -677,7 +652,7 @@ simd_block!(
     _mm256_max_ps,
     _mm256_min_ps,
     _mm256_storeu_ps,
-    [a0, a1]
+    2
 );
 
 #[cfg(target_arch = "aarch64")]
@@ -700,7 +675,7 @@ simd_block!(
     vmaxq_f32,
     vminq_f32,
     vst1q_f32,
-    [a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15]
+    16
 );
 simd_block!(
     #[cfg(target_arch = "aarch64")]
@@ -712,7 +687,7 @@ simd_block!(
     vmaxq_f32,
     vminq_f32,
     vst1q_f32,
-    [a0, a1, a2, a3]
+    4
 );
 
 /// `B` outputs from `at`: `bias + sum_t k[t] * buf[offsets[t] + i]`, clipped, in plain Rust

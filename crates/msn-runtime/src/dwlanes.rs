@@ -21,7 +21,10 @@ use std::sync::Arc;
 use tract_onnx::tract_core::internal::*;
 
 use crate::graph::in_proportion;
+use crate::lanes::{from_lanes, to_lanes, zero};
 use crate::split::{par_units, Rows};
+#[cfg(target_arch = "x86_64")]
+use seq_macro::seq;
 
 /// Pixels summed side by side.
 const PIXELS: usize = 8;
@@ -130,18 +133,11 @@ impl ChannelLanes {
                 let c0 = g * 16;
                 let lanes = (self.c - c0).min(16);
                 // The group's planes, transposed into the padded buffer (zero padding).
-                buf.fill(0.0);
+                zero(&mut buf);
                 let src = &x[(image * self.c + c0) * plane..];
-                for l in 0..lanes {
-                    for (iy, row) in src[l * plane..(l + 1) * plane]
-                        .chunks_exact(self.w)
-                        .enumerate()
-                    {
-                        let at = ((iy + self.pt) * self.wp + self.pl) * 16 + l;
-                        for (ix, &v) in row.iter().enumerate() {
-                            buf[at + ix * 16] = v;
-                        }
-                    }
+                for iy in 0..self.h {
+                    let at = ((iy + self.pt) * self.wp + self.pl) * 16;
+                    to_lanes(&src[iy * self.w..], plane, lanes, self.w, &mut buf[at..]);
                 }
                 let w = &kernel[g * taps * 16..(g + 1) * taps * 16];
                 let b = &bias[c0..c0 + 16];
@@ -161,9 +157,7 @@ impl ChannelLanes {
                     let at = (image * self.c + c0 + l) * oplane;
                     // SAFETY: plane `c0 + l` of `image` is this unit's alone.
                     let row = unsafe { std::slice::from_raw_parts_mut(dst.at(at), oplane) };
-                    for (y, t) in row.iter_mut().zip(tmp.chunks_exact(16)) {
-                        *y = t[l];
-                    }
+                    from_lanes(&tmp, 16, l, row);
                 }
             }
             Ok(())
@@ -202,49 +196,80 @@ unsafe fn group_avx512(
     let (bp, wp, tp) = (buf.as_ptr(), w.as_ptr(), tmp.as_mut_ptr());
     let bias = _mm512_loadu_ps(b.as_ptr());
     let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
-    // The output pixels `q0..q0 + P` (across rows), each reading its window from `at[p]`.
-    #[inline(always)]
-    unsafe fn pixels<const P: usize>(
-        g: &ChannelLanes,
-        (bp, wp, tp): (*const f32, *const f32, *mut f32),
-        (bias, lo, hi): (__m512, __m512, __m512),
-        q0: usize,
-    ) {
-        let at: [*const f32; P] = std::array::from_fn(|p| {
-            let (oy, ox) = ((q0 + p) / g.ow, (q0 + p) % g.ow);
-            bp.add((oy * g.sh * g.wp + ox * g.sw) * 16)
-        });
-        let mut acc = [bias; P];
-        for ky in 0..g.kh {
-            for kx in 0..g.kw {
-                let off = (ky * g.wp + kx) * 16;
-                let wv = _mm512_loadu_ps(wp.add((ky * g.kw + kx) * 16));
-                for (a, &at) in acc.iter_mut().zip(&at) {
-                    *a = _mm512_fmadd_ps(wv, _mm512_loadu_ps(at.add(off)), *a);
-                }
-            }
-        }
-        for (p, a) in acc.iter().enumerate() {
-            let y = _mm512_min_ps(_mm512_max_ps(*a, lo), hi);
-            _mm512_storeu_ps(tp.add((q0 + p) * 16), y);
-        }
-    }
     let args = ((bp, wp, tp), (bias, lo, hi));
     let total = g.oh * g.ow;
     for q0 in (0..total).step_by(PIXELS) {
-        let ((bp, wp, tp), v) = args;
         match total - q0 {
-            1 => pixels::<1>(g, (bp, wp, tp), v, q0),
-            2 => pixels::<2>(g, (bp, wp, tp), v, q0),
-            3 => pixels::<3>(g, (bp, wp, tp), v, q0),
-            4 => pixels::<4>(g, (bp, wp, tp), v, q0),
-            5 => pixels::<5>(g, (bp, wp, tp), v, q0),
-            6 => pixels::<6>(g, (bp, wp, tp), v, q0),
-            7 => pixels::<7>(g, (bp, wp, tp), v, q0),
-            _ => pixels::<PIXELS>(g, (bp, wp, tp), v, q0),
+            1 => pixels_1(g, args, q0),
+            2 => pixels_2(g, args, q0),
+            3 => pixels_3(g, args, q0),
+            4 => pixels_4(g, args, q0),
+            5 => pixels_5(g, args, q0),
+            6 => pixels_6(g, args, q0),
+            7 => pixels_7(g, args, q0),
+            _ => pixels_8(g, args, q0),
         }
     }
 }
+
+// `group_avx512`'s last tile takes `PIXELS` pixels.
+const _: () = assert!(PIXELS == 8);
+
+/// The output pixels `q0..q0 + $p` (across rows), each reading its window from `at[p]`.
+/// The loops over pixels are unrolled by `seq!`, so each accumulator stays in a register
+/// at any optimisation level (the boards' `dist` profile is opt-level "z", which unrolls
+/// nothing).
+///
+/// # Safety
+/// As [`group_avx512`]'s, with `q0 + $p` at most the output's pixels.
+macro_rules! pixels {
+    ($name:ident, $p:literal) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn $name(
+            g: &ChannelLanes,
+            ((bp, wp, tp), (bias, lo, hi)): (
+                (*const f32, *const f32, *mut f32),
+                (
+                    std::arch::x86_64::__m512,
+                    std::arch::x86_64::__m512,
+                    std::arch::x86_64::__m512,
+                ),
+            ),
+            q0: usize,
+        ) {
+            use std::arch::x86_64::*;
+            let mut at = [bp; $p];
+            seq!(P in 0..$p {
+                let (oy, ox) = ((q0 + P) / g.ow, (q0 + P) % g.ow);
+                at[P] = bp.add((oy * g.sh * g.wp + ox * g.sw) * 16);
+            });
+            let mut acc = [bias; $p];
+            for ky in 0..g.kh {
+                for kx in 0..g.kw {
+                    let off = (ky * g.wp + kx) * 16;
+                    let wv = _mm512_loadu_ps(wp.add((ky * g.kw + kx) * 16));
+                    seq!(P in 0..$p {
+                        acc[P] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(at[P].add(off)), acc[P]);
+                    });
+                }
+            }
+            seq!(P in 0..$p {
+                let y = _mm512_min_ps(_mm512_max_ps(acc[P], lo), hi);
+                _mm512_storeu_ps(tp.add((q0 + P) * 16), y);
+            });
+        }
+    };
+}
+
+pixels!(pixels_1, 1);
+pixels!(pixels_2, 2);
+pixels!(pixels_3, 3);
+pixels!(pixels_4, 4);
+pixels!(pixels_5, 5);
+pixels!(pixels_6, 6);
+pixels!(pixels_7, 7);
+pixels!(pixels_8, 8);
 
 #[cfg(test)]
 mod tests {

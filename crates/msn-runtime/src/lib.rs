@@ -34,6 +34,7 @@ pub mod gan;
 mod graph;
 mod guard;
 pub mod info;
+mod lanes;
 pub mod model;
 pub mod npy;
 pub mod preprocess;

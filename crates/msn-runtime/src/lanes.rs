@@ -1,0 +1,294 @@
+//! Moving values between planes (NCHW: one channel's pixels side by side) and 16-lane
+//! pixels (16 channels side by side), for the kernels that put channels on the vector lanes,
+//! and zeroing buffers.
+//!
+//! With AVX-512 the moves are gathers, so they stay vector code at the boards' `dist`
+//! profile (opt-level "z" unrolls and vectorises no loop: there, written as plain loops,
+//! these moves made EfficientNet-Lite0's small-plane depthwise convolutions 3x slower than at
+//! opt-level 3). Elsewhere they are plain loops; the results are the same values.
+
+/// Zeroes `buf`: a `memset` at any optimisation level (`[f32]::fill` is a scalar loop at
+/// opt-level "z").
+#[inline]
+pub(crate) fn zero(buf: &mut [f32]) {
+    // SAFETY: all-zero bits are 0.0 in f32; the pointer and length are `buf`'s own.
+    unsafe { std::ptr::write_bytes(buf.as_mut_ptr(), 0, buf.len()) }
+}
+
+/// `dst[r * dst_stride + i] = src[r * src_stride + i]` for `r < rows` and `i < len`: a
+/// block of rows copied, one `memcpy` a row with the bounds checked once (at opt-level "z"
+/// a slice's `copy_from_slice` is a call of its own, and its range checks another).
+pub(crate) fn copy_rows(
+    (src, src_stride): (&[f32], usize),
+    (dst, dst_stride): (&mut [f32], usize),
+    rows: usize,
+    len: usize,
+) {
+    if rows == 0 || len == 0 {
+        return;
+    }
+    assert!(len <= src_stride && len <= dst_stride);
+    assert!((rows - 1) * src_stride + len <= src.len());
+    assert!((rows - 1) * dst_stride + len <= dst.len());
+    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+    for r in 0..rows {
+        // SAFETY: the asserts above keep row `r`'s `len` values within both slices, and
+        // `src` and `dst` cannot overlap (one is borrowed mutably).
+        unsafe { std::ptr::copy_nonoverlapping(s.add(r * src_stride), d.add(r * dst_stride), len) };
+    }
+}
+
+/// `dst[16 * i + l] = src[l * stride + i]` for `i < n` and `l < lanes` (at most 16): `n`
+/// pixels of `lanes` planes `stride` apart into 16-lane pixels. Lanes past `lanes` are left
+/// as they are.
+pub(crate) fn to_lanes(src: &[f32], stride: usize, lanes: usize, n: usize, dst: &mut [f32]) {
+    assert!(lanes <= 16 && dst.len() >= 16 * n);
+    if n == 0 || lanes == 0 {
+        return;
+    }
+    assert!(src.len() >= (lanes - 1) * stride + n);
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") && 15 * stride + n < i32::MAX as usize {
+        // SAFETY: the CPU has AVX-512 F; the asserts above bound every read and write, and
+        // every offset fits the gather's i32 index.
+        unsafe { to_lanes_avx512(src, stride, lanes, n, dst) };
+        return;
+    }
+    for l in 0..lanes {
+        for (d, &v) in dst
+            .chunks_exact_mut(16)
+            .zip(&src[l * stride..l * stride + n])
+        {
+            d[l] = v;
+        }
+    }
+}
+
+/// [`to_lanes`] with one gather per pixel.
+///
+/// # Safety
+/// The CPU has AVX-512 F; `src` and `dst` hold what [`to_lanes`] asserts; `15 * stride + n`
+/// fits an i32.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn to_lanes_avx512(src: &[f32], stride: usize, lanes: usize, n: usize, dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let s = stride as i32;
+    let idx = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(s),
+    );
+    let mask: __mmask16 = if lanes == 16 {
+        0xffff
+    } else {
+        (1 << lanes) - 1
+    };
+    let (src, dst) = (src.as_ptr(), dst.as_mut_ptr());
+    for i in 0..n {
+        let v = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, idx, src.add(i));
+        _mm512_mask_storeu_ps(dst.add(16 * i), mask, v);
+    }
+}
+
+/// `dst[i] = src[i * stride + l]` for every `i < dst.len()`: lane `l` of pixels `stride`
+/// values apart, into a plane's run.
+pub(crate) fn from_lanes(src: &[f32], stride: usize, l: usize, dst: &mut [f32]) {
+    let n = dst.len();
+    if n == 0 {
+        return;
+    }
+    assert!(l < stride && src.len() > (n - 1) * stride + l);
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") && 16 * stride < i32::MAX as usize {
+        // SAFETY: the CPU has AVX-512 F; the assert above bounds every read, and every
+        // offset in a gather (at most `15 * stride + l`) fits its i32 index.
+        unsafe { from_lanes_avx512(src, stride, l, dst) };
+        return;
+    }
+    for (i, d) in dst.iter_mut().enumerate() {
+        *d = src[i * stride + l];
+    }
+}
+
+/// [`from_lanes`] 16 values a gather.
+///
+/// # Safety
+/// The CPU has AVX-512 F; `src` and `dst` hold what [`from_lanes`] asserts; `16 * stride`
+/// fits an i32.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn from_lanes_avx512(src: &[f32], stride: usize, l: usize, dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let idx = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(stride as i32),
+    );
+    let n = dst.len();
+    let (s, d) = (src.as_ptr().add(l), dst.as_mut_ptr());
+    let mut i = 0;
+    while i < n {
+        let left = n - i;
+        let mask: __mmask16 = if left >= 16 { 0xffff } else { (1 << left) - 1 };
+        let v = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, idx, s.add(i * stride));
+        _mm512_mask_storeu_ps(d.add(i), mask, v);
+        i += 16;
+    }
+}
+
+/// `dst[i] = min(max(dst[i] + res[i], lo), hi)` (as `f32::max` then `f32::min`) for every
+/// `i < dst.len()`: a residual added, then clipped.
+pub(crate) fn add_clip(dst: &mut [f32], res: &[f32], (lo, hi): (f32, f32)) {
+    let res = &res[..dst.len()];
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512 F; `res` holds `dst.len()` values.
+        unsafe { add_clip_avx512(dst, res, (lo, hi)) };
+        return;
+    }
+    for (d, &r) in dst.iter_mut().zip(res) {
+        *d = (*d + r).max(lo).min(hi);
+    }
+}
+
+/// [`add_clip`] 16 values at a time. x86's `max(a, lo)` returns `lo` when `a` is NaN, as
+/// `f32::max` does.
+///
+/// # Safety
+/// The CPU has AVX-512 F; `res.len() == dst.len()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn add_clip_avx512(dst: &mut [f32], res: &[f32], (lo, hi): (f32, f32)) {
+    use std::arch::x86_64::*;
+    let (vlo, vhi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+    let n = dst.len();
+    let (d, r) = (dst.as_mut_ptr(), res.as_ptr());
+    let mut i = 0;
+    while i < n {
+        let left = n - i;
+        let mask: __mmask16 = if left >= 16 { 0xffff } else { (1 << left) - 1 };
+        let y = _mm512_add_ps(
+            _mm512_maskz_loadu_ps(mask, d.add(i)),
+            _mm512_maskz_loadu_ps(mask, r.add(i)),
+        );
+        let y = _mm512_min_ps(_mm512_max_ps(y, vlo), vhi);
+        _mm512_mask_storeu_ps(d.add(i), mask, y);
+        i += 16;
+    }
+}
+
+/// `row[2 * i]` to `even[i]` and `row[2 * i + 1]` to `odd[i]`, for every whole pair.
+pub(crate) fn split_pairs(row: &[f32], even: &mut [f32], odd: &mut [f32]) {
+    let n = row.len() / 2;
+    let (even, odd) = (&mut even[..n], &mut odd[..n]);
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512 F; `row` holds `2 * n` values, `even` and `odd` `n`.
+        unsafe { split_pairs_avx512(&row[..2 * n], even, odd) };
+        return;
+    }
+    for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(row.chunks_exact(2)) {
+        *e = pair[0];
+        *o = pair[1];
+    }
+}
+
+/// [`split_pairs`] 16 pairs at a time.
+///
+/// # Safety
+/// The CPU has AVX-512 F; `row.len() == 2 * even.len() == 2 * odd.len()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn split_pairs_avx512(row: &[f32], even: &mut [f32], odd: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let n = even.len();
+    let ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    let (r, e, o) = (row.as_ptr(), even.as_mut_ptr(), odd.as_mut_ptr());
+    let mut i = 0;
+    while i + 16 <= n {
+        let a = _mm512_loadu_ps(r.add(2 * i));
+        let b = _mm512_loadu_ps(r.add(2 * i + 16));
+        _mm512_storeu_ps(e.add(i), _mm512_permutex2var_ps(a, ie, b));
+        _mm512_storeu_ps(o.add(i), _mm512_permutex2var_ps(a, io, b));
+        i += 16;
+    }
+    while i < n {
+        *e.add(i) = *r.add(2 * i);
+        *o.add(i) = *r.add(2 * i + 1);
+        i += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn noise(n: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * 7919) % 1013) as f32 / 97.0 - 5.0)
+            .collect()
+    }
+
+    /// Each move against its definition, over lane counts, lengths and strides that leave
+    /// ragged vectors; lanes past `lanes` untouched.
+    #[test]
+    fn moves_match_their_definitions() {
+        for &(stride, lanes, n) in &[
+            (49, 16, 49),
+            (196, 7, 14),
+            (5, 3, 5),
+            (30, 16, 17),
+            (1, 1, 1),
+        ] {
+            let src = noise((lanes - 1) * stride + n);
+            let mut dst = vec![-1.0; 16 * n];
+            to_lanes(&src, stride, lanes, n, &mut dst);
+            for i in 0..n {
+                for l in 0..16 {
+                    let want = if l < lanes { src[l * stride + i] } else { -1.0 };
+                    assert_eq!(
+                        dst[16 * i + l].to_bits(),
+                        want.to_bits(),
+                        "to_lanes {i} {l}"
+                    );
+                }
+            }
+        }
+        for &(stride, l, n) in &[
+            (16, 0, 49),
+            (16, 15, 33),
+            (64, 5, 12),
+            (64, 63, 1),
+            (3, 2, 17),
+        ] {
+            let src = noise((n - 1) * stride + l + 1);
+            let mut dst = vec![0.0; n];
+            from_lanes(&src, stride, l, &mut dst);
+            for (i, d) in dst.iter().enumerate() {
+                assert_eq!(d.to_bits(), src[i * stride + l].to_bits(), "from_lanes {i}");
+            }
+        }
+        let (lo, hi) = (-1.0f32, 2.5f32);
+        for n in [1, 15, 16, 17, 40] {
+            let (mut dst, res) = (noise(n), noise(n + 3)[3..].to_vec());
+            let want: Vec<f32> = dst
+                .iter()
+                .zip(&res)
+                .map(|(d, r)| (d + r).max(lo).min(hi))
+                .collect();
+            add_clip(&mut dst, &res, (lo, hi));
+            assert_eq!(dst, want, "add_clip {n}");
+        }
+        let src = noise(7 * 30);
+        let mut dst = vec![-1.0; 5 * 40];
+        copy_rows((&src, 30), (&mut dst, 40), 5, 27);
+        for (i, d) in dst.iter().enumerate() {
+            let (r, c) = (i / 40, i % 40);
+            let want = if c < 27 { src[r * 30 + c] } else { -1.0 };
+            assert_eq!(d.to_bits(), want.to_bits(), "copy_rows {r} {c}");
+        }
+        let mut z = noise(37);
+        zero(&mut z);
+        assert!(z.iter().all(|v| v.to_bits() == 0));
+    }
+}
