@@ -44,7 +44,7 @@ use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_core::{as_op, op_as_typed_op, op_out_of_plan};
 
 use crate::graph::{clip_bound, concrete_shapes, in_proportion, konst, per_channel, values};
-use crate::lanes::{add_clip, copy_rows, from_lanes, split_pairs};
+use crate::lanes::{add_clip, copy_rows, split_pairs};
 use crate::split::{par_units, share, Rows, UNITS};
 #[cfg(target_arch = "x86_64")]
 use seq_macro::seq;
@@ -648,10 +648,8 @@ impl DenseConv {
             {
                 let o = g * n;
                 let rows = (cout - o).min(n);
-                for q0 in parts_of_g
-                    .flat_map(|part| share(tiles, parts, part))
-                    .map(|t| t * pt)
-                {
+                for t in parts_of_g.flat_map(|part| share(tiles, parts, part)) {
+                    let q0 = t * pt;
                     let tile = ChannelTile {
                         x,
                         taps: &self.taps,
@@ -666,20 +664,88 @@ impl DenseConv {
                     // groups; `(cv, pt)` is one of `CHANNEL_TILES` (see `Lanes::pick`).
                     unsafe { run_channel_tile(&tile, cv, &mut buf)? };
                     let cols = (pixels - q0).min(pt);
-                    for c in 0..rows {
-                        let at = (o + c) * pixels + q0;
-                        // SAFETY: row `o + c` belongs to this thread's groups; `q0 + cols <=
-                        // pixels`.
-                        let dst = unsafe { std::slice::from_raw_parts_mut(dst.at(at), cols) };
-                        from_lanes(buf.as_flattened(), COLS, c, dst);
-                        if let Some(res) = res {
-                            add_clip(dst, &res[at..], (self.clip2.lo, self.clip2.hi));
-                        }
+                    let at = o * pixels + q0;
+                    if let Some(res) = res {
+                        ensure!(res.len() >= at + (rows - 1) * pixels + cols);
                     }
+                    // SAFETY: rows `o..o + rows` belong to this thread's groups, and `q0 +
+                    // cols <= pixels`; so are the residual's (checked above); `buf` holds
+                    // `cols <= pt` rows of `COLS >= rows` values.
+                    unsafe {
+                        store_channel_tile(
+                            &buf[..cols],
+                            rows,
+                            (dst.at(at), pixels),
+                            res.map(|r| r[at..].as_ptr()),
+                            self.clip2,
+                        )
+                    };
                 }
             }
             Ok(())
         })
+    }
+}
+
+/// A channel tile's `buf[p][c]` (`p < buf.len()`, `c < rows`) into place: `dst[c * stride +
+/// p]`, with `res[c * stride + p]` added and `clip2` applied when there is a residual.
+///
+/// # Safety
+/// `rows <= COLS`; `dst` (and `res`) hold `(rows - 1) * stride + buf.len()` values, and no
+/// other thread writes those of `dst`.
+unsafe fn store_channel_tile(
+    buf: &[[f32; COLS]],
+    rows: usize,
+    (dst, stride): (*mut f32, usize),
+    res: Option<*const f32>,
+    clip2: Clip,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if buf.len() <= 16 && std::arch::is_x86_feature_detected!("avx512f") {
+        store_channel_tile_avx512(buf, rows, (dst, stride), res, clip2);
+        return;
+    }
+    for c in 0..rows {
+        for (p, b) in buf.iter().enumerate() {
+            let at = c * stride + p;
+            let mut v = b[c];
+            if let Some(res) = res {
+                v = (v + *res.add(at)).max(clip2.lo).min(clip2.hi);
+            }
+            *dst.add(at) = v;
+        }
+    }
+}
+
+/// [`store_channel_tile`] with one gather per channel (at most 16 pixels).
+///
+/// # Safety
+/// As [`store_channel_tile`]'s; the CPU has AVX-512 F; `buf.len() <= 16`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn store_channel_tile_avx512(
+    buf: &[[f32; COLS]],
+    rows: usize,
+    (dst, stride): (*mut f32, usize),
+    res: Option<*const f32>,
+    clip2: Clip,
+) {
+    use std::arch::x86_64::*;
+    let n = buf.len();
+    let mask: __mmask16 = if n >= 16 { 0xffff } else { (1 << n) - 1 };
+    let idx = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(COLS as i32),
+    );
+    let (lo, hi) = (_mm512_set1_ps(clip2.lo), _mm512_set1_ps(clip2.hi));
+    let src = buf.as_ptr() as *const f32;
+    for c in 0..rows {
+        let mut v = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, idx, src.add(c));
+        if let Some(res) = res {
+            let r = _mm512_maskz_loadu_ps(mask, res.add(c * stride));
+            v = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(v, r), lo), hi);
+        }
+        _mm512_mask_storeu_ps(dst.add(c * stride), mask, v);
     }
 }
 

@@ -66,6 +66,8 @@ struct Geometry {
     /// Each tap's offset in the buffer from the wide output position it adds to, for every
     /// input plane of the group in turn (the order of an ONNX kernel's `[ci, kh, kw]`).
     offsets: Vec<usize>,
+    /// The largest of `offsets`.
+    reach: usize,
 }
 
 impl Geometry {
@@ -93,6 +95,7 @@ impl Geometry {
             }
         }
         Geometry {
+            reach: offsets.iter().max().copied().unwrap_or(0),
             h,
             w,
             sh,
@@ -509,59 +512,46 @@ impl Isa {
     fn run(self, p: &Plane, buf: &[f32], wide: &mut [f32]) {
         // SAFETY: `here` found the features the x86-64 blocks are compiled for; aarch64
         // always has NEON; `plane` asserts that every tap's reads are within `buf`, and
-        // gives each block its `o.len()` outputs.
-        match self {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => plane(p, buf, wide, |p, b, at, o| unsafe {
-                match o.len() {
-                    64 => avx512_64(p, b, at, o),
-                    _ => avx512_16(p, b, at, o),
-                }
-            }),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => plane(p, buf, wide, |p, b, at, o| unsafe {
-                match o.len() {
-                    64 => avx2_64(p, b, at, o),
-                    _ => avx2_16(p, b, at, o),
-                }
-            }),
-            #[cfg(target_arch = "aarch64")]
-            Isa::Baseline => plane(p, buf, wide, |p, b, at, o| unsafe {
-                match o.len() {
-                    64 => neon_64(p, b, at, o),
-                    _ => neon_16(p, b, at, o),
-                }
-            }),
-            #[cfg(not(target_arch = "aarch64"))]
-            Isa::Baseline => plane(p, buf, wide, |p, b, at, o| match o.len() {
-                64 => block::<64>(p, b, at, o),
-                _ => block::<16>(p, b, at, o),
-            }),
+        // gives each block its 64 or 16 outputs.
+        unsafe {
+            match self {
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => plane(p, buf, wide, (avx512_64, avx512_16)),
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => plane(p, buf, wide, (avx2_64, avx2_16)),
+                #[cfg(target_arch = "aarch64")]
+                Isa::Baseline => plane(p, buf, wide, (neon_64, neon_16)),
+                #[cfg(not(target_arch = "aarch64"))]
+                Isa::Baseline => plane(p, buf, wide, (block::<64>, block::<16>)),
+            }
         }
     }
 }
 
-/// Sum the taps along the wide output in blocks of 64 outputs then 16 (`block` does one).
+/// A kernel for a block of 64 or 16 outputs.
+type Block = unsafe fn(&Plane, &[f32], usize, &mut [f32]);
+
+/// Sum the taps along the wide output in blocks of 64 outputs then 16 (`b64`, `b16`).
+/// Direct calls (the pointers are constants once inlined), no closure: at opt-level "z" a
+/// closure is a call of its own.
+///
+/// # Safety
+/// The CPU has what `b64` and `b16` are compiled for.
 #[inline(always)]
-fn plane(
-    p: &Plane,
-    buf: &[f32],
-    wide: &mut [f32],
-    block: impl Fn(&Plane, &[f32], usize, &mut [f32]),
-) {
+unsafe fn plane(p: &Plane, buf: &[f32], wide: &mut [f32], (b64, b16): (Block, Block)) {
     let n = wide.len();
     // What the kernels' unchecked reads rely on: every tap's reads for the whole wide output
     // are within `buf`.
-    let taps = p.k.len().min(p.g.offsets.len());
-    let last = p.g.offsets[..taps].iter().max().copied().unwrap_or(0);
-    assert!(last + n <= buf.len(), "depthwise buffer too short");
+    assert!(p.g.reach + n <= buf.len(), "depthwise buffer too short");
+    assert!(p.k.len() <= p.g.offsets.len());
+    let w = wide.as_mut_ptr();
     let mut i = 0;
     while i + 64 <= n {
-        block(p, buf, i, &mut wide[i..i + 64]);
+        b64(p, buf, i, std::slice::from_raw_parts_mut(w.add(i), 64));
         i += 64;
     }
     while i + 16 <= n {
-        block(p, buf, i, &mut wide[i..i + 16]);
+        b16(p, buf, i, std::slice::from_raw_parts_mut(w.add(i), 16));
         i += 16;
     }
 }
