@@ -45,7 +45,7 @@ const SLACK: usize = 16;
 
 /// Where a plane and its taps sit in the padded, phase-split buffer.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Geometry {
+pub(crate) struct Geometry {
     /// Input plane.
     h: usize,
     w: usize,
@@ -55,23 +55,23 @@ struct Geometry {
     pt: usize,
     pl: usize,
     /// Output plane.
-    oh: usize,
-    ow: usize,
+    pub(crate) oh: usize,
+    pub(crate) ow: usize,
     /// One phase's rows and row length.
     qh: usize,
-    qw: usize,
+    pub(crate) qw: usize,
     /// Input planes per group (1 for a depthwise convolution), one after the other in the
     /// buffer.
     cin: usize,
     /// Each tap's offset in the buffer from the wide output position it adds to, for every
     /// input plane of the group in turn (the order of an ONNX kernel's `[ci, kh, kw]`).
-    offsets: Vec<usize>,
+    pub(crate) offsets: Vec<usize>,
     /// The largest of `offsets`.
-    reach: usize,
+    pub(crate) reach: usize,
 }
 
 impl Geometry {
-    fn new(
+    pub(crate) fn new(
         cin: usize,
         (h, w): (usize, usize),
         (kh, kw): (usize, usize),
@@ -117,7 +117,7 @@ impl Geometry {
     }
 
     /// The wide output's length, in whole vectors.
-    fn wide_len(&self) -> usize {
+    pub(crate) fn wide_len(&self) -> usize {
         (self.oh * self.qw).next_multiple_of(16)
     }
 
@@ -125,7 +125,7 @@ impl Geometry {
     /// taps read. The largest offset plus `wide_len` stays within it: a tap's row in its
     /// phase plus the output rows is at most `qh`, and its column past the row end at most
     /// `(kw - 1) / sw`.
-    fn buffer_len(&self) -> usize {
+    pub(crate) fn buffer_len(&self) -> usize {
         let last = self.offsets.iter().max().copied().unwrap_or(0);
         (self.cin * self.plane_len()).max(last + self.wide_len()) + SLACK
     }
@@ -133,7 +133,13 @@ impl Geometry {
     /// Copies a group's input planes (`cin` of `h * w`) into `buf`: padded, phase-split.
     #[inline(always)]
     fn fill_group(&self, planes: &[f32], buf: &mut [f32]) {
-        crate::lanes::zero(buf);
+        self.fill_group_padded(planes, buf, 0.0)
+    }
+
+    /// [`Self::fill_group`] with `pad` as the padding's value.
+    #[inline(always)]
+    pub(crate) fn fill_group_padded(&self, planes: &[f32], buf: &mut [f32], pad: f32) {
+        crate::lanes::splat(buf, pad);
         let len = self.plane_len();
         for (plane, buf) in planes
             .chunks_exact(self.h * self.w)

@@ -15,6 +15,39 @@ pub(crate) fn zero(buf: &mut [f32]) {
     unsafe { std::ptr::write_bytes(buf.as_mut_ptr(), 0, buf.len()) }
 }
 
+/// Sets every value of `buf` to `v`: a `memset` for 0, vector stores otherwise (at
+/// opt-level "z" `[f32]::fill` is a scalar loop).
+pub(crate) fn splat(buf: &mut [f32], v: f32) {
+    if v.to_bits() == 0 {
+        return zero(buf);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512 F.
+        unsafe { splat_avx512(buf, v) };
+        return;
+    }
+    buf.fill(v);
+}
+
+/// [`splat`] 16 values a store.
+///
+/// # Safety
+/// The CPU has AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn splat_avx512(buf: &mut [f32], v: f32) {
+    use std::arch::x86_64::*;
+    let (n, d, x) = (buf.len(), buf.as_mut_ptr(), _mm512_set1_ps(v));
+    let mut i = 0;
+    while i + 16 <= n {
+        _mm512_storeu_ps(d.add(i), x);
+        i += 16;
+    }
+    let left = n - i;
+    _mm512_mask_storeu_ps(d.add(i), ((1u32 << left) - 1) as __mmask16, x);
+}
+
 /// `dst[r * dst_stride + i] = src[r * src_stride + i]` for `r < rows` and `i < len`: a
 /// block of rows copied, one `memcpy` a row with the bounds checked once (at opt-level "z"
 /// a slice's `copy_from_slice` is a call of its own, and its range checks another).
@@ -286,6 +319,11 @@ mod tests {
             let (r, c) = (i / 40, i % 40);
             let want = if c < 27 { src[r * 30 + c] } else { -1.0 };
             assert_eq!(d.to_bits(), want.to_bits(), "copy_rows {r} {c}");
+        }
+        for n in [0, 5, 16, 37] {
+            let mut b = noise(n);
+            splat(&mut b, -3.5);
+            assert!(b.iter().all(|&v| v == -3.5), "splat {n}");
         }
         let mut z = noise(37);
         zero(&mut z);

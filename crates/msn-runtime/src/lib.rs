@@ -35,6 +35,7 @@ mod graph;
 mod guard;
 pub mod info;
 mod lanes;
+pub mod maxpool;
 pub mod model;
 pub mod npy;
 pub mod preprocess;

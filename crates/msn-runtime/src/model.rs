@@ -242,6 +242,7 @@ impl Source {
                     .map_err(err("lower quantized 1x1 convolutions"))?;
                 crate::dense::rewrite(&mut typed)
                     .map_err(err("lower float one-group convolutions"))?;
+                crate::maxpool::rewrite(&mut typed).map_err(err("lower max pools"))?;
                 let mut typed = typed.into_optimized().map_err(err("optimize the model"))?;
                 crate::quant::rewrite(&mut typed).map_err(err("swap in QuantizeU8"))?;
                 typed
