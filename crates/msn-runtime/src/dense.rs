@@ -44,7 +44,9 @@ use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_core::ops::Downsample;
 use tract_onnx::tract_core::{as_op, op_as_typed_op, op_out_of_plan};
 
-use crate::graph::{clip_bound, concrete_shapes, in_proportion, konst, per_channel, values};
+use crate::graph::{
+    clip_bound, concrete_shapes, in_proportion, konst, per_channel, replace_each, values,
+};
 use crate::lanes::{add_clip, copy_rows, split_pairs};
 use crate::split::{par_units, share, Rows, UNITS};
 #[cfg(target_arch = "x86_64")]
@@ -1186,28 +1188,12 @@ pub fn rewrite(model: &mut TypedModel) -> TractResult<usize> {
     if !available() {
         return Ok(0);
     }
-    let mut count = 0;
-    loop {
-        let found = model
-            .eval_order()?
-            .into_iter()
-            .find_map(|id| lower(model, &model.nodes[id]).map(|l| (id, l)));
-        let Some((id, (op, source, last, residual))) = found else {
-            break;
-        };
-        let node = &model.nodes[id];
-        let mut patch = TypedModelPatch::default();
-        let mut taps = tvec![patch.tap_model(model, source)?];
-        if let Some(r) = residual {
-            taps.push(patch.tap_model(model, r)?);
-        }
-        let y = patch.wire_node(&node.name, op, &taps)?;
-        patch.shunt_outside(model, last, y[0])?;
-        patch.apply(model)?;
-        model.compact()?;
-        count += 1;
-    }
-    Ok(count)
+    replace_each(model, |model, node| {
+        let (op, source, last, residual) = lower(model, node)?;
+        let mut inputs = tvec![source];
+        inputs.extend(residual);
+        Some((op, inputs, last))
+    })
 }
 
 #[cfg(test)]

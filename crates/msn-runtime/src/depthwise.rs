@@ -25,12 +25,13 @@ use std::sync::Arc;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
 use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
-use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_core::ops::quant::{DequantizeLinearF32, QuantizeLinearU8};
 use tract_onnx::tract_core::{as_op, op_as_typed_op, op_out_of_plan};
 
 use crate::dwlanes::ChannelLanes;
-use crate::graph::{clip_bound, in_proportion, konst, per_channel, values};
+use crate::graph::{
+    clip_bound, image_shape, in_proportion, konst, per_channel, replace_each, values,
+};
 use crate::lanes::{copy_rows, split_pairs};
 use crate::quant::{quantize_u8, QuantizeU8};
 use seq_macro::seq;
@@ -760,17 +761,7 @@ fn lower(model: &TypedModel, node: &TypedNode) -> Option<(DirectConv, OutletId, 
     let conv = node.op_as::<Conv>()?;
     let spec = &conv.pool_spec;
     let x = model.outlet_fact(node.inputs[0]).ok()?;
-    let shape = x.shape.as_concrete()?;
-    let batch = match spec.data_format {
-        DataFormat::NCHW => true,
-        DataFormat::CHW => false,
-        _ => return None,
-    };
-    let [n, c, h, w] = match (batch, shape) {
-        (true, &[n, c, h, w]) => [n, c, h, w],
-        (false, &[c, h, w]) => [1, c, h, w],
-        _ => return None,
-    };
+    let ([n, c, h, w], batch) = image_shape(x, spec.data_format)?;
     let (cout, groups) = (spec.output_channels, conv.group);
     // An int8 model's depthwise convolution in QLinearConv: u8 in and out.
     let quantized = conv.q_params == Some(u8::datum_type())
@@ -943,25 +934,10 @@ fn lower(model: &TypedModel, node: &TypedNode) -> Option<(DirectConv, OutletId, 
 
 /// Replaces every convolution [`DirectConv`] covers in a decluttered model; returns how many.
 pub fn rewrite(model: &mut TypedModel) -> TractResult<usize> {
-    let mut count = 0;
-    loop {
-        let found = model
-            .eval_order()?
-            .into_iter()
-            .find_map(|id| lower(model, &model.nodes[id]).map(|l| (id, l)));
-        let Some((id, (op, from, last))) = found else {
-            break;
-        };
-        let node = &model.nodes[id];
-        let mut patch = TypedModelPatch::default();
-        let x = patch.tap_model(model, from)?;
-        let y = patch.wire_node(&node.name, op, &[x])?;
-        patch.shunt_outside(model, last, y[0])?;
-        patch.apply(model)?;
-        model.compact()?;
-        count += 1;
-    }
-    Ok(count)
+    replace_each(model, |model, node| {
+        let (op, from, last) = lower(model, node)?;
+        Some((op, tvec![from], last))
+    })
 }
 
 #[cfg(test)]

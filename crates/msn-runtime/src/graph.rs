@@ -5,6 +5,7 @@ use std::sync::Arc;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::math::{Max, Min};
+use tract_onnx::tract_core::ops::nn::DataFormat;
 
 /// The constant a node's input holds, if it is one.
 pub(crate) fn konst(model: &TypedModel, outlet: OutletId) -> Option<Arc<Tensor>> {
@@ -69,4 +70,45 @@ pub(crate) fn in_proportion(scratch: usize, input: usize, output: usize) -> bool
             .saturating_add(output)
             .saturating_mul(4)
             .saturating_add(1 << 16)
+}
+
+/// The `[n, c, h, w]` shape of a 2-D image op's input in `format` (NCHW, or CHW as a batch
+/// of one), and whether the tensors have the batch axis.
+pub(crate) fn image_shape(fact: &TypedFact, format: DataFormat) -> Option<([usize; 4], bool)> {
+    let shape = fact.shape.as_concrete()?;
+    match (format, shape) {
+        (DataFormat::NCHW, &[n, c, h, w]) => Some(([n, c, h, w], true)),
+        (DataFormat::CHW, &[c, h, w]) => Some(([1, c, h, w], false)),
+        _ => None,
+    }
+}
+
+/// Replaces, one at a time in evaluation order, every node `lower` finds an op for: the op
+/// reads `inputs` and stands in for `last` (the node's output, or the last op after it that
+/// it takes in). Returns how many.
+pub(crate) fn replace_each<O: TypedOp>(
+    model: &mut TypedModel,
+    lower: impl Fn(&TypedModel, &TypedNode) -> Option<(O, TVec<OutletId>, OutletId)>,
+) -> TractResult<usize> {
+    let mut count = 0;
+    loop {
+        let found = model
+            .eval_order()?
+            .into_iter()
+            .find_map(|id| lower(model, &model.nodes[id]).map(|l| (id, l)));
+        let Some((id, (op, inputs, last))) = found else {
+            break;
+        };
+        let mut patch = TypedModelPatch::default();
+        let taps = inputs
+            .iter()
+            .map(|&i| patch.tap_model(model, i))
+            .collect::<TractResult<TVec<_>>>()?;
+        let y = patch.wire_node(&model.nodes[id].name, op, &taps)?;
+        patch.shunt_outside(model, last, y[0])?;
+        patch.apply(model)?;
+        model.compact()?;
+        count += 1;
+    }
+    Ok(count)
 }

@@ -15,11 +15,10 @@
 
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::MaxPool;
-use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_core::{as_op, op_as_typed_op, op_out_of_plan};
 
 use crate::depthwise::Geometry;
-use crate::graph::in_proportion;
+use crate::graph::{image_shape, in_proportion, replace_each};
 use crate::lanes::copy_rows;
 
 /// Max pooling of an f32 `[n, c, h, w]` (or `[c, h, w]`) tensor, no dilation, no indices.
@@ -183,17 +182,7 @@ fn lower(model: &TypedModel, node: &TypedNode) -> Option<MaxPool2d> {
     let pool = node.op_as::<MaxPool>()?;
     let spec = &pool.pool_spec;
     let x = model.outlet_fact(node.inputs[0]).ok()?;
-    let shape = x.shape.as_concrete()?;
-    let batch = match spec.data_format {
-        DataFormat::NCHW => true,
-        DataFormat::CHW => false,
-        _ => return None,
-    };
-    let [n, c, h, w] = match (batch, shape) {
-        (true, &[n, c, h, w]) => [n, c, h, w],
-        (false, &[c, h, w]) => [1, c, h, w],
-        _ => return None,
-    };
+    let ([n, c, h, w], batch) = image_shape(x, spec.data_format)?;
     if x.datum_type != f32::datum_type()
         || pool.with_index_outputs.is_some()
         || node.outputs.len() != 1
@@ -237,25 +226,13 @@ pub fn rewrite(model: &mut TypedModel) -> TractResult<usize> {
     if !available() {
         return Ok(0);
     }
-    let mut count = 0;
-    loop {
-        let found = model
-            .eval_order()?
-            .into_iter()
-            .find_map(|id| lower(model, &model.nodes[id]).map(|l| (id, l)));
-        let Some((id, op)) = found else {
-            break;
-        };
-        let node = &model.nodes[id];
-        let mut patch = TypedModelPatch::default();
-        let x = patch.tap_model(model, node.inputs[0])?;
-        let y = patch.wire_node(&node.name, op, &[x])?;
-        patch.shunt_outside(model, OutletId::new(id, 0), y[0])?;
-        patch.apply(model)?;
-        model.compact()?;
-        count += 1;
-    }
-    Ok(count)
+    replace_each(model, |model, node| {
+        Some((
+            lower(model, node)?,
+            tvec![node.inputs[0]],
+            OutletId::new(node.id, 0),
+        ))
+    })
 }
 
 #[cfg(test)]
