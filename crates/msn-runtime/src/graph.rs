@@ -1,5 +1,6 @@
 //! What the rewrites before tract's optimiser ([`crate::depthwise`], [`crate::qconv`],
-//! [`crate::dense`]) read off a decluttered model: constants and the bounds of a clip.
+//! [`crate::dense`], [`crate::maxpool`]) read off a decluttered model (constants, the bounds
+//! of a clip, an image input's shape), and the loop that puts their ops in.
 
 use std::sync::Arc;
 use tract_onnx::tract_core::internal::*;
