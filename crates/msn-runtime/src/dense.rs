@@ -552,41 +552,49 @@ impl DenseConv {
             // kept its input in L1 but wrote every row group's rows at once; EfficientNet-
             // Lite0's 16 -> 96 expansion on 112x112 took 0.90-1.05 ms that way, 0.66 this.)
             for g in gs {
+                // The row group's set-up, once for all its blocks: at opt-level "z" it was
+                // a tenth of a tile's time when done per block.
+                let o = g * ROWS;
+                let rows = (cout - o).min(ROWS);
+                let mut bias = [0f32; ROWS];
+                bias[..rows].copy_from_slice(&self.bias[o..o + rows]);
+                let w = &self.weights[g * taps * ROWS..(g + 1) * taps * ROWS];
+                // Rows past `rows` are never read or written: row `o` stands in. SAFETY:
+                // rows `o..o + rows` of the output (and of the residual) exist and belong
+                // to this thread's groups.
+                let row = |r: usize| if r < rows { o + r } else { o };
+                let mut out_rows = [std::ptr::null_mut(); ROWS];
+                let mut res_rows = [std::ptr::null(); ROWS];
+                for r in 0..ROWS {
+                    out_rows[r] = unsafe { dst.at(row(r) * pixels) };
+                    if let Some(res) = res {
+                        res_rows[r] = unsafe { res.as_ptr().add(row(r) * pixels) };
+                    }
+                }
                 for block in share(blocks, parts, part) {
                     let p0 = block * COLS;
                     let cols = (computed - p0).min(COLS);
-                    let o = g * ROWS;
-                    let rows = (cout - o).min(ROWS);
-                    // Plain loops, not `array::from_fn`: at opt-level "z" its closures are
-                    // calls, a quarter of a small tile's time.
-                    let mut bias = [0f32; ROWS];
-                    for (r, b) in bias.iter_mut().enumerate().take(rows) {
-                        *b = self.bias[o + r];
-                    }
                     let tile = Tile {
                         x: &x[p0..],
                         taps: &self.taps,
-                        w: &self.weights[g * taps * ROWS..(g + 1) * taps * ROWS],
+                        w,
                         bias,
                         clip1: self.clip1,
                         clip2: self.clip2,
                         rows,
                         cols,
                     };
-                    // Rows past `rows` are never read or written: row `o` stands in.
-                    let row = |r: usize| if r < rows { o + r } else { o };
                     if self.wide.is_none() {
-                        // SAFETY: rows `o..o + rows` of the output (and of the residual)
-                        // exist and belong to this thread's groups; `p0 + cols <= pixels`.
+                        // SAFETY: `p0 + cols <= pixels`, within each row.
                         let mut out = [std::ptr::null_mut(); ROWS];
-                        let mut res_rows = [std::ptr::null(); ROWS];
+                        let mut res_at = [std::ptr::null(); ROWS];
                         for r in 0..ROWS {
-                            out[r] = unsafe { dst.at(row(r) * pixels + p0) };
-                            if let Some(res) = res {
-                                res_rows[r] = unsafe { res.as_ptr().add(row(r) * pixels + p0) };
+                            out[r] = unsafe { out_rows[r].add(p0) };
+                            if res.is_some() {
+                                res_at[r] = unsafe { res_rows[r].add(p0) };
                             }
                         }
-                        let res = res.map(|_| res_rows);
+                        let res = res.map(|_| res_at);
                         // SAFETY: `rewrite` only builds this op where `available()`; the
                         // tile's input rows hold `cols` values from `p0` (`x` holds every
                         // plane), its weights `ROWS` per tap.
@@ -648,17 +656,22 @@ impl DenseConv {
         // The threads split the channel groups, and each group's pixel tiles into `parts`.
         par_units((groups, parts), work, |g, parts_of_g| {
             let mut buf = [[0f32; COLS]; 12];
-            {
-                let o = g * n;
-                let rows = (cout - o).min(n);
-                for t in parts_of_g.flat_map(|part| share(tiles, parts, part)) {
+            let o = g * n;
+            let rows = (cout - o).min(n);
+            // The group's slices once, not per tile (calls of their own at opt-level "z").
+            let (w, bias) = (
+                &self.weights[g * taps * n..(g + 1) * taps * n],
+                &self.bias[o..o + n],
+            );
+            for part in parts_of_g {
+                for t in share(tiles, parts, part) {
                     let q0 = t * pt;
                     let tile = ChannelTile {
                         x,
                         taps: &self.taps,
                         windows: &self.windows[q0..q0 + pt],
-                        w: &self.weights[g * taps * n..(g + 1) * taps * n],
-                        bias: &self.bias[o..o + n],
+                        w,
+                        bias,
                         clip1: self.clip1,
                     };
                     // SAFETY: `rewrite` only builds this op where `available()`; `windows`
@@ -735,7 +748,7 @@ unsafe fn store_channel_tile_avx512(
 ) {
     use std::arch::x86_64::*;
     let n = buf.len();
-    let mask: __mmask16 = if n >= 16 { 0xffff } else { (1 << n) - 1 };
+    let mask = crate::lanes::first_lanes(n);
     let idx = _mm512_mullo_epi32(
         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
         _mm512_set1_epi32(COLS as i32),

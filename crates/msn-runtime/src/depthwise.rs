@@ -32,6 +32,8 @@ use crate::dwlanes::ChannelLanes;
 use crate::graph::{
     clip_bound, image_shape, in_proportion, konst, per_channel, replace_each, values,
 };
+#[cfg(target_arch = "x86_64")]
+use crate::lanes::first_lanes;
 use crate::lanes::{copy_rows, split_pairs};
 use crate::quant::{quantize_u8, QuantizeU8};
 use seq_macro::seq;
@@ -159,6 +161,14 @@ impl Geometry {
             copy_rows(src, dst, self.h, self.w);
             return;
         }
+        #[cfg(target_arch = "x86_64")]
+        if self.sw == 2 && std::arch::is_x86_feature_detected!("avx512f") {
+            assert!(plane.len() == self.h * self.w && buf.len() >= self.plane_len());
+            // SAFETY: the CPU has AVX-512 F; the plane and the buffer have the lengths
+            // `fill_pairs_avx512` needs (asserted).
+            unsafe { self.fill_pairs_avx512(plane, buf) };
+            return;
+        }
         let phase_len = self.qh * self.qw;
         for (iy, row) in plane.chunks_exact(self.w).enumerate() {
             let py = iy + self.pt;
@@ -197,6 +207,61 @@ impl Geometry {
                 for (d, &v) in buf[at..].iter_mut().zip(src) {
                     *d = v;
                 }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Geometry {
+    /// [`Self::fill`] for two column phases (`sw == 2`), the whole plane in one call, 16
+    /// pairs of columns at a time: at opt-level "z" a call per row cost as much as the
+    /// split itself on the 14x14 and 7x7 planes.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F; `self.sw == 2`; `plane` holds `h * w` values, `buf` at least
+    /// [`Self::plane_len`]. (Every padded input position `(iy + pt, ix + pl)` lies within
+    /// `sh * qh` rows and `2 * qw` columns, by [`Self::new`], so every write is within the
+    /// plane's phases.)
+    #[target_feature(enable = "avx512f")]
+    unsafe fn fill_pairs_avx512(&self, plane: &[f32], buf: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let phase_len = self.qh * self.qw;
+        let ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        // An odd left padding puts the first column alone in phase 1; the pairs start after.
+        let lone = self.pl % 2;
+        let (src, dst) = (plane.as_ptr(), buf.as_mut_ptr());
+        let n = self.w - lone;
+        let pairs = n / 2;
+        for iy in 0..self.h {
+            let py = iy + self.pt;
+            let base = (py % self.sh) * 2 * phase_len + (py / self.sh) * self.qw;
+            let row = src.add(iy * self.w);
+            if lone == 1 {
+                *dst.add(base + phase_len + self.pl / 2) = *row;
+            }
+            let (r, e) = (row.add(lone), dst.add(base + self.pl.div_ceil(2)));
+            let o = e.add(phase_len);
+            let mut i = 0;
+            while i + 16 <= pairs {
+                let a = _mm512_loadu_ps(r.add(2 * i));
+                let b = _mm512_loadu_ps(r.add(2 * i + 16));
+                _mm512_storeu_ps(e.add(i), _mm512_permutex2var_ps(a, ie, b));
+                _mm512_storeu_ps(o.add(i), _mm512_permutex2var_ps(a, io, b));
+                i += 16;
+            }
+            if i < pairs {
+                // The last `k < 16` pairs, masked: `2k` values in, `k` out to each phase.
+                let k = pairs - i;
+                let (ma, mb) = (first_lanes(2 * k), first_lanes((2 * k).saturating_sub(16)));
+                let a = _mm512_maskz_loadu_ps(ma, r.add(2 * i));
+                let b = _mm512_maskz_loadu_ps(mb, r.add(2 * i + 16));
+                _mm512_mask_storeu_ps(e.add(i), first_lanes(k), _mm512_permutex2var_ps(a, ie, b));
+                _mm512_mask_storeu_ps(o.add(i), first_lanes(k), _mm512_permutex2var_ps(a, io, b));
+            }
+            if n % 2 == 1 {
+                *e.add(pairs) = *r.add(n - 1);
             }
         }
     }
@@ -517,92 +582,94 @@ impl Isa {
     /// Convolves one plane into `wide` (rows of `qw`, the `ow` first of each the output's)
     /// from `buf`, its group's planes filled in ([`Geometry::fill_group`]).
     fn run(self, p: &Plane, buf: &[f32], wide: &mut [f32]) {
-        // SAFETY: `here` found the features the x86-64 blocks are compiled for; aarch64
-        // always has NEON; `plane` asserts that every tap's reads are within `buf`, and
-        // gives each block its 64 or 16 outputs.
+        // What the kernels' unchecked reads and writes rely on: every tap's reads for the
+        // whole wide output are within `buf`, each tap has its weight, and the wide output
+        // is whole 16-value blocks.
+        assert!(
+            p.g.reach + wide.len() <= buf.len(),
+            "depthwise buffer too short"
+        );
+        assert!(p.k.len() <= p.g.offsets.len() && wide.len() % 16 == 0);
+        // SAFETY: `here` found the features the x86-64 kernels are compiled for; aarch64
+        // always has NEON; the reads and writes are within bounds, as asserted.
         unsafe {
             match self {
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => plane(p, buf, wide, (avx512_64, avx512_16)),
+                Isa::Avx512 => avx512_plane(p, buf, wide),
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => plane(p, buf, wide, (avx2_64, avx2_16)),
+                Isa::Avx2 => avx2_plane(p, buf, wide),
                 #[cfg(target_arch = "aarch64")]
-                Isa::Baseline => plane(p, buf, wide, (neon_64, neon_16)),
+                Isa::Baseline => neon_plane(p, buf, wide),
                 #[cfg(not(target_arch = "aarch64"))]
-                Isa::Baseline => plane(p, buf, wide, (block::<64>, block::<16>)),
+                Isa::Baseline => plain_plane(p, buf, wide),
             }
         }
     }
 }
 
-/// A kernel for a block of 64 or 16 outputs.
-type Block = unsafe fn(&Plane, &[f32], usize, &mut [f32]);
-
-/// Sum the taps along the wide output in blocks of 64 outputs then 16 (`b64`, `b16`).
-/// Direct calls (the pointers are constants once inlined), no closure: at opt-level "z" a
-/// closure is a call of its own.
+/// A plane's kernel with explicit vector registers: the wide output in blocks of `$n`
+/// vectors (64 values) then `$m` (16), each block's accumulators at constant places
+/// (`seq!` unrolls their loops) and the taps two at a time, so that it is vector code with
+/// its accumulators in registers at any optimisation level (the boards' `dist` profile is
+/// "z", where LLVM vectorises and unrolls nothing). One call per plane: at "z" a call per
+/// block cost a stack frame and the accumulators' set-up through memory each time (the
+/// kernel ran 1.3x its opt-level-3 time). The clip keeps a NaN: x86's max/min return their
+/// second operand when either is NaN, NEON's return NaN.
 ///
 /// # Safety
-/// The CPU has what `b64` and `b16` are compiled for.
-#[inline(always)]
-unsafe fn plane(p: &Plane, buf: &[f32], wide: &mut [f32], (b64, b16): (Block, Block)) {
-    let n = wide.len();
-    // What the kernels' unchecked reads rely on: every tap's reads for the whole wide output
-    // are within `buf`.
-    assert!(p.g.reach + n <= buf.len(), "depthwise buffer too short");
-    assert!(p.k.len() <= p.g.offsets.len());
-    let w = wide.as_mut_ptr();
-    let mut i = 0;
-    while i + 64 <= n {
-        b64(p, buf, i, std::slice::from_raw_parts_mut(w.add(i), 64));
-        i += 64;
-    }
-    while i + 16 <= n {
-        b16(p, buf, i, std::slice::from_raw_parts_mut(w.add(i), 16));
-        i += 16;
-    }
-}
-
-/// A block of `out.len()` outputs from `at` with explicit vector registers, `$n`
-/// accumulators at constant places (`seq!` unrolls their loops), so that it is vector code
-/// with its accumulators in registers at any optimisation level (the boards' `dist` profile
-/// is "z", where LLVM vectorises and unrolls nothing). The clip keeps a NaN: x86's max/min
-/// return their second operand when either is NaN, NEON's return NaN.
-///
-/// # Safety
-/// The CPU has the instruction set; `buf` holds every tap's offset plus `at + N` values
-/// ([`plane`] asserts it for the whole wide output); `out` holds `N`.
-macro_rules! simd_block {
+/// The CPU has the instruction set; `buf` holds every tap's offset plus `wide.len()`
+/// values; `wide.len()` is a multiple of 16; `p.k` has at most `p.g.offsets.len()` taps
+/// ([`Isa::run`] asserts these).
+macro_rules! simd_plane {
     ($(#[$attr:meta])* $name:ident, $width:expr, $splat:path, $load:path, $fma:path,
-     $max:path, $min:path, $store:path, $n:literal) => {
+     $max:path, $min:path, $store:path, $n:literal, $m:literal) => {
         $(#[$attr])*
-        unsafe fn $name(p: &Plane, buf: &[f32], at: usize, out: &mut [f32]) {
-            const N: usize = $n * $width;
-            let mut acc = [$splat(p.bias); $n];
-            // No call in the loop, not even a bounds check's panic: every zmm register is
-            // caller-saved, and at opt-level "z" LLVM then keeps the accumulators on the
-            // stack throughout (three of four were, with a check here).
-            let (offsets, k, taps) = (p.g.offsets.as_ptr(), p.k.as_ptr(), p.k.len().min(p.g.offsets.len()));
-            let src = buf.as_ptr().add(at);
-            for t in 0..taps {
-                let src = src.add(*offsets.add(t));
-                let k = $splat(*k.add(t));
-                seq!(J in 0..$n { acc[J] = $fma($load(src.add(J * $width)), k, acc[J]); });
+        unsafe fn $name(p: &Plane, buf: &[f32], wide: &mut [f32]) {
+            let (offsets, k) = (p.g.offsets.as_ptr(), p.k.as_ptr());
+            let taps = p.k.len();
+            let (bias, lo, hi) = ($splat(p.bias), $splat(p.lo), $splat(p.hi));
+            let (len, src, dst) = (wide.len(), buf.as_ptr(), wide.as_mut_ptr());
+            let mut at = 0;
+            while at + $n * $width <= len {
+                simd_plane!(@block $n, $width, $splat, $load, $fma, $max, $min, $store,
+                    (offsets, k, taps), (bias, lo, hi), src.add(at), dst.add(at));
+                at += $n * $width;
             }
-            let (lo, hi) = ($splat(p.lo), $splat(p.hi));
-            let dst = out[..N].as_mut_ptr();
-            seq!(J in 0..$n { $store(dst.add(J * $width), $min(hi, $max(lo, acc[J]))); });
+            while at < len {
+                simd_plane!(@block $m, $width, $splat, $load, $fma, $max, $min, $store,
+                    (offsets, k, taps), (bias, lo, hi), src.add(at), dst.add(at));
+                at += $m * $width;
+            }
         }
     };
+    (@block $n:literal, $width:expr, $splat:path, $load:path, $fma:path, $max:path,
+     $min:path, $store:path, ($offsets:ident, $k:ident, $taps:ident),
+     ($bias:ident, $lo:ident, $hi:ident), $src:expr, $dst:expr) => {{
+        let (src, dst) = ($src, $dst);
+        seq!(J in 0..$n { let mut acc = [#($bias,)*]; });
+        let mut t = 0;
+        while t + 2 <= $taps {
+            let (s0, k0) = (src.add(*$offsets.add(t)), $splat(*$k.add(t)));
+            let (s1, k1) = (src.add(*$offsets.add(t + 1)), $splat(*$k.add(t + 1)));
+            seq!(J in 0..$n { acc[J] = $fma($load(s0.add(J * $width)), k0, acc[J]); });
+            seq!(J in 0..$n { acc[J] = $fma($load(s1.add(J * $width)), k1, acc[J]); });
+            t += 2;
+        }
+        if t < $taps {
+            let (s0, k0) = (src.add(*$offsets.add(t)), $splat(*$k.add(t)));
+            seq!(J in 0..$n { acc[J] = $fma($load(s0.add(J * $width)), k0, acc[J]); });
+        }
+        seq!(J in 0..$n { $store(dst.add(J * $width), $min($hi, $max($lo, acc[J]))); });
+    }};
 }
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-simd_block!(
+simd_plane!(
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    avx512_64,
+    avx512_plane,
     16,
     _mm512_set1_ps,
     _mm512_loadu_ps,
@@ -610,25 +677,13 @@ simd_block!(
     _mm512_max_ps,
     _mm512_min_ps,
     _mm512_storeu_ps,
-    4
-);
-simd_block!(
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    avx512_16,
-    16,
-    _mm512_set1_ps,
-    _mm512_loadu_ps,
-    _mm512_fmadd_ps,
-    _mm512_max_ps,
-    _mm512_min_ps,
-    _mm512_storeu_ps,
+    4,
     1
 );
-simd_block!(
+simd_plane!(
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    avx2_64,
+    avx2_plane,
     8,
     _mm256_set1_ps,
     _mm256_loadu_ps,
@@ -636,19 +691,7 @@ simd_block!(
     _mm256_max_ps,
     _mm256_min_ps,
     _mm256_storeu_ps,
-    8
-);
-simd_block!(
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    avx2_16,
     8,
-    _mm256_set1_ps,
-    _mm256_loadu_ps,
-    _mm256_fmadd_ps,
-    _mm256_max_ps,
-    _mm256_min_ps,
-    _mm256_storeu_ps,
     2
 );
 
@@ -662,9 +705,9 @@ unsafe fn neon_fma(x: float32x4_t, k: float32x4_t, acc: float32x4_t) -> float32x
     vfmaq_f32(acc, x, k)
 }
 
-simd_block!(
+simd_plane!(
     #[cfg(target_arch = "aarch64")]
-    neon_64,
+    neon_plane,
     4,
     vdupq_n_f32,
     vld1q_f32,
@@ -672,23 +715,24 @@ simd_block!(
     vmaxq_f32,
     vminq_f32,
     vst1q_f32,
-    16
-);
-simd_block!(
-    #[cfg(target_arch = "aarch64")]
-    neon_16,
-    4,
-    vdupq_n_f32,
-    vld1q_f32,
-    neon_fma,
-    vmaxq_f32,
-    vminq_f32,
-    vst1q_f32,
+    16,
     4
 );
 
-/// `B` outputs from `at`: `bias + sum_t k[t] * buf[offsets[t] + i]`, clipped, in plain Rust
-/// (CPUs without AVX2 or NEON; armv7). A NaN passes the clip.
+/// The wide output, `bias + sum_t k[t] * buf[offsets[t] + i]` clipped, in plain Rust (CPUs
+/// without AVX2 or NEON; armv7), in blocks of 64 values then 16 that LLVM can vectorise.
+#[cfg(not(target_arch = "aarch64"))]
+fn plain_plane(p: &Plane, buf: &[f32], wide: &mut [f32]) {
+    for (i, out) in wide.chunks_exact_mut(64).enumerate() {
+        block::<64>(p, buf, i * 64, out);
+    }
+    let at = wide.len() / 64 * 64;
+    for (i, out) in wide[at..].chunks_exact_mut(16).enumerate() {
+        block::<16>(p, buf, at + i * 16, out);
+    }
+}
+
+/// `B` outputs from `at`, clipped. A NaN passes the clip.
 #[cfg(not(target_arch = "aarch64"))]
 fn block<const B: usize>(p: &Plane, buf: &[f32], at: usize, out: &mut [f32]) {
     let mut acc = [p.bias; B];
@@ -1110,11 +1154,21 @@ mod tests {
     #[test]
     fn every_instruction_set_agrees_with_plain_rust() {
         use super::{Geometry, Isa, Plane};
-        // Two input planes, stride 2x1; the wide output is 4 rows of 25 = 112 values: one
-        // block of 64 and three of 16, so both block sizes run.
-        let g = Geometry::new(2, (9, 23), (3, 3), (2, 1), (1, 1), (4, 23));
-        let x: Vec<f32> = (0..2 * 9 * 23).map(|i| ((i as f32) * 0.61).sin()).collect();
-        let k: Vec<f32> = (0..18).map(|i| ((i as f32) * 0.29).cos()).collect();
+        // One input plane (9 taps: the kernels take taps two at a time, so an odd count
+        // leaves one over) and two (18), stride 2x1; the wide output is 4 rows of 25 = 112
+        // values: one block of 64 and three of 16, so both block sizes run.
+        for cin in [1, 2] {
+            instruction_sets_agree(cin);
+        }
+    }
+
+    fn instruction_sets_agree(cin: usize) {
+        use super::{Geometry, Isa, Plane};
+        let g = Geometry::new(cin, (9, 23), (3, 3), (2, 1), (1, 1), (4, 23));
+        let x: Vec<f32> = (0..cin * 9 * 23)
+            .map(|i| ((i as f32) * 0.61).sin())
+            .collect();
+        let k: Vec<f32> = (0..cin * 9).map(|i| ((i as f32) * 0.29).cos()).collect();
         let p = Plane {
             g: &g,
             k: &k,
@@ -1167,7 +1221,7 @@ mod tests {
                 .zip(&plain)
                 .map(|(a, b)| (a - b).abs())
                 .fold(0f32, f32::max);
-            assert!(worst < 1e-5, "{isa:?}: off by {worst}");
+            assert!(worst < 1e-5, "{isa:?}, {cin} planes: off by {worst}");
         }
     }
 

@@ -7,6 +7,17 @@
 //! these moves made EfficientNet-Lite0's small-plane depthwise convolutions 3x slower than at
 //! opt-level 3). Elsewhere they are plain loops; the results are the same values.
 
+/// The AVX-512 mask of the first `n` lanes, all 16 from `n >= 16` on.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) fn first_lanes(n: usize) -> u16 {
+    if n >= 16 {
+        0xffff
+    } else {
+        ((1u32 << n) - 1) as u16
+    }
+}
+
 /// Zeroes `buf`: a `memset` at any optimisation level (`[f32]::fill` is a scalar loop at
 /// opt-level "z").
 #[inline]
@@ -45,7 +56,7 @@ unsafe fn splat_avx512(buf: &mut [f32], v: f32) {
         i += 16;
     }
     let left = n - i;
-    _mm512_mask_storeu_ps(d.add(i), ((1u32 << left) - 1) as __mmask16, x);
+    _mm512_mask_storeu_ps(d.add(i), first_lanes(left), x);
 }
 
 /// `dst[r * dst_stride + i] = src[r * src_stride + i]` for `r < rows` and `i < len`: a
@@ -111,11 +122,7 @@ unsafe fn to_lanes_avx512(src: &[f32], stride: usize, lanes: usize, n: usize, ds
         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
         _mm512_set1_epi32(s),
     );
-    let mask: __mmask16 = if lanes == 16 {
-        0xffff
-    } else {
-        (1 << lanes) - 1
-    };
+    let mask = first_lanes(lanes);
     let (src, dst) = (src.as_ptr(), dst.as_mut_ptr());
     for i in 0..n {
         let v = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, idx, src.add(i));
@@ -161,7 +168,7 @@ unsafe fn from_lanes_avx512(src: &[f32], stride: usize, l: usize, dst: &mut [f32
     let mut i = 0;
     while i < n {
         let left = n - i;
-        let mask: __mmask16 = if left >= 16 { 0xffff } else { (1 << left) - 1 };
+        let mask = first_lanes(left);
         let v = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, idx, s.add(i * stride));
         _mm512_mask_storeu_ps(d.add(i), mask, v);
         i += 16;
@@ -198,7 +205,7 @@ unsafe fn add_clip_avx512(dst: &mut [f32], res: &[f32], (lo, hi): (f32, f32)) {
     let mut i = 0;
     while i < n {
         let left = n - i;
-        let mask: __mmask16 = if left >= 16 { 0xffff } else { (1 << left) - 1 };
+        let mask = first_lanes(left);
         let y = _mm512_add_ps(
             _mm512_maskz_loadu_ps(mask, d.add(i)),
             _mm512_maskz_loadu_ps(mask, r.add(i)),

@@ -299,7 +299,7 @@ unsafe fn tile_avx512(t: &Tile, out: [*mut u8; ROWS]) {
             // Rounds half to even (the default rounding mode).
             let bytes = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(f));
             let n = (t.cols - first).min(16);
-            let mask: __mmask16 = if n == 16 { 0xffff } else { (1u16 << n) - 1 };
+            let mask = crate::lanes::first_lanes(n);
             _mm_mask_storeu_epi8(out[r].add(first) as *mut i8, mask, bytes);
         }
     }
