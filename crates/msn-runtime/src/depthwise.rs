@@ -589,7 +589,7 @@ impl Isa {
             p.g.reach + wide.len() <= buf.len(),
             "depthwise buffer too short"
         );
-        assert!(p.k.len() <= p.g.offsets.len() && wide.len() % 16 == 0);
+        assert!(p.k.len() <= p.g.offsets.len() && wide.len().is_multiple_of(16));
         // SAFETY: `here` found the features the x86-64 kernels are compiled for; aarch64
         // always has NEON; the reads and writes are within bounds, as asserted.
         unsafe {
@@ -1153,7 +1153,6 @@ mod tests {
     /// path is not the one picked on an AVX-512 machine, so it is checked here).
     #[test]
     fn every_instruction_set_agrees_with_plain_rust() {
-        use super::{Geometry, Isa, Plane};
         // One input plane (9 taps: the kernels take taps two at a time, so an odd count
         // leaves one over) and two (18), stride 2x1; the wide output is 4 rows of 25 = 112
         // values: one block of 64 and three of 16, so both block sizes run.
