@@ -592,6 +592,8 @@ impl DenseConv {
                         // by row: at opt-level "z" the arrays' set-up loops were a fifth of
                         // the block loop's own time.)
                         let out = seq!(R in 0..6 { [#(unsafe { out_rows[R].add(p0) },)*] });
+                        // Not `map`: a closure is a call at opt-level "z".
+                        #[allow(clippy::manual_map)]
                         let res = match res {
                             Some(_) => {
                                 Some(seq!(R in 0..6 { [#(unsafe { res_rows[R].add(p0) },)*] }))
