@@ -49,7 +49,6 @@ use crate::graph::{
 };
 use crate::lanes::{add_clip, copy_rows, split_pairs};
 use crate::split::{par_units, share, Rows, UNITS};
-#[cfg(target_arch = "x86_64")]
 use seq_macro::seq;
 
 /// Output channels per tile.
