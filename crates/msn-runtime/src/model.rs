@@ -579,9 +579,8 @@ impl Model {
             .into_iter()
             .map(|t| self.to_plan(t))
             .collect::<Result<Vec<_>>>()?;
-        let out = self
-            .plan
-            .run(inputs.into_iter().map(|t| t.into_tvalue()).collect())
+        let values = inputs.into_iter().map(|t| t.into_tvalue()).collect();
+        let out = crate::on_executor(|| self.plan.run(values))
             .map_err(|e| Error::Inference(format!("{}: {e:#}", self.origin.display())))?;
         out.into_iter()
             .map(|v| self.for_caller(v.into_tensor()))
@@ -635,14 +634,15 @@ impl Model {
                 .iter()
                 .map(|t| self.to_plan(t.clone()).map(|t| t.into_tvalue()))
                 .collect::<Result<_>>()?;
-            state
-                .run_plan_with_eval(values, |ctx, op_state, node, input| {
+            crate::on_executor(|| {
+                state.run_plan_with_eval(values, |ctx, op_state, node, input| {
                     let start = Instant::now();
                     let out = tract_onnx::tract_core::plan::eval(ctx, op_state, node, input);
                     times[node.id].push(start.elapsed().as_secs_f64());
                     out
                 })
-                .map_err(inference)?;
+            })
+            .map_err(inference)?;
         }
         Ok(model
             .nodes
