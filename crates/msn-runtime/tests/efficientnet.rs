@@ -127,3 +127,24 @@ fn logits_on_reference_inputs_match_onnxruntime() {
         assert!(max < 1e-4, "{name}: {max}");
     }
 }
+
+#[test]
+fn two_threads_give_the_logits_of_one() {
+    use tract_linalg::multithread::{multithread_tract_scope, Executor};
+    let Some(data) = shared() else { return };
+    let clf = efficientnet(&data);
+    let input = read_f32(&data.join("efficientnet-lite0/reference/chelsea.input.f32"));
+    let input = ndarray::Array3::from_shape_vec((3, 224, 224), input).unwrap();
+    // The whole plan on the pool's thread (`on_executor`), every op split between two.
+    let one = multithread_tract_scope(Executor::SingleThread, || clf.run_one(&input)).unwrap();
+    let two = multithread_tract_scope(Executor::multithread(2), || clf.run_one(&input)).unwrap();
+    let reference = read_f32(&data.join("efficientnet-lite0/reference/chelsea.logits.f32"));
+    let max = two
+        .iter()
+        .zip(&reference)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(max < 1e-4, "two threads: {max} from onnxruntime");
+    // Every value is summed in the same order however the work is split.
+    assert_eq!(one, two);
+}
