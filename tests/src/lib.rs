@@ -1,5 +1,6 @@
 //! Helpers shared by the end-to-end tests: where fixtures and shared data live, raw f32 files.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The repository root.
@@ -21,7 +22,12 @@ pub fn shared_data(what: &str) -> Option<PathBuf> {
     if dir.join(what).exists() {
         Some(dir)
     } else {
-        eprintln!("skipped: ../shared/data/{what} is absent");
+        // Straight to stderr, which the test harness does not capture: a skip shows in
+        // every run's output, not only under --nocapture.
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipped: ../shared/data/{what} is absent"
+        );
         None
     }
 }

@@ -3,6 +3,7 @@
 //! image folder when ../shared/data is absent.
 
 use msn_runtime::gan::Generator;
+use std::io::Write;
 mod common;
 
 use common::*;
@@ -46,7 +47,10 @@ fn data(tmp: &Path) -> (String, PathBuf) {
     if present && std::env::var_os("MSN_TEST_SYNTHETIC").is_none() {
         ("mnist".into(), mnist)
     } else {
-        eprintln!("../shared/data/mnist is absent: using a synthetic image folder instead");
+        let _ = writeln!(
+            std::io::stderr(),
+            "../shared/data/mnist is absent: using a synthetic image folder instead"
+        );
         let dir = tmp.join("synthetic");
         synthetic_folder(&dir);
         ("folder".into(), dir)

@@ -3,6 +3,7 @@
 
 use msn_onnx::meta::Resize;
 use msn_runtime::{softmax, topk, Classifier, LoadOptions, PreprocessOverrides};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 fn shared() -> Option<PathBuf> {
@@ -13,7 +14,12 @@ fn shared() -> Option<PathBuf> {
     {
         Some(dir)
     } else {
-        eprintln!("skipped: ../shared/data/efficientnet-lite0 is absent");
+        // Straight to stderr, which the test harness does not capture: a skip shows in
+        // every run's output, not only under --nocapture.
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipped: ../shared/data/efficientnet-lite0 is absent"
+        );
         None
     }
 }
