@@ -56,7 +56,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Runs tract's matrix products on `threads` threads from now on (0: every core; 1: the
 /// calling thread only). tract's executor is process-wide; it also runs [`depthwise`]'s
-/// convolutions; tract's other non-matrix ops stay on the calling thread.
+/// convolutions; tract's other non-matrix ops stay on one thread: with more than one thread,
+/// a model's run is on one of the pool's (`on_executor`).
 pub fn set_threads(threads: usize) -> usize {
     use tract_linalg::multithread::{set_default_executor, Executor};
     let n = match threads {
