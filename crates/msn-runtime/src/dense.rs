@@ -1540,6 +1540,41 @@ mod tests {
         }
     }
 
+    /// Several callers running plans at once on one two-thread pool all finish, each with the
+    /// values of a run alone: a run's helper that a busy thread picks up must not spin there
+    /// (two threads, each spinning for the other's run, would never finish).
+    #[test]
+    fn runs_from_several_threads_on_one_pool_finish() {
+        use tract_linalg::multithread::{multithread_tract_scope, Executor};
+        let source = graph(1, (32, 32), (28, 28), (3, 3), (1, 1), 1, [1; 4], "relu");
+        let shapes = verify::shapes(source.inputs(), &[]).unwrap();
+        let plan = std::sync::Arc::new(source.plan(&shapes, Plan::Optimized).unwrap());
+        let len = shapes[0].iter().product::<usize>();
+        let x = tract_onnx::prelude::Tensor::from_shape(&shapes[0], &noise(5, len)).unwrap();
+        let alone = plan.run(vec![x.clone()]).unwrap().remove(0);
+        const CALLERS: usize = 6;
+        const RUNS: usize = 400;
+        let pool = Executor::multithread(2);
+        let (tx, rx) = std::sync::mpsc::channel();
+        for _ in 0..CALLERS {
+            let (plan, x, pool, tx) = (plan.clone(), x.clone(), pool.clone(), tx.clone());
+            std::thread::spawn(move || {
+                let outs: Vec<_> = multithread_tract_scope(pool, || {
+                    (0..RUNS)
+                        .map(|_| plan.run(vec![x.clone()]).unwrap().remove(0))
+                        .collect()
+                });
+                tx.send(outs).unwrap();
+            });
+        }
+        for _ in 0..CALLERS {
+            let outs = rx
+                .recv_timeout(std::time::Duration::from_secs(120))
+                .expect("the callers' runs did not finish in 2 minutes: deadlock");
+            assert!(outs.iter().all(|o| *o == alone));
+        }
+    }
+
     /// A hostile model's padding and strides that would make the padded copy of a small
     /// input enormous (about 800 M values here, for a 3x3 output): not built, so the
     /// convolution is left to tract. The same shape with ordinary padding is built.

@@ -24,6 +24,8 @@
 //! # Ok::<(), msn_runtime::Error>(())
 //! ```
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 pub mod bench;
 mod classifier;
 pub mod dense;
@@ -75,35 +77,98 @@ pub fn set_threads(threads: usize) -> usize {
 
 /// Runs `f` (a whole plan) on a thread of tract's executor when that is a pool of more than
 /// one thread, else on the calling thread. Each parallel op then splits its work among the
-/// pool's threads from inside the pool, where an idle thread is still spinning between ops,
-/// instead of the calling thread handing every op to the pool and sleeping until it is done:
-/// two wake-ups across threads per op, about 50 ops in a mobile network.
+/// pool's threads from inside the pool, instead of the calling thread handing every op to the
+/// pool and sleeping until it is done. The pool's other threads stay awake for the whole run
+/// ([`keep_looking`]): left to rayon, a thread with no work sleeps after a few microseconds,
+/// and waking it again costs each of the ~50 ops of a mobile network a cross-thread wake-up.
 pub(crate) fn on_executor<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     use tract_linalg::multithread::{current_tract_executor, multithread_tract_scope, Executor};
     match current_tract_executor() {
         Executor::MultiThread(pool) if pool.current_num_threads() > 1 => {
             // The same executor on the pool's thread, were it only this thread's override.
             let executor = Executor::MultiThread(pool.clone());
-            pool.install(|| multithread_tract_scope(executor, f))
+            let helpers = pool.current_num_threads() - 1;
+            pool.install(|| {
+                let done = AtomicBool::new(false);
+                rayon::scope(|s| {
+                    for _ in 0..helpers {
+                        s.spawn(|_| keep_looking(&done));
+                    }
+                    // Both set back when these guards drop, also if `f` panics: the helpers
+                    // must end for the scope to end.
+                    let _stop = SetOnDrop(&done);
+                    let _busy = Busy::enter();
+                    multithread_tract_scope(executor, f)
+                })
+            })
         }
         _ => f(),
     }
 }
 
-static TRACT_DEPTHWISE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Sets its flag when dropped.
+struct SetOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+thread_local! {
+    /// Whether this thread is running a plan or a [`keep_looking`] helper (lower on its stack).
+    static BUSY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks this thread [`BUSY`] until dropped, then restores what it was.
+struct Busy(bool);
+
+impl Busy {
+    fn enter() -> Busy {
+        Busy(BUSY.with(|b| b.replace(true)))
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        BUSY.with(|b| b.set(self.0));
+    }
+}
+
+/// A helper of [`on_executor`]: runs the pool's pending work (parts of the run's ops) as it
+/// appears, until the run is `done`; between two pieces it yields the core, never sleeps.
+///
+/// Only a thread with nothing lower on its stack spins. A thread that picks up a helper while
+/// it waits inside a run (its own, or another caller's run on the same pool), or inside
+/// another helper, returns at once: spinning there would keep that run from finishing, and
+/// two such threads, each waiting for the other's run, would never finish.
+fn keep_looking(done: &AtomicBool) {
+    if BUSY.with(|b| b.get()) {
+        return;
+    }
+    let _busy = Busy::enter();
+    while !done.load(Ordering::Acquire) {
+        if rayon::yield_now() != Some(rayon::Yield::Executed) {
+            // Gives the core to another runnable thread (an image decoder), if there is one.
+            std::thread::yield_now();
+        }
+    }
+}
+
+static TRACT_DEPTHWISE: AtomicBool = AtomicBool::new(false);
 
 /// Leaves every convolution to tract from now on (`true`), instead of our kernels
 /// ([`depthwise::DirectConv`], [`dense::DenseConv`], [`qconv::QConv`]): to compare the two.
 pub fn set_tract_depthwise(tract: bool) {
-    TRACT_DEPTHWISE.store(tract, std::sync::atomic::Ordering::Relaxed);
+    TRACT_DEPTHWISE.store(tract, Ordering::Relaxed);
 }
 
 /// Whether depthwise convolutions are left to tract ([`set_tract_depthwise`]).
 pub fn tract_depthwise() -> bool {
-    TRACT_DEPTHWISE.load(std::sync::atomic::Ordering::Relaxed)
+    TRACT_DEPTHWISE.load(Ordering::Relaxed)
 }
 
-static HALF: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static HALF: AtomicBool = AtomicBool::new(false);
 
 /// Plans models in half precision from now on (tract's `f32_to_f16` transform before its
 /// optimiser; callers still give and get f32), if tract computes f16 natively on this CPU:
@@ -121,12 +186,12 @@ pub fn set_half(half: bool) -> std::result::Result<(), String> {
 /// [`set_half`] without the CPU check: f16 results on any CPU (slowly where it is emulated),
 /// to measure what half precision does to a model's answers.
 pub fn set_half_unchecked(half: bool) {
-    HALF.store(half, std::sync::atomic::Ordering::Relaxed);
+    HALF.store(half, Ordering::Relaxed);
 }
 
 /// Whether models are planned in half precision ([`set_half`]).
 pub fn half() -> bool {
-    HALF.load(std::sync::atomic::Ordering::Relaxed)
+    HALF.load(Ordering::Relaxed)
 }
 
 /// Ok when tract computes f16 natively on this CPU; otherwise why not.
@@ -193,5 +258,38 @@ mod tests {
             vec![(1, 0.5), (3, 0.5), (2, 0.2)]
         );
         assert_eq!(topk(&[0.1], 5).len(), 1);
+    }
+
+    /// A helper that a thread picks up while it is inside a run (or another helper) returns
+    /// at once instead of spinning until its own run ends; on an idle thread it runs until
+    /// `done`. Each case on its own thread, with a time limit, so a failure is not a hang.
+    #[test]
+    fn a_helper_spins_only_on_an_idle_thread() {
+        use std::sync::mpsc;
+        use std::time::Duration;
+        let done = std::sync::Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel();
+        let (d, t) = (done.clone(), tx.clone());
+        std::thread::spawn(move || {
+            let _busy = Busy::enter();
+            keep_looking(&d);
+            t.send("busy").unwrap();
+        });
+        let busy = rx.recv_timeout(Duration::from_secs(10));
+        assert_eq!(busy, Ok("busy"), "a helper on a busy thread spun");
+        let d = done.clone();
+        std::thread::spawn(move || {
+            keep_looking(&d);
+            // And the thread is idle again afterwards.
+            assert!(!BUSY.with(|b| b.get()));
+            tx.send("idle").unwrap();
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            rx.try_recv().is_err(),
+            "a helper on an idle thread did not wait"
+        );
+        done.store(true, Ordering::Release);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok("idle"));
     }
 }
