@@ -1541,8 +1541,10 @@ mod tests {
     }
 
     /// Several callers running plans at once on one two-thread pool all finish, each with the
-    /// values of a run alone: a run's helper that a busy thread picks up must not spin there
-    /// (two threads, each spinning for the other's run, would never finish).
+    /// values of a run alone. On aarch64, where tract's own matrix products run this
+    /// convolution, runs nested on one thread (a thread waiting inside one run's product took
+    /// another caller's run) aborted on tract's thread-local scratch space until `on_executor`
+    /// let one run at a time onto the pool.
     #[test]
     fn runs_from_several_threads_on_one_pool_finish() {
         use tract_linalg::multithread::{multithread_tract_scope, Executor};

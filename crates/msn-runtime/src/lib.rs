@@ -88,6 +88,13 @@ pub(crate) fn on_executor<R: Send>(f: impl FnOnce() -> R + Send) -> R {
             // The same executor on the pool's thread, were it only this thread's override.
             let executor = Executor::MultiThread(pool.clone());
             let helpers = pool.current_num_threads() - 1;
+            // One run at a time on the pool. A thread waiting inside an op takes any pending
+            // work, another caller's whole run included, and tract's matrix products keep
+            // their scratch space in a thread-local `RefCell`: a second run's product nested
+            // inside the first's on one thread panics ("already borrowed") and aborts. Each
+            // run uses every thread of the pool, so queueing the callers costs no throughput.
+            static ONE_RUN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+            let _one = ONE_RUN.lock().unwrap_or_else(|e| e.into_inner());
             pool.install(|| {
                 let done = AtomicBool::new(false);
                 rayon::scope(|s| {
