@@ -145,10 +145,10 @@ impl Drop for Busy {
 /// A helper of [`on_executor`]: runs the pool's pending work (parts of the run's ops) as it
 /// appears, until the run is `done`; between two pieces it yields the core, never sleeps.
 ///
-/// Only a thread with nothing lower on its stack spins. A thread that picks up a helper while
-/// it waits inside a run (its own, or another caller's run on the same pool), or inside
-/// another helper, returns at once: spinning there would keep that run from finishing, and
-/// two such threads, each waiting for the other's run, would never finish.
+/// Only a thread with nothing lower on its stack spins. The run's own thread, which can pop a
+/// helper that no other thread has taken yet while it waits inside an op, returns at once
+/// (spinning there, it would wait for its own run to end), and so does a thread already inside
+/// another helper.
 fn keep_looking(done: &AtomicBool) {
     if BUSY.with(|b| b.get()) {
         return;
