@@ -1099,24 +1099,58 @@ pub fn conv_weight_direct(
     image: usize,
     dw: &mut [f32],
 ) {
+    weight_direct(x, g, gy, rs, image, dw, false)
+}
+
+/// [`conv_weight_direct`] as outer products of the image values and the transposed
+/// gradient ([`crate::sgemm_avx512::outer_direct`]), for calls with few pixels, where the
+/// dot products' horizontal sums would cost as much as the products; `dwt` transposed:
+/// `dwt[r * m + o]`.
+pub fn conv_weight_outer(
+    x: DirectInput,
+    g: &ConvGeom,
+    gy: &[f32],
+    rs: usize,
+    image: usize,
+    dwt: &mut [f32],
+) {
+    weight_direct(x, g, gy, rs, image, dwt, true)
+}
+
+fn weight_direct(
+    x: DirectInput,
+    g: &ConvGeom,
+    gy: &[f32],
+    rs: usize,
+    image: usize,
+    dw: &mut [f32],
+    outer: bool,
+) {
     assert!(
         direct_conv(g),
         "conv_weight_direct: not a direct convolution"
     );
     #[cfg(target_arch = "x86_64")]
     {
+        use crate::sgemm_avx512::{dot_direct, outer_direct};
         let taps: Vec<isize> = (0..g.rows()).map(|r| tap_offset(g, r) as isize).collect();
         let vecs = pixel_vecs(g, x.count(), image);
         let m = dw.len() / g.rows().max(1);
         with_input(&x, g, |xp| {
-            // SAFETY: AVX-512 is present (`direct_conv`); `dot_direct` checks its reads and
+            // SAFETY: AVX-512 is present (`direct_conv`); both kernels check their reads and
             // the size of `dw`.
-            unsafe { crate::sgemm_avx512::dot_direct(gy, rs, m, xp, &taps, &vecs, dw) }
+            unsafe {
+                if outer {
+                    outer_direct(gy, rs, m, xp, &taps, &vecs, dw)
+                } else {
+                    dot_direct(gy, rs, m, xp, &taps, &vecs, dw)
+                }
+            }
         });
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (x, gy, rs, image, dw);
+        let _ = (x, gy, rs, image, dw, outer);
     }
 }
 

@@ -603,9 +603,182 @@ unsafe fn dot_tile(
     sums
 }
 
+/// Taps of one tile of [`outer_direct`]: 8 taps by 2 vectors of output channels make 16
+/// accumulators, with the 8 broadcasts and 2 loads that feed them, well inside the registers.
+const OUTER_T: usize = 8;
+/// Output channels a block of [`outer_direct`] (two 16-lane vectors).
+const OUTER_M: usize = 32;
+
+/// The sums of [`dot_direct`] as outer products, written transposed: for `i < m` and each
+/// tap `kk`, `dwt[kk * m + i]` gains the sum over vectors `v` and lanes `l < v.lanes` of
+/// `gy[i * gs + v.dst + l] * xp[taps[kk] + v.src + l]`. For each block of 32 output
+/// channels the gradient is transposed once into `[pixel, 32]` rows (two gathers a pixel);
+/// then each tile of 8 taps runs over all the pixels with its accumulators in registers (one
+/// broadcast of the image value and two vector loads of the gradient feed 16 products) and
+/// adds them to its 8 rows of `dwt`. Where the dot products are short (a strided
+/// convolution's phase images, an image a call), their horizontal sums cost as much as the
+/// products. Panics if a read would leave `gy` or `xp`, or `dwt` is short.
+///
+/// # Safety
+/// [`available`] must be true.
+pub unsafe fn outer_direct(
+    gy: &[f32],
+    gs: usize,
+    m: usize,
+    xp: &[f32],
+    taps: &[isize],
+    vecs: &[PixelVec],
+    dwt: &mut [f32],
+) {
+    let n = taps.len();
+    if m == 0 || n == 0 || vecs.is_empty() {
+        return;
+    }
+    let reach = direct_bounds("outer_direct", xp, taps, vecs);
+    assert!(
+        (m - 1) * gs + reach <= gy.len(),
+        "outer_direct: reads outside gy"
+    );
+    assert!(dwt.len() >= m * n, "outer_direct: weight gradient size");
+    assert!(
+        16 * gs <= i32::MAX as usize,
+        "outer_direct: gradient rows too far apart"
+    );
+    let pixels: usize = vecs.iter().map(|v| v.lanes).sum();
+    let rows = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(gs as i32),
+    );
+    OUTER_PANEL.with(|panel| {
+        let mut panel = panel.borrow_mut();
+        panel.resize(pixels * OUTER_M, 0.0);
+        for o0 in (0..m).step_by(OUTER_M) {
+            let mb = OUTER_M.min(m - o0);
+            // gy^T for this block: panel row p holds pixel p's 32 channels, those past `m`
+            // zero. Channel o of a gather reads gy[(o0 + j * 16 + o) * gs + pixel], inside
+            // gy for o0 + j * 16 + o < m (checked above).
+            let masks = [0, 1].map(|j| mask(mb.saturating_sub(16 * j).min(16)));
+            let mut out = panel.as_mut_ptr();
+            for v in vecs {
+                for l in 0..v.lanes {
+                    for (j, &k) in masks.iter().enumerate() {
+                        let at = gy.as_ptr().add((o0 + 16 * j) * gs + v.dst + l);
+                        let g = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), k, rows, at);
+                        _mm512_storeu_ps(out.add(16 * j), g);
+                    }
+                    out = out.add(OUTER_M);
+                }
+            }
+            for t0 in (0..n).step_by(OUTER_T) {
+                // A ragged last tile repeats its last tap and drops the repeat.
+                let tap = [0, 1, 2, 3, 4, 5, 6, 7].map(|t| taps[(t0 + t).min(n - 1)]);
+                let nt = OUTER_T.min(n - t0);
+                let dst = dwt.as_mut_ptr().add(t0 * m + o0);
+                if mb > 16 {
+                    outer_tile::<2>(xp.as_ptr(), tap, vecs, panel.as_ptr(), dst, m, nt, masks);
+                } else {
+                    outer_tile::<1>(xp.as_ptr(), tap, vecs, panel.as_ptr(), dst, m, nt, masks);
+                }
+            }
+        }
+    })
+}
+
+thread_local! {
+    /// [`outer_direct`]'s transposed gradient block.
+    static OUTER_PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// One tile of [`outer_direct`]: `dst[t * rs + o] += sum over pixels of xp[taps[t] + pixel]
+/// * panel[pixel * 32 + o]` for `t < nt` and the channels `o` of `masks` (`NV` vectors),
+/// pixels in the order of `vecs`.
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn outer_tile<const NV: usize>(
+    xp: *const f32,
+    taps: [isize; OUTER_T],
+    vecs: &[PixelVec],
+    panel: *const f32,
+    dst: *mut f32,
+    rs: usize,
+    nt: usize,
+    masks: [__mmask16; 2],
+) {
+    let mut acc = [[_mm512_setzero_ps(); 2]; OUTER_T];
+    let mut g = panel;
+    for v in vecs {
+        let base = xp.add(v.src);
+        let rows = taps.map(|t| base.offset(t));
+        for l in 0..v.lanes {
+            let mut gv = [_mm512_setzero_ps(); 2];
+            for (j, x) in gv.iter_mut().enumerate().take(NV) {
+                *x = _mm512_loadu_ps(g.add(16 * j));
+            }
+            for t in 0..OUTER_T {
+                let x = _mm512_set1_ps(*rows[t].add(l));
+                for j in 0..NV {
+                    acc[t][j] = _mm512_fmadd_ps(x, gv[j], acc[t][j]);
+                }
+            }
+            g = g.add(OUTER_M);
+        }
+    }
+    for (t, row) in acc.iter().enumerate().take(nt) {
+        for j in 0..NV {
+            let p = dst.add(t * rs + 16 * j);
+            let sum = _mm512_add_ps(row[j], _mm512_maskz_loadu_ps(masks[j], p));
+            _mm512_mask_storeu_ps(p, masks[j], sum);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `outer_direct` against the definition summed in f64 (and so against `dot_direct`'s
+    /// sums): channel counts around the 16- and 32-channel blocks, tap counts around the
+    /// 8-tap tile, partial vectors, and the accumulation into what `dwt` held.
+    #[test]
+    fn outer_direct_matches_the_definition() {
+        if !available() {
+            eprintln!("SKIPPED: this CPU has no AVX-512");
+            return;
+        }
+        let val = |i: usize, s: f32| (i as f32 * 0.377 + s).sin();
+        for (m, n) in [(1, 1), (16, 25), (17, 8), (32, 9), (33, 16), (70, 3)] {
+            let xp: Vec<f32> = (0..4000).map(|i| val(i, 0.3)).collect();
+            let taps: Vec<isize> = (0..n).map(|t| (t * 37 % 500) as isize).collect();
+            let vecs: Vec<PixelVec> = (0..9)
+                .map(|v| PixelVec {
+                    src: v * 300 + v % 3,
+                    dst: v * 16,
+                    lanes: [16, 5, 12][v % 3],
+                })
+                .collect();
+            let gs = 9 * 16 + 3;
+            let gy: Vec<f32> = (0..m * gs).map(|i| val(i, 1.1)).collect();
+            let start: Vec<f32> = (0..m * n).map(|i| val(i, 2.0)).collect();
+            let mut dwt = start.clone();
+            unsafe { outer_direct(&gy, gs, m, &xp, &taps, &vecs, &mut dwt) };
+            for i in 0..m {
+                for (kk, &t) in taps.iter().enumerate() {
+                    let mut want = start[kk * m + i] as f64;
+                    for v in &vecs {
+                        for l in 0..v.lanes {
+                            want += gy[i * gs + v.dst + l] as f64
+                                * xp[(t + (v.src + l) as isize) as usize] as f64;
+                        }
+                    }
+                    let got = dwt[kk * m + i] as f64;
+                    assert!(
+                        (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+                        "m {m} n {n} ({i}, {kk}): {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
 
     /// Against a plain triple loop, over ragged shapes, transposed operands and accumulate.
     #[test]

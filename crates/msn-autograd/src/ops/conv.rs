@@ -4,8 +4,8 @@
 
 use crate::kernels::{
     col2im, conv_direct, conv_direct_wide, conv_gemm, conv_weight_direct, conv_weight_gemm,
-    direct_conv, gemm_seq, im2col, par_images_new, view2, view2_mut, ConvGeom, DirectInput,
-    PackedWeight,
+    conv_weight_outer, direct_conv, gemm_seq, im2col, par_images_new, view2, view2_mut, ConvGeom,
+    DirectInput, PackedWeight,
 };
 use crate::{Array, Var};
 use ndarray::{s, Array2, ArrayView2, Dimension, IxDyn};
@@ -346,6 +346,9 @@ impl Lowered {
             self.a * self.geom.plane(),
         );
         let (a_size, b_size) = (a_imgs.len() / count, b_imgs.len() / count);
+        if let Some(s2d) = &self.s2d {
+            return s2d.weight_grad(&self.geom, a_imgs, b_imgs, count, dw);
+        }
         for g in 0..self.groups {
             let dwg = &mut dw[g * self.b * rows..(g + 1) * self.b * rows];
             if self.packed.is_some() {
@@ -592,6 +595,59 @@ impl S2d {
                 conv_direct(x, &self.pg, w, out, l, b_size, false);
             }
         })
+    }
+
+    /// `dWq^T += im2col(a) b^T` for the phase convolution's weight `Wq`, transposed per group
+    /// (`[groups][pg.rows()][b]`): outer products over the phase images. [`S2d::to_weight`]
+    /// maps the summed gradient back to `K`'s layout and taps once a step.
+    fn weight_grad(
+        &self,
+        g: &ConvGeom,
+        a_imgs: &[f32],
+        b_imgs: &[f32],
+        count: usize,
+        dw: &mut [f32],
+    ) {
+        let (l, b_size) = (g.cols(), b_imgs.len() / count);
+        let size = self.pg.c * self.pg.plane();
+        let prow = self.pg.rows();
+        self.with_phases(g, a_imgs, count, |xq| {
+            for gi in 0..self.groups {
+                let x = DirectInput::Padded(&xq[gi * count * size..], count);
+                let gy = &b_imgs[gi * self.b * l..];
+                let dwg = &mut dw[gi * self.b * prow..(gi + 1) * self.b * prow];
+                conv_weight_outer(x, &self.pg, gy, l, b_size, dwg);
+            }
+        })
+    }
+
+    /// Values of the phase convolution's weight gradient.
+    fn weight_len(&self) -> usize {
+        self.groups * self.b * self.pg.rows()
+    }
+
+    /// The gradient of `K`'s weight (`[groups * b, c, kh, kw]`) from the phase weight's:
+    /// each phase tap goes to the tap of `K` it came from (phase taps past the kernel
+    /// carry zero weights and are dropped).
+    fn to_weight(&self, g: &ConvGeom, dwq: &[f32], shape: IxDyn) -> Array {
+        let [sy, sx] = g.stride;
+        let (prow, rows) = (self.pg.rows(), g.rows());
+        let (ptaps, kqw) = (self.pg.kh * self.pg.kw, self.pg.kw);
+        let mut dw = vec![0.0f32; self.groups * self.b * rows];
+        for (row, dst) in dw.chunks_exact_mut(rows).enumerate() {
+            let (gi, o) = (row / self.b, row % self.b);
+            let src = &dwq[gi * self.b * prow..(gi + 1) * self.b * prow];
+            for c in 0..g.c {
+                for y in 0..g.kh {
+                    for x in 0..g.kw {
+                        let ch = (c * sy + y % sy) * sx + x % sx;
+                        let col = ch * ptaps + (y / sy) * kqw + x / sx;
+                        dst[(c * g.kh + y) * g.kw + x] = src[col * self.b + o];
+                    }
+                }
+            }
+        }
+        Array::from_shape_vec(shape, dw).expect("weight-sized gradient")
     }
 
     /// `a += K^T b`: the flipped phase convolution of `b` into phase images (wide rows),
@@ -950,7 +1006,12 @@ fn apply(x: &Var, w: &Var, k: Lowered, transposed: bool, y_shape: [usize; 4]) ->
             let gy = &gy;
             let (gs, xv) = (values(gy), input.value());
             let xs = values(&xv);
-            let dw_len = if needs[1] { wshape.size() } else { 0 };
+            // A strided convolution's weight gradient is summed in its phase layout.
+            let dw_len = match (needs[1], &k.s2d) {
+                (false, _) => 0,
+                (true, Some(s2d)) => s2d.weight_len(),
+                (true, None) => wshape.size(),
+            };
             let dx_size = if needs[0] { x_size } else { 0 };
             let (dx, parts) = k.images(n, dx_size, dw_len, |r, dxs, col, dw| {
                 let (xr, gyr) = (images(&xs, &r, x_size), images(&gs, &r, y_size));
@@ -965,7 +1026,14 @@ fn apply(x: &Var, w: &Var, k: Lowered, transposed: bool, y_shape: [usize; 4]) ->
                 }
             });
             let dx = needs[0].then(|| Array::from_shape_vec(xshape, dx).expect("sized"));
-            vec![dx, needs[1].then(|| sum_parts(parts, wshape))]
+            let dw = needs[1].then(|| match &k.s2d {
+                Some(s2d) => {
+                    let dwq = sum_parts(parts, IxDyn(&[s2d.weight_len()]));
+                    s2d.to_weight(&k.geom, dwq.as_slice().expect("standard layout"), wshape)
+                }
+                None => sum_parts(parts, wshape),
+            });
+            vec![dx, dw]
         }),
     )
 }
