@@ -46,30 +46,71 @@ pub(crate) fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
 /// Per-channel sums of `a`, and of `a * b` when `b` is given (standard-layout slices);
 /// per-sample partial sums are accumulated in f64, on all threads for large tensors (each
 /// thread's images in order, the threads' totals in order: reproducible for a thread count).
-fn channel_sums(a: &[f32], b: Option<&[f32]>, (n, c, l): (usize, usize, usize)) -> [Vec<f32>; 2] {
+fn channel_sums(a: &[f32], b: Option<&[f32]>, d: (usize, usize, usize)) -> [Vec<f32>; 2] {
+    channel_reduce(d, b.is_some(), |r, _| match b {
+        Some(b) => [lane_sum(&a[r.clone()]), lane_dot(&a[r.clone()], &b[r])],
+        None => [lane_sum(&a[r]), 0.0],
+    })
+}
+
+/// Per-channel sums of the two values `f(run, channel)` gives for each run of one channel
+/// of one sample (the second only when `two`), accumulated as [`channel_sums`] does.
+fn channel_reduce(
+    (n, c, l): (usize, usize, usize),
+    two: bool,
+    f: impl Fn(std::ops::Range<usize>, usize) -> [f32; 2] + Sync,
+) -> [Vec<f32>; 2] {
     let parts = par_batch(n, c * l, |imgs| {
         let mut sum = vec![0.0f64; c];
-        let mut dot = vec![0.0f64; if b.is_some() { c } else { 0 }];
+        let mut dot = vec![0.0f64; if two { c } else { 0 }];
         for ni in imgs {
             for ci in 0..c {
-                let r = (ni * c + ci) * l..(ni * c + ci + 1) * l;
-                sum[ci] += lane_sum(&a[r.clone()]) as f64;
-                if let Some(b) = b {
-                    dot[ci] += lane_dot(&a[r.clone()], &b[r]) as f64;
+                let [s, t] = f((ni * c + ci) * l..(ni * c + ci + 1) * l, ci);
+                sum[ci] += s as f64;
+                if two {
+                    dot[ci] += t as f64;
                 }
             }
         }
         (sum, dot)
     });
-    let mut total = [
-        vec![0.0f64; c],
-        vec![0.0f64; if b.is_some() { c } else { 0 }],
-    ];
+    let mut total = [vec![0.0f64; c], vec![0.0f64; if two { c } else { 0 }]];
     for (sum, dot) in parts {
         total[0].iter_mut().zip(sum).for_each(|(t, v)| *t += v);
         total[1].iter_mut().zip(dot).for_each(|(t, v)| *t += v);
     }
     total.map(|v| v.into_iter().map(|s| s as f32).collect())
+}
+
+/// `sum of a[i] * (b[i] - m)`, vectorized like [`lane_sum`]; `a` may be `b` (squares).
+fn lane_dot_dev(a: &[f32], b: &[f32], m: f32) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let rest: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * (y - m))
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            acc[k] += x[k] * (y[k] - m);
+        }
+    }
+    acc.iter().sum::<f32>() + rest
+}
+
+/// `sum of (a[i] - m)^2`, vectorized like [`lane_sum`].
+fn lane_sq_dev(a: &[f32], m: f32) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let ca = a.chunks_exact(8);
+    let rest: f32 = ca.remainder().iter().map(|x| (x - m) * (x - m)).sum();
+    for x in ca {
+        for k in 0..8 {
+            acc[k] += (x[k] - m) * (x[k] - m);
+        }
+    }
+    acc.iter().sum::<f32>() + rest
 }
 
 /// Runs `f` on contiguous ranges of `n` images of `size` values, one range per thread when
@@ -126,22 +167,22 @@ fn channel_map(
     }
 }
 
-/// `y = p[c] * x + q[c] * z + r[c]` over standard-layout slices.
+/// `y = p[c] * x + q[c] * (z - m[c]) + r[c]` over standard-layout slices.
 fn channel_map2(
     x: &[f32],
     z: &[f32],
     (n, c, l): (usize, usize, usize),
-    [p, q, r]: [&[f32]; 3],
+    [p, q, r, m]: [&[f32]; 4],
 ) -> Vec<f32> {
     debug_assert_eq!(x.len(), n * c * l);
     // SAFETY: the channel runs cover the chunk, and each of its values is written once.
     unsafe {
         par_fill(x.len(), PARALLEL_MIN, |at, out| {
             for_channel_runs(at, out.len(), (c, l), |k, run, ci| {
-                let (a, b, m) = (p[ci], q[ci], r[ci]);
+                let (a, b, e, s) = (p[ci], q[ci], r[ci], m[ci]);
                 let values = x[at + k..].iter().zip(&z[at + k..]);
                 for (o, (&v, &w)) in out[k..k + run].iter_mut().zip(values) {
-                    o.write(a * v + b * w + m);
+                    o.write(a * v + b * (w - s) + e);
                 }
             })
         })
@@ -297,42 +338,55 @@ impl Var {
         let d = dims(&self.value());
         let count = (d.0 * d.2) as f32;
         let (g, b) = (vec1(weight), vec1(bias));
-        let (mean, var, xhat) = with_slice(&self.value(), |xs| {
+        // Three passes over x and one output, nothing else kept: the sums, the squared
+        // deviations from the mean (the variance of the centred values, not E[x^2] -
+        // E[x]^2), then y = (g inv) x + (b - g inv mean). The backward pass reads x again.
+        let (mean, var, y) = with_slice(&self.value(), |xs| {
             let [sum, _] = channel_sums(xs, None, d);
             let mean: Vec<f32> = sum.iter().map(|s| s / count).collect();
-            // Two passes: the variance of the centred values, not E[x^2] - E[x]^2.
-            let neg: Vec<f32> = mean.iter().map(|m| -m).collect();
-            let centred = channel_map(xs, d, &vec![1.0; d.1], &neg);
-            let [_, sq] = channel_sums(&centred, Some(&centred), d);
+            let [sq, _] = channel_reduce(d, false, |r, ci| [lane_sq_dev(&xs[r], mean[ci]), 0.0]);
             let var: Vec<f32> = sq.iter().map(|s| s / count).collect();
-            let inv: Vec<f32> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
-            let xhat = channel_map(&centred, d, &inv, &vec![0.0; d.1]);
-            (mean, var, xhat)
+            let scale: Vec<f32> = (0..d.1).map(|c| g[c] / (var[c] + eps).sqrt()).collect();
+            let shift: Vec<f32> = (0..d.1).map(|c| b[c] - scale[c] * mean[c]).collect();
+            let y = channel_map(xs, d, &scale, &shift);
+            (mean, var, y)
         });
         let inv: Vec<f32> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
-        let y = channel_map(&xhat, d, &g, &b);
         let y = Array::from_shape_vec(xshape.clone(), y).expect("same size");
         let shape = weight.value().raw_dim();
+        let (input, mean_c) = (self.clone(), mean.clone());
         let out = Var::from_op(
             y,
             vec![self.clone(), weight.clone(), bias.clone()],
             Box::new(move |gy, needs| {
-                let gy = &gy;
+                let (gy, xv) = (&gy, input.value());
+                let mean = &mean_c;
                 with_slice(gy, |gs| {
-                    let [gsum, gxhat] = channel_sums(gs, Some(&xhat), d);
-                    let dx = needs[0].then(|| {
-                        // g * inv * (dy - mean(dy) - xhat * mean(dy * xhat))
-                        let p: Vec<f32> = (0..d.1).map(|c| g[c] * inv[c]).collect();
-                        let q: Vec<f32> = (0..d.1).map(|c| -p[c] * gxhat[c] / count).collect();
-                        let r: Vec<f32> = (0..d.1).map(|c| -p[c] * gsum[c] / count).collect();
-                        let v = channel_map2(gs, &xhat, d, [&p, &q, &r]);
-                        Array::from_shape_vec(xshape.clone(), v).expect("same size")
-                    });
-                    let dg = needs[1]
-                        .then(|| Array::from_shape_vec(shape.clone(), gxhat.clone()).expect("C"));
-                    let db = needs[2]
-                        .then(|| Array::from_shape_vec(shape.clone(), gsum.clone()).expect("C"));
-                    vec![dx, dg, db]
+                    with_slice(&xv, |xs| {
+                        // sum(dy) and sum(dy * xhat) = inv * sum(dy * (x - mean)).
+                        let [gsum, gdev] = channel_reduce(d, true, |r, ci| {
+                            let (a, x) = (&gs[r.clone()], &xs[r]);
+                            [lane_sum(a), lane_dot_dev(a, x, mean[ci])]
+                        });
+                        let gxhat: Vec<f32> = (0..d.1).map(|c| gdev[c] * inv[c]).collect();
+                        let dx = needs[0].then(|| {
+                            // g * inv * (dy - mean(dy) - xhat * mean(dy * xhat)), with
+                            // xhat = inv * (x - mean).
+                            let p: Vec<f32> = (0..d.1).map(|c| g[c] * inv[c]).collect();
+                            let q: Vec<f32> = (0..d.1)
+                                .map(|c| -p[c] * gxhat[c] / count * inv[c])
+                                .collect();
+                            let r: Vec<f32> = (0..d.1).map(|c| -p[c] * gsum[c] / count).collect();
+                            let v = channel_map2(gs, xs, d, [&p, &q, &r, mean]);
+                            Array::from_shape_vec(xshape.clone(), v).expect("same size")
+                        });
+                        let dg = needs[1]
+                            .then(|| Array::from_shape_vec(shape.clone(), gxhat).expect("C"));
+                        let db = needs[2].then(|| {
+                            Array::from_shape_vec(shape.clone(), gsum.clone()).expect("C")
+                        });
+                        vec![dx, dg, db]
+                    })
                 })
             }),
         );
