@@ -14,6 +14,20 @@ pub fn set_threads(n: usize) {
     THREADS.store(n, Ordering::Relaxed);
 }
 
+/// Makes the calling thread the first thread of rayon's global pool, [`threads`] threads in
+/// all, before anything else uses the pool: a training loop on this thread then runs each
+/// op's parallel parts from inside the pool (its own half here, the other thread stealing
+/// the rest), instead of handing every op to the pool's threads and sleeping until they are
+/// done, a wake-up of this thread per op. False when the pool was already built (then ops
+/// run as before).
+pub fn join_global_pool() -> bool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads())
+        .use_current_thread()
+        .build_global()
+        .is_ok()
+}
+
 /// The thread count in use: the one set by [`set_threads`], or all cores.
 pub fn threads() -> usize {
     static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();

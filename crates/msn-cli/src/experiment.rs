@@ -81,6 +81,7 @@ fn train_one(options: &TrainOptions, norm: NormKind, dir: &Path) -> Result<()> {
 
 pub fn run_experiment(args: ExperimentArgs) -> Result<()> {
     msn_autograd::kernels::set_threads(args.options.threads);
+    msn_autograd::kernels::join_global_pool();
     if args.norms.is_empty() {
         bail!("--norms lists no normalization");
     }

@@ -67,6 +67,7 @@ pub struct TrainGanArgs {
 
 pub fn run_train_gan(args: TrainGanArgs) -> Result<()> {
     msn_autograd::kernels::set_threads(args.threads);
+    msn_autograd::kernels::join_global_pool();
     let stop = stop_on_ctrl_c();
     let (outcome, dir) = match &args.resume {
         Some(dir) => (gan::resume(dir, &stop, true)?, dir.clone()),

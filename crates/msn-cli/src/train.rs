@@ -169,6 +169,7 @@ impl TrainOptions {
 
 pub fn run(args: TrainArgs) -> Result<()> {
     msn_autograd::kernels::set_threads(args.options.threads);
+    msn_autograd::kernels::join_global_pool();
     let stop = stop_on_ctrl_c();
     let progress = true;
     let (outcome, dir) = match &args.resume {

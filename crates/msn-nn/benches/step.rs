@@ -7,14 +7,13 @@
 //!    sn/none;
 //! 2. forward + backward of the normalization layers alone: BatchNorm, mean-only BN, and the
 //!    SN power iteration with the weight normalization;
-//! 3. the conv kernels' GFLOP/s at the cnn3 and vgg7 layer shapes, forward and backward,
-//!    beside the machine's peak, fused (im2col inside the sgemm's packing) against unfused;
+//! 3. the conv kernels' GFLOP/s at the cnn3 and vgg7 layer shapes beside the machine's peak:
+//!    the forward pass, the input gradient and the weight gradient, each alone;
 //! 4. with `--torch PYTHON`, PyTorch's step times from `tests/python/bench_torch_step.py` on
 //!    the same machine: each net right after (or, every other round, right before) ours, for
 //!    `--rounds` rounds (3 by default), with the ratio ours/PyTorch of the medians and of
 //!    each round.
 
-use msn_autograd::kernels::set_fused;
 use msn_autograd::ops::conv::ConvOptions;
 use msn_autograd::ops::elementwise::spread;
 use msn_autograd::{no_grad, Var};
@@ -116,47 +115,53 @@ fn peak_gflops() -> (f64, String) {
 }
 
 fn conv_gflops(name: &str, n: usize, c: usize, hw: usize, o: usize, k: usize, opts: ConvOptions) {
-    let x = Var::parameter(spread(&[n, c, hw, hw], -1.0, 1.0, 5));
-    let w = Var::parameter(spread(&[o, c, k, k], -1.0, 1.0, 6));
-    let y = no_grad(|| x.conv2d(&w, opts));
+    let xv = spread(&[n, c, hw, hw], -1.0, 1.0, 5);
+    let wv = spread(&[o, c, k, k], -1.0, 1.0, 6);
+    let y = no_grad(|| Var::constant(xv.clone()).conv2d(&Var::constant(wv.clone()), opts));
     let (oh, ow) = (y.shape()[2], y.shape()[3]);
     let flops = 2.0 * (n * o * oh * ow * c * k * k) as f64;
-    // Fused (im2col inside the sgemm's packing) and unfused kernels, in turns, 5 rounds.
-    let (mut fwd, mut total) = ([vec![], vec![]], [vec![], vec![]]);
-    for _ in 0..5 {
-        for (side, fused) in [true, false].into_iter().enumerate() {
-            set_fused(fused);
-            fwd[side].push(median_ms(1, 3, || {
-                no_grad(|| x.conv2d(&w, opts));
-            }));
-            total[side].push(median_ms(1, 3, || {
-                x.zero_grad();
-                w.zero_grad();
-                x.conv2d(&w, opts).sum().backward();
-            }));
-        }
-    }
-    set_fused(true);
-    let med = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
+    // The forward pass, then each gradient alone (the other operand a constant): forward and
+    // backward minus the forward. A first layer (one input channel) takes no input gradient
+    // in training. Rounds in turns, medians.
+    let time = |x: Var, w: Var, backward: bool| {
+        median_ms(1, 3, || {
+            x.zero_grad();
+            w.zero_grad();
+            let y = x.conv2d(&w, opts);
+            if backward {
+                y.sum().backward();
+            }
+        })
     };
-    let [f, u] = [0, 1].map(|side| {
-        let fwd = med(&mut fwd[side]);
-        (fwd, (med(&mut total[side]) - fwd).max(1e-9))
-    });
+    let (p, k_) = (Var::parameter, Var::constant);
+    let (mut fwd, mut dx, mut dw) = (vec![], vec![], vec![]);
+    for _ in 0..5 {
+        let f = no_grad(|| time(k_(xv.clone()), k_(wv.clone()), false));
+        fwd.push(f);
+        dx.push(time(p(xv.clone()), k_(wv.clone()), true) - f);
+        dw.push(time(k_(xv.clone()), p(wv.clone()), true) - f);
+    }
+    let med = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2].max(1e-9)
+    };
+    let (f, dx, dw) = (med(fwd), med(dx), med(dw));
+    let rate = |ms: f64| flops / ms / 1e6;
+    let dx = if c == 1 {
+        "     (not needed)     ".to_string()
+    } else {
+        format!("{dx:6.2} ms {:6.1} GFLOP/s", rate(dx))
+    };
     println!(
-        "  {name:<28} fwd {:7.2} ms {:6.1} GFLOP/s | bwd {:7.2} ms {:6.1} GFLOP/s | unfused/fused fwd {:.2} bwd {:.2}",
-        f.0,
-        flops / f.0 / 1e6,
-        f.1,
-        2.0 * flops / f.1 / 1e6,
-        u.0 / f.0,
-        u.1 / f.1
+        "  {name:<28} fwd {f:6.2} ms {:6.1} GFLOP/s | dx {dx} | dw {dw:6.2} ms {:6.1} GFLOP/s",
+        rate(f),
+        rate(dw),
     );
 }
 
 fn main() {
+    // As `msn train` does: this thread runs each op's parallel parts from inside the pool.
+    msn_autograd::kernels::join_global_pool();
     let args: Vec<String> = std::env::args().collect();
     let value = |flag: &str| {
         args.iter()

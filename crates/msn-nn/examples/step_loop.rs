@@ -12,6 +12,8 @@ use std::time::Instant;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    // As `msn train` does: this thread runs each op's parallel parts from inside the pool.
+    msn_autograd::kernels::join_global_pool();
     let args: Vec<String> = std::env::args().collect();
     let arch = args.get(1).map_or("cnn3", String::as_str);
     let norm: NormKind = args
