@@ -1050,7 +1050,9 @@ pub fn conv_direct(
 /// [`conv_direct`] for any stride-1 convolution on AVX-512, in the "wide" layout: output
 /// pixel `(y, x)` of image `i` and channel `o` at `out[o * rs + i * image + y * wp + x]`,
 /// with `wp` the padded input's width. The 16-pixel vectors run on across rows, so narrow
-/// rows waste no lanes; the `wp - ow` columns past each row's end hold garbage.
+/// rows waste no lanes; the `wp - ow` columns past each row's end hold garbage. Only the
+/// output pixels in `rows` x `cols` are wanted: the vectors cover that window (and the
+/// garbage between its rows); the rest of `out` is left as it was.
 pub fn conv_direct_wide(
     x: DirectInput,
     g: &ConvGeom,
@@ -1058,18 +1060,27 @@ pub fn conv_direct_wide(
     out: &mut [f32],
     rs: usize,
     image: usize,
+    (rows, cols): (Range<usize>, Range<usize>),
 ) {
     assert!(
         fused_conv_available() && g.stride == [1, 1],
         "conv_direct_wide: not a direct convolution"
     );
+    assert!(
+        rows.end <= g.oh && cols.end <= g.ow,
+        "conv_direct_wide: window outside the output"
+    );
     #[cfg(target_arch = "x86_64")]
     {
+        if rows.is_empty() || cols.is_empty() {
+            return;
+        }
         let (hp, wp) = g.padded();
-        let end = g.oh.saturating_sub(1) * wp + g.ow;
+        let first = rows.start * wp + cols.start;
+        let end = (rows.end - 1) * wp + cols.end;
         let vecs: Vec<_> = (0..x.count())
             .flat_map(|i| {
-                (0..end)
+                (first..end)
                     .step_by(16)
                     .map(move |q| crate::sgemm_avx512::PixelVec {
                         src: i * g.c * hp * wp + q,

@@ -662,12 +662,19 @@ impl S2d {
         let a_size = a_imgs.len() / count;
         PHASES.with(|buf| {
             let mut buf = buf.borrow_mut();
-            // Not cleared: the kernel writes every phase pixel read below.
+            // Not cleared: the kernel writes every phase pixel read below, the window of
+            // phase pixels that land inside the input (the other phase pixels fall on the
+            // padding: a quarter of them for cnn3's 4x4 stride-2 layer).
             buf.resize(count * image, 0.0);
+            let window = (
+                phase_window(g.h, sy, g.padding[0], fg.oh),
+                phase_window(g.w, sx, g.padding[1], fg.ow),
+            );
             for (gi, w) in self.flipped.iter().enumerate() {
                 let srcs = groups_of(b_imgs, count, gi * self.b * l, self.b * l);
                 let out = &mut buf[gi * ap * plane..];
-                conv_direct_wide(DirectInput::Images(&srcs), fg, w, out, plane, image);
+                let x = DirectInput::Images(&srcs);
+                conv_direct_wide(x, fg, w, out, plane, image, window.clone());
             }
             for i in 0..count {
                 for c in 0..self.groups * g.c {
@@ -683,6 +690,16 @@ impl S2d {
             }
         })
     }
+}
+
+/// The phase rows (or columns) that [`phase_cols`] reads for any of the `s` phases: the
+/// union of their ranges.
+fn phase_window(w: usize, s: usize, p: usize, wq: usize) -> Range<usize> {
+    (0..s)
+        .map(|v| phase_cols(w, s, v, p, wq).0)
+        .filter(|r| !r.is_empty())
+        .reduce(|a, b| a.start.min(b.start)..a.end.max(b.end))
+        .unwrap_or(0..0)
 }
 
 /// The output columns `x'` of a phase row whose input column `s x' + v - p` is inside a
