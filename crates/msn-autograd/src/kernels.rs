@@ -365,6 +365,65 @@ pub mod linear {
     }
 }
 
+/// `v = leaky_relu(v + b, slope)` for every value of a row (a convolution's bias and
+/// activation), compiled for AVX-512 where the CPU has it.
+pub fn bias_leaky_relu(row: &mut [f32], b: f32, slope: f32) {
+    #[inline(always)]
+    fn plain(row: &mut [f32], b: f32, slope: f32) {
+        // Branch-free: the sign of a pre-activation is data, not a pattern to predict.
+        for v in row {
+            let t = *v + b;
+            *v = t.max(0.0) + slope * t.min(0.0);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn avx512(row: &mut [f32], b: f32, slope: f32) {
+        plain(row, b, slope)
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the feature was just detected.
+        return unsafe { avx512(row, b, slope) };
+    }
+    plain(row, b, slope)
+}
+
+/// `g *= 1` where the leaky ReLU's output `y` is positive, else `slope`, for a row; returns
+/// the sum of the new `g` (the row's share of the bias gradient).
+pub fn leaky_relu_grad(g: &mut [f32], y: &[f32], slope: f32) -> f32 {
+    #[inline(always)]
+    fn plain(g: &mut [f32], y: &[f32], slope: f32) -> f32 {
+        // 16 partial sums, so the loop vectorizes.
+        let mut s = [0.0f32; 16];
+        let mut gc = g.chunks_exact_mut(16);
+        let mut yc = y.chunks_exact(16);
+        for (g, y) in (&mut gc).zip(&mut yc) {
+            for l in 0..16 {
+                g[l] *= if y[l] > 0.0 { 1.0 } else { slope };
+                s[l] += g[l];
+            }
+        }
+        for (g, y) in gc.into_remainder().iter_mut().zip(yc.remainder()) {
+            *g *= if *y > 0.0 { 1.0 } else { slope };
+            s[0] += *g;
+        }
+        s.iter().sum()
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn avx512(g: &mut [f32], y: &[f32], slope: f32) -> f32 {
+        plain(g, y, slope)
+    }
+    assert_eq!(g.len(), y.len(), "leaky_relu_grad: one output per gradient");
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the feature was just detected.
+        return unsafe { avx512(g, y, slope) };
+    }
+    plain(g, y, slope)
+}
+
 /// Sum, sum of squares (both in f64) and the count of values at or below zero, in one pass
 /// over `v`, on all threads for long slices. Chunks are fixed (64 Ki values), so the result
 /// depends only on `v`.

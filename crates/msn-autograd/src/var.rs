@@ -11,11 +11,20 @@ use std::rc::Rc;
 /// the rule may return `None` for the others.
 pub(crate) type BackwardFn = Box<dyn FnOnce(Array, &[bool]) -> Vec<Option<Array>>>;
 
+/// A [`BackwardFn`] that also reads the op's own output (second argument), for ops whose
+/// derivative is a function of it and that would otherwise keep a copy.
+pub(crate) type BackwardWithOutput = Box<dyn FnOnce(Array, &Array, &[bool]) -> Vec<Option<Array>>>;
+
+enum Rule {
+    Plain(BackwardFn),
+    WithOutput(BackwardWithOutput),
+}
+
 struct Node {
     value: RefCell<Array>,
     grad: RefCell<Option<Array>>,
     parents: Vec<Var>,
-    backward: RefCell<Option<BackwardFn>>,
+    backward: RefCell<Option<Rule>>,
     requires_grad: bool,
 }
 
@@ -68,6 +77,19 @@ impl Var {
     /// Records an op's output. When no parent needs a gradient, or in no-grad mode, the output
     /// is a plain constant and the backward rule is dropped at once.
     pub(crate) fn from_op(value: Array, parents: Vec<Var>, backward: BackwardFn) -> Var {
+        Var::recorded(value, parents, Rule::Plain(backward))
+    }
+
+    /// [`Var::from_op`] for a rule that reads the output too.
+    pub(crate) fn from_op_with_output(
+        value: Array,
+        parents: Vec<Var>,
+        backward: BackwardWithOutput,
+    ) -> Var {
+        Var::recorded(value, parents, Rule::WithOutput(backward))
+    }
+
+    fn recorded(value: Array, parents: Vec<Var>, rule: Rule) -> Var {
         if !is_grad_enabled() || !parents.iter().any(|p| p.requires_grad()) {
             return Var::constant(value);
         }
@@ -75,7 +97,7 @@ impl Var {
             value: RefCell::new(value),
             grad: RefCell::new(None),
             parents,
-            backward: RefCell::new(Some(backward)),
+            backward: RefCell::new(Some(rule)),
             requires_grad: true,
         }))
     }
@@ -182,7 +204,11 @@ impl Var {
                 continue;
             };
             let needs: Vec<bool> = v.0.parents.iter().map(Var::requires_grad).collect();
-            for (p, gp) in v.0.parents.iter().zip(rule(g, &needs)) {
+            let grads = match rule {
+                Rule::Plain(f) => f(g, &needs),
+                Rule::WithOutput(f) => f(g, &v.0.value.borrow(), &needs),
+            };
+            for (p, gp) in v.0.parents.iter().zip(grads) {
                 if let (true, Some(gp)) = (p.requires_grad(), gp) {
                     debug_assert_eq!(gp.shape(), p.value().shape(), "gradient shape");
                     p.accumulate(gp);

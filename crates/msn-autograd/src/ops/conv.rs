@@ -3,9 +3,9 @@
 //! `[C_in, C_out/groups, kh, kw]`. Biases are added by the layers, as separate broadcast adds.
 
 use crate::kernels::{
-    col2im, conv_direct, conv_direct_wide, conv_gemm, conv_weight_direct, conv_weight_gemm,
-    conv_weight_outer, direct_conv, gemm_seq, im2col, par_images_new, view2, view2_mut, ConvGeom,
-    DirectInput, PackedWeight,
+    bias_leaky_relu, col2im, conv_direct, conv_direct_wide, conv_gemm, conv_weight_direct,
+    conv_weight_gemm, conv_weight_outer, direct_conv, gemm_seq, im2col, leaky_relu_grad,
+    par_images, par_images_new, view2, view2_mut, ConvGeom, DirectInput, PackedWeight,
 };
 use crate::{Array, Var};
 use ndarray::{s, Array2, ArrayView2, Dimension, IxDyn};
@@ -959,7 +959,33 @@ impl Var {
         let geom = ConvGeom::new(cg, (h, wd), (kh, kw), o.stride, o.padding, o.dilation);
         let k = Lowered::new(geom, w, out_c / groups, groups);
         let (oh, ow) = (k.geom.oh, k.geom.ow);
-        apply(self, w, k, false, [n, out_c, oh, ow])
+        apply(self, w, k, false, [n, out_c, oh, ow], None)
+    }
+
+    /// `leaky_relu(conv2d(x, w) + b, slope)` (`b`: one value per output channel) as one op:
+    /// the bias and the activation are applied to each part of the output right after the
+    /// convolution writes it, and the backward pass takes the activation's derivative from
+    /// the output, so neither the sum nor the activation is a tensor of its own (two passes
+    /// over the output and two allocations fewer each way). `slope` 0 is a ReLU.
+    pub fn conv2d_bias_leaky_relu(&self, w: &Var, b: &Var, slope: f32, o: ConvOptions) -> Var {
+        assert!(
+            slope >= 0.0,
+            "conv2d_bias_leaky_relu: a slope of at least 0"
+        );
+        let ([out_c, cg, kh, kw], [n, c, h, wd]) = (dims4(w), dims4(self));
+        let groups = o.groups;
+        assert!(
+            c == cg * groups && out_c % groups == 0,
+            "conv2d: channels do not match the weight and groups"
+        );
+        let geom = ConvGeom::new(cg, (h, wd), (kh, kw), o.stride, o.padding, o.dilation);
+        let k = Lowered::new(geom, w, out_c / groups, groups);
+        let (oh, ow) = (k.geom.oh, k.geom.ow);
+        let act = Activation {
+            bias: b.clone(),
+            slope,
+        };
+        apply(self, w, k, false, [n, out_c, oh, ow], Some(act))
     }
 
     /// `x [N, C_in, H, W]`, `w [C_in, C_out/groups, kh, kw]` -> `[N, C_out, H', W']` with
@@ -987,14 +1013,28 @@ impl Var {
             (h, wd),
             "conv_transpose2d: inconsistent geometry"
         );
-        apply(self, w, k, true, [n, cog * groups, oh, ow])
+        apply(self, w, k, true, [n, cog * groups, oh, ow], None)
     }
 }
 
 /// `y = K x` (a convolution) or `y = K^T x` (`transposed`), with its gradients: `dx` is the
 /// other direction applied to `dy`, `dW` pairs the A side (x, or dy when transposed) with the
 /// B side.
-fn apply(x: &Var, w: &Var, k: Lowered, transposed: bool, y_shape: [usize; 4]) -> Var {
+/// A bias and a leaky ReLU applied to a convolution's output inside the op
+/// ([`Var::conv2d_bias_leaky_relu`]).
+struct Activation {
+    bias: Var,
+    slope: f32,
+}
+
+fn apply(
+    x: &Var,
+    w: &Var,
+    k: Lowered,
+    transposed: bool,
+    y_shape: [usize; 4],
+    act: Option<Activation>,
+) -> Var {
     let (wshape, xshape) = (w.value().raw_dim(), x.value().raw_dim());
     let n = xshape[0];
     let (x_size, y_size) = if transposed {
@@ -1002,55 +1042,105 @@ fn apply(x: &Var, w: &Var, k: Lowered, transposed: bool, y_shape: [usize; 4]) ->
     } else {
         (k.a_size(), k.b_size())
     };
+    let (channels, plane) = (y_shape[1], y_shape[2] * y_shape[3]);
     let y = {
         let xv = x.value();
         let xs = values(&xv);
+        let bias: Option<(Vec<f32>, f32)> = act.as_ref().map(|a| {
+            let b = a.bias.value();
+            assert_eq!(b.len(), channels, "one bias per output channel");
+            (b.iter().copied().collect(), a.slope)
+        });
         k.images(n, y_size, 0, |r, ys, col, _| {
             let (xr, count) = (images(&xs, &r, x_size), r.len());
             match transposed {
                 false => k.forward(xr, count, ys, col),
                 true => k.adjoint(xr, count, ys, col),
             }
+            // While this part of the output is still in cache.
+            if let Some((bias, slope)) = &bias {
+                for (i, row) in ys.chunks_mut(plane).enumerate() {
+                    bias_leaky_relu(row, bias[i % channels], *slope);
+                }
+            }
         })
         .0
     };
     let y = Array::from_shape_vec(IxDyn(&y_shape), y).expect("sized");
     let input = x.clone();
-    Var::from_op(
+    // The gradients of x and w from the output's.
+    let grads = move |gy: &Array, needs: &[bool]| {
+        let (gs, xv) = (values(gy), input.value());
+        let xs = values(&xv);
+        // A strided convolution's weight gradient is summed in its phase layout.
+        let dw_len = match (needs[1], &k.s2d) {
+            (false, _) => 0,
+            (true, Some(s2d)) => s2d.weight_len(),
+            (true, None) => wshape.size(),
+        };
+        let dx_size = if needs[0] { x_size } else { 0 };
+        let (dx, parts) = k.images(n, dx_size, dw_len, |r, dxs, col, dw| {
+            let (xr, gyr) = (images(&xs, &r, x_size), images(&gs, &r, y_size));
+            let (a_imgs, b_imgs) = if transposed { (gyr, xr) } else { (xr, gyr) };
+            if needs[1] {
+                k.weight_grad(a_imgs, b_imgs, r.len(), dw, col);
+            }
+            match (needs[0], transposed) {
+                (false, _) => {}
+                (true, false) => k.adjoint(gyr, r.len(), dxs, col),
+                (true, true) => k.forward(gyr, r.len(), dxs, col),
+            }
+        });
+        let dx = needs[0].then(|| Array::from_shape_vec(xshape, dx).expect("sized"));
+        let dw = needs[1].then(|| match &k.s2d {
+            Some(s2d) => {
+                let dwq = sum_parts(parts, IxDyn(&[s2d.weight_len()]));
+                s2d.to_weight(&k.geom, dwq.as_slice().expect("standard layout"), wshape)
+            }
+            None => sum_parts(parts, wshape),
+        });
+        vec![dx, dw]
+    };
+    let Some(act) = act else {
+        return Var::from_op(
+            y,
+            vec![x.clone(), w.clone()],
+            Box::new(move |gy, needs| grads(&gy, needs)),
+        );
+    };
+    let bias_shape = act.bias.value().raw_dim();
+    Var::from_op_with_output(
         y,
-        vec![x.clone(), w.clone()],
-        Box::new(move |gy, needs| {
-            let gy = &gy;
-            let (gs, xv) = (values(gy), input.value());
-            let xs = values(&xv);
-            // A strided convolution's weight gradient is summed in its phase layout.
-            let dw_len = match (needs[1], &k.s2d) {
-                (false, _) => 0,
-                (true, Some(s2d)) => s2d.weight_len(),
-                (true, None) => wshape.size(),
-            };
-            let dx_size = if needs[0] { x_size } else { 0 };
-            let (dx, parts) = k.images(n, dx_size, dw_len, |r, dxs, col, dw| {
-                let (xr, gyr) = (images(&xs, &r, x_size), images(&gs, &r, y_size));
-                let (a_imgs, b_imgs) = if transposed { (gyr, xr) } else { (xr, gyr) };
-                if needs[1] {
-                    k.weight_grad(a_imgs, b_imgs, r.len(), dw, col);
+        vec![x.clone(), w.clone(), act.bias],
+        Box::new(move |mut gy, y, needs| {
+            // The leaky ReLU's derivative from the output's sign (the same as the input's for
+            // a positive slope; for slope 0, 0 where the output is 0), in place, image by
+            // image on all threads, with each image's channel sums: the bias gradient.
+            let slope = act.slope;
+            let ys = values(y);
+            if !gy.is_standard_layout() {
+                gy = gy.as_standard_layout().into_owned();
+            }
+            let gs = gy.as_slice_mut().expect("standard layout");
+            let sums = par_images(n, gs, y_size, |r, part| {
+                let mut sum = vec![0.0f64; channels];
+                let ys = &ys[r.start * y_size..r.end * y_size];
+                for (i, (rows, yrows)) in part.chunks_mut(plane).zip(ys.chunks(plane)).enumerate() {
+                    sum[i % channels] += leaky_relu_grad(rows, yrows, slope) as f64;
                 }
-                match (needs[0], transposed) {
-                    (false, _) => {}
-                    (true, false) => k.adjoint(gyr, r.len(), dxs, col),
-                    (true, true) => k.forward(gyr, r.len(), dxs, col),
-                }
+                sum
             });
-            let dx = needs[0].then(|| Array::from_shape_vec(xshape, dx).expect("sized"));
-            let dw = needs[1].then(|| match &k.s2d {
-                Some(s2d) => {
-                    let dwq = sum_parts(parts, IxDyn(&[s2d.weight_len()]));
-                    s2d.to_weight(&k.geom, dwq.as_slice().expect("standard layout"), wshape)
+            let db = needs[2].then(|| {
+                let mut total = vec![0.0f64; channels];
+                for part in sums {
+                    total.iter_mut().zip(part).for_each(|(t, v)| *t += v);
                 }
-                None => sum_parts(parts, wshape),
+                let db = total.into_iter().map(|v| v as f32).collect();
+                Array::from_shape_vec(bias_shape, db).expect("one value per channel")
             });
-            vec![dx, dw]
+            let mut out = grads(&gy, needs);
+            out.push(db);
+            out
         }),
     )
 }
@@ -1062,6 +1152,74 @@ mod tests {
     use crate::ops::elementwise::spread;
     use crate::{Array, Var};
     use ndarray::array;
+
+    #[test]
+    fn fused_bias_and_leaky_relu_match_the_three_ops() {
+        // The direct kernels (stride 1, wide rows), the phase path (stride 2), the packed
+        // path (8-pixel rows), groups, and a plain ReLU (slope 0).
+        for (n, c, h, o, k, opts, slope) in [
+            (3, 16, 28, 32, 3, ConvOptions::default().padding(2), 0.1),
+            (
+                2,
+                12,
+                30,
+                14,
+                4,
+                ConvOptions::default().padding(2).stride(2),
+                0.1,
+            ),
+            (2, 8, 8, 16, 3, ConvOptions::default().padding(1), 0.2),
+            (
+                2,
+                8,
+                9,
+                6,
+                3,
+                ConvOptions::default().padding(1).groups(2),
+                0.0,
+            ),
+        ] {
+            let x = spread(&[n, c, h, h], -1.0, 1.0, 1);
+            let w = spread(&[o, c / opts.groups, k, k], -0.3, 0.3, 2);
+            let b = spread(&[o], -0.5, 0.5, 3);
+            let run = |fused: bool| {
+                let (xv, wv, bv) = (
+                    Var::parameter(x.clone()),
+                    Var::parameter(w.clone()),
+                    Var::parameter(b.clone()),
+                );
+                let y = match fused {
+                    true => xv.conv2d_bias_leaky_relu(&wv, &bv, slope, opts),
+                    false => xv
+                        .conv2d(&wv, opts)
+                        .channel_affine(None, &bv)
+                        .leaky_relu(slope),
+                };
+                let proj = spread(&y.shape(), -1.0, 1.0, 4);
+                let out = y.value().clone();
+                y.mul(&Var::constant(proj)).sum().backward();
+                [
+                    out,
+                    xv.grad().unwrap(),
+                    wv.grad().unwrap(),
+                    bv.grad().unwrap(),
+                ]
+            };
+            let (fused, plain) = (run(true), run(false));
+            for (what, (a, e)) in ["y", "dx", "dw", "db"].iter().zip(fused.iter().zip(&plain)) {
+                assert_eq!(a.shape(), e.shape(), "{what}");
+                let scale = e.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+                let worst = a
+                    .iter()
+                    .zip(e)
+                    .fold(0.0f32, |m, (a, e)| m.max((a - e).abs()));
+                assert!(
+                    worst <= 1e-5 * scale,
+                    "{what} of [{n}, {c}, {h}, {h}] * [{o}, {k}, {k}] {opts:?}: off by {worst} (scale {scale})"
+                );
+            }
+        }
+    }
 
     #[test]
     fn conv2d_of_a_known_kernel() {

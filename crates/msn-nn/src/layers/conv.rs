@@ -25,6 +25,14 @@ impl Conv2d {
         let params = Weights::conv(shape, output, bias, rng);
         Conv2d { params, options }
     }
+
+    /// `leaky_relu(conv(x) + bias, slope)` as one op
+    /// ([`Var::conv2d_bias_leaky_relu`]); `None` without a bias.
+    pub fn forward_leaky_relu(&self, x: &Var, slope: f32, ctx: &mut Ctx) -> Option<Var> {
+        let b = self.params.bias.as_ref()?;
+        let w = self.params.effective_weight(ctx.training);
+        Some(x.conv2d_bias_leaky_relu(&w, b, slope, self.options))
+    }
 }
 
 impl Module for Conv2d {
