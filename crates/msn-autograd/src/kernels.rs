@@ -483,30 +483,71 @@ pub fn par_images<R: Send>(
 }
 
 /// [`par_images`] into a new zeroed `n * stride`-value vector, returned with the results.
-/// Each thread zeroes its own part, so the calling thread does not zero it all first.
+/// Each thread zeroes its own part, so the calling thread does not zero it all first, and
+/// it does so piece by piece as `f` takes the pieces ([`Pieces::next`]): right before they
+/// are written, while they are in cache, not megabytes ahead.
 pub fn par_images_new<R: Send>(
     n: usize,
     stride: usize,
-    f: impl Fn(Range<usize>, &mut [f32]) -> R + Sync,
+    f: impl Fn(Range<usize>, &mut Pieces) -> R + Sync,
 ) -> (Vec<f32>, Vec<R>) {
     let len = n * stride;
     let mut out = Vec::<f32>::with_capacity(len);
     let ptr = SendPtr(out.as_mut_ptr());
     let results = par_images(n, &mut [], 0, |imgs, _| {
-        let (at, part) = (imgs.start * stride, imgs.len() * stride);
         // SAFETY: the chunks of `par_images` are disjoint ranges of images, so each thread
-        // owns values `at..at + part` of the allocation (capacity `len`); they are zeroed
-        // through the raw pointer before the slice is made.
-        let chunk = unsafe {
-            let p = ptr.get().add(at);
-            std::ptr::write_bytes(p, 0, part);
-            std::slice::from_raw_parts_mut(p, part)
+        // owns values `start..end` of the allocation (capacity `len`).
+        let mut pieces = unsafe {
+            Pieces {
+                ptr: ptr.get().add(imgs.start * stride),
+                len: imgs.len() * stride,
+                taken: 0,
+                stride,
+            }
         };
-        f(imgs, chunk)
+        let r = f(imgs, &mut pieces);
+        pieces.rest();
+        r
     });
-    // SAFETY: the chunks cover all `n` images, so every value was zeroed (then written).
+    // SAFETY: the chunks cover all `n` images and each thread zeroed all of its part (the
+    // pieces `f` took, then the rest), so every value was zeroed (then written).
     unsafe { out.set_len(len) };
     (out, results)
+}
+
+/// One thread's part of [`par_images_new`]'s output, handed out in zeroed pieces of whole
+/// images, in order.
+pub struct Pieces {
+    ptr: *mut f32,
+    len: usize,
+    taken: usize,
+    stride: usize,
+}
+
+impl Pieces {
+    /// The next `images` images' values, zeroed. Panics past the part's end.
+    pub fn next(&mut self, images: usize) -> &mut [f32] {
+        let size = images * self.stride;
+        assert!(self.taken + size <= self.len, "Pieces::next: past the end");
+        // SAFETY: `taken..taken + size` is inside this thread's part and not yet handed out;
+        // it is zeroed through the raw pointer before the slice is made, and the slice
+        // borrows `self`, so no two live slices overlap.
+        let piece = unsafe {
+            let p = self.ptr.add(self.taken);
+            std::ptr::write_bytes(p, 0, size);
+            std::slice::from_raw_parts_mut(p, size)
+        };
+        self.taken += size;
+        piece
+    }
+
+    /// Zeroes what `f` did not take.
+    fn rest(&mut self) {
+        let images = (self.len - self.taken) / self.stride.max(1);
+        if images > 0 {
+            self.next(images);
+        }
+    }
 }
 
 /// A raw pointer the threads of [`par_images_new`] share; each writes only its own range.

@@ -402,9 +402,7 @@ impl Lowered {
             let (mut col, mut dw) = (Vec::new(), vec![0.0f32; dw_len]);
             for start in imgs.clone().step_by(batch) {
                 let end = (start + batch).min(imgs.end);
-                let at = (start - imgs.start) * out_size;
-                let part = &mut outs[at..at + (end - start) * out_size];
-                f(start..end, part, &mut col, &mut dw);
+                f(start..end, outs.next(end - start), &mut col, &mut dw);
             }
             dw
         })
