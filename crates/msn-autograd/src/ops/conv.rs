@@ -948,6 +948,11 @@ impl Var {
     /// stays in cache and multiplied by the weight with a single-threaded sgemm. The backward
     /// pass unfolds again rather than keeping the column matrices, which saves memory.
     pub fn conv2d(&self, w: &Var, o: ConvOptions) -> Var {
+        self.conv2d_then(w, o, None)
+    }
+
+    /// [`Var::conv2d`], with `act` applied to its output inside the op when given.
+    fn conv2d_then(&self, w: &Var, o: ConvOptions, act: Option<Activation>) -> Var {
         let ([out_c, cg, kh, kw], [n, c, h, wd]) = (dims4(w), dims4(self));
         let groups = o.groups;
         assert!(
@@ -957,7 +962,7 @@ impl Var {
         let geom = ConvGeom::new(cg, (h, wd), (kh, kw), o.stride, o.padding, o.dilation);
         let k = Lowered::new(geom, w, out_c / groups, groups);
         let (oh, ow) = (k.geom.oh, k.geom.ow);
-        apply(self, w, k, false, [n, out_c, oh, ow], None)
+        apply(self, w, k, false, [n, out_c, oh, ow], act)
     }
 
     /// `leaky_relu(conv2d(x, w) + b, slope)` (`b`: one value per output channel) as one op:
@@ -970,20 +975,11 @@ impl Var {
             slope >= 0.0,
             "conv2d_bias_leaky_relu: a slope of at least 0"
         );
-        let ([out_c, cg, kh, kw], [n, c, h, wd]) = (dims4(w), dims4(self));
-        let groups = o.groups;
-        assert!(
-            c == cg * groups && out_c % groups == 0,
-            "conv2d: channels do not match the weight and groups"
-        );
-        let geom = ConvGeom::new(cg, (h, wd), (kh, kw), o.stride, o.padding, o.dilation);
-        let k = Lowered::new(geom, w, out_c / groups, groups);
-        let (oh, ow) = (k.geom.oh, k.geom.ow);
         let act = Activation {
             bias: b.clone(),
             slope,
         };
-        apply(self, w, k, false, [n, out_c, oh, ow], Some(act))
+        self.conv2d_then(w, o, Some(act))
     }
 
     /// `x [N, C_in, H, W]`, `w [C_in, C_out/groups, kh, kw]` -> `[N, C_out, H', W']` with
