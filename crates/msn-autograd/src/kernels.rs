@@ -952,19 +952,23 @@ fn with_padded<R>(xs: &[&[f32]], g: &ConvGeom, f: impl FnOnce(&[f32]) -> R) -> R
     })
 }
 
-static FUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
-
-/// Turns the fused convolution kernels off (`false`: im2col into a buffer, then sgemm) or
-/// back on, for benchmarks that measure both in one run.
-pub fn set_fused(on: bool) {
-    FUSED.store(on, Ordering::Relaxed);
+thread_local! {
+    static FUSED: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
 }
 
-/// Whether convolutions run on [`conv_gemm`] and [`conv_weight_gemm`]: on x86-64 with
-/// AVX-512, unless [`set_fused`] turned them off.
+/// Turns the fused convolution kernels off (`false`: im2col into a buffer, then sgemm, the
+/// path of machines without AVX-512) or back on, for the convolutions this thread builds
+/// from now on (a convolution keeps its path for its backward pass): tests check both paths
+/// on one machine, benchmarks time both in one run.
+pub fn set_fused(on: bool) {
+    FUSED.with(|f| f.set(on));
+}
+
+/// Whether the convolutions this thread builds run on [`conv_gemm`] and [`conv_weight_gemm`]:
+/// on x86-64 with AVX-512, unless [`set_fused`] turned them off.
 pub fn fused_conv_available() -> bool {
     #[cfg(target_arch = "x86_64")]
-    return FUSED.load(Ordering::Relaxed) && crate::sgemm_avx512::available();
+    return FUSED.with(|f| f.get()) && crate::sgemm_avx512::available();
     #[cfg(not(target_arch = "x86_64"))]
     false
 }

@@ -1317,6 +1317,15 @@ mod tests {
     /// and groups; small images, several to a matrix product.
     #[test]
     fn large_convolutions_match_the_definition() {
+        // The fused kernels (x86-64 with AVX-512), then im2col and sgemm (every other machine).
+        for fused in [true, false] {
+            crate::kernels::set_fused(fused);
+            large_convolutions_against_the_definition(fused);
+        }
+        crate::kernels::set_fused(true);
+    }
+
+    fn large_convolutions_against_the_definition(fused: bool) {
         for (n, c, h, o, k, opts) in [
             (2, 40, 13, 50, 3, ConvOptions::default().padding(1)),
             (
@@ -1425,7 +1434,7 @@ mod tests {
                 for (a, b) in got.iter().zip(want) {
                     assert!(
                         (*a as f64 - b).abs() <= 1e-5 * scale,
-                        "{name} (c {c}, o {o}, k {k}, {opts:?}): {a} vs {b}"
+                        "{name} (c {c}, o {o}, k {k}, {opts:?}, fused kernels {fused}): {a} vs {b}"
                     );
                 }
             };
