@@ -17,7 +17,7 @@ pub enum Error {
     },
     #[error("{origin}: the model has no graph")]
     NoGraph { origin: String },
-    #[error("initializer '{name}' stores its data in an external file, which is not supported; re-save the model with its tensors inline (onnx.save_model(..., save_as_external_data=False))")]
+    #[error("initializer '{name}' stores its data in an external file, and this model was not read from a file whose folder holds it; load it from its .onnx file (the data file beside it), or re-save it with its tensors inline (onnx.save_model(..., save_as_external_data=False))")]
     ExternalData { name: String },
     #[error("tensor '{name}' has element type {data_type}, which is not supported here (expected {expected})")]
     UnsupportedType {

@@ -6,11 +6,16 @@ use prost::Message;
 use std::io::Write;
 use std::path::Path;
 
-/// Reads and decodes an ONNX model file. The model must have a graph.
+/// Reads and decodes an ONNX model file. The model must have a graph. Tensors kept in data
+/// files beside the model (external data) are read in ([`crate::external::inline`]).
 pub fn load(path: impl AsRef<Path>) -> Result<ModelProto> {
     let path = path.as_ref();
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    from_bytes_named(&bytes, &path.display().to_string())
+    let mut model = from_bytes_named(&bytes, &path.display().to_string())?;
+    if crate::external::has_external_data(&model) {
+        crate::external::inline(&mut model, path)?;
+    }
+    Ok(model)
 }
 
 /// Decodes an ONNX model from bytes.

@@ -4,6 +4,7 @@
 //!
 //! - [`proto`]: the ONNX IR types, generated at build time from `proto/onnx.proto` by prost.
 //! - [`io`]: load and save a `ModelProto` from files or bytes; saving is atomic.
+//! - [`external`]: tensors kept in data files beside the model, read in after checks.
 //! - [`tensor`]: initializers to `ndarray` arrays and back (float, int64, raw and typed fields).
 //! - [`graph`]: a read-only view of a graph (topological order, producers, consumers,
 //!   initializers by name) and its validation.
@@ -26,6 +27,7 @@
 
 pub mod builder;
 mod error;
+pub mod external;
 pub mod graph;
 pub mod index;
 pub mod io;
