@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use msn_runtime::{Plan, Source};
+use msn_runtime::{npy, Plan, Source};
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -51,7 +51,17 @@ pub fn run(args: RunArgs) -> Result<()> {
             _ => (None, spec.as_str()),
         };
         let file = PathBuf::from(file);
-        let arrays = msn_runtime::npy::read(&file)?;
+        // No array may be larger than the input it is for (any input, when unnamed).
+        let limit = |key: Option<&str>| {
+            let specs = source.inputs();
+            let wanted = name.as_deref().or(key);
+            let bytes = |s: &msn_runtime::TensorSpec| s.max_bytes().unwrap_or(npy::MAX_BYTES);
+            match wanted.and_then(|k| specs.iter().find(|s| s.name == k)) {
+                Some(spec) => bytes(spec),
+                None => specs.iter().map(bytes).max().unwrap_or(0),
+            }
+        };
+        let arrays = npy::read_limited(&file, &limit)?;
         if name.is_some() && arrays.len() != 1 {
             bail!(
                 "{}: NAME=FILE takes a file with one array, this one holds {}",
@@ -81,7 +91,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         .map(|o| o.name.clone())
         .zip(outputs)
         .collect();
-    msn_runtime::npy::write(&args.output, &named)
+    npy::write(&args.output, &named)
         .with_context(|| format!("writing {}", args.output.display()))?;
     if args.json {
         let outs: Vec<_> = named

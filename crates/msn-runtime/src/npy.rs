@@ -41,36 +41,43 @@ macro_rules! by_descriptor {
 
 /// Decodes one `.npy` image held in memory; `path` names it in messages.
 pub fn decode(bytes: &[u8], path: &Path) -> Result<Tensor> {
-    let header = ndarray_npy::npy::header::Header::from_reader(&mut &bytes[..])
-        .map_err(|e| bad(path, format!("not a NumPy .npy array: {e}")))?;
-    let descr = header.type_descriptor.to_string();
-    let descr = descr.trim_matches(|c| c == '\'' || c == '"');
-    let size = by_descriptor!(descr, T => std::mem::size_of::<T>(),
-        return Err(bad(path, format!("element type {descr} is not supported (floats, integers, bool)"))));
-    let count = header
-        .shape
-        .iter()
-        .try_fold(1usize, |n, &d| n.checked_mul(d))
-        .and_then(|n| n.checked_mul(size))
-        .ok_or_else(|| bad(path, format!("shape {:?} is too large", header.shape)))?;
-    if count > bytes.len() {
+    let (descr, need) = declared(bytes, path, MAX_BYTES)?;
+    if need > bytes.len() as u64 {
         return Err(bad(
             path,
             format!(
-                "shape {:?} needs {count} bytes of data, the file holds fewer ({})",
-                header.shape,
+                "the header declares {need} bytes of data, the file holds fewer ({})",
                 bytes.len()
             ),
         ));
     }
-    by_descriptor!(descr, T => {
+    by_descriptor!(descr.as_str(), T => {
         let a = ArrayD::<T>::read_npy(bytes).map_err(|e| bad(path, e))?;
         Ok(Tensor::from(a))
-    }, unreachable!("checked above"))
+    }, unreachable!("checked by declared"))
 }
 
-/// The arrays in a `.npy` (one, unnamed) or `.npz` file (named by their keys, `.npy` dropped).
+/// The arrays in a `.npy` (one, unnamed) or `.npz` file (named by their keys, `.npy` dropped),
+/// stored or deflate-compressed (`np.savez`, `np.savez_compressed`).
 pub fn read(path: &Path) -> Result<Vec<(Option<String>, Tensor)>> {
+    read_limited(path, &|_| MAX_BYTES)
+}
+
+/// The most an `.npz` entry may unpack to, in times its compressed size (real arrays, even of
+/// mostly zeros, stay far below; deflate's own limit is about 1,032).
+const MAX_RATIO: u64 = 200;
+
+/// The most bytes an `.npy` header may take (NumPy writes 128 or a few hundred).
+const MAX_HEADER: u64 = 1 << 16;
+
+/// [`read`], with each array's data at most `limit(key)` bytes (`key`: the `.npz` entry's name,
+/// `None` for a `.npy` file): what the model's input needs. A compressed entry's header is read
+/// first and its declared size checked against the limit, so a small archive that inflates
+/// to gigabytes (a deflate bomb) is refused after reading a few bytes of it.
+pub fn read_limited(
+    path: &Path,
+    limit: &dyn Fn(Option<&str>) -> u64,
+) -> Result<Vec<(Option<String>, Tensor)>> {
     let file = std::fs::File::open(path).map_err(|e| Error::Io {
         path: path.to_path_buf(),
         cause: e,
@@ -84,6 +91,7 @@ pub fn read(path: &Path) -> Result<Vec<(Option<String>, Tensor)>> {
         cause: e,
     })?;
     if !bytes.starts_with(b"PK") {
+        declared(&bytes, path, limit(None))?;
         return Ok(vec![(None, decode(&bytes, path)?)]);
     }
     let mut zip = zip::ZipArchive::new(Cursor::new(&bytes))
@@ -93,12 +101,57 @@ pub fn read(path: &Path) -> Result<Vec<(Option<String>, Tensor)>> {
     for i in 0..zip.len() {
         let mut entry = zip.by_index(i).map_err(|e| bad(path, e))?;
         let name = entry.name().trim_end_matches(".npy").to_string();
-        // Decompress no more than the limit, whatever the entry's header claims.
+        let shown = path.join(&name);
+        let most = limit(Some(&name)).min(MAX_BYTES);
+        // What the archive says the entry unpacks to: refused before inflating anything.
+        if entry.size() > most.saturating_add(MAX_HEADER) {
+            return Err(bad(
+                &shown,
+                format!(
+                    "the entry unpacks to {} bytes, more than the {most} its input can take",
+                    entry.size()
+                ),
+            ));
+        }
+        // The header, then exactly the data it declares (whatever the archive claims).
         let mut data = Vec::new();
         (&mut entry)
-            .take(MAX_BYTES - total + 1)
+            .take(10)
             .read_to_end(&mut data)
-            .map_err(|e| bad(path, format!("entry '{name}': {e}")))?;
+            .map_err(|e| bad(&shown, e))?;
+        let header_len = match data.get(6) {
+            Some(1) if data.len() >= 10 => u64::from(u16::from_le_bytes([data[8], data[9]])),
+            Some(2 | 3) if data.len() >= 10 => {
+                let mut more = [0u8; 2];
+                entry.read_exact(&mut more).map_err(|e| bad(&shown, e))?;
+                data.extend(more);
+                u64::from(u32::from_le_bytes([data[8], data[9], data[10], data[11]]))
+            }
+            _ => return Err(bad(&shown, "not a NumPy .npy array")),
+        };
+        if header_len > MAX_HEADER {
+            return Err(bad(&shown, format!("an .npy header of {header_len} bytes")));
+        }
+        (&mut entry)
+            .take(header_len)
+            .read_to_end(&mut data)
+            .map_err(|e| bad(&shown, e))?;
+        let (_, need) = declared(&data, &shown, most)?;
+        // A free batch dimension leaves the size open; no real array compresses this well.
+        if need > entry.compressed_size().saturating_mul(MAX_RATIO) + (1 << 20) {
+            return Err(bad(
+                &shown,
+                format!(
+                    "the entry unpacks to {need} bytes, over {MAX_RATIO} times its compressed \
+                     size ({} bytes): refused as a deflate bomb (save it with np.savez)",
+                    entry.compressed_size()
+                ),
+            ));
+        }
+        (&mut entry)
+            .take(need)
+            .read_to_end(&mut data)
+            .map_err(|e| bad(&shown, format!("entry '{name}': {e}")))?;
         total += data.len() as u64;
         if total > MAX_BYTES {
             return Err(bad(
@@ -106,13 +159,38 @@ pub fn read(path: &Path) -> Result<Vec<(Option<String>, Tensor)>> {
                 format!("the arrays unpack to more than {MAX_BYTES} bytes"),
             ));
         }
-        let shown = path.join(&name);
         out.push((Some(name), decode(&data, &shown)?));
     }
     if out.is_empty() {
         return Err(bad(path, "the archive holds no arrays"));
     }
     Ok(out)
+}
+
+/// The element type and the data bytes an `.npy` header (at the start of `bytes`) declares;
+/// refused above `limit`.
+fn declared(bytes: &[u8], path: &Path, limit: u64) -> Result<(String, u64)> {
+    let header = ndarray_npy::npy::header::Header::from_reader(&mut &bytes[..])
+        .map_err(|e| bad(path, format!("not a NumPy .npy array: {e}")))?;
+    let descr = header.type_descriptor.to_string();
+    let descr = descr.trim_matches(|c| c == '\'' || c == '"').to_string();
+    let size = by_descriptor!(descr.as_str(), T => std::mem::size_of::<T>() as u64,
+        return Err(bad(path, format!("element type {descr} is not supported (floats, integers, bool)"))));
+    let need = header
+        .shape
+        .iter()
+        .try_fold(size, |n, &d| n.checked_mul(d as u64))
+        .filter(|&n| n <= limit)
+        .ok_or_else(|| {
+            bad(
+                path,
+                format!(
+                    "shape {:?} of {descr} takes more than {limit} bytes",
+                    header.shape
+                ),
+            )
+        })?;
+    Ok((descr, need))
 }
 
 fn encode(t: &Tensor, name: &str) -> Result<Vec<u8>> {
@@ -212,5 +290,74 @@ mod tests {
         std::fs::write(&p, [magic, text.as_bytes(), data].concat()).unwrap();
         let err = read(&p).unwrap_err().to_string();
         assert!(err.contains("big.npy") && err.contains("bytes"), "{err}");
+    }
+
+    /// An `.npz` archive of `entries` (name, bytes), deflate-compressed as
+    /// `np.savez_compressed` writes them.
+    fn deflated(path: &Path, entries: &[(&str, &[u8])]) {
+        let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated)
+            .large_file(true);
+        for (name, bytes) in entries {
+            zip.start_file(format!("{name}.npy"), options).unwrap();
+            std::io::Write::write_all(&mut zip, bytes).unwrap();
+        }
+        zip.finish().unwrap();
+    }
+
+    fn npy_bytes(a: &ndarray::ArrayD<f32>) -> Vec<u8> {
+        let mut b = Vec::new();
+        a.write_npy(&mut b).unwrap();
+        b
+    }
+
+    #[test]
+    fn compressed_archives_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.npz");
+        let a = ndarray::Array::from_shape_fn((2, 3), |(i, j)| (i * 3 + j) as f32).into_dyn();
+        deflated(&p, &[("x", &npy_bytes(&a))]);
+        let back = read(&p).unwrap();
+        assert_eq!(back, vec![(Some("x".into()), Tensor::from(a))]);
+    }
+
+    #[test]
+    fn an_entry_larger_than_its_input_is_refused_before_it_is_inflated() {
+        let dir = tempfile::tempdir().unwrap();
+        // 64 MiB of zeros: a few tens of kilobytes compressed.
+        let big = ndarray::ArrayD::<f32>::zeros(vec![16 << 20]);
+        let p = dir.path().join("bomb.npz");
+        deflated(&p, &[("x", &npy_bytes(&big))]);
+        assert!(std::fs::metadata(&p).unwrap().len() < 1 << 20);
+        let err = read_limited(&p, &|_| 1 << 20).unwrap_err().to_string();
+        assert!(
+            err.contains("bomb.npz") && err.contains("unpacks to"),
+            "{err}"
+        );
+
+        // A header that claims more than the input takes, whatever the archive says: the
+        // header of a 2 GiB array followed by a few bytes.
+        let mut lying = npy_bytes(&ndarray::ArrayD::<f32>::zeros(vec![1]));
+        let text = String::from_utf8(lying[10..lying.len() - 4].to_vec())
+            .unwrap()
+            .replace("(1,)", "(536870912,)")
+            .replacen("        \n", "\n", 1);
+        lying = [&lying[..10], text.as_bytes(), &[0u8; 64]].concat();
+        let p = dir.path().join("lying.npz");
+        deflated(&p, &[("x", &lying)]);
+        let err = read_limited(&p, &|key| {
+            assert_eq!(key, Some("x"));
+            1 << 20
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("536870912") && err.contains("more than 1048576"),
+            "{err}"
+        );
+        // Within the size limit, the ratio to the compressed size gives it away.
+        let err = read(&p).unwrap_err().to_string();
+        assert!(err.contains("deflate bomb"), "{err}");
     }
 }
