@@ -1,7 +1,7 @@
 //! From an image file to the model's input tensor.
 //!
 //! The order is the one torchvision and PIL pipelines use, so models trained there see the same
-//! numbers: decode (PNG, JPEG, WebP, BMP, TIFF; 8- or 16-bit, palette or not; upright by the
+//! numbers: decode (PNG, JPEG, WebP, BMP, TIFF, GIF (its first frame); 8- or 16-bit, palette or not; upright by the
 //! EXIF orientation); convert to gray or RGB (an alpha channel is dropped, as PIL's
 //! `convert("RGB")` does; 16-bit values are scaled to 0-255); resize with an antialiased bilinear (triangle)
 //! filter, either the shorter side to N and a centre crop, or straight to height x width;
@@ -43,7 +43,7 @@ pub struct Preprocess {
     pub std: Vec<f32>,
 }
 
-/// Decodes an image file (PNG, JPEG, WebP, BMP or TIFF, whatever its extension says) upright:
+/// Decodes an image file (PNG, JPEG, WebP, BMP, TIFF or GIF (the first frame of an animation), whatever its extension says) upright:
 /// an EXIF orientation (how phones store photos) is applied. Sizes are checked from the
 /// header before anything is allocated, and the decoder runs under the image crate's limits.
 pub fn decode(path: &Path) -> Result<DynamicImage> {
@@ -77,7 +77,7 @@ pub fn decode_bytes(bytes: &[u8], path: &Path) -> Result<DynamicImage> {
             .map_err(|e| bad(e.to_string()))?;
         if r.format().is_none() {
             return Err(bad(
-                "unknown format (expected PNG, JPEG, WebP, BMP or TIFF)".into(),
+                "unknown format (expected PNG, JPEG, WebP, BMP, TIFF or GIF)".into(),
             ));
         }
         let mut limits = image::Limits::default();
@@ -214,7 +214,7 @@ pub fn stack(images: &[Array3<f32>], batch: usize) -> Array4<f32> {
 }
 
 /// The file extensions read as images (compared without case).
-pub const IMAGE_EXTENSIONS: [&str; 7] = ["png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff"];
+pub const IMAGE_EXTENSIONS: [&str; 8] = ["png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif"];
 
 /// True for a file name with one of [`IMAGE_EXTENSIONS`].
 pub fn is_image_file(p: &Path) -> bool {

@@ -81,3 +81,41 @@ fn a_rotated_photo_gets_the_same_top5_as_the_upright_one() {
         );
     }
 }
+
+#[test]
+fn an_animated_gif_gives_its_first_frame() {
+    use image::codecs::gif::GifEncoder;
+    use image::{Delay, Frame, RgbaImage};
+    let p = gray28();
+    let boot = root().join("models/images/0000-ankle-boot.png");
+    let upright = p.load(&boot).unwrap();
+    let first = decode(&boot).unwrap().to_rgba8();
+    let mut second: RgbaImage = first.clone();
+    for px in second.pixels_mut() {
+        for c in 0..3 {
+            px.0[c] = 255 - px.0[c];
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("boot.gif");
+    {
+        let mut enc = GifEncoder::new(std::fs::File::create(&path).unwrap());
+        for f in [first, second] {
+            enc.encode_frame(Frame::from_parts(
+                f,
+                0,
+                0,
+                Delay::from_numer_denom_ms(100, 1),
+            ))
+            .unwrap();
+        }
+    }
+    let got = p.apply(&decode(&path).unwrap());
+    // GIF quantises colours to a palette: near the first frame, far from the second.
+    let d = max_diff(&upright, &got);
+    assert!(d <= 8.0 / 255.0, "first frame: max difference {d}");
+    let inverted = upright.mapv(|v| 1.0 - v);
+    assert!(max_diff(&inverted, &got) > 0.5);
+    // Folders list .gif files as images.
+    assert!(msn_runtime::preprocess::is_image_file(&path));
+}
