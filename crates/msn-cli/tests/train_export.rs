@@ -325,9 +325,8 @@ fn ablation_flags_are_saved_and_a_fixed_data_initialised_scale_stays_put() {
     let run = tmp.path().join("run");
     let mut args = train_args(s(&data), s(&run));
     args[10] = "2";
+    // No --msn-init: the data init is the default.
     args.extend([
-        "--msn-init",
-        "data",
         "--msn-scale",
         "fixed",
         "--sn-iterations",
@@ -353,11 +352,16 @@ fn ablation_flags_are_saved_and_a_fixed_data_initialised_scale_stays_put() {
     assert_eq!(g(0), g(1));
     assert!(m[0]["grad_norm"].as_f64().unwrap() > 0.0);
 
-    // A learned scale from 1 moves.
+    // A learned scale from 1 (the paper's init, asked for) moves.
     let learned = tmp.path().join("learned");
     let mut args = train_args(s(&data), s(&learned));
     args[10] = "2";
+    args.extend(["--msn-init", "ones"]);
     ok(&msn(&args));
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(learned.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["train"]["msn_init"], "ones");
     let m = metrics(&learned);
     assert_ne!(m[0]["msn_scale_mean"], m[1]["msn_scale_mean"]);
 
