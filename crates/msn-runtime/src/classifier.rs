@@ -241,6 +241,11 @@ impl Classifier {
             .unwrap_or_else(|| format!("class {i}"))
     }
 
+    /// The class names (empty when the model has none and no labels file was given).
+    pub fn labels(&self) -> &[String] {
+        &self.labels
+    }
+
     /// The planned model.
     pub fn model(&self) -> &Model {
         &self.model

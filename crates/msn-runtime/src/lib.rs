@@ -12,6 +12,8 @@
 //! 4. [`bench`]: latency percentiles and throughput, several models interleaved.
 //! 5. [`info`]: inputs, outputs, ops, parameters and multiply-accumulates of any model.
 //! 6. [`gan`]: generators, and the classifier score and Fréchet distance of their samples.
+//! 7. [`stream`]: images one after another on a pipe (concatenated PNG/JPEG, MJPEG, raw RGB).
+//! 8. [`evaluate`]: class-folder layouts, accuracy and the confusion matrix.
 //!
 //! ```no_run
 //! use msn_runtime::{Classifier, LoadOptions};
@@ -32,6 +34,7 @@ pub mod dense;
 pub mod depthwise;
 mod dwlanes;
 mod error;
+pub mod evaluate;
 pub mod gan;
 mod graph;
 mod guard;
@@ -44,6 +47,7 @@ pub mod preprocess;
 pub mod qconv;
 pub mod quant;
 mod split;
+pub mod stream;
 pub mod verify;
 
 pub use classifier::{Classifier, LoadOptions, PreprocessOverrides};

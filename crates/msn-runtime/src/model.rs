@@ -30,6 +30,15 @@ pub struct TensorSpec {
 }
 
 impl TensorSpec {
+    /// The most bytes a NumPy array for this input may hold: its element count (when every
+    /// dimension is fixed) times 8, the widest element a file could give before conversion.
+    pub fn max_bytes(&self) -> Option<u64> {
+        self.dims
+            .as_ref()?
+            .iter()
+            .try_fold(8u64, |n, d| n.checked_mul((*d)? as u64))
+    }
+
     fn of(v: &ValueInfoProto) -> TensorSpec {
         let (dtype, dims) = match v.r#type.as_ref().and_then(|t| t.value.as_ref()) {
             Some(type_proto::Value::TensorType(t)) => (
@@ -154,9 +163,20 @@ impl Source {
         Source::from_bytes(bytes, path)
     }
 
-    /// Decodes and validates a model held in memory; `origin` names it in messages.
+    /// Decodes and validates a model held in memory; `origin` names it in messages, and its
+    /// folder holds the data files of tensors stored outside the model (external data).
     pub fn from_bytes(bytes: Vec<u8>, origin: &Path) -> Result<Source> {
-        let model = msn_onnx::io::from_bytes_named(&bytes, &origin.display().to_string())?;
+        let mut model = msn_onnx::io::from_bytes_named(&bytes, &origin.display().to_string())?;
+        // Tensors in data files beside the model: read in, and the bytes tract parses with them.
+        let bytes = if msn_onnx::external::has_external_data(&model) {
+            msn_onnx::external::inline(&mut model, origin).map_err(|e| Error::Invalid {
+                path: origin.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+            msn_onnx::io::to_bytes(&model)
+        } else {
+            bytes
+        };
         msn_onnx::validate::model(&model).map_err(|e| Error::Invalid {
             path: origin.to_path_buf(),
             reason: e.to_string(),
