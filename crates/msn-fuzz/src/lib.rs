@@ -12,7 +12,7 @@ use std::path::Path;
 pub type Target = fn(&[u8]);
 
 /// Every target, by the name of its corpus folder.
-pub const TARGETS: [(&str, Target); 7] = [
+pub const TARGETS: [(&str, Target); 8] = [
     ("onnx", onnx),
     ("fold", fold),
     ("image", image),
@@ -20,6 +20,7 @@ pub const TARGETS: [(&str, Target); 7] = [
     ("idx", idx),
     ("checkpoint", checkpoint),
     ("metadata", metadata),
+    ("stream", stream),
 ];
 
 /// Decode and validate an ONNX model; read its image metadata.
@@ -74,6 +75,27 @@ pub fn image(data: &[u8]) {
 /// Decode a NumPy `.npy` array.
 pub fn npy(data: &[u8]) {
     let _ = msn_runtime::npy::decode(data, Path::new("fuzz.npy"));
+}
+
+/// Images on standard input: the bytes split into frames (with a small frame limit, so large
+/// frames are exercised), every byte accounted for as a frame or as skipped, each frame
+/// decoded.
+pub fn stream(data: &[u8]) {
+    let mut seen = 0u64;
+    for item in msn_runtime::stream::Frames::with_limit(data, 4096) {
+        match item.expect("reading from memory cannot fail") {
+            msn_runtime::stream::Item::Frame(f) => {
+                seen += f.len() as u64;
+                let _ = msn_runtime::preprocess::decode_bytes(&f, Path::new("fuzz"));
+            }
+            msn_runtime::stream::Item::Skipped { bytes, .. } => seen += bytes,
+        }
+    }
+    assert_eq!(
+        seen,
+        data.len() as u64,
+        "every byte is a frame's or skipped"
+    );
 }
 
 /// An IDX image file and label file: the first byte says where the data splits.

@@ -208,7 +208,7 @@ impl<R: Read> Frames<R> {
             }
             let marker = a[1];
             if marker == 0xFF {
-                self.input.consume(1); // fill byte before a marker
+                self.input.copy(1, Some(out))?; // a fill byte before a marker
                 continue;
             }
             self.input.copy(2, Some(out))?;
