@@ -8,8 +8,8 @@
 //! byte arrives, without waiting for the next one. Memory stays flat: one read buffer and the
 //! frame being read, never more than [`MAX_FRAME_BYTES`]. Bytes that are no frame (garbage
 //! between frames, a frame cut short or too large) come out as [`Item::Skipped`] and the
-//! reader looks for the next PNG or JPEG signature. A broken frame costs that frame, or, when
-//! it was cut inside a chunk or segment whose length it still declares, the next one too.
+//! reader looks for the next PNG or JPEG signature, from the broken frame's second byte on (a
+//! frame cut short may have read into the next one): a broken frame costs that frame only.
 
 use std::io::{self, Read};
 
@@ -81,6 +81,12 @@ impl<R: Read> Input<R> {
 
     fn consume(&mut self, n: usize) {
         self.start += n;
+    }
+
+    /// Puts `bytes` back in front of what is still to be read.
+    fn unread(&mut self, bytes: &[u8]) {
+        self.buf
+            .splice(self.start..self.start, bytes.iter().copied());
     }
 
     /// Moves `n` bytes to `out` (or drops them when `out` is `None`); false if the input ended
@@ -285,16 +291,22 @@ impl<R: Read> Iterator for Frames<R> {
             } else {
                 self.jpeg(&mut out)?
             };
-            Ok(Some(match end {
-                End::Whole => Item::Frame(out),
-                End::Cut => Item::Skipped {
-                    bytes: out.len() as u64,
-                    reason: "the stream ended inside an image".into(),
-                },
-                End::Broken(reason) => Item::Skipped {
-                    bytes: out.len() as u64,
-                    reason,
-                },
+            let reason = match end {
+                End::Whole => return Ok(Some(Item::Frame(out))),
+                End::Cut => "the stream ended inside an image".to_string(),
+                End::Broken(reason) => reason,
+            };
+            // A frame cut short may have read into the next one: look for it again from the
+            // broken frame's second byte on.
+            if let Some(k) = (1..out.len()).find(|&k| {
+                out[k..].starts_with(&JPEG_SIGNATURE) || out[k..].starts_with(&PNG_SIGNATURE)
+            }) {
+                self.input.unread(&out[k..]);
+                out.truncate(k);
+            }
+            Ok(Some(Item::Skipped {
+                bytes: out.len() as u64,
+                reason,
             }))
         };
         step().transpose()
@@ -391,25 +403,20 @@ mod tests {
     #[test]
     fn garbage_and_cut_frames_are_skipped_and_the_stream_goes_on() {
         let (a, b, c) = (jpeg(1), png(2), jpeg(3));
-        // Cut inside its last chunk's header: the next image's bytes cannot be that header.
-        let cut = &b[..b.len() - 10];
+        // Cut in the middle of its data: reading on takes the next image's first bytes.
+        let cut = &b[..b.len() / 2];
         let bytes = [&b"garbage"[..], &a, cut, &c, &[0xFF, 0xD8, 0xFF, 0xE0][..]].concat();
         let got = items(bytes, 5);
-        // Garbage, a, the cut PNG, the rest of its chunk header, c, the cut JPEG at the end.
-        assert_eq!(got.len(), 6, "{got:?}");
+        // Garbage, a, the cut PNG (which read into c: c is found again), c, the cut JPEG.
+        assert_eq!(got.len(), 5, "{got:?}");
         assert!(matches!(&got[0], Item::Skipped { bytes: 7, .. }));
         assert_eq!(got[1], Item::Frame(a));
         assert!(
-            matches!(&got[2], Item::Skipped { reason, .. } if reason.contains("corrupt")),
+            matches!(&got[2], Item::Skipped { bytes, .. } if *bytes == cut.len() as u64),
             "{:?}",
             got[2]
         );
-        // The next image is found again after the broken one.
-        let frames: Vec<_> = got
-            .iter()
-            .filter(|i| matches!(i, Item::Frame(f) if *f == c))
-            .collect();
-        assert_eq!(frames.len(), 1, "{got:?}");
+        assert_eq!(got[3], Item::Frame(c));
         assert!(matches!(
             got.last().unwrap(),
             Item::Skipped { reason, .. } if reason.contains("ended inside")

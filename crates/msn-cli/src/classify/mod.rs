@@ -271,13 +271,9 @@ fn evaluate(args: &ClassifyArgs) -> Result<()> {
         }
     }
     // Loaded first: the class folders are matched to its labels.
-    let mut clf: Option<Classifier> = None;
+    let model = load(args, args.batch)?;
     for dir in &args.inputs {
         let start = std::time::Instant::now();
-        let model = match clf.take() {
-            Some(c) => c,
-            None => load(args, args.batch)?,
-        };
         let labelled =
             class_folders(dir, model.labels(), model.classes()).map_err(anyhow::Error::msg)?;
         if labelled.loose > 0 {
@@ -336,7 +332,6 @@ fn evaluate(args: &ClassifyArgs) -> Result<()> {
                 files.len()
             );
         }
-        clf = Some(model);
     }
     Ok(())
 }

@@ -103,15 +103,17 @@ pub(super) fn run(args: &ClassifyArgs) -> Result<()> {
     }
     let mut lat: Vec<f32> = tally.latencies_ms.iter().copied().collect();
     lat.sort_by(f32::total_cmp);
-    let median = lat.get(lat.len() / 2).copied().unwrap_or(0.0);
+    let timing = match (tally.first_answer, lat.get(lat.len() / 2)) {
+        (Some(first), Some(median)) => format!(
+            "first answer after {:.0} ms, median {median:.1} ms a frame (decode to answer)",
+            first.as_secs_f64() * 1e3
+        ),
+        _ => "no frame classified".to_string(),
+    };
     eprintln!(
         "stream: {} frames, {} classified, {} dropped, {} broken; model loaded in {load_ms:.0} ms, \
-         first answer after {:.0} ms, median {median:.1} ms a frame (decode to answer)",
-        tally.frames,
-        tally.classified,
-        tally.dropped,
-        tally.broken,
-        tally.first_answer.map_or(0.0, |d| d.as_secs_f64() * 1e3),
+         {timing}",
+        tally.frames, tally.classified, tally.dropped, tally.broken,
     );
     Ok(())
 }
