@@ -216,6 +216,43 @@ pub fn rename_uses(g: &mut GraphProto, from: &str, to: &str) {
     }
 }
 
+/// Renames every read of each key of `map` to its value, as [`rename_uses`] does one name, in
+/// one walk of the graph: for many renames at once (a chain of removed nodes), where one walk
+/// per name would be quadratic. The values must not themselves be keys.
+pub fn rename_all(g: &mut GraphProto, map: &HashMap<String, String>) {
+    if map.is_empty() {
+        return;
+    }
+    for n in &mut g.node {
+        for i in &mut n.input {
+            if let Some(to) = map.get(i.as_str()) {
+                *i = to.clone();
+            }
+        }
+        for a in &mut n.attribute {
+            for sub in a.g.iter_mut().chain(a.graphs.iter_mut()) {
+                // A name the body defines itself shadows the outer one.
+                let mut defined: HashSet<&str> = sub.initializer.iter().map(|t| t.name()).collect();
+                defined.extend(sub.input.iter().map(|v| v.name()));
+                for m in &sub.node {
+                    defined.extend(m.output.iter().map(String::as_str));
+                }
+                let inner: HashMap<String, String> = map
+                    .iter()
+                    .filter(|(from, _)| !defined.contains(from.as_str()))
+                    .map(|(a, b)| (a.clone(), b.clone()))
+                    .collect();
+                rename_all(sub, &inner);
+                for o in &mut sub.output {
+                    if let Some(to) = inner.get(o.name()) {
+                        o.name = Some(to.clone());
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// A readable name for a node: its own, or `OpType -> first output`.
 pub fn node_name(n: &NodeProto) -> String {
     if n.name().is_empty() {
