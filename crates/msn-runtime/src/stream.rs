@@ -174,6 +174,12 @@ impl<R: Read> Frames<R> {
         }
     }
 
+    /// `Broken` when `more` bytes would take the frame past the limit.
+    fn too_large(&self, out: &[u8], more: usize) -> Option<End> {
+        (out.len().saturating_add(more) > self.max)
+            .then(|| End::Broken(format!("the frame is larger than {} bytes", self.max)))
+    }
+
     fn png(&mut self, out: &mut Vec<u8>) -> io::Result<End> {
         self.input.copy(PNG_SIGNATURE.len(), Some(out))?;
         loop {
@@ -187,11 +193,8 @@ impl<R: Read> Frames<R> {
                 return Ok(End::Broken("a PNG chunk header is corrupt".into()));
             }
             let total = len + 12;
-            if out.len() + total > self.max {
-                return Ok(End::Broken(format!(
-                    "the frame is larger than {} bytes",
-                    self.max
-                )));
+            if let Some(end) = self.too_large(out, total) {
+                return Ok(end);
             }
             if !self.input.copy(total, Some(out))? {
                 return Ok(End::Cut);
@@ -232,11 +235,8 @@ impl<R: Read> Frames<R> {
             if len < 2 {
                 return Ok(End::Broken("a JPEG segment length is corrupt".into()));
             }
-            if out.len() + len > self.max {
-                return Ok(End::Broken(format!(
-                    "the frame is larger than {} bytes",
-                    self.max
-                )));
+            if let Some(end) = self.too_large(out, len) {
+                return Ok(end);
             }
             if !self.input.copy(len, Some(out))? {
                 return Ok(End::Cut);
@@ -254,11 +254,8 @@ impl<R: Read> Frames<R> {
                     });
                     // Keep the last byte when it is 0xFF: its pair is not read yet.
                     let n = stop.unwrap_or(a.len() - usize::from(a[a.len() - 1] == 0xFF));
-                    if out.len() + n > self.max {
-                        return Ok(End::Broken(format!(
-                            "the frame is larger than {} bytes",
-                            self.max
-                        )));
+                    if let Some(end) = self.too_large(out, n) {
+                        return Ok(end);
                     }
                     self.input.copy(n, Some(out))?;
                     if stop.is_some() {
