@@ -288,6 +288,14 @@ fn raw_frames_every_nth_and_their_errors() {
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("frame 3: the stream ended inside a frame (100 of 2352 bytes)"));
 
+    // At most one frame in 1,000 s: the frames after the first arrive sooner and are dropped.
+    let out = classify_stdin(
+        &["--top-k", "1", "--raw", "28x28", "--max-fps", "0.001"],
+        &stream,
+    );
+    assert_eq!(ok(&out).lines().count(), 1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 classified, 2 dropped, 1 broken"));
+
     for (args, needle) in [
         (vec!["--raw", "0x5", "-"], "not a side"),
         (vec!["--raw", "28", "-"], "not WxH"),
