@@ -90,18 +90,12 @@ fn folders_are_walked_into_subfolders() {
 #[test]
 fn evaluate_counts_each_class_folder_and_agrees_with_per_image_answers() {
     let dir = tempfile::tempdir().unwrap();
-    let labels = [
-        "T-shirt/top",
-        "Trouser",
-        "Pullover",
-        "Dress",
-        "Coat",
-        "Sandal",
-        "Shirt",
-        "Sneaker",
-        "Bag",
-        "Ankle boot",
-    ];
+    // The built-in model's own class names.
+    let model = msn_onnx::io::load(root().join("models/fashion-cnn3-msn.folded.onnx")).unwrap();
+    let labels = msn_onnx::meta::ImageMeta::from_model(&model)
+        .unwrap()
+        .labels
+        .unwrap();
     let images = shipped_images();
     // Each image in its true class folder, and a second copy one class off (wrong on purpose).
     let mut truth = Vec::new();
