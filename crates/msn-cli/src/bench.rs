@@ -108,11 +108,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         bail!("--batch and --iters must be at least 1");
     }
     let threads = msn_runtime::set_threads(args.threads);
-    msn_runtime::set_half(args.f16).map_err(anyhow::Error::msg)?;
     let options = LoadOptions {
         batch: Some(args.batch),
         preprocess: args.preprocess.overrides(),
         labels: None,
+        plan: crate::plan_for(args.f16)?,
     };
     let mut paths = vec![args.model.clone()];
     paths.extend(args.compare.clone());
@@ -121,12 +121,19 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .map(|p| load_classifier(Some(p), &options))
         .collect::<Result<Vec<_>>>()?;
     if args.compare_depthwise {
-        msn_runtime::set_tract_depthwise(true);
-        let tract = load_classifier(Some(&args.model), &options);
-        msn_runtime::set_tract_depthwise(false);
-        models.push(tract?);
+        // Our depthwise kernels off, every other kernel kept: what they alone are worth.
+        let kernels = msn_kernels::Options {
+            depthwise: false,
+            channel_lanes: false,
+            ..msn_kernels::Options::default()
+        };
+        let tract = LoadOptions {
+            plan: msn_runtime::Plan::With(kernels),
+            ..options.clone()
+        };
+        models.push(load_classifier(Some(&args.model), &tract)?);
         paths.push(PathBuf::from(format!(
-            "{} (tract kernels)",
+            "{} (tract's depthwise)",
             args.model.display()
         )));
     }
@@ -147,6 +154,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 let mut v = stats_json(&paths[0], &stats[0]);
                 v["threads"] = json!(threads);
                 v["f16"] = json!(args.f16);
+                v["cpu"] = crate::cpu_json();
                 v
             }
             Some(r) => json!({
@@ -154,6 +162,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 "ratio_p50": r,
                 "threads": threads,
                 "f16": args.f16,
+                "cpu": crate::cpu_json(),
             }),
         };
         let mut value = value;
@@ -163,6 +172,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         println!("{value}");
         return Ok(());
     }
+    println!("kernels: {}, {threads} thread(s)", crate::cpu_description());
     println!(
         "{:<40} {:>5} {:>9} {:>8} {:>8} {:>8} {:>10}",
         "model", "batch", "load ms", "p50 ms", "p90 ms", "p99 ms", "images/s"

@@ -51,6 +51,7 @@ fn to_json(info: &Info) -> Value {
         "metadata": info.metadata,
         "opset": info.opset.iter().map(|(d, v)| json!({"domain": d, "version": v})).collect::<Vec<_>>(),
         "producer": info.producer,
+        "cpu": crate::cpu_json(),
     })
 }
 
@@ -138,6 +139,7 @@ fn print(path: &std::path::Path, info: &Info, all_layers: bool) {
             info.layers.len()
         );
     }
+    println!("kernels: {}", crate::cpu_description());
     if !info.metadata.is_empty() {
         println!("metadata");
         for (k, v) in &info.metadata {

@@ -47,6 +47,47 @@ pub fn keep_freed_memory() {
     }
 }
 
+/// Checks the environment every command reads before it runs: `MSN_CPU` (the kernels' CPU
+/// level cap, `msn_kernels::cpu`) must name a level of this architecture.
+pub fn check_environment() -> anyhow::Result<()> {
+    msn_kernels::cpu::cap_from_env().map_err(anyhow::Error::msg)?;
+    Ok(())
+}
+
+/// The CPU level our kernels run at, as `msn info` and `msn bench` print it: the level in force,
+/// and what the CPU has when `MSN_CPU` caps it.
+pub fn cpu_description() -> String {
+    let cpu = msn_kernels::cpu::get();
+    let detected = msn_kernels::cpu::Cpu::detect();
+    if cpu == detected {
+        format!("{cpu} ({})", std::env::consts::ARCH)
+    } else {
+        format!(
+            "{cpu} (capped by MSN_CPU; this {} CPU has {detected})",
+            std::env::consts::ARCH
+        )
+    }
+}
+
+/// The CPU level as JSON: `{"level", "detected", "arch"}`.
+pub fn cpu_json() -> serde_json::Value {
+    serde_json::json!({
+        "level": msn_kernels::cpu::get().to_string(),
+        "detected": msn_kernels::cpu::Cpu::detect().to_string(),
+        "arch": std::env::consts::ARCH,
+    })
+}
+
+/// The plan a command's `--f16` asks for: [`Plan::Half`](msn_runtime::Plan::Half) where the CPU
+/// computes f16 natively (refused elsewhere, with the reason), else the optimised plan.
+pub fn plan_for(f16: bool) -> anyhow::Result<msn_runtime::Plan> {
+    if f16 {
+        msn_runtime::half_supported().map_err(anyhow::Error::msg)?;
+        return Ok(msn_runtime::Plan::Half);
+    }
+    Ok(msn_runtime::Plan::Optimized)
+}
+
 /// `[NAME=]D,D,...` with every dimension at least 1.
 /// (`--input-shape` of `msn info` and `msn-fold`.)
 pub fn parse_shape(s: &str) -> Result<(Option<String>, Vec<usize>), String> {
@@ -102,7 +143,7 @@ pub fn single_main<A: clap::Args>(
     keep_freed_memory();
     let matches = single_command::<A>(name, about).get_matches();
     let cli = Single::<A>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    exit(run(cli.args))
+    exit(check_environment().and_then(|()| run(cli.args)))
 }
 
 #[cfg(test)]

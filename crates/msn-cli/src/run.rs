@@ -41,7 +41,7 @@ pub struct RunArgs {
 
 pub fn run(args: RunArgs) -> Result<()> {
     msn_runtime::set_threads(args.threads);
-    msn_runtime::set_half(args.f16).map_err(anyhow::Error::msg)?;
+    let optimized = crate::plan_for(args.f16)?;
     let start = Instant::now();
     let source = Source::read(&args.model)?;
     let mut given = Vec::new();
@@ -78,7 +78,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let kind = if args.reference {
         Plan::Reference
     } else {
-        Plan::Optimized
+        optimized
     };
     let model = source.plan(&shapes, kind)?;
     let load_ms = start.elapsed().as_secs_f64() * 1e3;

@@ -34,7 +34,10 @@ fn main() {
     let models: Vec<_> = paths
         .iter()
         .map(|(p, tract)| {
-            msn_runtime::set_tract_depthwise(*tract);
+            let plan = match tract {
+                true => Plan::With(msn_runtime::msn_kernels::Options::none()),
+                false => Plan::Optimized,
+            };
             let s = Source::read(p).expect("readable model");
             let shape: Vec<usize> = s.inputs()[0]
                 .dims
@@ -44,7 +47,7 @@ fn main() {
                 .map(|d| d.unwrap_or(1))
                 .collect();
             let m = s
-                .plan(std::slice::from_ref(&shape), Plan::Optimized)
+                .plan(std::slice::from_ref(&shape), plan)
                 .expect("plannable");
             let n: usize = shape.iter().product();
             let x = ndarray::ArrayD::<f32>::from_shape_vec(

@@ -29,6 +29,8 @@ pub struct LoadOptions {
     pub preprocess: PreprocessOverrides,
     /// A labels file (one class per line) that replaces the model's own labels.
     pub labels: Option<PathBuf>,
+    /// How tract plans the model ([`Plan::Optimized`] unless an A/B run or `--f16` says).
+    pub plan: Plan,
 }
 
 /// An ONNX image classifier, optimised by tract for a fixed batch size.
@@ -153,7 +155,7 @@ impl Classifier {
         preprocess.validate()?;
 
         let batch = dims[0].unwrap_or(options.batch.unwrap_or(1).max(1));
-        let model = source.plan(&[vec![batch, channels, height, width]], Plan::Optimized)?;
+        let model = source.plan(&[vec![batch, channels, height, width]], options.plan)?;
         let out_shape = model
             .outputs()
             .first()

@@ -30,29 +30,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 pub mod bench;
 mod classifier;
-pub mod dense;
-pub mod depthwise;
-mod dwlanes;
 mod error;
 pub mod evaluate;
 pub mod gan;
-mod graph;
 mod guard;
 pub mod info;
-mod lanes;
-pub mod maxpool;
 pub mod model;
 pub mod npy;
 pub mod preprocess;
-pub mod qconv;
-pub mod quant;
-mod split;
 pub mod stream;
 pub mod verify;
 
 pub use classifier::{Classifier, LoadOptions, PreprocessOverrides};
 pub use error::Error;
 pub use model::{Model, NodeTime, Plan, Source, TensorSpec};
+/// The kernels crate: its CPU probe and plan options ([`Plan::With`]).
+pub use msn_kernels;
 pub use preprocess::Preprocess;
 /// tract's tensor, the type [`Model::run`] takes and returns.
 pub use tract_onnx::prelude::Tensor;
@@ -61,8 +54,7 @@ pub use tract_onnx::prelude::Tensor;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Runs tract's matrix products on `threads` threads from now on (0: every core; 1: the
-/// calling thread only). tract's executor is process-wide; it also runs [`depthwise`]'s
-/// convolutions; tract's other non-matrix ops stay on one thread: with more than one thread,
+/// calling thread only). tract's executor is process-wide; it also runs msn-kernels' ops; tract's other non-matrix ops stay on one thread: with more than one thread,
 /// a model's run is on one of the pool's (`on_executor`).
 pub fn set_threads(threads: usize) -> usize {
     use tract_linalg::multithread::{set_default_executor, Executor};
@@ -166,50 +158,11 @@ fn keep_looking(done: &AtomicBool) {
     }
 }
 
-static TRACT_DEPTHWISE: AtomicBool = AtomicBool::new(false);
-
-/// Leaves every convolution to tract from now on (`true`), instead of our kernels
-/// ([`depthwise::DirectConv`], [`dense::DenseConv`], [`qconv::QConv`]): to compare the two.
-pub fn set_tract_depthwise(tract: bool) {
-    TRACT_DEPTHWISE.store(tract, Ordering::Relaxed);
-}
-
-/// Whether depthwise convolutions are left to tract ([`set_tract_depthwise`]).
-pub fn tract_depthwise() -> bool {
-    TRACT_DEPTHWISE.load(Ordering::Relaxed)
-}
-
-static HALF: AtomicBool = AtomicBool::new(false);
-
-/// Plans models in half precision from now on (tract's `f32_to_f16` transform before its
-/// optimiser; callers still give and get f32), if tract computes f16 natively on this CPU:
-/// aarch64 with ARMv8.2-A's FP16 extension (Raspberry Pi 5, Jetson Orin). Elsewhere tract
-/// emulates f16 far slower than f32 (EfficientNet-Lite0 on x86-64, even with AVX512-FP16:
-/// 13.4 s against 31 ms), so this is refused with the reason.
-pub fn set_half(half: bool) -> std::result::Result<(), String> {
-    if half {
-        half_supported()?;
-    }
-    set_half_unchecked(half);
-    Ok(())
-}
-
-/// [`set_half`] without the CPU check: f16 results on any CPU (slowly where it is emulated),
-/// to measure what half precision does to a model's answers.
-pub fn set_half_unchecked(half: bool) {
-    HALF.store(half, Ordering::Relaxed);
-}
-
-/// Whether models are planned in half precision ([`set_half`]).
-pub fn half() -> bool {
-    HALF.load(Ordering::Relaxed)
-}
-
-/// Ok when tract computes f16 natively on this CPU; otherwise why not.
+/// Ok when tract computes f16 natively on this CPU ([`Plan::Half`]); otherwise why not.
 pub fn half_supported() -> std::result::Result<(), String> {
     #[cfg(target_arch = "aarch64")]
     {
-        if std::arch::is_aarch64_feature_detected!("fp16") {
+        if msn_kernels::cpu::get().fp16() {
             return Ok(());
         }
         Err("--f16: this CPU has no half-precision arithmetic (it needs ARMv8.2-A FP16: Raspberry Pi 5, Jetson Orin; a Pi 4's Cortex-A72 has none)".into())

@@ -92,12 +92,31 @@ pub fn datum_type(onnx: &str) -> Option<DatumType> {
 /// Which tract plan to build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Plan {
-    /// msn-fold's passes and the guards, then tract's optimiser: what every command runs.
+    /// msn-fold's passes and the guards, then tract's optimiser with every kernel of
+    /// msn-kernels at the CPU's level (`MSN_CPU` caps it): what every command runs.
     #[default]
     Optimized,
+    /// [`Plan::Optimized`] with the kernels these options choose
+    /// (`msn_kernels::Options::none()`: tract's own kernels only, for A/B runs).
+    With(msn_kernels::Options),
+    /// [`Plan::Optimized`] in half precision (tract's `f32_to_f16` transform before its
+    /// optimiser; callers still give and get f32), on tract's kernels. Native on aarch64 with
+    /// ARMv8.2-A FP16 ([`crate::half_supported`]); emulated, far slower, elsewhere.
+    Half,
     /// The model exactly as written, through tract's typed translation without its
     /// optimiser: the reference a fold is verified against.
     Reference,
+}
+
+impl Plan {
+    /// The kernels of ours this plan gets, if it is optimised by tract in f32.
+    fn kernels(self) -> Option<msn_kernels::Options> {
+        match self {
+            Plan::Optimized => Some(msn_kernels::Options::default()),
+            Plan::With(options) => Some(options),
+            Plan::Half | Plan::Reference => None,
+        }
+    }
 }
 
 /// A decoded and validated model, not yet planned.
@@ -147,7 +166,7 @@ pub struct Model {
     times: LoadTimes,
     fold: Option<msn_fold::Report>,
     guarded: usize,
-    /// Planned in half precision ([`crate::set_half`]): f32 tensors are converted on the way
+    /// Planned in half precision ([`Plan::Half`]): f32 tensors are converted on the way
     /// in and out.
     half: bool,
 }
@@ -227,7 +246,7 @@ impl Source {
                 guarded = guard::vector_matmul(model.graph.as_mut().expect("has a graph"));
                 (guarded > 0).then(|| msn_onnx::io::to_bytes(&model))
             }
-            Plan::Optimized => {
+            Plan::Optimized | Plan::With(_) | Plan::Half => {
                 let mut model = self.model.clone();
                 let report = msn_fold::fold(&mut model);
                 let folded = report.passes.iter().any(|(_, n)| *n > 0);
@@ -241,7 +260,7 @@ impl Source {
         let bytes = rewritten.as_deref().unwrap_or(&self.bytes);
         let err = |action| self.tract_error(action);
         let (typed, planned) = self.typed(bytes, shapes)?;
-        let half = kind == Plan::Optimized && crate::half();
+        let half = kind == Plan::Half;
         let typed = if half {
             tract_onnx::tract_core::transform::get_transform("f32_to_f16")
                 .map_err(err("convert the model to half precision"))?
@@ -252,22 +271,18 @@ impl Source {
             typed
         };
         let typed = match kind {
-            Plan::Optimized if !half && !crate::tract_depthwise() => {
+            Plan::Optimized | Plan::With(_) => {
+                let options = kind.kernels().expect("an f32 plan");
                 let mut typed = typed
                     .into_decluttered()
                     .map_err(err("declutter the model"))?;
-                crate::depthwise::rewrite(&mut typed)
-                    .map_err(err("lower depthwise convolutions"))?;
-                crate::qconv::rewrite(&mut typed)
-                    .map_err(err("lower quantized 1x1 convolutions"))?;
-                crate::dense::rewrite(&mut typed)
-                    .map_err(err("lower float one-group convolutions"))?;
-                crate::maxpool::rewrite(&mut typed).map_err(err("lower max pools"))?;
+                msn_kernels::rewrite(&mut typed, &options).map_err(err("put in our kernels"))?;
                 let mut typed = typed.into_optimized().map_err(err("optimize the model"))?;
-                crate::quant::rewrite(&mut typed).map_err(err("swap in QuantizeU8"))?;
+                msn_kernels::rewrite_optimized(&mut typed, &options)
+                    .map_err(err("put in our kernels"))?;
                 typed
             }
-            Plan::Optimized => typed.into_optimized().map_err(err("optimize the model"))?,
+            Plan::Half => typed.into_optimized().map_err(err("optimize the model"))?,
             Plan::Reference => typed,
         };
         let plan = typed.into_runnable().map_err(err("plan the model"))?;

@@ -67,36 +67,7 @@ fn random(spec: &TensorSpec, shape: &[usize], state: &mut u64) -> Result<Tensor>
 /// The largest difference between two outputs relative to the largest magnitude of the
 /// first (floats; a NaN on one side only counts as infinitely far), or 0 / infinity for
 /// equal / different integer outputs.
-pub fn relative_error(a: &Tensor, b: &Tensor) -> f64 {
-    if a.shape() != b.shape() || a.datum_type() != b.datum_type() {
-        return f64::INFINITY;
-    }
-    if !a.datum_type().is_float() {
-        return if a == b { 0.0 } else { f64::INFINITY };
-    }
-    let (Ok(a), Ok(b)) = (a.cast_to::<f64>(), b.cast_to::<f64>()) else {
-        return f64::INFINITY;
-    };
-    let (Ok(a), Ok(b)) = (
-        a.to_plain_array_view::<f64>(),
-        b.to_plain_array_view::<f64>(),
-    ) else {
-        return f64::INFINITY;
-    };
-    let scale = a.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-6);
-    let err = a
-        .iter()
-        .zip(b.iter())
-        .map(|(p, q)| match (p.is_nan(), q.is_nan()) {
-            (true, true) => 0.0,
-            // `f64::max` would skip a NaN: one side's NaN is as far off as can be.
-            (true, false) | (false, true) => f64::INFINITY,
-            _ if p == q => 0.0,
-            _ => (p - q).abs(),
-        })
-        .fold(0.0f64, f64::max);
-    err / scale
-}
+pub use msn_kernels::testing::relative_error;
 
 /// Runs `original` and `rewritten` on `n` inputs and returns the largest relative error over
 /// every output. Input shapes are the declared ones (symbolic dimensions 1 unless given).

@@ -45,6 +45,7 @@ fn options(data: &Path) -> LoadOptions {
             gray: false,
         },
         labels: Some(data.join("efficientnet-lite0/labels.txt")),
+        ..LoadOptions::default()
     }
 }
 

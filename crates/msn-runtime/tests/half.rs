@@ -1,9 +1,8 @@
 //! Half precision (`--f16`): the shipped Fashion-MNIST model's answers on the shipped images in
 //! tract's f16 plan against f32. On this CPU tract may emulate f16 (slowly): the answers are
-//! the same arithmetic a Raspberry Pi 5 computes natively. One test process, one setting: the
-//! half-precision switch is process-wide, so this file holds a single test.
+//! the same arithmetic a Raspberry Pi 5 computes natively.
 
-use msn_runtime::{softmax, Classifier, LoadOptions};
+use msn_runtime::{softmax, Classifier, LoadOptions, Plan};
 use std::path::Path;
 
 #[test]
@@ -16,8 +15,11 @@ fn half_precision_keeps_the_shipped_models_answers() {
         .collect();
     images.sort();
     let run = |half: bool| {
-        msn_runtime::set_half_unchecked(half);
-        let clf = Classifier::load(&model, &LoadOptions::default()).unwrap();
+        let options = LoadOptions {
+            plan: if half { Plan::Half } else { Plan::Optimized },
+            ..LoadOptions::default()
+        };
+        let clf = Classifier::load(&model, &options).unwrap();
         assert_eq!(clf.model().is_half(), half);
         images
             .iter()
@@ -28,7 +30,6 @@ fn half_precision_keeps_the_shipped_models_answers() {
             .collect::<Vec<_>>()
     };
     let (f32s, f16s) = (run(false), run(true));
-    msn_runtime::set_half_unchecked(false);
     let mut worst = 0f32;
     for ((a, b), path) in f32s.iter().zip(&f16s).zip(&images) {
         let top = |v: &[f32]| msn_runtime::topk(v, 1)[0].0;
@@ -45,7 +46,6 @@ fn half_precision_keeps_the_shipped_models_answers() {
     // The CLI refuses --f16 where tract has no native f16 (every CPU but aarch64 with FP16).
     if let Err(why) = msn_runtime::half_supported() {
         assert!(why.contains("--f16"), "{why}");
-        assert!(msn_runtime::set_half(true).is_err());
-        assert!(!msn_runtime::half());
+        assert!(!msn_runtime::msn_kernels::cpu::get().fp16());
     }
 }

@@ -156,6 +156,7 @@ impl Extractor {
             batch: Some(batch),
             preprocess: preprocess.clone(),
             labels: None,
+            ..LoadOptions::default()
         };
         let clf = Classifier::from_bytes(msn_onnx::io::to_bytes(cut), path, &options)?;
         Ok(Extractor { clf })

@@ -50,7 +50,11 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     msn_cli::keep_freed_memory();
-    msn_cli::exit(match Cli::parse().command {
+    let cli = Cli::parse();
+    if let Err(e) = msn_cli::check_environment() {
+        return msn_cli::exit(Err(e));
+    }
+    msn_cli::exit(match cli.command {
         Command::Classify(args) => msn_cli::classify::run(args),
         Command::Bench(args) => msn_cli::bench::run(args),
         Command::Run(args) => msn_cli::run::run(args),

@@ -178,7 +178,7 @@ pub fn run(args: ClassifyArgs) -> Result<()> {
         bail!("--evaluate reads class folders, not standard input");
     }
     msn_runtime::set_threads(args.threads);
-    msn_runtime::set_half(args.f16).map_err(anyhow::Error::msg)?;
+    crate::plan_for(args.f16)?;
     if streaming {
         return stream::run(&args);
     }
@@ -206,6 +206,7 @@ fn load(args: &ClassifyArgs, images: usize) -> Result<Classifier> {
         batch: Some(args.batch.min(images).max(1)),
         preprocess: args.preprocess.overrides(),
         labels: args.labels.clone(),
+        plan: crate::plan_for(args.f16)?,
     };
     load_classifier(args.model.as_deref(), &options)
 }

@@ -36,6 +36,7 @@ use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_core::{as_op, op_as_typed_op, op_out_of_plan};
 
 use crate::graph::{concrete_shapes, per_channel, values};
+use crate::Cpu;
 
 /// Output channels per tile.
 const ROWS: usize = 4;
@@ -117,6 +118,8 @@ pub struct QConv {
     scale: Arc<Vec<f32>>,
     /// The output's zero point.
     y0: u8,
+    /// What the kernel may use: AVX-512 VNNI (only then is the op made).
+    cpu: Cpu,
 }
 
 impl PartialEq for QConv {
@@ -144,28 +147,12 @@ impl fmt::Debug for QConv {
     }
 }
 
-/// Whether this CPU has what the kernel needs.
-pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-            && std::arch::is_x86_feature_detected!("avx512vnni")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+/// Whether `cpu` has what the kernel needs.
+pub fn available(cpu: Cpu) -> bool {
+    cpu.avx512_vnni()
 }
 
-/// One output code from its integer sum `acc` (the offset included): the definition the
-/// vector kernel follows.
-#[inline]
-pub fn requantize(acc: i32, m: f32, y0: u8) -> u8 {
-    let v = (acc as f32 * m + y0 as f32).clamp(0.0, 255.0);
-    v.round_ties_even() as u8
-}
+pub use crate::reference::requantize;
 
 /// Length of the packed activations of one image: `ceil(k / 4)` groups of `pixels` rounded
 /// up to a whole tile, 4 bytes each.
@@ -261,46 +248,49 @@ fn tile_plain(t: &Tile, out: &mut [Vec<u8>]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn tile_avx512(t: &Tile, out: [*mut u8; ROWS]) {
-    use std::arch::x86_64::*;
-    let mut acc = [[_mm512_setzero_si512(); 4]; ROWS];
-    let (x, w) = (t.x.as_ptr(), t.w.as_ptr());
-    let wrow = 4 * t.groups;
-    for q in 0..t.groups {
-        let xq = x.add(q * t.stride) as *const __m512i;
-        let xs = [
-            _mm512_loadu_si512(xq),
-            _mm512_loadu_si512(xq.add(1)),
-            _mm512_loadu_si512(xq.add(2)),
-            _mm512_loadu_si512(xq.add(3)),
-        ];
-        for (r, acc) in acc.iter_mut().enumerate() {
-            let wq = (w.add(r * wrow + 4 * q) as *const i32).read_unaligned();
-            let wb = _mm512_set1_epi32(wq);
-            for (a, &xv) in acc.iter_mut().zip(&xs) {
-                *a = _mm512_dpbusd_epi32(*a, xv, wb);
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        use std::arch::x86_64::*;
+        let mut acc = [[_mm512_setzero_si512(); 4]; ROWS];
+        let (x, w) = (t.x.as_ptr(), t.w.as_ptr());
+        let wrow = 4 * t.groups;
+        for q in 0..t.groups {
+            let xq = x.add(q * t.stride) as *const __m512i;
+            let xs = [
+                _mm512_loadu_si512(xq),
+                _mm512_loadu_si512(xq.add(1)),
+                _mm512_loadu_si512(xq.add(2)),
+                _mm512_loadu_si512(xq.add(3)),
+            ];
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let wq = (w.add(r * wrow + 4 * q) as *const i32).read_unaligned();
+                let wb = _mm512_set1_epi32(wq);
+                for (a, &xv) in acc.iter_mut().zip(&xs) {
+                    *a = _mm512_dpbusd_epi32(*a, xv, wb);
+                }
             }
         }
-    }
-    let (lo, hi, y0) = (
-        _mm512_setzero_ps(),
-        _mm512_set1_ps(255.0),
-        _mm512_set1_ps(t.y0 as f32),
-    );
-    for (r, acc) in acc.iter().enumerate().take(t.rows) {
-        let (c, m) = (_mm512_set1_epi32(t.offset[r]), _mm512_set1_ps(t.scale[r]));
-        for (v, &a) in acc.iter().enumerate() {
-            let first = 16 * v;
-            if first >= t.cols {
-                break;
+        let (lo, hi, y0) = (
+            _mm512_setzero_ps(),
+            _mm512_set1_ps(255.0),
+            _mm512_set1_ps(t.y0 as f32),
+        );
+        for (r, acc) in acc.iter().enumerate().take(t.rows) {
+            let (c, m) = (_mm512_set1_epi32(t.offset[r]), _mm512_set1_ps(t.scale[r]));
+            for (v, &a) in acc.iter().enumerate() {
+                let first = 16 * v;
+                if first >= t.cols {
+                    break;
+                }
+                let f = _mm512_cvtepi32_ps(_mm512_add_epi32(a, c));
+                let f = _mm512_add_ps(_mm512_mul_ps(f, m), y0);
+                let f = _mm512_min_ps(_mm512_max_ps(f, lo), hi);
+                // Rounds half to even (the default rounding mode).
+                let bytes = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(f));
+                let n = (t.cols - first).min(16);
+                let mask = crate::lanes::first_lanes(n);
+                _mm_mask_storeu_epi8(out[r].add(first) as *mut i8, mask, bytes);
             }
-            let f = _mm512_cvtepi32_ps(_mm512_add_epi32(a, c));
-            let f = _mm512_add_ps(_mm512_mul_ps(f, m), y0);
-            let f = _mm512_min_ps(_mm512_max_ps(f, lo), hi);
-            // Rounds half to even (the default rounding mode).
-            let bytes = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(f));
-            let n = (t.cols - first).min(16);
-            let mask = crate::lanes::first_lanes(n);
-            _mm_mask_storeu_epi8(out[r].add(first) as *mut i8, mask, bytes);
         }
     }
 }
@@ -319,6 +309,19 @@ impl QConv {
     fn image(&self, packed: &[u8], out: &mut [u8]) -> TractResult<()> {
         let (pixels, groups) = (self.pixels, self.k.div_ceil(4));
         let stride = pixels.next_multiple_of(COLS) * 4;
+        // What the tile's unchecked reads rely on, checked here whatever built the op.
+        ensure!(available(self.cpu), "QConv needs AVX-512 VNNI");
+        let weights = (self.cout.checked_add(ROWS))
+            .and_then(|r| r.checked_mul(4 * groups))
+            .context("QConv geometry overflows")?;
+        ensure!(
+            packed.len() >= packed_len(self.k, pixels)
+                && self.weights.len() >= weights
+                && self.offset.len() >= self.cout
+                && self.scale.len() >= self.cout
+                && out.len() == self.cout * pixels,
+            "QConv buffers too short"
+        );
         let work = self.cout * pixels * self.k;
         tract_linalg::multithread::par_chunks_mut(out, pixels, work, |first, chunk| {
             let rows = chunk.len() / pixels;
@@ -348,7 +351,7 @@ impl QConv {
                         unsafe { base.add(r * pixels + p0) }
                     });
                     #[cfg(target_arch = "x86_64")]
-                    // SAFETY: `rewrite` only builds this op where `available()`; the tile's
+                    // SAFETY: checked above: `self.cpu`, so the CPU, has AVX-512 VNNI; the tile's
                     // slices and rows have the lengths `tile_avx512` reads and writes (the
                     // packed groups are padded to whole tiles, the weights to whole
                     // tiles of rows).
@@ -392,8 +395,7 @@ impl EvalOp for QConv {
         let (n, k, pixels) = (self.images(), self.k, self.pixels);
         let image = self.input[self.input.len() - 3..].iter().product::<usize>();
         ensure!(x.len() == n * image, "QConv input has the wrong size");
-        // SAFETY: u8 has no invalid bit patterns, and every value is written below.
-        let mut y = unsafe { Tensor::uninitialized::<u8>(&self.output)? };
+        let mut y = crate::split::output_u8(&self.output)?;
         let mut view = y.try_as_plain_ram_mut()?;
         let out = view.as_slice_mut::<u8>()?;
         let mut packed = vec![0u8; packed_len(k, pixels)];
@@ -428,8 +430,9 @@ impl TypedOp for QConv {
 /// The op that replaces `node`, if it is a quantized convolution this kernel covers: either
 /// the `EinSum` tract's declutter makes of a 1x1 one ([`lower_einsum`]) or a `Conv`
 /// ([`lower_conv`]).
-fn lower(model: &TypedModel, node: &TypedNode) -> Option<QConv> {
-    lower_einsum(model, node).or_else(|| lower_conv(model, node))
+fn lower(model: &TypedModel, node: &TypedNode, cpu: Cpu) -> Option<QConv> {
+    let op = lower_einsum(model, node).or_else(|| lower_conv(model, node))?;
+    Some(QConv { cpu, ..op })
 }
 
 /// The input and output shapes of a node whose first input and output are u8.
@@ -605,19 +608,20 @@ fn build(
         offset: Arc::new(offset),
         scale: Arc::new(scale),
         y0: y0 as u8,
+        cpu: Cpu::GENERIC,
     })
 }
 
 /// Replaces every quantized convolution [`QConv`] covers in a decluttered model, when
 /// this CPU runs its kernel; returns how many.
-pub fn rewrite(model: &mut TypedModel) -> TractResult<usize> {
-    if !available() {
+pub fn rewrite(model: &mut TypedModel, cpu: Cpu) -> TractResult<usize> {
+    if !available(cpu) {
         return Ok(0);
     }
     let found: Vec<(usize, QConv)> = model
         .nodes
         .iter()
-        .filter_map(|node| lower(model, node).map(|op| (node.id, op)))
+        .filter_map(|node| lower(model, node, cpu).map(|op| (node.id, op)))
         .collect();
     for (id, op) in &found {
         let node = &model.nodes[*id];
@@ -634,10 +638,9 @@ pub fn rewrite(model: &mut TypedModel) -> TractResult<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{verify, Plan, Source};
+    use crate::testing::{Plan, Source};
     use msn_onnx::builder::{attr, GraphBuilder};
     use msn_onnx::proto::tensor_proto::DataType;
-    use std::path::Path;
 
     /// A reproducible stream of pseudo-random numbers.
     struct Rng(u64);
@@ -690,8 +693,8 @@ mod tests {
     /// push the sums past f32's exact integers, and scales that clamp at both ends.
     #[test]
     fn tiles_match_the_definition() {
-        if !available() {
-            eprintln!("SKIPPED: this CPU has no AVX-512 VNNI");
+        if !available(crate::cpu::get()) {
+            eprintln!("SKIPPED: the CPU level in force (MSN_CPU caps it) has no AVX-512 VNNI");
             return;
         }
         let mut rng = Rng(11);
@@ -820,15 +823,15 @@ mod tests {
         let ow = (w + pads[1] + pads[3] - (kw - 1) * dw - 1) / sw + 1;
         b.output(&y, &[n as i64, cout as i64, oh as i64, ow as i64]);
         let model = b.into_model(13);
-        Source::from_bytes(msn_onnx::io::to_bytes(&model), Path::new("q1x1.onnx")).unwrap()
+        Source::from_bytes(msn_onnx::io::to_bytes(&model)).unwrap()
     }
 
     /// Our plan against tract's own (its unoptimised plan) on random inputs: at most one
     /// output code apart (tract requantizes in fixed point), and few codes off at all.
     #[test]
     fn quantized_convolutions_match_tracts_own() {
-        if !available() {
-            eprintln!("SKIPPED: this CPU has no AVX-512 VNNI");
+        if !available(crate::cpu::get()) {
+            eprintln!("SKIPPED: the CPU level in force (MSN_CPU caps it) has no AVX-512 VNNI");
             return;
         }
         let cases = [
@@ -899,7 +902,7 @@ mod tests {
     /// inputs: at most one output code apart (tract requantizes in fixed point), and few codes
     /// off at all.
     fn check(source: &Source, op: &str, what: &str) {
-        let shapes = verify::shapes(source.inputs(), &[]).unwrap();
+        let shapes = source.shapes();
         let ours = source.plan(&shapes, Plan::Optimized).unwrap();
         assert!(
             ours.ops().iter().any(|o| o == op),

@@ -6,7 +6,7 @@
 //! tract 0.23.9 pools with generic Rust over its patch iterator: ResNet-18's 112x112x64 pool
 //! took 1.3 ms against onnxruntime's 0.17, and twice that at the boards' opt-level "z".
 
-// Elsewhere than x86-64 the kernel is compiled out and `available()` is false: the op is
+// Elsewhere than x86-64 the kernel is compiled out and `available(cpu)` is false: the op is
 // never built, and its parts go unused.
 #![cfg_attr(
     not(target_arch = "x86_64"),
@@ -20,6 +20,7 @@ use tract_onnx::tract_core::{as_op, op_as_typed_op, op_out_of_plan};
 use crate::depthwise::Geometry;
 use crate::graph::{image_shape, in_proportion, replace_each};
 use crate::lanes::copy_rows;
+use crate::Cpu;
 
 /// Max pooling of an f32 `[n, c, h, w]` (or `[c, h, w]`) tensor, no dilation, no indices.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -28,18 +29,13 @@ pub struct MaxPool2d {
     input: [usize; 4],
     batch: bool,
     geometry: Geometry,
+    /// What the kernel may use: AVX-512 (only then is the op made).
+    cpu: Cpu,
 }
 
-/// Whether this CPU has what the kernel needs.
-pub(crate) fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+/// Whether `cpu` has what the kernel needs.
+pub(crate) fn available(cpu: Cpu) -> bool {
+    cpu.avx512()
 }
 
 impl MaxPool2d {
@@ -79,21 +75,22 @@ impl EvalOp for MaxPool2d {
         );
         let g = &self.geometry;
         let plane = g.oh * g.ow;
-        // SAFETY: f32 has no invalid bit patterns, and every value is written below.
-        let mut output = unsafe { Tensor::uninitialized::<f32>(&self.shape())? };
+        let mut output = crate::split::output_f32(&self.shape())?;
         let mut view = output.try_as_plain_ram_mut()?;
         let out = view.as_slice_mut::<f32>()?;
-        // Debug builds (the tests): an output the kernel misses shows as NaN.
-        #[cfg(debug_assertions)]
-        out.fill(f32::NAN);
         let work = out.len() * g.offsets.len();
         tract_linalg::multithread::par_chunks_mut(out, plane, work, |first, chunk| {
             let mut buf = vec![0f32; g.buffer_len()];
             let mut wide = vec![0f32; g.wide_len()];
             for (i, out) in chunk.chunks_exact_mut(plane).enumerate() {
                 let p = first + i;
-                g.fill_group_padded(&x[p * h * w..(p + 1) * h * w], &mut buf, f32::NEG_INFINITY);
-                max_plane(g, &buf, &mut wide)?;
+                g.fill_group_padded(
+                    self.cpu,
+                    &x[p * h * w..(p + 1) * h * w],
+                    &mut buf,
+                    f32::NEG_INFINITY,
+                );
+                max_plane(self.cpu, g, &buf, &mut wide)?;
                 copy_rows((&wide, g.qw), (out, g.ow), g.oh, g.ow);
             }
             Ok(())
@@ -113,12 +110,12 @@ impl TypedOp for MaxPool2d {
 
 /// `wide[i] = max over taps t of buf[offsets[t] + i]` for the whole wide output (rows of
 /// `qw`, of which the first `ow` are kept), on this CPU's kernel.
-fn max_plane(g: &Geometry, buf: &[f32], wide: &mut [f32]) -> TractResult<()> {
+fn max_plane(cpu: Cpu, g: &Geometry, buf: &[f32], wide: &mut [f32]) -> TractResult<()> {
     // What the kernel's unchecked reads rely on.
     ensure!(g.reach + wide.len() <= buf.len() && wide.len().is_multiple_of(16));
     #[cfg(target_arch = "x86_64")]
-    if available() {
-        // SAFETY: the CPU has AVX-512 F; every tap's reads for the whole wide output are
+    if available(cpu) {
+        // SAFETY: `cpu`, so the CPU, has AVX-512 F; every tap's reads for the whole wide output are
         // within `buf` (checked above), and `wide` is whole vectors.
         unsafe { max_plane_avx512(g, buf, wide) };
         return Ok(());
@@ -148,37 +145,40 @@ fn max_plane_plain(g: &Geometry, buf: &[f32], wide: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn max_plane_avx512(g: &Geometry, buf: &[f32], wide: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let (n, taps) = (wide.len(), g.offsets.len());
-    let (src, offsets, dst) = (buf.as_ptr(), g.offsets.as_ptr(), wide.as_mut_ptr());
-    let mut i = 0;
-    while i + 64 <= n {
-        let mut acc = [_mm512_set1_ps(f32::NEG_INFINITY); 4];
-        for t in 0..taps {
-            let s = src.add(*offsets.add(t) + i);
-            acc[0] = _mm512_max_ps(_mm512_loadu_ps(s), acc[0]);
-            acc[1] = _mm512_max_ps(_mm512_loadu_ps(s.add(16)), acc[1]);
-            acc[2] = _mm512_max_ps(_mm512_loadu_ps(s.add(32)), acc[2]);
-            acc[3] = _mm512_max_ps(_mm512_loadu_ps(s.add(48)), acc[3]);
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        use std::arch::x86_64::*;
+        let (n, taps) = (wide.len(), g.offsets.len());
+        let (src, offsets, dst) = (buf.as_ptr(), g.offsets.as_ptr(), wide.as_mut_ptr());
+        let mut i = 0;
+        while i + 64 <= n {
+            let mut acc = [_mm512_set1_ps(f32::NEG_INFINITY); 4];
+            for t in 0..taps {
+                let s = src.add(*offsets.add(t) + i);
+                acc[0] = _mm512_max_ps(_mm512_loadu_ps(s), acc[0]);
+                acc[1] = _mm512_max_ps(_mm512_loadu_ps(s.add(16)), acc[1]);
+                acc[2] = _mm512_max_ps(_mm512_loadu_ps(s.add(32)), acc[2]);
+                acc[3] = _mm512_max_ps(_mm512_loadu_ps(s.add(48)), acc[3]);
+            }
+            _mm512_storeu_ps(dst.add(i), acc[0]);
+            _mm512_storeu_ps(dst.add(i + 16), acc[1]);
+            _mm512_storeu_ps(dst.add(i + 32), acc[2]);
+            _mm512_storeu_ps(dst.add(i + 48), acc[3]);
+            i += 64;
         }
-        _mm512_storeu_ps(dst.add(i), acc[0]);
-        _mm512_storeu_ps(dst.add(i + 16), acc[1]);
-        _mm512_storeu_ps(dst.add(i + 32), acc[2]);
-        _mm512_storeu_ps(dst.add(i + 48), acc[3]);
-        i += 64;
-    }
-    while i < n {
-        let mut acc = _mm512_set1_ps(f32::NEG_INFINITY);
-        for t in 0..taps {
-            acc = _mm512_max_ps(_mm512_loadu_ps(src.add(*offsets.add(t) + i)), acc);
+        while i < n {
+            let mut acc = _mm512_set1_ps(f32::NEG_INFINITY);
+            for t in 0..taps {
+                acc = _mm512_max_ps(_mm512_loadu_ps(src.add(*offsets.add(t) + i)), acc);
+            }
+            _mm512_storeu_ps(dst.add(i), acc);
+            i += 16;
         }
-        _mm512_storeu_ps(dst.add(i), acc);
-        i += 16;
     }
 }
 
 /// The op that replaces the `MaxPool` `node`, if this kernel covers it.
-fn lower(model: &TypedModel, node: &TypedNode) -> Option<MaxPool2d> {
+fn lower(model: &TypedModel, node: &TypedNode, cpu: Cpu) -> Option<MaxPool2d> {
     let pool = node.op_as::<MaxPool>()?;
     let spec = &pool.pool_spec;
     let x = model.outlet_fact(node.inputs[0]).ok()?;
@@ -217,18 +217,19 @@ fn lower(model: &TypedModel, node: &TypedNode) -> Option<MaxPool2d> {
         input: [n, c, h, w],
         batch,
         geometry,
+        cpu,
     })
 }
 
 /// Replaces every float max pool [`MaxPool2d`] covers in a decluttered model, when this CPU
 /// runs its kernel; returns how many.
-pub fn rewrite(model: &mut TypedModel) -> TractResult<usize> {
-    if !available() {
+pub fn rewrite(model: &mut TypedModel, cpu: Cpu) -> TractResult<usize> {
+    if !available(cpu) {
         return Ok(0);
     }
     replace_each(model, |model, node| {
         Some((
-            lower(model, node)?,
+            lower(model, node, cpu)?,
             tvec![node.inputs[0]],
             OutletId::new(node.id, 0),
         ))
@@ -238,9 +239,8 @@ pub fn rewrite(model: &mut TypedModel) -> TractResult<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{verify, Plan, Source};
+    use crate::testing::{Plan, Source};
     use msn_onnx::builder::{attr, GraphBuilder};
-    use std::path::Path;
     use tract_onnx::prelude::{Framework, InferenceModelExt};
 
     /// A `MaxPool` on `[n, c, h, w]`.
@@ -270,15 +270,15 @@ mod tests {
         );
         b.output(&y, &[n as i64, c as i64, oh as i64, ow as i64]);
         let model = b.into_model(13);
-        Source::from_bytes(msn_onnx::io::to_bytes(&model), Path::new("pool.onnx")).unwrap()
+        Source::from_bytes(msn_onnx::io::to_bytes(&model)).unwrap()
     }
 
     /// Our plan against tract's own (its unoptimised plan), on random inputs, bit for bit
     /// (a max is exact); and whether our op is in the plan.
     #[test]
     fn max_pools_match_tracts_own() {
-        if !available() {
-            eprintln!("SKIPPED: this CPU has no AVX-512");
+        if !available(crate::cpu::get()) {
+            eprintln!("SKIPPED: the CPU level in force (MSN_CPU caps it) has no AVX-512");
             return;
         }
         type Case = (
@@ -299,7 +299,7 @@ mod tests {
         ];
         for (shape, k, s, pads, ceil) in cases {
             let source = graph(shape, k, s, pads, ceil);
-            let shapes = verify::shapes(source.inputs(), &[]).unwrap();
+            let shapes = source.shapes();
             let ours = source.plan(&shapes, Plan::Optimized).unwrap();
             assert!(
                 ours.ops().iter().any(|o| o == "MsnMaxPool"),
@@ -335,8 +335,9 @@ mod tests {
     /// The vector kernel against the plain definition, on a plane with ragged rows.
     #[test]
     fn the_kernel_matches_the_definition() {
-        if !available() {
-            eprintln!("SKIPPED: this CPU has no AVX-512");
+        let cpu = Cpu::detect();
+        if !available(cpu) {
+            eprintln!("SKIPPED: the CPU level in force (MSN_CPU caps it) has no AVX-512");
             return;
         }
         let g = Geometry::new(1, (23, 19), (3, 3), (2, 2), (1, 1), (12, 10));
@@ -344,9 +345,9 @@ mod tests {
             .map(|i| ((i * 7919) % 1013) as f32 - 500.0)
             .collect();
         let mut buf = vec![0f32; g.buffer_len()];
-        g.fill_group_padded(&x, &mut buf, f32::NEG_INFINITY);
+        g.fill_group_padded(cpu, &x, &mut buf, f32::NEG_INFINITY);
         let (mut a, mut b) = (vec![0f32; g.wide_len()], vec![0f32; g.wide_len()]);
-        max_plane(&g, &buf, &mut a).unwrap();
+        max_plane(cpu, &g, &buf, &mut a).unwrap();
         max_plane_plain(&g, &buf, &mut b);
         assert_eq!(a, b);
     }
@@ -356,9 +357,12 @@ mod tests {
     #[test]
     fn enormous_padding_is_refused() {
         let source = graph((1, 2, 10, 10), (3, 3), (2, 2), [1; 4], false);
-        let shapes = verify::shapes(source.inputs(), &[]).unwrap();
+        let shapes = source.shapes();
         let plan = source.plan(&shapes, Plan::Optimized).unwrap();
-        assert_eq!(plan.ops().iter().any(|o| o == "MsnMaxPool"), available());
+        assert_eq!(
+            plan.ops().iter().any(|o| o == "MsnMaxPool"),
+            available(crate::cpu::get())
+        );
         let mut b = GraphBuilder::new("pool");
         let x = b.input("x", &[1, 2, 10, 10]);
         let attrs = [
@@ -378,6 +382,6 @@ mod tests {
             .into_decluttered()
             .unwrap();
         let pool = typed.nodes.iter().find(|n| n.op_is::<MaxPool>()).unwrap();
-        assert!(lower(&typed, pool).is_none());
+        assert!(lower(&typed, pool, Cpu::detect()).is_none());
     }
 }

@@ -23,6 +23,7 @@ use tract_onnx::tract_core::internal::*;
 use crate::graph::in_proportion;
 use crate::lanes::{from_lanes, to_lanes, zero};
 use crate::split::{par_units, Rows};
+use crate::Cpu;
 #[cfg(target_arch = "x86_64")]
 use seq_macro::seq;
 
@@ -50,6 +51,8 @@ pub(crate) struct ChannelLanes {
     /// The padded plane's rows and row length.
     hp: usize,
     wp: usize,
+    /// What the kernel may use: AVX-512 (only then is this made).
+    cpu: Cpu,
 }
 
 impl ChannelLanes {
@@ -57,6 +60,7 @@ impl ChannelLanes {
     /// plane.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
+        cpu: Cpu,
         c: usize,
         (h, w): (usize, usize),
         (kh, kw): (usize, usize),
@@ -67,7 +71,12 @@ impl ChannelLanes {
         // Few taps on a larger plane: transposing the planes in and out costs more than
         // the plane kernel's waste.
         let small = kh * kw >= 25 || oh * ow <= 64;
-        if !available() || !small || oh * ow > MAX_PIXELS || oh * ow == 0 || c == 0 || kh * kw == 0
+        if !available(cpu)
+            || !small
+            || oh * ow > MAX_PIXELS
+            || oh * ow == 0
+            || c == 0
+            || kh * kw == 0
         {
             return None;
         }
@@ -90,6 +99,7 @@ impl ChannelLanes {
             ow,
             hp,
             wp,
+            cpu,
         })
     }
 
@@ -124,7 +134,15 @@ impl ChannelLanes {
         let taps = self.kh * self.kw;
         let groups = self.c.div_ceil(16);
         ensure!(kernel.len() == groups * taps * 16 && bias.len() == groups * 16);
-        let dst = Rows(out.as_mut_ptr());
+        ensure!(available(self.cpu), "the channel-lane kernel needs AVX-512");
+        let buffer = self.hp.checked_mul(self.wp).and_then(|n| n.checked_mul(16));
+        ensure!(
+            buffer.is_some()
+                && self.hp >= (self.oh - 1) * self.sh + self.kh
+                && self.wp >= (self.ow - 1) * self.sw + self.kw,
+            "the channel-lane kernel's padded plane is too small"
+        );
+        let dst = Rows::new(out);
         let work = n * self.c * oplane * taps;
         par_units((n, groups), work, |image, gs| {
             let mut buf = vec![0f32; self.hp * self.wp * 16];
@@ -137,12 +155,19 @@ impl ChannelLanes {
                 let src = &x[(image * self.c + c0) * plane..];
                 for iy in 0..self.h {
                     let at = ((iy + self.pt) * self.wp + self.pl) * 16;
-                    to_lanes(&src[iy * self.w..], plane, lanes, self.w, &mut buf[at..]);
+                    to_lanes(
+                        self.cpu,
+                        &src[iy * self.w..],
+                        plane,
+                        lanes,
+                        self.w,
+                        &mut buf[at..],
+                    );
                 }
                 let w = &kernel[g * taps * 16..(g + 1) * taps * 16];
                 let b = &bias[c0..c0 + 16];
                 #[cfg(target_arch = "x86_64")]
-                // SAFETY: `new` only builds this where `available()`; every tap of every
+                // SAFETY: `self.cpu`, so the CPU, has AVX-512 F (checked above); every tap of every
                 // output pixel reads within the padded buffer (`hp`, `wp` cover the last
                 // output's window), and `tmp` holds 16 values per output pixel.
                 unsafe {
@@ -156,8 +181,8 @@ impl ChannelLanes {
                 for l in 0..lanes {
                     let at = (image * self.c + c0 + l) * oplane;
                     // SAFETY: plane `c0 + l` of `image` is this unit's alone.
-                    let row = unsafe { std::slice::from_raw_parts_mut(dst.at(at), oplane) };
-                    from_lanes(&tmp, 16, l, row);
+                    let row = unsafe { dst.slice(at, oplane)? };
+                    from_lanes(self.cpu, &tmp, 16, l, row);
                 }
             }
             Ok(())
@@ -165,16 +190,9 @@ impl ChannelLanes {
     }
 }
 
-/// Whether this CPU has what the kernel needs.
-pub(crate) fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+/// Whether `cpu` has what the kernel needs.
+pub(crate) fn available(cpu: Cpu) -> bool {
+    cpu.avx512()
 }
 
 /// One group of 16 channels: `tmp[q][l]` for output pixel `q` and lane `l`.
@@ -192,22 +210,25 @@ unsafe fn group_avx512(
     (lo, hi): (f32, f32),
     tmp: &mut [f32],
 ) {
-    use std::arch::x86_64::*;
-    let (bp, wp, tp) = (buf.as_ptr(), w.as_ptr(), tmp.as_mut_ptr());
-    let bias = _mm512_loadu_ps(b.as_ptr());
-    let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
-    let args = ((bp, wp, tp), (bias, lo, hi));
-    let total = g.oh * g.ow;
-    for q0 in (0..total).step_by(PIXELS) {
-        match total - q0 {
-            1 => pixels_1(g, args, q0),
-            2 => pixels_2(g, args, q0),
-            3 => pixels_3(g, args, q0),
-            4 => pixels_4(g, args, q0),
-            5 => pixels_5(g, args, q0),
-            6 => pixels_6(g, args, q0),
-            7 => pixels_7(g, args, q0),
-            _ => pixels_8(g, args, q0),
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        use std::arch::x86_64::*;
+        let (bp, wp, tp) = (buf.as_ptr(), w.as_ptr(), tmp.as_mut_ptr());
+        let bias = _mm512_loadu_ps(b.as_ptr());
+        let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+        let args = ((bp, wp, tp), (bias, lo, hi));
+        let total = g.oh * g.ow;
+        for q0 in (0..total).step_by(PIXELS) {
+            match total - q0 {
+                1 => pixels_1(g, args, q0),
+                2 => pixels_2(g, args, q0),
+                3 => pixels_3(g, args, q0),
+                4 => pixels_4(g, args, q0),
+                5 => pixels_5(g, args, q0),
+                6 => pixels_6(g, args, q0),
+                7 => pixels_7(g, args, q0),
+                _ => pixels_8(g, args, q0),
+            }
         }
     }
 }
@@ -238,26 +259,29 @@ macro_rules! pixels {
             ),
             q0: usize,
         ) {
-            use std::arch::x86_64::*;
-            let mut at = [bp; $p];
-            seq!(P in 0..$p {
-                let (oy, ox) = ((q0 + P) / g.ow, (q0 + P) % g.ow);
-                at[P] = bp.add((oy * g.sh * g.wp + ox * g.sw) * 16);
-            });
-            let mut acc = [bias; $p];
-            for ky in 0..g.kh {
-                for kx in 0..g.kw {
-                    let off = (ky * g.wp + kx) * 16;
-                    let wv = _mm512_loadu_ps(wp.add((ky * g.kw + kx) * 16));
-                    seq!(P in 0..$p {
-                        acc[P] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(at[P].add(off)), acc[P]);
-                    });
+            // SAFETY: the caller upholds this function's `# Safety` contract.
+            unsafe {
+                use std::arch::x86_64::*;
+                let mut at = [bp; $p];
+                seq!(P in 0..$p {
+                    let (oy, ox) = ((q0 + P) / g.ow, (q0 + P) % g.ow);
+                    at[P] = bp.add((oy * g.sh * g.wp + ox * g.sw) * 16);
+                });
+                let mut acc = [bias; $p];
+                for ky in 0..g.kh {
+                    for kx in 0..g.kw {
+                        let off = (ky * g.wp + kx) * 16;
+                        let wv = _mm512_loadu_ps(wp.add((ky * g.kw + kx) * 16));
+                        seq!(P in 0..$p {
+                            acc[P] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(at[P].add(off)), acc[P]);
+                        });
+                    }
                 }
+                seq!(P in 0..$p {
+                    let y = _mm512_min_ps(_mm512_max_ps(acc[P], lo), hi);
+                    _mm512_storeu_ps(tp.add((q0 + P) * 16), y);
+                });
             }
-            seq!(P in 0..$p {
-                let y = _mm512_min_ps(_mm512_max_ps(acc[P], lo), hi);
-                _mm512_storeu_ps(tp.add((q0 + P) * 16), y);
-            });
         }
     };
 }
@@ -279,12 +303,12 @@ mod tests {
     /// refused (the plane is left to the other kernel or to tract); ordinary ones are not.
     #[test]
     fn enormous_padding_is_refused() {
-        if !available() {
-            eprintln!("SKIPPED: this CPU has no AVX-512");
+        if !available(crate::cpu::get()) {
+            eprintln!("SKIPPED: the CPU level in force (MSN_CPU caps it) has no AVX-512");
             return;
         }
         let lanes = |s: usize, p: usize, o: usize| {
-            ChannelLanes::new(8, (10, 10), (5, 5), (s, s), (p, p), (o, o))
+            ChannelLanes::new(Cpu::detect(), 8, (10, 10), (5, 5), (s, s), (p, p), (o, o))
         };
         assert!(lanes(5000, 5000, 3).is_none());
         assert!(lanes(1, 2, 10).is_some());

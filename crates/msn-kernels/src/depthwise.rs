@@ -36,6 +36,7 @@ use crate::graph::{
 use crate::lanes::first_lanes;
 use crate::lanes::{copy_rows, split_pairs};
 use crate::quant::{quantize_u8, QuantizeU8};
+use crate::Cpu;
 use seq_macro::seq;
 
 /// The most taps (input channels times kernel positions) the kernel takes per group with
@@ -135,26 +136,26 @@ impl Geometry {
 
     /// Copies a group's input planes (`cin` of `h * w`) into `buf`: padded, phase-split.
     #[inline(always)]
-    fn fill_group(&self, planes: &[f32], buf: &mut [f32]) {
-        self.fill_group_padded(planes, buf, 0.0)
+    fn fill_group(&self, cpu: Cpu, planes: &[f32], buf: &mut [f32]) {
+        self.fill_group_padded(cpu, planes, buf, 0.0)
     }
 
     /// [`Self::fill_group`] with `pad` as the padding's value.
     #[inline(always)]
-    pub(crate) fn fill_group_padded(&self, planes: &[f32], buf: &mut [f32], pad: f32) {
-        crate::lanes::splat(buf, pad);
+    pub(crate) fn fill_group_padded(&self, cpu: Cpu, planes: &[f32], buf: &mut [f32], pad: f32) {
+        crate::lanes::splat(cpu, buf, pad);
         let len = self.plane_len();
         for (plane, buf) in planes
             .chunks_exact(self.h * self.w)
             .zip(buf.chunks_mut(len))
         {
-            self.fill(plane, buf);
+            self.fill(cpu, plane, buf);
         }
     }
 
     /// Copies one input plane into its place in `buf` (zeroed): padded, split into phases.
     #[inline(always)]
-    fn fill(&self, plane: &[f32], buf: &mut [f32]) {
+    fn fill(&self, cpu: Cpu, plane: &[f32], buf: &mut [f32]) {
         if self.sh == 1 && self.sw == 1 {
             let at = self.pt * self.qw + self.pl;
             let (src, dst) = ((plane, self.w), (&mut buf[at..], self.qw));
@@ -162,9 +163,9 @@ impl Geometry {
             return;
         }
         #[cfg(target_arch = "x86_64")]
-        if self.sw == 2 && std::arch::is_x86_feature_detected!("avx512f") {
+        if self.sw == 2 && cpu.avx512() {
             assert!(plane.len() == self.h * self.w && buf.len() >= self.plane_len());
-            // SAFETY: the CPU has AVX-512 F; the plane and the buffer have the lengths
+            // SAFETY: `cpu` has AVX-512 F, so the CPU has it; the plane and the buffer have the lengths
             // `fill_pairs_avx512` needs (asserted).
             unsafe { self.fill_pairs_avx512(plane, buf) };
             return;
@@ -193,7 +194,7 @@ impl Geometry {
                 if row.len() % 2 == 1 {
                     even[row.len() / 2] = row[row.len() - 1];
                 }
-                split_pairs(row, even, odd);
+                split_pairs(cpu, row, even, odd);
                 continue;
             }
             // Column phase `b` holds the input columns `ix` with `(ix + pl) % sw == b`.
@@ -225,43 +226,54 @@ impl Geometry {
     /// plane's phases.)
     #[target_feature(enable = "avx512f")]
     unsafe fn fill_pairs_avx512(&self, plane: &[f32], buf: &mut [f32]) {
-        use std::arch::x86_64::*;
-        let phase_len = self.qh * self.qw;
-        let ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-        let io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-        // An odd left padding puts the first column alone in phase 1; the pairs start after.
-        let lone = self.pl % 2;
-        let (src, dst) = (plane.as_ptr(), buf.as_mut_ptr());
-        let n = self.w - lone;
-        let pairs = n / 2;
-        for iy in 0..self.h {
-            let py = iy + self.pt;
-            let base = (py % self.sh) * 2 * phase_len + (py / self.sh) * self.qw;
-            let row = src.add(iy * self.w);
-            if lone == 1 {
-                *dst.add(base + phase_len + self.pl / 2) = *row;
-            }
-            let (r, e) = (row.add(lone), dst.add(base + self.pl.div_ceil(2)));
-            let o = e.add(phase_len);
-            let mut i = 0;
-            while i + 16 <= pairs {
-                let a = _mm512_loadu_ps(r.add(2 * i));
-                let b = _mm512_loadu_ps(r.add(2 * i + 16));
-                _mm512_storeu_ps(e.add(i), _mm512_permutex2var_ps(a, ie, b));
-                _mm512_storeu_ps(o.add(i), _mm512_permutex2var_ps(a, io, b));
-                i += 16;
-            }
-            if i < pairs {
-                // The last `k < 16` pairs, masked: `2k` values in, `k` out to each phase.
-                let k = pairs - i;
-                let (ma, mb) = (first_lanes(2 * k), first_lanes((2 * k).saturating_sub(16)));
-                let a = _mm512_maskz_loadu_ps(ma, r.add(2 * i));
-                let b = _mm512_maskz_loadu_ps(mb, r.add(2 * i + 16));
-                _mm512_mask_storeu_ps(e.add(i), first_lanes(k), _mm512_permutex2var_ps(a, ie, b));
-                _mm512_mask_storeu_ps(o.add(i), first_lanes(k), _mm512_permutex2var_ps(a, io, b));
-            }
-            if n % 2 == 1 {
-                *e.add(pairs) = *r.add(n - 1);
+        // SAFETY: the caller upholds this function's `# Safety` contract.
+        unsafe {
+            use std::arch::x86_64::*;
+            let phase_len = self.qh * self.qw;
+            let ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+            let io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+            // An odd left padding puts the first column alone in phase 1; the pairs start after.
+            let lone = self.pl % 2;
+            let (src, dst) = (plane.as_ptr(), buf.as_mut_ptr());
+            let n = self.w - lone;
+            let pairs = n / 2;
+            for iy in 0..self.h {
+                let py = iy + self.pt;
+                let base = (py % self.sh) * 2 * phase_len + (py / self.sh) * self.qw;
+                let row = src.add(iy * self.w);
+                if lone == 1 {
+                    *dst.add(base + phase_len + self.pl / 2) = *row;
+                }
+                let (r, e) = (row.add(lone), dst.add(base + self.pl.div_ceil(2)));
+                let o = e.add(phase_len);
+                let mut i = 0;
+                while i + 16 <= pairs {
+                    let a = _mm512_loadu_ps(r.add(2 * i));
+                    let b = _mm512_loadu_ps(r.add(2 * i + 16));
+                    _mm512_storeu_ps(e.add(i), _mm512_permutex2var_ps(a, ie, b));
+                    _mm512_storeu_ps(o.add(i), _mm512_permutex2var_ps(a, io, b));
+                    i += 16;
+                }
+                if i < pairs {
+                    // The last `k < 16` pairs, masked: `2k` values in, `k` out to each phase.
+                    let k = pairs - i;
+                    let (ma, mb) = (first_lanes(2 * k), first_lanes((2 * k).saturating_sub(16)));
+                    let a = _mm512_maskz_loadu_ps(ma, r.add(2 * i));
+                    let b = _mm512_maskz_loadu_ps(mb, r.add(2 * i + 16));
+                    _mm512_mask_storeu_ps(
+                        e.add(i),
+                        first_lanes(k),
+                        _mm512_permutex2var_ps(a, ie, b),
+                    );
+                    _mm512_mask_storeu_ps(
+                        o.add(i),
+                        first_lanes(k),
+                        _mm512_permutex2var_ps(a, io, b),
+                    );
+                }
+                if n % 2 == 1 {
+                    *e.add(pairs) = *r.add(n - 1);
+                }
             }
         }
     }
@@ -294,6 +306,8 @@ pub struct DirectConv {
     /// A float depthwise convolution of a small plane: 16 channels on the lanes
     /// ([`crate::dwlanes`]), its kernel and bias packed for that.
     lanes: Option<Lanes>,
+    /// What the kernels may use.
+    cpu: Cpu,
 }
 
 /// A small plane's geometry with the kernel and bias packed for 16 channel lanes.
@@ -380,19 +394,14 @@ impl EvalOp for DirectConv {
                     self.clip.0.unwrap_or(f32::NEG_INFINITY),
                     self.clip.1.unwrap_or(f32::INFINITY),
                 );
-                // SAFETY: f32 has no invalid bit patterns, and every value is written below.
-                let mut output = unsafe { Tensor::uninitialized::<f32>(&shape)? };
+                let mut output = crate::split::output_f32(&shape)?;
                 let mut view = output.try_as_plain_ram_mut()?;
                 let out = view.as_slice_mut::<f32>()?;
-                // Debug builds (the tests): an output the kernel misses shows as NaN.
-                #[cfg(debug_assertions)]
-                out.fill(f32::NAN);
                 lanes.run(x, (k, b), (lo, hi), out)?;
                 output
             }
             (None, ..) => {
-                // SAFETY: f32 has no invalid bit patterns, and every value is written below.
-                let mut output = unsafe { Tensor::uninitialized::<f32>(&shape)? };
+                let mut output = crate::split::output_f32(&shape)?;
                 let mut view = output.try_as_plain_ram_mut()?;
                 let g = &self.geometry;
                 self.planes(x, view.as_slice_mut::<f32>()?, |wide, out| {
@@ -401,8 +410,7 @@ impl EvalOp for DirectConv {
                 output
             }
             (Some(q), ..) => {
-                // SAFETY: u8 has no invalid bit patterns, and every value is written below.
-                let mut output = unsafe { Tensor::uninitialized::<u8>(&shape)? };
+                let mut output = crate::split::output_u8(&shape)?;
                 let mut view = output.try_as_plain_ram_mut()?;
                 let g = &self.geometry;
                 self.planes(x, view.as_slice_mut::<u8>()?, |wide, out| {
@@ -443,18 +451,18 @@ impl DirectConv {
             self.clip.0.unwrap_or(f32::NEG_INFINITY),
             self.clip.1.unwrap_or(f32::INFINITY),
         );
-        let isa = Isa::here();
+        let (isa, cpu) = (Isa::of(self.cpu), self.cpu);
         // Group `group`'s input planes into `buf`, through `floats` for a u8 input.
         let fill = |group: usize, buf: &mut [f32], floats: &mut [f32]| {
             let at = group * group_len..(group + 1) * group_len;
             match x {
-                Input::F32(x) => g.fill_group(&x[at], buf),
+                Input::F32(x) => g.fill_group(cpu, &x[at], buf),
                 Input::U8(x, scale, zp) => {
                     // What tract's `DequantizeLinearF32` computes.
                     for (f, &v) in floats.iter_mut().zip(&x[at]) {
                         *f = (v as i32 - zp) as f32 * scale;
                     }
-                    g.fill_group(floats, buf)
+                    g.fill_group(cpu, floats, buf)
                 }
             }
         };
@@ -554,29 +562,35 @@ struct Plane<'a> {
 }
 
 /// The instruction set the plane loop is compiled for, picked at run time.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Isa {
     #[cfg(target_arch = "x86_64")]
     Avx512,
     #[cfg(target_arch = "x86_64")]
     Avx2,
-    Baseline,
+    #[cfg(target_arch = "aarch64")]
+    Neon,
+    Plain,
 }
 
 impl Isa {
-    fn here() -> Isa {
+    /// The best loop `cpu` runs.
+    fn of(cpu: Cpu) -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx512f") {
+            if cpu.avx512() {
                 return Isa::Avx512;
             }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
+            if cpu.avx2() {
                 return Isa::Avx2;
             }
         }
-        Isa::Baseline
+        #[cfg(target_arch = "aarch64")]
+        if cpu.neon() {
+            return Isa::Neon;
+        }
+        let _ = cpu;
+        Isa::Plain
     }
 
     /// Convolves one plane into `wide` (rows of `qw`, the `ow` first of each the output's)
@@ -590,8 +604,8 @@ impl Isa {
             "depthwise buffer too short"
         );
         assert!(p.k.len() <= p.g.offsets.len() && wide.len().is_multiple_of(16));
-        // SAFETY: `here` found the features the x86-64 kernels are compiled for; aarch64
-        // always has NEON; the reads and writes are within bounds, as asserted.
+        // SAFETY: `Isa::of` picked the instruction set from a `Cpu`, which never exceeds
+        // what the CPU has; the reads and writes are within bounds, as asserted.
         unsafe {
             match self {
                 #[cfg(target_arch = "x86_64")]
@@ -599,9 +613,8 @@ impl Isa {
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx2 => avx2_plane(p, buf, wide),
                 #[cfg(target_arch = "aarch64")]
-                Isa::Baseline => neon_plane(p, buf, wide),
-                #[cfg(not(target_arch = "aarch64"))]
-                Isa::Baseline => plain_plane(p, buf, wide),
+                Isa::Neon => neon_plane(p, buf, wide),
+                Isa::Plain => plain_plane(p, buf, wide),
             }
         }
     }
@@ -625,20 +638,23 @@ macro_rules! simd_plane {
      $max:path, $min:path, $store:path, $n:literal, $m:literal) => {
         $(#[$attr])*
         unsafe fn $name(p: &Plane, buf: &[f32], wide: &mut [f32]) {
-            let (offsets, k) = (p.g.offsets.as_ptr(), p.k.as_ptr());
-            let taps = p.k.len();
-            let (bias, lo, hi) = ($splat(p.bias), $splat(p.lo), $splat(p.hi));
-            let (len, src, dst) = (wide.len(), buf.as_ptr(), wide.as_mut_ptr());
-            let mut at = 0;
-            while at + $n * $width <= len {
-                simd_plane!(@block $n, $width, $splat, $load, $fma, $max, $min, $store,
-                    (offsets, k, taps), (bias, lo, hi), src.add(at), dst.add(at));
-                at += $n * $width;
-            }
-            while at < len {
-                simd_plane!(@block $m, $width, $splat, $load, $fma, $max, $min, $store,
-                    (offsets, k, taps), (bias, lo, hi), src.add(at), dst.add(at));
-                at += $m * $width;
+            // SAFETY: the caller upholds this function's `# Safety` contract.
+            unsafe {
+                let (offsets, k) = (p.g.offsets.as_ptr(), p.k.as_ptr());
+                let taps = p.k.len();
+                let (bias, lo, hi) = ($splat(p.bias), $splat(p.lo), $splat(p.hi));
+                let (len, src, dst) = (wide.len(), buf.as_ptr(), wide.as_mut_ptr());
+                let mut at = 0;
+                while at + $n * $width <= len {
+                    simd_plane!(@block $n, $width, $splat, $load, $fma, $max, $min, $store,
+                        (offsets, k, taps), (bias, lo, hi), src.add(at), dst.add(at));
+                    at += $n * $width;
+                }
+                while at < len {
+                    simd_plane!(@block $m, $width, $splat, $load, $fma, $max, $min, $store,
+                        (offsets, k, taps), (bias, lo, hi), src.add(at), dst.add(at));
+                    at += $m * $width;
+                }
             }
         }
     };
@@ -702,7 +718,8 @@ use std::arch::aarch64::*;
 #[cfg(target_arch = "aarch64")]
 #[inline(always)]
 unsafe fn neon_fma(x: float32x4_t, k: float32x4_t, acc: float32x4_t) -> float32x4_t {
-    vfmaq_f32(acc, x, k)
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe { vfmaq_f32(acc, x, k) }
 }
 
 simd_plane!(
@@ -721,7 +738,6 @@ simd_plane!(
 
 /// The wide output, `bias + sum_t k[t] * buf[offsets[t] + i]` clipped, in plain Rust (CPUs
 /// without AVX2 or NEON; armv7), in blocks of 64 values then 16 that LLVM can vectorise.
-#[cfg(not(target_arch = "aarch64"))]
 fn plain_plane(p: &Plane, buf: &[f32], wide: &mut [f32]) {
     for (i, out) in wide.chunks_exact_mut(64).enumerate() {
         block::<64>(p, buf, i * 64, out);
@@ -733,7 +749,6 @@ fn plain_plane(p: &Plane, buf: &[f32], wide: &mut [f32]) {
 }
 
 /// `B` outputs from `at`, clipped. A NaN passes the clip.
-#[cfg(not(target_arch = "aarch64"))]
 fn block<const B: usize>(p: &Plane, buf: &[f32], at: usize, out: &mut [f32]) {
     let mut acc = [p.bias; B];
     for (&o, &kv) in p.g.offsets.iter().zip(p.k) {
@@ -801,7 +816,12 @@ fn dequantized(
 /// The op that replaces the Conv `node`, if it is a float depthwise convolution this kernel
 /// covers; the outlet it reads (before a dequantize it absorbs); and the outlet it replaces,
 /// past any clip and quantize it absorbs.
-fn lower(model: &TypedModel, node: &TypedNode) -> Option<(DirectConv, OutletId, OutletId)> {
+fn lower(
+    model: &TypedModel,
+    node: &TypedNode,
+    cpu: Cpu,
+    channel_lanes: bool,
+) -> Option<(DirectConv, OutletId, OutletId)> {
     let conv = node.op_as::<Conv>()?;
     let spec = &conv.pool_spec;
     let x = model.outlet_fact(node.inputs[0]).ok()?;
@@ -897,6 +917,7 @@ fn lower(model: &TypedModel, node: &TypedNode) -> Option<(DirectConv, OutletId, 
         dequant: io.as_ref().map(|io| io.0),
         quant: io.map(|io| io.1),
         lanes: None,
+        cpu,
     };
     if op.quant.is_some() {
         // Quantized already: u8 in, u8 out, nothing around it to take in.
@@ -958,9 +979,10 @@ fn lower(model: &TypedModel, node: &TypedNode) -> Option<(DirectConv, OutletId, 
         && cin == 1
         && groups == c
         && cout == c
-        && std::env::var("MSN_DW_LANES").map_or(true, |v| v != "0")
+        && channel_lanes
     {
         op.lanes = ChannelLanes::new(
+            cpu,
             c,
             (h, w),
             (kh, kw),
@@ -977,19 +999,19 @@ fn lower(model: &TypedModel, node: &TypedNode) -> Option<(DirectConv, OutletId, 
 }
 
 /// Replaces every convolution [`DirectConv`] covers in a decluttered model; returns how many.
-pub fn rewrite(model: &mut TypedModel) -> TractResult<usize> {
+pub fn rewrite(model: &mut TypedModel, cpu: Cpu, channel_lanes: bool) -> TractResult<usize> {
     replace_each(model, |model, node| {
-        let (op, from, last) = lower(model, node)?;
+        let (op, from, last) = lower(model, node, cpu, channel_lanes)?;
         Some((op, tvec![from], last))
     })
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::{verify, Plan, Source};
+    use crate::testing::{self as verify, Plan, Source};
+    use crate::Cpu;
     use msn_onnx::builder::{attr, GraphBuilder};
     use msn_onnx::proto::tensor_proto::DataType;
-    use std::path::Path;
 
     /// A Conv on `[n, cin, h, w]` to `cout` channels in `groups` groups with a kernel
     /// `kh x kw`, then `tail` ("", "Relu",
@@ -1090,12 +1112,12 @@ mod tests {
         let ow = (w + pads[1] + pads[3] - kw) / stride.1 + 1;
         b.output(&y, &[n as i64, cout as i64, oh as i64, ow as i64]);
         let model = b.into_model(13);
-        Source::from_bytes(msn_onnx::io::to_bytes(&model), Path::new("dw.onnx")).unwrap()
+        Source::from_bytes(msn_onnx::io::to_bytes(&model)).unwrap()
     }
 
     /// The rewritten plan against tract's own (its unoptimised plan), on random inputs.
     fn check(source: &Source) -> f64 {
-        let shapes = verify::shapes(source.inputs(), &[]).unwrap();
+        let shapes = source.shapes();
         let ours = source.plan(&shapes, Plan::Optimized).unwrap();
         assert!(
             ours.ops().iter().any(|o| o == "MsnDirectConv"),
@@ -1139,7 +1161,7 @@ mod tests {
                 true,
                 "Relu",
             );
-            let shapes = verify::shapes(source.inputs(), &[]).unwrap();
+            let shapes = source.shapes();
             let ours = source.plan(&shapes, Plan::Optimized).unwrap();
             assert!(
                 !ours.ops().iter().any(|o| o == "MsnDirectConv"),
@@ -1177,7 +1199,7 @@ mod tests {
         };
         let run = |isa: Isa| {
             let mut buf = vec![0f32; g.buffer_len()];
-            g.fill_group(&x, &mut buf);
+            g.fill_group(Cpu::GENERIC, &x, &mut buf);
             let mut wide = vec![0f32; g.wide_len()];
             let mut out = vec![0f32; g.oh * g.ow];
             isa.run(&p, &buf, &mut wide);
@@ -1188,7 +1210,7 @@ mod tests {
         };
         let plain = {
             let mut buf = vec![0f32; g.buffer_len()];
-            g.fill_group(&x, &mut buf);
+            g.fill_group(Cpu::GENERIC, &x, &mut buf);
             let mut wide = vec![0f32; g.wide_len()];
             for at in (0..wide.len()).step_by(16) {
                 let mut acc = [p.bias; 16];
@@ -1207,13 +1229,7 @@ mod tests {
             }
             out
         };
-        let mut isas = vec![Isa::here(), Isa::Baseline];
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            isas.push(Isa::Avx2);
-        }
-        for isa in isas {
+        for isa in Cpu::detect().levels().into_iter().map(Isa::of) {
             let got = run(isa);
             let worst = got
                 .iter()
@@ -1436,7 +1452,7 @@ mod tests {
             if tail.starts_with("q+") {
                 // The dequantize before and the quantize after are taken in: only the
                 // graph's first quantize and last dequantize stay.
-                let shapes = verify::shapes(source.inputs(), &[]).unwrap();
+                let shapes = source.shapes();
                 let ops = source.plan(&shapes, Plan::Optimized).unwrap().ops();
                 let count = |name: &str| ops.iter().filter(|o| *o == name).count();
                 assert_eq!(

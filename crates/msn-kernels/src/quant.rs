@@ -64,8 +64,7 @@ impl EvalOp for QuantizeU8 {
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let x = inputs[0].try_as_plain_ram()?;
         let xs = x.as_slice::<f32>()?;
-        // SAFETY: u8 has no invalid bit patterns, and every value is written below.
-        let mut y = unsafe { Tensor::uninitialized::<u8>(inputs[0].shape())? };
+        let mut y = crate::split::output_u8(inputs[0].shape())?;
         let mut view = y.try_as_plain_ram_mut()?;
         quantize_u8(xs, view.as_slice_mut::<u8>()?, self.scale, self.zero_point);
         Ok(tvec!(y.into_tvalue()))

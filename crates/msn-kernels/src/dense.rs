@@ -49,6 +49,7 @@ use crate::graph::{
 };
 use crate::lanes::{add_clip, copy_rows, split_pairs};
 use crate::split::{par_units, share, Rows, UNITS};
+use crate::Cpu;
 use seq_macro::seq;
 
 /// Output channels per tile.
@@ -119,7 +120,7 @@ impl Wide {
     }
 
     /// Copies `x` (`cin` planes `h x w`) into the padded buffer, whose padding is zero.
-    fn fill(&self, x: &[f32], buf: &mut [f32]) {
+    fn fill(&self, cpu: Cpu, x: &[f32], buf: &mut [f32]) {
         let phase_len = self.qh * self.qw;
         if self.sh == 1 && self.sw == 1 {
             for (c, src) in x.chunks_exact(self.h * self.w).enumerate() {
@@ -148,7 +149,7 @@ impl Wide {
                     } else {
                         (hi, &mut lo[ao..])
                     };
-                    split_pairs(row, even, odd);
+                    split_pairs(cpu, row, even, odd);
                     if row.len() % 2 == 1 {
                         even[row.len() / 2] = row[row.len() - 1];
                     }
@@ -198,6 +199,8 @@ pub struct DenseConv {
     /// Whether a second input, of the output's shape, is added after `clip1`.
     residual: bool,
     clip2: Clip,
+    /// What the kernels may use: AVX-512 (only then is the op made).
+    cpu: Cpu,
 }
 
 impl PartialEq for DenseConv {
@@ -233,16 +236,9 @@ impl fmt::Debug for DenseConv {
     }
 }
 
-/// Whether this CPU has what the kernel needs.
-pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+/// Whether `cpu` has what the kernel needs.
+pub fn available(cpu: Cpu) -> bool {
+    cpu.avx512()
 }
 
 /// Where a tile's inputs are.
@@ -312,38 +308,41 @@ macro_rules! pixel_tile {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx512f")]
         unsafe fn $name(t: &Tile, res: Option<[*const f32; ROWS]>, out: [*mut f32; ROWS]) {
-            use std::arch::x86_64::*;
-            let mut mask: [__mmask16; $v] = [0; $v];
-            seq!(V in 0..$v { mask[V] = lane_mask(t.cols, V); });
-            let mut acc = [[_mm512_setzero_ps(); $v]; ROWS];
-            seq!(R in 0..6 {
-                seq!(V in 0..$v { acc[R][V] = _mm512_set1_ps(t.bias[R]); });
-            });
-            let (x, w) = (t.x.as_ptr(), t.w.as_ptr());
-            for (k, &at) in t.taps.iter().enumerate() {
-                let xk = x.add(at);
-                let mut xs = [_mm512_setzero_ps(); $v];
-                seq!(V in 0..$v { xs[V] = _mm512_maskz_loadu_ps(mask[V], xk.add(16 * V)); });
-                let wk = w.add(k * ROWS);
+            // SAFETY: the caller upholds this function's `# Safety` contract.
+            unsafe {
+                use std::arch::x86_64::*;
+                let mut mask: [__mmask16; $v] = [0; $v];
+                seq!(V in 0..$v { mask[V] = lane_mask(t.cols, V); });
+                let mut acc = [[_mm512_setzero_ps(); $v]; ROWS];
                 seq!(R in 0..6 {
-                    let wb = _mm512_set1_ps(*wk.add(R));
-                    seq!(V in 0..$v { acc[R][V] = _mm512_fmadd_ps(wb, xs[V], acc[R][V]); });
+                    seq!(V in 0..$v { acc[R][V] = _mm512_set1_ps(t.bias[R]); });
                 });
-            }
-            let (lo1, hi1) = (_mm512_set1_ps(t.clip1.lo), _mm512_set1_ps(t.clip1.hi));
-            let (lo2, hi2) = (_mm512_set1_ps(t.clip2.lo), _mm512_set1_ps(t.clip2.hi));
-            seq!(R in 0..6 {
-                if R < t.rows {
-                    seq!(V in 0..$v {
-                        let mut y = _mm512_min_ps(_mm512_max_ps(acc[R][V], lo1), hi1);
-                        if let Some(res) = res {
-                            let r = _mm512_maskz_loadu_ps(mask[V], res[R].add(16 * V));
-                            y = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(y, r), lo2), hi2);
-                        }
-                        _mm512_mask_storeu_ps(out[R].add(16 * V), mask[V], y);
+                let (x, w) = (t.x.as_ptr(), t.w.as_ptr());
+                for (k, &at) in t.taps.iter().enumerate() {
+                    let xk = x.add(at);
+                    let mut xs = [_mm512_setzero_ps(); $v];
+                    seq!(V in 0..$v { xs[V] = _mm512_maskz_loadu_ps(mask[V], xk.add(16 * V)); });
+                    let wk = w.add(k * ROWS);
+                    seq!(R in 0..6 {
+                        let wb = _mm512_set1_ps(*wk.add(R));
+                        seq!(V in 0..$v { acc[R][V] = _mm512_fmadd_ps(wb, xs[V], acc[R][V]); });
                     });
                 }
-            });
+                let (lo1, hi1) = (_mm512_set1_ps(t.clip1.lo), _mm512_set1_ps(t.clip1.hi));
+                let (lo2, hi2) = (_mm512_set1_ps(t.clip2.lo), _mm512_set1_ps(t.clip2.hi));
+                seq!(R in 0..6 {
+                    if R < t.rows {
+                        seq!(V in 0..$v {
+                            let mut y = _mm512_min_ps(_mm512_max_ps(acc[R][V], lo1), hi1);
+                            if let Some(res) = res {
+                                let r = _mm512_maskz_loadu_ps(mask[V], res[R].add(16 * V));
+                                y = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(y, r), lo2), hi2);
+                            }
+                            _mm512_mask_storeu_ps(out[R].add(16 * V), mask[V], y);
+                        });
+                    }
+                });
+            }
         }
     };
 }
@@ -363,20 +362,23 @@ unsafe fn run_tile(
     res: Option<[*const f32; ROWS]>,
     out: [*mut f32; ROWS],
 ) -> TractResult<()> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        match tile.cols.div_ceil(16) {
-            1 => tile_avx512_1(tile, res, out),
-            2 => tile_avx512_2(tile, res, out),
-            3 => tile_avx512_3(tile, res, out),
-            _ => tile_avx512_4(tile, res, out),
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        {
+            match tile.cols.div_ceil(16) {
+                1 => tile_avx512_1(tile, res, out),
+                2 => tile_avx512_2(tile, res, out),
+                3 => tile_avx512_3(tile, res, out),
+                _ => tile_avx512_4(tile, res, out),
+            }
+            Ok(())
         }
-        Ok(())
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (tile, res, out);
-        bail!("DenseConv needs AVX-512")
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (tile, res, out);
+            bail!("DenseConv needs AVX-512")
+        }
     }
 }
 
@@ -455,31 +457,34 @@ macro_rules! channel_tile {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx512f")]
         unsafe fn $name(t: &ChannelTile, out: &mut [[f32; COLS]]) {
-            use std::arch::x86_64::*;
-            let (x, w, b) = (t.x.as_ptr(), t.w.as_ptr(), t.bias.as_ptr());
-            let windows: &[usize; $pt] = t.windows.try_into().expect("a window per pixel");
-            let out: &mut [[f32; COLS]; $pt] = (&mut out[..$pt]).try_into().expect("rows");
-            let mut acc = [[_mm512_setzero_ps(); $cv]; $pt];
-            seq!(P in 0..$pt {
-                seq!(V in 0..$cv { acc[P][V] = _mm512_loadu_ps(b.add(16 * V)); });
-            });
-            for (k, &at) in t.taps.iter().enumerate() {
-                let wk = w.add(k * 16 * $cv);
-                let mut wv = [_mm512_setzero_ps(); $cv];
-                seq!(V in 0..$cv { wv[V] = _mm512_loadu_ps(wk.add(16 * V)); });
-                let xk = x.add(at);
+            // SAFETY: the caller upholds this function's `# Safety` contract.
+            unsafe {
+                use std::arch::x86_64::*;
+                let (x, w, b) = (t.x.as_ptr(), t.w.as_ptr(), t.bias.as_ptr());
+                let windows: &[usize; $pt] = t.windows.try_into().expect("a window per pixel");
+                let out: &mut [[f32; COLS]; $pt] = (&mut out[..$pt]).try_into().expect("rows");
+                let mut acc = [[_mm512_setzero_ps(); $cv]; $pt];
                 seq!(P in 0..$pt {
-                    let xb = _mm512_set1_ps(*xk.add(windows[P]));
-                    seq!(V in 0..$cv { acc[P][V] = _mm512_fmadd_ps(wv[V], xb, acc[P][V]); });
+                    seq!(V in 0..$cv { acc[P][V] = _mm512_loadu_ps(b.add(16 * V)); });
+                });
+                for (k, &at) in t.taps.iter().enumerate() {
+                    let wk = w.add(k * 16 * $cv);
+                    let mut wv = [_mm512_setzero_ps(); $cv];
+                    seq!(V in 0..$cv { wv[V] = _mm512_loadu_ps(wk.add(16 * V)); });
+                    let xk = x.add(at);
+                    seq!(P in 0..$pt {
+                        let xb = _mm512_set1_ps(*xk.add(windows[P]));
+                        seq!(V in 0..$cv { acc[P][V] = _mm512_fmadd_ps(wv[V], xb, acc[P][V]); });
+                    });
+                }
+                let (lo, hi) = (_mm512_set1_ps(t.clip1.lo), _mm512_set1_ps(t.clip1.hi));
+                seq!(P in 0..$pt {
+                    seq!(V in 0..$cv {
+                        let y = _mm512_min_ps(_mm512_max_ps(acc[P][V], lo), hi);
+                        _mm512_storeu_ps(out[P].as_mut_ptr().add(16 * V), y);
+                    });
                 });
             }
-            let (lo, hi) = (_mm512_set1_ps(t.clip1.lo), _mm512_set1_ps(t.clip1.hi));
-            seq!(P in 0..$pt {
-                seq!(V in 0..$cv {
-                    let y = _mm512_min_ps(_mm512_max_ps(acc[P][V], lo), hi);
-                    _mm512_storeu_ps(out[P].as_mut_ptr().add(16 * V), y);
-                });
-            });
         }
     };
 }
@@ -494,21 +499,24 @@ channel_tile!(channel_tile_2x12, 2, 12);
 /// # Safety
 /// As [`channel_tile`]'s; `(cv, t.windows.len())` is one of [`CHANNEL_TILES`].
 unsafe fn run_channel_tile(t: &ChannelTile, cv: usize, out: &mut [[f32; COLS]]) -> TractResult<()> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        match (cv, t.windows.len()) {
-            (4, 6) => channel_tile_4x6(t, out),
-            (3, 7) => channel_tile_3x7(t, out),
-            (3, 8) => channel_tile_3x8(t, out),
-            (2, 12) => channel_tile_2x12(t, out),
-            other => bail!("DenseConv has no {other:?} channel tile"),
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        {
+            match (cv, t.windows.len()) {
+                (4, 6) => channel_tile_4x6(t, out),
+                (3, 7) => channel_tile_3x7(t, out),
+                (3, 8) => channel_tile_3x8(t, out),
+                (2, 12) => channel_tile_2x12(t, out),
+                other => bail!("DenseConv has no {other:?} channel tile"),
+            }
+            Ok(())
         }
-        Ok(())
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (t, cv, out);
-        bail!("DenseConv needs AVX-512")
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (t, cv, out);
+            bail!("DenseConv needs AVX-512")
+        }
     }
 }
 
@@ -526,11 +534,52 @@ impl DenseConv {
         self.output[self.output.len() - 2] * self.output[self.output.len() - 1]
     }
 
+    /// What the kernels' unchecked reads rely on, checked here whatever built the op: the
+    /// CPU has AVX-512; every tap's reads for every computed pixel (or window) are within an
+    /// input of `x_len` values; the weights and biases cover every tile. Checked arithmetic:
+    /// an overflow is an error, not a wrapped bound.
+    fn check(&self, x_len: usize) -> TractResult<()> {
+        let overflow = || format_err!("DenseConv geometry overflows");
+        ensure!(available(self.cpu), "DenseConv needs AVX-512");
+        let (cout, pixels, taps) = (self.cout, self.pixels(), self.taps.len());
+        let reach = self.taps.iter().max().copied().unwrap_or(0);
+        let (tile, computed) = match (self.lanes, &self.wide) {
+            (Lanes::Channels { cv, pt }, _) => {
+                ensure!(
+                    CHANNEL_TILES.contains(&(cv, pt)),
+                    "no {cv}x{pt} channel tile"
+                );
+                let windows = pixels.div_ceil(pt).checked_mul(pt).ok_or_else(overflow)?;
+                ensure!(self.windows.len() >= windows, "DenseConv windows too few");
+                let last = self.windows.iter().max().copied().unwrap_or(0);
+                // One value a tap and window.
+                (16 * cv, last.checked_add(1).ok_or_else(overflow)?)
+            }
+            (Lanes::Pixels, Some(g)) => (ROWS, g.oh.checked_mul(g.qw).ok_or_else(overflow)?),
+            (Lanes::Pixels, None) => (ROWS, pixels),
+        };
+        ensure!(
+            reach.checked_add(computed).ok_or_else(overflow)? <= x_len,
+            "DenseConv input too short for its taps"
+        );
+        let tiles = cout.div_ceil(tile);
+        let weights = tiles
+            .checked_mul(tile)
+            .and_then(|n| n.checked_mul(taps))
+            .ok_or_else(overflow)?;
+        ensure!(
+            self.weights.len() >= weights && self.bias.len() >= tiles * tile,
+            "DenseConv weights too few"
+        );
+        Ok(())
+    }
+
     /// Convolves one image: `x` its (padded) input, `res` `[cout][pixels]` if a residual,
     /// into `out` `[cout][pixels]`.
     fn image(&self, x: &[f32], res: Option<&[f32]>, out: &mut [f32]) -> TractResult<()> {
         let (cout, pixels, taps) = (self.cout, self.pixels(), self.taps.len());
         ensure!(out.len() == cout * pixels && res.is_none_or(|r| r.len() == out.len()));
+        self.check(x.len())?;
         if let Lanes::Channels { cv, pt } = self.lanes {
             return self.image_by_channels(x, res, out, (cv, pt));
         }
@@ -543,7 +592,7 @@ impl DenseConv {
         let blocks = computed.div_ceil(COLS);
         let parts = UNITS.div_ceil(groups).min(blocks);
         let work = cout * computed * taps;
-        let dst = Rows(out.as_mut_ptr());
+        let dst = Rows::new(out);
         // The threads split the pixel blocks into `parts`, and each part's row groups; each
         // writes only its groups' rows in its part's pixels.
         par_units((parts, groups), work, |part, gs| {
@@ -562,14 +611,15 @@ impl DenseConv {
                 let mut bias = [0f32; ROWS];
                 bias[..rows].copy_from_slice(&self.bias[o..o + rows]);
                 let w = &self.weights[g * taps * ROWS..(g + 1) * taps * ROWS];
-                // Rows past `rows` are never read or written: row `o` stands in. SAFETY:
-                // rows `o..o + rows` of the output (and of the residual) exist and belong
-                // to this thread's groups.
+                // Rows past `rows` are never read or written: row `o` stands in. Rows
+                // `o..o + rows` of the output (checked here; the residual is the output's
+                // size, checked above) belong to this thread's groups.
                 let row = |r: usize| if r < rows { o + r } else { o };
-                let out_rows = seq!(R in 0..6 { [#(unsafe { dst.at(row(R) * pixels) },)*] });
+                dst.check_rows(o * pixels, rows, pixels, pixels)?;
+                let out_rows = seq!(R in 0..6 { [#(dst.at(row(R) * pixels)?,)*] });
                 let res_rows = match res {
                     Some(res) => {
-                        seq!(R in 0..6 { [#(unsafe { res.as_ptr().add(row(R) * pixels) },)*] })
+                        seq!(R in 0..6 { [#(res.as_ptr().wrapping_add(row(R) * pixels),)*] })
                     }
                     None => [std::ptr::null(); ROWS],
                 };
@@ -590,16 +640,16 @@ impl DenseConv {
                         // SAFETY: `p0 + cols <= pixels`, within each row. (Written out row
                         // by row: at opt-level "z" the arrays' set-up loops were a fifth of
                         // the block loop's own time.)
-                        let out = seq!(R in 0..6 { [#(unsafe { out_rows[R].add(p0) },)*] });
+                        let out = seq!(R in 0..6 { [#(out_rows[R].wrapping_add(p0),)*] });
                         // Not `map`: a closure is a call at opt-level "z".
                         #[allow(clippy::manual_map)]
                         let res = match res {
                             Some(_) => {
-                                Some(seq!(R in 0..6 { [#(unsafe { res_rows[R].add(p0) },)*] }))
+                                Some(seq!(R in 0..6 { [#(res_rows[R].wrapping_add(p0),)*] }))
                             }
                             None => None,
                         };
-                        // SAFETY: `rewrite` only builds this op where `available()`; the
+                        // SAFETY: `check` found AVX-512 on `self.cpu`, so the CPU has it; the
                         // tile's input rows hold `cols` values from `p0` (`x` holds every
                         // plane), its weights `ROWS` per tap.
                         unsafe { run_tile(&tile, res, out)? };
@@ -623,10 +673,15 @@ impl DenseConv {
                                 let at = base + oy * ow + ox;
                                 let src = &wide[p - p0..p - p0 + n];
                                 // SAFETY: row `o + r` belongs to this thread; `ox + n <= ow`.
-                                let dst = unsafe { std::slice::from_raw_parts_mut(dst.at(at), n) };
+                                let dst = unsafe { dst.slice(at, n)? };
                                 dst.copy_from_slice(src);
                                 if let Some(res) = res {
-                                    add_clip(dst, &res[at..], (self.clip2.lo, self.clip2.hi));
+                                    add_clip(
+                                        self.cpu,
+                                        dst,
+                                        &res[at..],
+                                        (self.clip2.lo, self.clip2.hi),
+                                    );
                                 }
                             }
                             p = end;
@@ -653,7 +708,7 @@ impl DenseConv {
         let tiles = pixels.div_ceil(pt);
         let parts = UNITS.div_ceil(groups).min(tiles);
         let work = cout * pixels * taps;
-        let dst = Rows(out.as_mut_ptr());
+        let dst = Rows::new(out);
         // The threads split the channel groups, and each group's pixel tiles into `parts`.
         par_units((groups, parts), work, |g, parts_of_g| {
             // SAFETY: all-zero bits are 0.0 in f32. (`[[0f32; COLS]; 12]` is a loop of
@@ -677,7 +732,7 @@ impl DenseConv {
                         bias,
                         clip1: self.clip1,
                     };
-                    // SAFETY: `rewrite` only builds this op where `available()`; `windows`
+                    // SAFETY: `check` found AVX-512 on `self.cpu`, so the CPU has it; `windows`
                     // is padded to whole tiles (with in-plane offsets), so every tap of every
                     // window is within `x`; the weights and biases are padded to whole
                     // groups; `(cv, pt)` is one of `CHANNEL_TILES` (see `Lanes::pick`).
@@ -692,9 +747,10 @@ impl DenseConv {
                     // `cols <= pt` rows of `COLS >= rows` values.
                     unsafe {
                         store_channel_tile(
+                            self.cpu,
                             &buf[..cols],
                             rows,
-                            (dst.at(at), pixels),
+                            (dst.at(at)?, pixels),
                             res.map(|r| r[at..].as_ptr()),
                             self.clip2,
                         )
@@ -713,25 +769,29 @@ impl DenseConv {
 /// `rows <= COLS`; `dst` (and `res`) hold `(rows - 1) * stride + buf.len()` values, and no
 /// other thread writes those of `dst`.
 unsafe fn store_channel_tile(
+    cpu: Cpu,
     buf: &[[f32; COLS]],
     rows: usize,
     (dst, stride): (*mut f32, usize),
     res: Option<*const f32>,
     clip2: Clip,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if buf.len() <= 16 && std::arch::is_x86_feature_detected!("avx512f") {
-        store_channel_tile_avx512(buf, rows, (dst, stride), res, clip2);
-        return;
-    }
-    for c in 0..rows {
-        for (p, b) in buf.iter().enumerate() {
-            let at = c * stride + p;
-            let mut v = b[c];
-            if let Some(res) = res {
-                v = (v + *res.add(at)).max(clip2.lo).min(clip2.hi);
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        if buf.len() <= 16 && cpu.avx512() {
+            store_channel_tile_avx512(buf, rows, (dst, stride), res, clip2);
+            return;
+        }
+        for c in 0..rows {
+            for (p, b) in buf.iter().enumerate() {
+                let at = c * stride + p;
+                let mut v = b[c];
+                if let Some(res) = res {
+                    v = (v + *res.add(at)).max(clip2.lo).min(clip2.hi);
+                }
+                *dst.add(at) = v;
             }
-            *dst.add(at) = v;
         }
     }
 }
@@ -749,22 +809,25 @@ unsafe fn store_channel_tile_avx512(
     res: Option<*const f32>,
     clip2: Clip,
 ) {
-    use std::arch::x86_64::*;
-    let n = buf.len();
-    let mask = crate::lanes::first_lanes(n);
-    let idx = _mm512_mullo_epi32(
-        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-        _mm512_set1_epi32(COLS as i32),
-    );
-    let (lo, hi) = (_mm512_set1_ps(clip2.lo), _mm512_set1_ps(clip2.hi));
-    let src = buf.as_ptr() as *const f32;
-    for c in 0..rows {
-        let mut v = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, idx, src.add(c));
-        if let Some(res) = res {
-            let r = _mm512_maskz_loadu_ps(mask, res.add(c * stride));
-            v = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(v, r), lo), hi);
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        use std::arch::x86_64::*;
+        let n = buf.len();
+        let mask = crate::lanes::first_lanes(n);
+        let idx = _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32(COLS as i32),
+        );
+        let (lo, hi) = (_mm512_set1_ps(clip2.lo), _mm512_set1_ps(clip2.hi));
+        let src = buf.as_ptr() as *const f32;
+        for c in 0..rows {
+            let mut v = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, idx, src.add(c));
+            if let Some(res) = res {
+                let r = _mm512_maskz_loadu_ps(mask, res.add(c * stride));
+                v = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(v, r), lo), hi);
+            }
+            _mm512_mask_storeu_ps(dst.add(c * stride), mask, v);
         }
-        _mm512_mask_storeu_ps(dst.add(c * stride), mask, v);
     }
 }
 
@@ -803,14 +866,9 @@ impl EvalOp for DenseConv {
             res.is_none_or(|r| r.len() == n * cout * pixels),
             "DenseConv residual has the wrong size"
         );
-        // SAFETY: f32 has no invalid bit patterns, and every value is written below.
-        let mut y = unsafe { Tensor::uninitialized::<f32>(&self.output)? };
+        let mut y = crate::split::output_f32(&self.output)?;
         let mut view = y.try_as_plain_ram_mut()?;
         let out = view.as_slice_mut::<f32>()?;
-        // Debug builds (the tests): an output the tiles miss shows as NaN, not as whatever
-        // the allocator hands back (often a previous run's right answer).
-        #[cfg(debug_assertions)]
-        out.fill(f32::NAN);
         let mut padded = match &self.wide {
             Some(g) => vec![0f32; g.buffer_len(self.cin)],
             None => Vec::new(),
@@ -823,7 +881,7 @@ impl EvalOp for DenseConv {
             let res = res.map(|r| &r[i * cout * pixels..(i + 1) * cout * pixels]);
             match &self.wide {
                 Some(g) => {
-                    g.fill(x, &mut padded);
+                    g.fill(self.cpu, x, &mut padded);
                     self.image(&padded, res, out)?
                 }
                 None => self.image(x, res, out)?,
@@ -1018,7 +1076,10 @@ fn conv(model: &TypedModel, node: &TypedNode) -> Option<Found> {
 }
 
 /// The op for a convolution, its taps and weights laid out for the tiles.
-fn build(f: Found) -> Option<DenseConv> {
+fn build(f: Found, cpu: Cpu) -> Option<DenseConv> {
+    if !available(cpu) {
+        return None;
+    }
     let (kh, kw) = f.kernel;
     let (dh, dw) = f.dilations;
     let taps_per_plane = kh * kw;
@@ -1118,6 +1179,7 @@ fn build(f: Found) -> Option<DenseConv> {
         clip1: Clip::NONE,
         residual: false,
         clip2: Clip::NONE,
+        cpu,
     })
 }
 
@@ -1150,6 +1212,7 @@ fn clip_after(model: &TypedModel, mut last: OutletId) -> (Clip, OutletId) {
 fn lower(
     model: &TypedModel,
     node: &TypedNode,
+    cpu: Cpu,
 ) -> Option<(DenseConv, OutletId, OutletId, Option<OutletId>)> {
     let dt = |o: OutletId| model.outlet_fact(o).ok().map(|f| f.datum_type);
     if dt(*node.inputs.first()?)? != f32::datum_type()
@@ -1159,7 +1222,7 @@ fn lower(
     }
     let found = einsum(model, node).or_else(|| conv(model, node))?;
     let source = found.source;
-    let mut op = build(found)?;
+    let mut op = build(found, cpu)?;
     let shape = |n: &TypedNode| n.outputs[0].fact.shape.as_concrete() == Some(&op.output[..]);
     let is_add = |n: &TypedNode| {
         n.op_as::<TypedBinOp>().is_some_and(|b| b.0.is::<Add>()) && n.inputs.len() == 2
@@ -1200,12 +1263,12 @@ fn lower(
 
 /// Replaces every float convolution [`DenseConv`] covers in a decluttered model, when this
 /// CPU runs its kernel; returns how many.
-pub fn rewrite(model: &mut TypedModel) -> TractResult<usize> {
-    if !available() {
+pub fn rewrite(model: &mut TypedModel, cpu: Cpu) -> TractResult<usize> {
+    if !available(cpu) {
         return Ok(0);
     }
     replace_each(model, |model, node| {
-        let (op, source, last, residual) = lower(model, node)?;
+        let (op, source, last, residual) = lower(model, node, cpu)?;
         let mut inputs = tvec![source];
         inputs.extend(residual);
         Some((op, inputs, last))
@@ -1215,9 +1278,8 @@ pub fn rewrite(model: &mut TypedModel) -> TractResult<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{verify, Plan, Source};
+    use crate::testing::{self as verify, Plan, Source};
     use msn_onnx::builder::{attr, GraphBuilder};
-    use std::path::Path;
 
     /// Pseudo-random values in [-1, 1).
     fn noise(seed: u64, n: usize) -> Vec<f32> {
@@ -1237,8 +1299,8 @@ mod tests {
     /// and a residual.
     #[test]
     fn tiles_match_the_definition() {
-        if !available() {
-            eprintln!("SKIPPED: this CPU has no AVX-512");
+        if !available(crate::cpu::get()) {
+            eprintln!("SKIPPED: the CPU level in force (MSN_CPU caps it) has no AVX-512");
             return;
         }
         for ntaps in [1, 2, 9, 40, 300] {
@@ -1292,8 +1354,8 @@ mod tests {
     /// kernel for, windows in any order.
     #[test]
     fn channel_tiles_match_the_definition() {
-        if !available() {
-            eprintln!("SKIPPED: this CPU has no AVX-512");
+        if !available(crate::cpu::get()) {
+            eprintln!("SKIPPED: the CPU level in force (MSN_CPU caps it) has no AVX-512");
             return;
         }
         for (cv, pt) in CHANNEL_TILES {
@@ -1422,13 +1484,13 @@ mod tests {
         let ow = (w + pads[1] + pads[3] - dilation * (kw - 1) - 1) / sw + 1;
         b.output(&y, &[n as i64, cout as i64, oh as i64, ow as i64]);
         let model = b.into_model(13);
-        Source::from_bytes(msn_onnx::io::to_bytes(&model), Path::new("dense.onnx")).unwrap()
+        Source::from_bytes(msn_onnx::io::to_bytes(&model)).unwrap()
     }
 
     /// Our plan against tract's own (its unoptimised plan), on random inputs: the largest
     /// difference relative to the output's largest value, and how many of our ops it has.
     fn check(source: &Source) -> (f64, usize) {
-        let shapes = verify::shapes(source.inputs(), &[]).unwrap();
+        let shapes = source.shapes();
         let ours = source.plan(&shapes, Plan::Optimized).unwrap();
         let ops = ours.ops().iter().filter(|o| *o == "MsnDenseConv").count();
         let reference = source.plan(&shapes, Plan::Reference).unwrap();
@@ -1449,8 +1511,8 @@ mod tests {
     /// kernels and padding, a kernel as large as the image, batches, against tract's own.
     #[test]
     fn convolutions_match_tracts_own() {
-        if !available() {
-            eprintln!("SKIPPED: this CPU has no AVX-512");
+        if !available(crate::cpu::get()) {
+            eprintln!("SKIPPED: the CPU level in force (MSN_CPU caps it) has no AVX-512");
             return;
         }
         type Pair = (usize, usize);
@@ -1500,8 +1562,8 @@ mod tests {
     #[test]
     fn threads_give_the_same_values() {
         use tract_linalg::multithread::{multithread_tract_scope, Executor};
-        if !available() {
-            eprintln!("SKIPPED: this CPU has no AVX-512");
+        if !available(crate::cpu::get()) {
+            eprintln!("SKIPPED: the CPU level in force (MSN_CPU caps it) has no AVX-512");
             return;
         }
         let cases = [
@@ -1523,7 +1585,7 @@ mod tests {
             ),
         ];
         for source in cases {
-            let shapes = verify::shapes(source.inputs(), &[]).unwrap();
+            let shapes = source.shapes();
             let ours = source.plan(&shapes, Plan::Optimized).unwrap();
             let len = shapes[0].iter().product::<usize>();
             let x = tract_onnx::prelude::Tensor::from_shape(&shapes[0], &noise(5, len)).unwrap();
@@ -1533,47 +1595,10 @@ mod tests {
             let three = multithread_tract_scope(Executor::multithread(3), || {
                 ours.run(vec![x.clone()]).unwrap().remove(0)
             });
-            assert_eq!(one, three, "{:?}", source.inputs());
+            assert_eq!(one, three, "{shapes:?}");
             let reference = source.plan(&shapes, Plan::Reference).unwrap();
             let want = reference.run(vec![x]).unwrap().remove(0);
             assert!(verify::relative_error(&three, &want) < 1e-5);
-        }
-    }
-
-    /// Several callers running plans at once on one two-thread pool all finish, each with the
-    /// values of a run alone. On aarch64, where tract's own matrix products run this
-    /// convolution, runs nested on one thread (a thread waiting inside one run's product took
-    /// another caller's run) aborted on tract's thread-local scratch space until `on_executor`
-    /// let one run at a time onto the pool.
-    #[test]
-    fn runs_from_several_threads_on_one_pool_finish() {
-        use tract_linalg::multithread::{multithread_tract_scope, Executor};
-        let source = graph(1, (32, 32), (28, 28), (3, 3), (1, 1), 1, [1; 4], "relu");
-        let shapes = verify::shapes(source.inputs(), &[]).unwrap();
-        let plan = std::sync::Arc::new(source.plan(&shapes, Plan::Optimized).unwrap());
-        let len = shapes[0].iter().product::<usize>();
-        let x = tract_onnx::prelude::Tensor::from_shape(&shapes[0], &noise(5, len)).unwrap();
-        let alone = plan.run(vec![x.clone()]).unwrap().remove(0);
-        const CALLERS: usize = 6;
-        const RUNS: usize = 400;
-        let pool = Executor::multithread(2);
-        let (tx, rx) = std::sync::mpsc::channel();
-        for _ in 0..CALLERS {
-            let (plan, x, pool, tx) = (plan.clone(), x.clone(), pool.clone(), tx.clone());
-            std::thread::spawn(move || {
-                let outs: Vec<_> = multithread_tract_scope(pool, || {
-                    (0..RUNS)
-                        .map(|_| plan.run(vec![x.clone()]).unwrap().remove(0))
-                        .collect()
-                });
-                tx.send(outs).unwrap();
-            });
-        }
-        for _ in 0..CALLERS {
-            let outs = rx
-                .recv_timeout(std::time::Duration::from_secs(120))
-                .expect("the callers' runs did not finish in 2 minutes: deadlock");
-            assert!(outs.iter().all(|o| *o == alone));
         }
     }
 
@@ -1595,16 +1620,16 @@ mod tests {
             weights: vec![0.5; 8 * 8 * 9],
             bias: vec![0.0; 8],
         };
-        assert!(build(found(5000, 5000, 3)).is_none());
-        assert!(build(found(1, 1, 10)).is_some());
-        assert!(build(found(2, 1, 5)).is_some());
+        assert!(build(found(5000, 5000, 3), Cpu::detect()).is_none());
+        assert!(build(found(1, 1, 10), Cpu::detect()).is_some());
+        assert!(build(found(2, 1, 5), Cpu::detect()).is_some());
     }
 
     /// What follows the convolution is taken in: nothing of the tail is left to tract.
     #[test]
     fn the_tail_is_fused() {
-        if !available() {
-            eprintln!("SKIPPED: this CPU has no AVX-512");
+        if !available(crate::cpu::get()) {
+            eprintln!("SKIPPED: the CPU level in force (MSN_CPU caps it) has no AVX-512");
             return;
         }
         let source = graph(
@@ -1617,7 +1642,7 @@ mod tests {
             [1; 4],
             "relu+res+relu6",
         );
-        let shapes = verify::shapes(source.inputs(), &[]).unwrap();
+        let shapes = source.shapes();
         let ours = source.plan(&shapes, Plan::Optimized).unwrap();
         assert_eq!(ours.ops(), ["Source", "MsnDenseConv"], "{:?}", ours.ops());
     }
@@ -1626,13 +1651,13 @@ mod tests {
     /// is one op, with its values (uneven sizes: the last row and column are read).
     #[test]
     fn strided_one_by_one_takes_in_the_downsample() {
-        if !available() {
-            eprintln!("SKIPPED: this CPU has no AVX-512");
+        if !available(crate::cpu::get()) {
+            eprintln!("SKIPPED: the CPU level in force (MSN_CPU caps it) has no AVX-512");
             return;
         }
         for (hw, s) in [((15, 13), (2, 2)), ((14, 9), (2, 3)), ((9, 14), (1, 2))] {
             let source = graph(1, (24, 40), hw, (1, 1), s, 1, [0; 4], "relu");
-            let shapes = verify::shapes(source.inputs(), &[]).unwrap();
+            let shapes = source.shapes();
             let ours = source.plan(&shapes, Plan::Optimized).unwrap();
             assert_eq!(
                 ours.ops(),

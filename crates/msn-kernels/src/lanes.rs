@@ -7,6 +7,8 @@
 //! these moves made EfficientNet-Lite0's small-plane depthwise convolutions 3x slower than at
 //! opt-level 3). Elsewhere they are plain loops; the results are the same values.
 
+use crate::Cpu;
+
 /// The AVX-512 mask of the first `n` lanes, all 16 from `n >= 16` on.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
@@ -28,13 +30,13 @@ pub(crate) fn zero(buf: &mut [f32]) {
 
 /// Sets every value of `buf` to `v`: a `memset` for 0, vector stores otherwise (at
 /// opt-level "z" `[f32]::fill` is a scalar loop).
-pub(crate) fn splat(buf: &mut [f32], v: f32) {
+pub(crate) fn splat(cpu: Cpu, buf: &mut [f32], v: f32) {
     if v.to_bits() == 0 {
         return zero(buf);
     }
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512 F.
+    if cpu.avx512() {
+        // SAFETY: `cpu` has AVX-512 F, so the CPU has it (a `Cpu` never exceeds the CPU).
         unsafe { splat_avx512(buf, v) };
         return;
     }
@@ -48,15 +50,18 @@ pub(crate) fn splat(buf: &mut [f32], v: f32) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn splat_avx512(buf: &mut [f32], v: f32) {
-    use std::arch::x86_64::*;
-    let (n, d, x) = (buf.len(), buf.as_mut_ptr(), _mm512_set1_ps(v));
-    let mut i = 0;
-    while i + 16 <= n {
-        _mm512_storeu_ps(d.add(i), x);
-        i += 16;
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        use std::arch::x86_64::*;
+        let (n, d, x) = (buf.len(), buf.as_mut_ptr(), _mm512_set1_ps(v));
+        let mut i = 0;
+        while i + 16 <= n {
+            _mm512_storeu_ps(d.add(i), x);
+            i += 16;
+        }
+        let left = n - i;
+        _mm512_mask_storeu_ps(d.add(i), first_lanes(left), x);
     }
-    let left = n - i;
-    _mm512_mask_storeu_ps(d.add(i), first_lanes(left), x);
 }
 
 /// `dst[r * dst_stride + i] = src[r * src_stride + i]` for `r < rows` and `i < len`: a
@@ -85,15 +90,22 @@ pub(crate) fn copy_rows(
 /// `dst[16 * i + l] = src[l * stride + i]` for `i < n` and `l < lanes` (at most 16): `n`
 /// pixels of `lanes` planes `stride` apart into 16-lane pixels. Lanes past `lanes` are left
 /// as they are.
-pub(crate) fn to_lanes(src: &[f32], stride: usize, lanes: usize, n: usize, dst: &mut [f32]) {
+pub(crate) fn to_lanes(
+    cpu: Cpu,
+    src: &[f32],
+    stride: usize,
+    lanes: usize,
+    n: usize,
+    dst: &mut [f32],
+) {
     assert!(lanes <= 16 && dst.len() >= 16 * n);
     if n == 0 || lanes == 0 {
         return;
     }
     assert!(src.len() >= (lanes - 1) * stride + n);
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") && 15 * stride + n < i32::MAX as usize {
-        // SAFETY: the CPU has AVX-512 F; the asserts above bound every read and write, and
+    if cpu.avx512() && 15 * stride + n < i32::MAX as usize {
+        // SAFETY: `cpu` has AVX-512 F, so the CPU has it (a `Cpu` never exceeds the CPU); the asserts above bound every read and write, and
         // every offset fits the gather's i32 index.
         unsafe { to_lanes_avx512(src, stride, lanes, n, dst) };
         return;
@@ -116,31 +128,34 @@ pub(crate) fn to_lanes(src: &[f32], stride: usize, lanes: usize, n: usize, dst: 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn to_lanes_avx512(src: &[f32], stride: usize, lanes: usize, n: usize, dst: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let s = stride as i32;
-    let idx = _mm512_mullo_epi32(
-        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-        _mm512_set1_epi32(s),
-    );
-    let mask = first_lanes(lanes);
-    let (src, dst) = (src.as_ptr(), dst.as_mut_ptr());
-    for i in 0..n {
-        let v = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, idx, src.add(i));
-        _mm512_mask_storeu_ps(dst.add(16 * i), mask, v);
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        use std::arch::x86_64::*;
+        let s = stride as i32;
+        let idx = _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32(s),
+        );
+        let mask = first_lanes(lanes);
+        let (src, dst) = (src.as_ptr(), dst.as_mut_ptr());
+        for i in 0..n {
+            let v = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, idx, src.add(i));
+            _mm512_mask_storeu_ps(dst.add(16 * i), mask, v);
+        }
     }
 }
 
 /// `dst[i] = src[i * stride + l]` for every `i < dst.len()`: lane `l` of pixels `stride`
 /// values apart, into a plane's run.
-pub(crate) fn from_lanes(src: &[f32], stride: usize, l: usize, dst: &mut [f32]) {
+pub(crate) fn from_lanes(cpu: Cpu, src: &[f32], stride: usize, l: usize, dst: &mut [f32]) {
     let n = dst.len();
     if n == 0 {
         return;
     }
     assert!(l < stride && src.len() > (n - 1) * stride + l);
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") && 16 * stride < i32::MAX as usize {
-        // SAFETY: the CPU has AVX-512 F; the assert above bounds every read, and every
+    if cpu.avx512() && 16 * stride < i32::MAX as usize {
+        // SAFETY: `cpu` has AVX-512 F, so the CPU has it (a `Cpu` never exceeds the CPU); the assert above bounds every read, and every
         // offset in a gather (at most `15 * stride + l`) fits its i32 index.
         unsafe { from_lanes_avx512(src, stride, l, dst) };
         return;
@@ -158,30 +173,34 @@ pub(crate) fn from_lanes(src: &[f32], stride: usize, l: usize, dst: &mut [f32]) 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn from_lanes_avx512(src: &[f32], stride: usize, l: usize, dst: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let idx = _mm512_mullo_epi32(
-        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-        _mm512_set1_epi32(stride as i32),
-    );
-    let n = dst.len();
-    let (s, d) = (src.as_ptr().add(l), dst.as_mut_ptr());
-    let mut i = 0;
-    while i < n {
-        let left = n - i;
-        let mask = first_lanes(left);
-        let v = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, idx, s.add(i * stride));
-        _mm512_mask_storeu_ps(d.add(i), mask, v);
-        i += 16;
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        use std::arch::x86_64::*;
+        let idx = _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32(stride as i32),
+        );
+        let n = dst.len();
+        let (s, d) = (src.as_ptr().add(l), dst.as_mut_ptr());
+        let mut i = 0;
+        while i < n {
+            let left = n - i;
+            let mask = first_lanes(left);
+            let v =
+                _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, idx, s.add(i * stride));
+            _mm512_mask_storeu_ps(d.add(i), mask, v);
+            i += 16;
+        }
     }
 }
 
 /// `dst[i] = min(max(dst[i] + res[i], lo), hi)` (as `f32::max` then `f32::min`) for every
 /// `i < dst.len()`: a residual added, then clipped.
-pub(crate) fn add_clip(dst: &mut [f32], res: &[f32], (lo, hi): (f32, f32)) {
+pub(crate) fn add_clip(cpu: Cpu, dst: &mut [f32], res: &[f32], (lo, hi): (f32, f32)) {
     let res = &res[..dst.len()];
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512 F; `res` holds `dst.len()` values.
+    if cpu.avx512() {
+        // SAFETY: `cpu` has AVX-512 F, so the CPU has it (a `Cpu` never exceeds the CPU); `res` holds `dst.len()` values.
         unsafe { add_clip_avx512(dst, res, (lo, hi)) };
         return;
     }
@@ -198,31 +217,34 @@ pub(crate) fn add_clip(dst: &mut [f32], res: &[f32], (lo, hi): (f32, f32)) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn add_clip_avx512(dst: &mut [f32], res: &[f32], (lo, hi): (f32, f32)) {
-    use std::arch::x86_64::*;
-    let (vlo, vhi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
-    let n = dst.len();
-    let (d, r) = (dst.as_mut_ptr(), res.as_ptr());
-    let mut i = 0;
-    while i < n {
-        let left = n - i;
-        let mask = first_lanes(left);
-        let y = _mm512_add_ps(
-            _mm512_maskz_loadu_ps(mask, d.add(i)),
-            _mm512_maskz_loadu_ps(mask, r.add(i)),
-        );
-        let y = _mm512_min_ps(_mm512_max_ps(y, vlo), vhi);
-        _mm512_mask_storeu_ps(d.add(i), mask, y);
-        i += 16;
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        use std::arch::x86_64::*;
+        let (vlo, vhi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+        let n = dst.len();
+        let (d, r) = (dst.as_mut_ptr(), res.as_ptr());
+        let mut i = 0;
+        while i < n {
+            let left = n - i;
+            let mask = first_lanes(left);
+            let y = _mm512_add_ps(
+                _mm512_maskz_loadu_ps(mask, d.add(i)),
+                _mm512_maskz_loadu_ps(mask, r.add(i)),
+            );
+            let y = _mm512_min_ps(_mm512_max_ps(y, vlo), vhi);
+            _mm512_mask_storeu_ps(d.add(i), mask, y);
+            i += 16;
+        }
     }
 }
 
 /// `row[2 * i]` to `even[i]` and `row[2 * i + 1]` to `odd[i]`, for every whole pair.
-pub(crate) fn split_pairs(row: &[f32], even: &mut [f32], odd: &mut [f32]) {
+pub(crate) fn split_pairs(cpu: Cpu, row: &[f32], even: &mut [f32], odd: &mut [f32]) {
     let n = row.len() / 2;
     let (even, odd) = (&mut even[..n], &mut odd[..n]);
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512 F; `row` holds `2 * n` values, `even` and `odd` `n`.
+    if cpu.avx512() {
+        // SAFETY: `cpu` has AVX-512 F, so the CPU has it (a `Cpu` never exceeds the CPU); `row` holds `2 * n` values, `even` and `odd` `n`.
         unsafe { split_pairs_avx512(&row[..2 * n], even, odd) };
         return;
     }
@@ -239,23 +261,26 @@ pub(crate) fn split_pairs(row: &[f32], even: &mut [f32], odd: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn split_pairs_avx512(row: &[f32], even: &mut [f32], odd: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let n = even.len();
-    let ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    let io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-    let (r, e, o) = (row.as_ptr(), even.as_mut_ptr(), odd.as_mut_ptr());
-    let mut i = 0;
-    while i + 16 <= n {
-        let a = _mm512_loadu_ps(r.add(2 * i));
-        let b = _mm512_loadu_ps(r.add(2 * i + 16));
-        _mm512_storeu_ps(e.add(i), _mm512_permutex2var_ps(a, ie, b));
-        _mm512_storeu_ps(o.add(i), _mm512_permutex2var_ps(a, io, b));
-        i += 16;
-    }
-    while i < n {
-        *e.add(i) = *r.add(2 * i);
-        *o.add(i) = *r.add(2 * i + 1);
-        i += 1;
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        use std::arch::x86_64::*;
+        let n = even.len();
+        let ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        let (r, e, o) = (row.as_ptr(), even.as_mut_ptr(), odd.as_mut_ptr());
+        let mut i = 0;
+        while i + 16 <= n {
+            let a = _mm512_loadu_ps(r.add(2 * i));
+            let b = _mm512_loadu_ps(r.add(2 * i + 16));
+            _mm512_storeu_ps(e.add(i), _mm512_permutex2var_ps(a, ie, b));
+            _mm512_storeu_ps(o.add(i), _mm512_permutex2var_ps(a, io, b));
+            i += 16;
+        }
+        while i < n {
+            *e.add(i) = *r.add(2 * i);
+            *o.add(i) = *r.add(2 * i + 1);
+            i += 1;
+        }
     }
 }
 
@@ -270,9 +295,16 @@ mod tests {
     }
 
     /// Each move against its definition, over lane counts, lengths and strides that leave
-    /// ragged vectors; lanes past `lanes` untouched.
+    /// ragged vectors; lanes past `lanes` untouched; at every CPU level this machine has.
     #[test]
     fn moves_match_their_definitions() {
+        for cpu in Cpu::detect().levels() {
+            eprintln!("lanes at {cpu}");
+            moves(cpu);
+        }
+    }
+
+    fn moves(cpu: Cpu) {
         for &(stride, lanes, n) in &[
             (49, 16, 49),
             (196, 7, 14),
@@ -282,7 +314,7 @@ mod tests {
         ] {
             let src = noise((lanes - 1) * stride + n);
             let mut dst = vec![-1.0; 16 * n];
-            to_lanes(&src, stride, lanes, n, &mut dst);
+            to_lanes(cpu, &src, stride, lanes, n, &mut dst);
             for i in 0..n {
                 for l in 0..16 {
                     let want = if l < lanes { src[l * stride + i] } else { -1.0 };
@@ -303,7 +335,7 @@ mod tests {
         ] {
             let src = noise((n - 1) * stride + l + 1);
             let mut dst = vec![0.0; n];
-            from_lanes(&src, stride, l, &mut dst);
+            from_lanes(cpu, &src, stride, l, &mut dst);
             for (i, d) in dst.iter().enumerate() {
                 assert_eq!(d.to_bits(), src[i * stride + l].to_bits(), "from_lanes {i}");
             }
@@ -316,7 +348,7 @@ mod tests {
                 .zip(&res)
                 .map(|(d, r)| (d + r).max(lo).min(hi))
                 .collect();
-            add_clip(&mut dst, &res, (lo, hi));
+            add_clip(cpu, &mut dst, &res, (lo, hi));
             assert_eq!(dst, want, "add_clip {n}");
         }
         let src = noise(7 * 30);
@@ -329,7 +361,7 @@ mod tests {
         }
         for n in [0, 5, 16, 37] {
             let mut b = noise(n);
-            splat(&mut b, -3.5);
+            splat(cpu, &mut b, -3.5);
             assert!(b.iter().all(|&v| v == -3.5), "splat {n}");
         }
         let mut z = noise(37);

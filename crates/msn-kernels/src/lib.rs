@@ -1,0 +1,129 @@
+//! # msn-kernels: our vector kernels, plugged into tract
+//!
+//! tract plans a model; before its optimiser runs, [`rewrite`] replaces the ops one of our
+//! kernels covers by that kernel's tract op, and after it [`rewrite_optimized`] swaps tract's
+//! `QuantizeLinear` for ours. One module per op family, each with its op, its lowering (what
+//! it takes in from the graph), a plain-Rust reference that defines what it computes
+//! ([`reference`]), and the per-architecture code beside it:
+//!
+//! | module | op | x86-64 | aarch64 | elsewhere |
+//! |---|---|---|---|---|
+//! | [`dense`] | float convolutions, one group, with bias, clips and a residual fused | AVX-512 | tract | tract |
+//! | [`depthwise`] | float depthwise and grouped convolutions with few taps per group, and u8 ones through float | AVX-512, AVX2 | NEON | plain Rust |
+//! | [`maxpool`] | float 2-D max pool | AVX-512 | tract | tract |
+//! | [`qconv`] | int8 convolutions with the requantization fused | AVX-512 VNNI | tract | tract |
+//! | [`quant`] | f32 -> u8 quantize | plain Rust (vectorised by the compiler) | same | same |
+//!
+//! Every kernel asks the one CPU probe, [`cpu`], which `MSN_CPU` caps; which kernels a plan
+//! gets is an argument ([`Options`]), not a global. The ops share their work across tract's
+//! executor ([`split`]); [`lanes`] holds what several families share.
+//!
+//! Safety: every kernel entry checks its buffers' lengths and the geometry it reads through
+//! with checked arithmetic before any unchecked access, whatever checked the model before;
+//! outputs are fully written (tests fill them with NaN first); every `unsafe` block says what
+//! it relies on in a `SAFETY:` comment.
+
+pub mod cpu;
+pub mod dense;
+pub mod depthwise;
+mod dwlanes;
+mod graph;
+pub mod lanes;
+pub mod maxpool;
+pub mod qconv;
+pub mod quant;
+pub mod reference;
+mod split;
+pub mod testing;
+
+pub use cpu::{Cpu, Level};
+use tract_onnx::tract_core::internal::*;
+
+/// Which of our kernels a plan gets, and the CPU level they may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Options {
+    /// The features the kernels may use ([`cpu::get`] unless a test or an A/B run says).
+    pub cpu: Cpu,
+    /// Float one-group convolutions ([`dense`]).
+    pub dense: bool,
+    /// Depthwise and small grouped convolutions ([`depthwise`]).
+    pub depthwise: bool,
+    /// Depthwise convolutions of small planes with channels on the vector lanes (part of
+    /// [`depthwise`]); off, they take the plane kernel.
+    pub channel_lanes: bool,
+    /// Max pools ([`maxpool`]).
+    pub max_pool: bool,
+    /// int8 convolutions ([`qconv`]) and the quantize step ([`quant`]).
+    pub int8: bool,
+}
+
+impl Options {
+    /// Every kernel, on `cpu`.
+    pub fn all(cpu: Cpu) -> Options {
+        Options {
+            cpu,
+            dense: true,
+            depthwise: true,
+            channel_lanes: true,
+            max_pool: true,
+            int8: true,
+        }
+    }
+
+    /// None of our kernels: tract's own plan.
+    pub fn none() -> Options {
+        Options {
+            cpu: cpu::get(),
+            dense: false,
+            depthwise: false,
+            channel_lanes: false,
+            max_pool: false,
+            int8: false,
+        }
+    }
+}
+
+impl Default for Options {
+    /// Every kernel, on [`cpu::get`].
+    fn default() -> Options {
+        Options::all(cpu::get())
+    }
+}
+
+/// How many ops of each family [`rewrite`] put in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rewritten {
+    pub depthwise: usize,
+    pub int8: usize,
+    pub dense: usize,
+    pub max_pool: usize,
+}
+
+/// Puts our ops in a decluttered model, before tract's optimiser: every node a kernel in
+/// `options` covers on `options.cpu`.
+pub fn rewrite(model: &mut TypedModel, options: &Options) -> TractResult<Rewritten> {
+    let mut done = Rewritten::default();
+    if options.depthwise {
+        done.depthwise = depthwise::rewrite(model, options.cpu, options.channel_lanes)
+            .context("lower depthwise convolutions")?;
+    }
+    if options.int8 {
+        done.int8 = qconv::rewrite(model, options.cpu).context("lower int8 convolutions")?;
+    }
+    if options.dense {
+        done.dense =
+            dense::rewrite(model, options.cpu).context("lower float one-group convolutions")?;
+    }
+    if options.max_pool {
+        done.max_pool = maxpool::rewrite(model, options.cpu).context("lower max pools")?;
+    }
+    Ok(done)
+}
+
+/// Swaps in our ops in a model tract has optimised: its f32 -> u8 quantize steps.
+pub fn rewrite_optimized(model: &mut TypedModel, options: &Options) -> TractResult<usize> {
+    if !options.int8 {
+        return Ok(0);
+    }
+    quant::rewrite(model).context("swap in QuantizeU8")
+}
