@@ -92,7 +92,10 @@ fn every_corpus_model_agrees_with_onnxruntime_unfolded_and_folded() {
             ));
         }
     }
-    println!("family: models, worst relative error unfolded / folded");
+    println!(
+        "kernels at {} (MSN_CPU caps it); family: models, worst relative error unfolded / folded",
+        msn_runtime::msn_kernels::cpu::get()
+    );
     for (family, (n, u, f)) in &by_family {
         println!("  {family}: {n}, {u:.2e} / {f:.2e}");
     }

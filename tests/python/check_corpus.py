@@ -76,7 +76,8 @@ def main():
     print("family: models, worst relative error vs onnxruntime: msn run / msn-fold + msn run / ort on the fold")
     for family, (n, a, b, c) in sorted(worst.items()):
         print(f"  {family}: {n}, {a:.2e} / {b:.2e} / {c:.2e}")
-    print(f"corpus: {len(models)} models, {len(failed)} over {TOL}")
+    level = os.environ.get("MSN_CPU") or "the CPU's best"
+    print(f"corpus: {len(models)} models, {len(failed)} over {TOL} (kernels at MSN_CPU={level})")
     if failed:
         print("\n".join(failed))
         sys.exit(1)

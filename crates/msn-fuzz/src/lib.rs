@@ -1,10 +1,13 @@
 //! # msn-fuzz: one function per parser of untrusted input
 //!
 //! Each target takes arbitrary bytes and must return (with an error or not) without a panic,
-//! an abort or an allocation out of proportion to the input. The same functions serve
+//! an abort or an allocation out of proportion to the input. [`kernels`] is differential: it
+//! also holds msn-kernels' answers to a plain reference and to tract's own plan. The same functions serve
 //! cargo-fuzz (`fuzz/`, nightly: `cargo +nightly fuzz run onnx`), the replay of the committed
 //! corpus (`fuzz/corpus/<target>/`, in `cargo test`) and a stable-Rust mutation smoke
 //! ([`smoke`], `cargo run -p msn-fuzz --release -- SECONDS`, in `.ci/run`).
+
+pub mod kernels;
 
 use std::path::Path;
 
@@ -12,7 +15,7 @@ use std::path::Path;
 pub type Target = fn(&[u8]);
 
 /// Every target, by the name of its corpus folder.
-pub const TARGETS: [(&str, Target); 8] = [
+pub const TARGETS: [(&str, Target); 9] = [
     ("onnx", onnx),
     ("fold", fold),
     ("image", image),
@@ -21,6 +24,7 @@ pub const TARGETS: [(&str, Target); 8] = [
     ("checkpoint", checkpoint),
     ("metadata", metadata),
     ("stream", stream),
+    ("kernels", kernels::target),
 ];
 
 /// Decode and validate an ONNX model; read its image metadata.

@@ -26,3 +26,31 @@ fn a_short_mutation_smoke_finds_nothing() {
         assert!(runs > 0);
     }
 }
+
+/// The `kernels` seeds are not vacuous: tract plans and runs every one, and our kernels take
+/// the op in the plans of every seed at some CPU level.
+#[test]
+fn the_kernel_seeds_reach_our_kernels() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/kernels");
+    let seeds = msn_fuzz::corpus(&root);
+    let levels = msn_fuzz::kernels::levels();
+    let (mut compared, mut ours) = (0, 0);
+    for s in &seeds {
+        let case = msn_fuzz::kernels::Case::decode(s).expect("every seed's kernel fits");
+        let outcome = msn_fuzz::kernels::check(&case);
+        compared += outcome.compared as usize;
+        ours += (outcome.ours > 0) as usize;
+    }
+    println!(
+        "kernels: {} seeds at {} CPU level(s) ({:?}): {compared} compared, {ours} on our kernels",
+        seeds.len(),
+        levels.len(),
+        levels.iter().map(|c| c.to_string()).collect::<Vec<_>>()
+    );
+    assert_eq!(compared, seeds.len());
+    assert!(
+        ours * 2 > seeds.len(),
+        "only {ours} of {} seeds reach our kernels",
+        seeds.len()
+    );
+}

@@ -831,21 +831,7 @@ unsafe fn store_channel_tile_avx512(
     }
 }
 
-impl Op for DenseConv {
-    fn name(&self) -> StaticName {
-        "MsnDenseConv".into()
-    }
-
-    fn info(&self) -> TractResult<Vec<String>> {
-        Ok(vec![format!("{self:?}")])
-    }
-
-    fn validation(&self) -> Validation {
-        Validation::Rounding
-    }
-
-    op_as_typed_op!();
-}
+crate::graph::kernel_op!(DenseConv, "MsnDenseConv", Rounding);
 
 impl EvalOp for DenseConv {
     op_out_of_plan!();
@@ -1278,21 +1264,8 @@ pub fn rewrite(model: &mut TypedModel, cpu: Cpu) -> TractResult<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{self as verify, Plan, Source};
+    use crate::testing::{self as verify, noise, Plan, Source};
     use msn_onnx::builder::{attr, GraphBuilder};
-
-    /// Pseudo-random values in [-1, 1).
-    fn noise(seed: u64, n: usize) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
 
     /// The vector tile gives the plain definition's values (up to rounding: both use fused
     /// multiply-adds in the same order, so they agree exactly), over ragged tiles, clips,

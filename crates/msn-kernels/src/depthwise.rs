@@ -33,7 +33,6 @@ use crate::graph::{
     clip_bound, image_shape, in_proportion, konst, per_channel, replace_each, values,
 };
 #[cfg(target_arch = "x86_64")]
-use crate::lanes::first_lanes;
 use crate::lanes::{copy_rows, split_pairs};
 use crate::quant::{quantize_u8, QuantizeU8};
 use crate::Cpu;
@@ -228,10 +227,7 @@ impl Geometry {
     unsafe fn fill_pairs_avx512(&self, plane: &[f32], buf: &mut [f32]) {
         // SAFETY: the caller upholds this function's `# Safety` contract.
         unsafe {
-            use std::arch::x86_64::*;
             let phase_len = self.qh * self.qw;
-            let ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-            let io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
             // An odd left padding puts the first column alone in phase 1; the pairs start after.
             let lone = self.pl % 2;
             let (src, dst) = (plane.as_ptr(), buf.as_mut_ptr());
@@ -246,31 +242,7 @@ impl Geometry {
                 }
                 let (r, e) = (row.add(lone), dst.add(base + self.pl.div_ceil(2)));
                 let o = e.add(phase_len);
-                let mut i = 0;
-                while i + 16 <= pairs {
-                    let a = _mm512_loadu_ps(r.add(2 * i));
-                    let b = _mm512_loadu_ps(r.add(2 * i + 16));
-                    _mm512_storeu_ps(e.add(i), _mm512_permutex2var_ps(a, ie, b));
-                    _mm512_storeu_ps(o.add(i), _mm512_permutex2var_ps(a, io, b));
-                    i += 16;
-                }
-                if i < pairs {
-                    // The last `k < 16` pairs, masked: `2k` values in, `k` out to each phase.
-                    let k = pairs - i;
-                    let (ma, mb) = (first_lanes(2 * k), first_lanes((2 * k).saturating_sub(16)));
-                    let a = _mm512_maskz_loadu_ps(ma, r.add(2 * i));
-                    let b = _mm512_maskz_loadu_ps(mb, r.add(2 * i + 16));
-                    _mm512_mask_storeu_ps(
-                        e.add(i),
-                        first_lanes(k),
-                        _mm512_permutex2var_ps(a, ie, b),
-                    );
-                    _mm512_mask_storeu_ps(
-                        o.add(i),
-                        first_lanes(k),
-                        _mm512_permutex2var_ps(a, io, b),
-                    );
-                }
+                crate::lanes::deinterleave_avx512(r, e, o, pairs);
                 if n % 2 == 1 {
                     *e.add(pairs) = *r.add(n - 1);
                 }
@@ -361,21 +333,7 @@ impl fmt::Debug for DirectConv {
     }
 }
 
-impl Op for DirectConv {
-    fn name(&self) -> StaticName {
-        "MsnDirectConv".into()
-    }
-
-    fn info(&self) -> TractResult<Vec<String>> {
-        Ok(vec![format!("{self:?}")])
-    }
-
-    fn validation(&self) -> Validation {
-        Validation::Rounding
-    }
-
-    op_as_typed_op!();
-}
+crate::graph::kernel_op!(DirectConv, "MsnDirectConv", Rounding);
 
 impl EvalOp for DirectConv {
     op_out_of_plan!();

@@ -113,3 +113,26 @@ pub(crate) fn replace_each<O: TypedOp>(
     }
     Ok(count)
 }
+
+/// tract's `Op` for one of our kernels' ops: its name, its `Debug` form as its info, and
+/// whether it rounds as tract's own op does (`Accurate`) or not (`Rounding`).
+macro_rules! kernel_op {
+    ($op:ty, $name:literal, $validation:ident) => {
+        impl Op for $op {
+            fn name(&self) -> StaticName {
+                $name.into()
+            }
+
+            fn info(&self) -> TractResult<Vec<String>> {
+                Ok(vec![format!("{self:?}")])
+            }
+
+            fn validation(&self) -> Validation {
+                Validation::$validation
+            }
+
+            op_as_typed_op!();
+        }
+    };
+}
+pub(crate) use kernel_op;

@@ -261,25 +261,49 @@ pub(crate) fn split_pairs(cpu: Cpu, row: &[f32], even: &mut [f32], odd: &mut [f3
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn split_pairs_avx512(row: &[f32], even: &mut [f32], odd: &mut [f32]) {
-    // SAFETY: the caller upholds this function's `# Safety` contract.
+    // SAFETY: `row` holds `2 * n` values, `even` and `odd` `n` each (the caller's contract).
+    unsafe {
+        deinterleave_avx512(
+            row.as_ptr(),
+            even.as_mut_ptr(),
+            odd.as_mut_ptr(),
+            even.len(),
+        )
+    }
+}
+
+/// Values `2i` of `r` to `e[i]` and `2i + 1` to `o[i]`, `i < pairs`: 16 pairs a step, the last
+/// ones masked (no access past `2 * pairs` values of `r` or `pairs` of `e` and `o`).
+///
+/// # Safety
+/// The CPU has AVX-512 F; `r` is readable for `2 * pairs` values, `e` and `o` writable for
+/// `pairs` values each.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn deinterleave_avx512(r: *const f32, e: *mut f32, o: *mut f32, pairs: usize) {
+    // SAFETY: the caller upholds this function's `# Safety` contract; every access below is
+    // within `2 * pairs` values of `r` and `pairs` of `e` and `o` (the last step masked).
     unsafe {
         use std::arch::x86_64::*;
-        let n = even.len();
         let ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
         let io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-        let (r, e, o) = (row.as_ptr(), even.as_mut_ptr(), odd.as_mut_ptr());
         let mut i = 0;
-        while i + 16 <= n {
+        while i + 16 <= pairs {
             let a = _mm512_loadu_ps(r.add(2 * i));
             let b = _mm512_loadu_ps(r.add(2 * i + 16));
             _mm512_storeu_ps(e.add(i), _mm512_permutex2var_ps(a, ie, b));
             _mm512_storeu_ps(o.add(i), _mm512_permutex2var_ps(a, io, b));
             i += 16;
         }
-        while i < n {
-            *e.add(i) = *r.add(2 * i);
-            *o.add(i) = *r.add(2 * i + 1);
-            i += 1;
+        if i < pairs {
+            // The last `k < 16` pairs: `2k` values in, `k` out to each side.
+            let k = pairs - i;
+            let (ma, mb) = (first_lanes(2 * k), first_lanes((2 * k).saturating_sub(16)));
+            let a = _mm512_maskz_loadu_ps(ma, r.add(2 * i));
+            let b = _mm512_maskz_loadu_ps(mb, r.add(2 * i + 16));
+            let m = first_lanes(k);
+            _mm512_mask_storeu_ps(e.add(i), m, _mm512_permutex2var_ps(a, ie, b));
+            _mm512_mask_storeu_ps(o.add(i), m, _mm512_permutex2var_ps(a, io, b));
         }
     }
 }

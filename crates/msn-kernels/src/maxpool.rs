@@ -50,17 +50,7 @@ impl MaxPool2d {
     }
 }
 
-impl Op for MaxPool2d {
-    fn name(&self) -> StaticName {
-        "MsnMaxPool".into()
-    }
-
-    fn info(&self) -> TractResult<Vec<String>> {
-        Ok(vec![format!("{self:?}")])
-    }
-
-    op_as_typed_op!();
-}
+crate::graph::kernel_op!(MaxPool2d, "MsnMaxPool", Accurate);
 
 impl EvalOp for MaxPool2d {
     op_out_of_plan!();

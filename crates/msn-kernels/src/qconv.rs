@@ -370,21 +370,7 @@ impl QConv {
     }
 }
 
-impl Op for QConv {
-    fn name(&self) -> StaticName {
-        "MsnQConv".into()
-    }
-
-    fn info(&self) -> TractResult<Vec<String>> {
-        Ok(vec![format!("{self:?}")])
-    }
-
-    fn validation(&self) -> Validation {
-        Validation::Rounding
-    }
-
-    op_as_typed_op!();
-}
+crate::graph::kernel_op!(QConv, "MsnQConv", Rounding);
 
 impl EvalOp for QConv {
     op_out_of_plan!();

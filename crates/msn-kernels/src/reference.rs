@@ -46,6 +46,23 @@ impl Window {
     fn at(o: usize, k: usize, s: usize, d: usize, pad: usize, len: usize) -> Option<usize> {
         (o * s + k * d).checked_sub(pad).filter(|&i| i < len)
     }
+
+    /// The taps of output pixel `(oy, ox)` that read inside an input plane of `(h, w)`: kernel
+    /// row, kernel column and the index in the plane (taps in the padding are left out).
+    fn taps(
+        &self,
+        [oy, ox]: [usize; 2],
+        [h, w]: [usize; 2],
+    ) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+        let [kh, kw] = self.kernel;
+        (0..kh).flat_map(move |ky| {
+            let iy = Window::at(oy, ky, self.strides[0], self.dilations[0], self.pads[0], h);
+            (0..kw).filter_map(move |kx| {
+                let ix = Window::at(ox, kx, self.strides[1], self.dilations[1], self.pads[1], w);
+                Some((ky, kx, iy? * w + ix?))
+            })
+        })
+    }
 }
 
 /// A float convolution: `x` `[n, c, h, w]`, `kernel` `[co, c / groups, kh, kw]`, optional
@@ -75,31 +92,9 @@ pub fn conv2d(
                     let mut acc = bias.map_or(0.0, |b| b[o] as f64);
                     for ci in 0..cg {
                         let plane = &x[((b * c + g * cg + ci) * h) * w..][..h * w];
-                        for ky in 0..kh {
-                            let Some(iy) = Window::at(
-                                oy,
-                                ky,
-                                win.strides[0],
-                                win.dilations[0],
-                                win.pads[0],
-                                h,
-                            ) else {
-                                continue;
-                            };
-                            for kx in 0..kw {
-                                let Some(ix) = Window::at(
-                                    ox,
-                                    kx,
-                                    win.strides[1],
-                                    win.dilations[1],
-                                    win.pads[1],
-                                    w,
-                                ) else {
-                                    continue;
-                                };
-                                let k = kernel[((o * cg + ci) * kh + ky) * kw + kx];
-                                acc += k as f64 * plane[iy * w + ix] as f64;
-                            }
+                        for (ky, kx, i) in win.taps([oy, ox], [h, w]) {
+                            let k = kernel[((o * cg + ci) * kh + ky) * kw + kx];
+                            acc += k as f64 * plane[i] as f64;
                         }
                     }
                     let v = (acc as f32).max(clip.0).min(clip.1);
@@ -120,31 +115,18 @@ pub fn max_pool2d(
     ceil: bool,
 ) -> (Vec<f32>, [usize; 4]) {
     let [oh, ow] = win.output([h, w], ceil).expect("the kernel fits");
-    let [kh, kw] = win.kernel;
     let mut y = vec![0f32; n * c * oh * ow];
     for p in 0..n * c {
         let plane = &x[p * h * w..][..h * w];
         for oy in 0..oh {
             for ox in 0..ow {
                 let mut m = f32::NEG_INFINITY;
-                for ky in 0..kh {
-                    let Some(iy) =
-                        Window::at(oy, ky, win.strides[0], win.dilations[0], win.pads[0], h)
-                    else {
-                        continue;
-                    };
-                    for kx in 0..kw {
-                        let Some(ix) =
-                            Window::at(ox, kx, win.strides[1], win.dilations[1], win.pads[1], w)
-                        else {
-                            continue;
-                        };
-                        let v = plane[iy * w + ix];
-                        if v.is_nan() || m.is_nan() {
-                            m = f32::NAN;
-                        } else if v > m {
-                            m = v;
-                        }
+                for (_, _, i) in win.taps([oy, ox], [h, w]) {
+                    let v = plane[i];
+                    if v.is_nan() || m.is_nan() {
+                        m = f32::NAN;
+                    } else if v > m {
+                        m = v;
                     }
                 }
                 y[(p * oh + oy) * ow + ox] = m;
@@ -188,32 +170,12 @@ pub fn qlinear_conv(
             for oy in 0..oh {
                 for ox in 0..ow {
                     let mut acc = bias.map_or(0i64, |b| b[o] as i64);
+                    // A tap in the padding reads `x0`, which adds nothing.
                     for ci in 0..c {
-                        for ky in 0..kh {
-                            let iy = Window::at(
-                                oy,
-                                ky,
-                                win.strides[0],
-                                win.dilations[0],
-                                win.pads[0],
-                                h,
-                            );
-                            for kx in 0..kw {
-                                let ix = Window::at(
-                                    ox,
-                                    kx,
-                                    win.strides[1],
-                                    win.dilations[1],
-                                    win.pads[1],
-                                    w,
-                                );
-                                let v = match (iy, ix) {
-                                    (Some(iy), Some(ix)) => x[((b * c + ci) * h + iy) * w + ix],
-                                    _ => x0,
-                                };
-                                let k = kernel[((o * c + ci) * kh + ky) * kw + kx];
-                                acc += (v as i64 - x0 as i64) * k as i64;
-                            }
+                        let plane = &x[((b * c + ci) * h) * w..][..h * w];
+                        for (ky, kx, i) in win.taps([oy, ox], [h, w]) {
+                            let k = kernel[((o * c + ci) * kh + ky) * kw + kx];
+                            acc += (plane[i] as i64 - x0 as i64) * k as i64;
                         }
                     }
                     let acc = acc.clamp(i32::MIN as i64, i32::MAX as i64) as i32;
