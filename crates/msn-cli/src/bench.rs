@@ -30,10 +30,15 @@ pub struct BenchArgs {
     /// A second model, run interleaved with the first in the same process
     #[arg(long, value_name = "OTHER.onnx")]
     pub compare: Option<PathBuf>,
-    /// Run the model twice, interleaved: its convolutions (depthwise, first layers, float
-    /// and int8) on msn's kernels (first), then on tract's own (second)
-    #[arg(long, conflicts_with = "compare")]
+    /// Run the model twice, interleaved: every op on msn's kernels (first), then its
+    /// depthwise convolutions and first layers on tract's own kernel, the rest still ours
+    /// (second)
+    #[arg(long, conflicts_with_all = ["compare", "compare_kernels"])]
     pub compare_depthwise: bool,
+    /// Run the model twice, interleaved: on msn's kernels (first), then on tract's own
+    /// alone (second; none of msn's kernels)
+    #[arg(long, conflicts_with = "compare")]
+    pub compare_kernels: bool,
     /// Threads for tract's matrix products (0: every core, 1: single-threaded)
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub threads: usize,
@@ -120,22 +125,28 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .iter()
         .map(|p| load_classifier(Some(p), &options))
         .collect::<Result<Vec<_>>>()?;
-    if args.compare_depthwise {
+    let second = if args.compare_depthwise {
         // Our depthwise kernels off, every other kernel kept: what they alone are worth.
-        let kernels = msn_kernels::Options {
-            depthwise: false,
-            channel_lanes: false,
-            ..msn_kernels::Options::default()
-        };
+        Some((
+            msn_kernels::Options {
+                depthwise: false,
+                channel_lanes: false,
+                ..msn_kernels::Options::default()
+            },
+            "tract's depthwise",
+        ))
+    } else if args.compare_kernels {
+        Some((msn_kernels::Options::none(), "tract's kernels"))
+    } else {
+        None
+    };
+    if let Some((kernels, what)) = second {
         let tract = LoadOptions {
             plan: msn_runtime::Plan::With(kernels),
             ..options.clone()
         };
         models.push(load_classifier(Some(&args.model), &tract)?);
-        paths.push(PathBuf::from(format!(
-            "{} (tract's depthwise)",
-            args.model.display()
-        )));
+        paths.push(PathBuf::from(format!("{} ({what})", args.model.display())));
     }
     let refs: Vec<_> = models.iter().collect();
     let stats = msn_runtime::bench::run(&refs, args.warmup, args.iters)?;

@@ -201,6 +201,11 @@ pub struct DenseConv {
     clip2: Clip,
     /// What the kernels may use: AVX-512 (only then is the op made).
     cpu: Cpu,
+    /// A grouped convolution: one op of one group per group, each on its group's input
+    /// channels and writing its group's output channels (empty for one group). The op's own
+    /// weights and taps are then empty; its bias, clips and residual are handed to the parts
+    /// ([`DenseConv::share_tail`]).
+    parts: Arc<Vec<DenseConv>>,
 }
 
 impl PartialEq for DenseConv {
@@ -214,6 +219,7 @@ impl PartialEq for DenseConv {
             && (self.lanes, &self.windows) == (other.lanes, &other.windows)
             && bits(&self.weights) == bits(&other.weights)
             && bits(&self.bias) == bits(&other.bias)
+            && self.parts == other.parts
     }
 }
 
@@ -223,10 +229,11 @@ impl fmt::Debug for DenseConv {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "DenseConv({:?}: {} taps -> {} channels, {:?}, {:?}, {:?}{}, {:?})",
+            "DenseConv({:?}: {} taps -> {} channels in {} group(s), {:?}, {:?}, {:?}{}, {:?})",
             self.input,
-            self.taps.len(),
+            self.parts.first().map_or(self.taps.len(), |p| p.taps.len()),
             self.cout,
+            self.parts.len().max(1),
             self.lanes,
             self.wide,
             self.clip1,
@@ -532,6 +539,51 @@ impl DenseConv {
     /// Output pixels per image.
     fn pixels(&self) -> usize {
         self.output[self.output.len() - 2] * self.output[self.output.len() - 1]
+    }
+
+    /// One image of one group: `x` its unpadded input planes, padded into `padded` first if
+    /// the kernel reads a padded copy.
+    fn run_image(
+        &self,
+        x: &[f32],
+        res: Option<&[f32]>,
+        out: &mut [f32],
+        padded: &mut Vec<f32>,
+    ) -> TractResult<()> {
+        match &self.wide {
+            Some(g) => {
+                padded.resize(g.buffer_len(self.cin), 0.0);
+                g.fill(self.cpu, x, padded);
+                self.image(padded, res, out)
+            }
+            None => self.image(x, res, out),
+        }
+    }
+
+    /// Hands a grouped op's bias, clips and residual (fused after its parts were built) to
+    /// its parts.
+    fn share_tail(&mut self) {
+        if self.parts.is_empty() {
+            return;
+        }
+        let og = self.cout / self.parts.len();
+        let parts = self
+            .parts
+            .iter()
+            .enumerate()
+            .map(|(g, part)| {
+                let mut bias = vec![0f32; part.bias.len()];
+                bias[..og].copy_from_slice(&self.bias[g * og..(g + 1) * og]);
+                DenseConv {
+                    bias: Arc::new(bias),
+                    clip1: self.clip1,
+                    residual: self.residual,
+                    clip2: self.clip2,
+                    ..part.clone()
+                }
+            })
+            .collect();
+        self.parts = Arc::new(parts);
     }
 
     /// What the kernels' unchecked reads rely on, checked here whatever built the op: the
@@ -855,22 +907,30 @@ impl EvalOp for DenseConv {
         let mut y = crate::split::output_f32(&self.output)?;
         let mut view = y.try_as_plain_ram_mut()?;
         let out = view.as_slice_mut::<f32>()?;
-        let mut padded = match &self.wide {
-            Some(g) => vec![0f32; g.buffer_len(self.cin)],
-            None => Vec::new(),
-        };
+        let mut padded = Vec::new();
         for (i, (x, out)) in x
             .chunks_exact(image)
             .zip(out.chunks_exact_mut(cout * pixels))
             .enumerate()
         {
             let res = res.map(|r| &r[i * cout * pixels..(i + 1) * cout * pixels]);
-            match &self.wide {
-                Some(g) => {
-                    g.fill(self.cpu, x, &mut padded);
-                    self.image(&padded, res, out)?
-                }
-                None => self.image(x, res, out)?,
+            if self.parts.is_empty() {
+                self.run_image(x, res, out, &mut padded)?;
+                continue;
+            }
+            // Group by group: its input channels in, its output channels out.
+            let groups = self.parts.len();
+            let (cg, og) = (self.cin / groups, cout / groups);
+            let plane = image / self.cin;
+            for (g, part) in self.parts.iter().enumerate() {
+                ensure!(
+                    part.cin == cg && part.cout == og,
+                    "DenseConv group shapes differ"
+                );
+                let x = &x[g * cg * plane..(g + 1) * cg * plane];
+                let res = res.map(|r| &r[g * og * pixels..(g + 1) * og * pixels]);
+                let out = &mut out[g * og * pixels..(g + 1) * og * pixels];
+                part.run_image(x, res, out, &mut padded)?;
             }
         }
         Ok(tvec!(y.into_tvalue()))
@@ -885,7 +945,8 @@ impl TypedOp for DenseConv {
     }
 
     fn cost(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
-        let macs = self.images() * self.cout * self.pixels() * self.taps.len();
+        let taps = self.parts.first().map_or(self.taps.len(), |p| p.taps.len());
+        let macs = self.images() * self.cout * self.pixels() * taps;
         Ok(tvec!((Cost::FMA(f32::datum_type()), macs.into())))
     }
 
@@ -935,9 +996,10 @@ struct Found {
     strides: (usize, usize),
     dilations: (usize, usize),
     pads: [usize; 4],
-    /// `[cout][cin * kh * kw]`.
+    /// `[cout][cin / groups * kh * kw]`.
     weights: Vec<f32>,
     bias: Vec<f32>,
+    groups: usize,
 }
 
 /// A 1x1 convolution as tract declutters it: an `EinSum` `IHW,OI->OHW` (with `N` in front
@@ -1003,6 +1065,7 @@ fn einsum(model: &TypedModel, node: &TypedNode) -> Option<Found> {
         pads: [0; 4],
         weights: values::<f32>(model, node.inputs[1])?,
         bias: vec![0.0; cout],
+        groups: 1,
     })
 }
 
@@ -1012,7 +1075,7 @@ fn conv(model: &TypedModel, node: &TypedNode) -> Option<Found> {
     let spec = &conv.pool_spec;
     if conv.q_params.is_some()
         || node.inputs.len() != 3
-        || conv.group != 1
+        || conv.group == 0
         || conv.kernel_fmt != KernelFormat::OIHW
         || spec.kernel_shape.len() != 2
         || !matches!(spec.data_format, DataFormat::NCHW | DataFormat::CHW)
@@ -1037,7 +1100,7 @@ fn conv(model: &TypedModel, node: &TypedNode) -> Option<Found> {
     } else {
         tvec![cout, oh, ow]
     };
-    if wc != cin || output != expected {
+    if wc.checked_mul(conv.group) != Some(cin) || cout % conv.group != 0 || output != expected {
         return None;
     }
     let (strides, dilations) = (spec.strides(), spec.dilations());
@@ -1058,6 +1121,7 @@ fn conv(model: &TypedModel, node: &TypedNode) -> Option<Found> {
         ],
         weights: values::<f32>(model, node.inputs[1])?,
         bias: per_channel(values::<f32>(model, node.inputs[2])?, cout)?,
+        groups: conv.group,
     })
 }
 
@@ -1065,6 +1129,9 @@ fn conv(model: &TypedModel, node: &TypedNode) -> Option<Found> {
 fn build(f: Found, cpu: Cpu) -> Option<DenseConv> {
     if !available(cpu) {
         return None;
+    }
+    if f.groups > 1 {
+        return build_grouped(f, cpu);
     }
     let (kh, kw) = f.kernel;
     let (dh, dw) = f.dilations;
@@ -1166,6 +1233,57 @@ fn build(f: Found, cpu: Cpu) -> Option<DenseConv> {
         residual: false,
         clip2: Clip::NONE,
         cpu,
+        parts: Arc::new(Vec::new()),
+    })
+}
+
+/// A grouped convolution: one op of one group per group (each its group's channels, weights
+/// and biases), under an op of the whole shapes that runs them in turn.
+fn build_grouped(f: Found, cpu: Cpu) -> Option<DenseConv> {
+    let groups = f.groups;
+    let (cg, og) = (f.cin / groups, f.cout / groups);
+    let (i, o) = (f.input.len() - 3, f.output.len() - 3);
+    let per_group = og.checked_mul(f.weights.len() / f.cout.max(1))?;
+    if cg * groups != f.cin || og * groups != f.cout || f.weights.len() != groups * per_group {
+        return None;
+    }
+    let parts = (0..groups)
+        .map(|g| {
+            let (mut input, mut output) = (f.input.clone(), f.output.clone());
+            input[i] = cg;
+            output[o] = og;
+            build(
+                Found {
+                    source: f.source,
+                    input,
+                    output,
+                    cin: cg,
+                    cout: og,
+                    weights: f.weights[g * per_group..(g + 1) * per_group].to_vec(),
+                    bias: f.bias[g * og..(g + 1) * og].to_vec(),
+                    groups: 1,
+                    ..f
+                },
+                cpu,
+            )
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(DenseConv {
+        input: f.input,
+        output: f.output,
+        cin: f.cin,
+        cout: f.cout,
+        wide: None,
+        taps: Arc::new(Vec::new()),
+        lanes: Lanes::Pixels,
+        weights: Arc::new(Vec::new()),
+        bias: Arc::new(f.bias),
+        windows: Arc::new(Vec::new()),
+        clip1: Clip::NONE,
+        residual: false,
+        clip2: Clip::NONE,
+        cpu,
+        parts: Arc::new(parts),
     })
 }
 
@@ -1244,6 +1362,7 @@ fn lower(
             (op.clip2, last) = clip_after(model, OutletId::new(next.id, 0));
         }
     }
+    op.share_tail();
     Some((op, source, last, residual))
 }
 
@@ -1423,13 +1542,19 @@ mod tests {
         pads: [usize; 4],
         tail: &str,
     ) -> Source {
+        // "gN" in the tail: N groups.
+        let groups = tail
+            .split('+')
+            .find_map(|s| s.strip_prefix('g').and_then(|g| g.parse().ok()))
+            .unwrap_or(1usize);
+        let cg = c / groups;
         let mut b = GraphBuilder::new("dense");
         let x = b.input("x", &[n as i64, c as i64, h as i64, w as i64]);
-        let k = noise(3, cout * c * kh * kw)
+        let k = noise(3, cout * cg * kh * kw)
             .into_iter()
-            .map(|v| v / ((c * kh * kw) as f32).sqrt())
+            .map(|v| v / ((cg * kh * kw) as f32).sqrt())
             .collect();
-        let k = ndarray::Array::from_shape_vec((cout, c, kh, kw), k).unwrap();
+        let k = ndarray::Array::from_shape_vec((cout, cg, kh, kw), k).unwrap();
         let k = b.initializer_f32("k", &k.into_dyn());
         let bias = ndarray::Array::from_vec(noise(4, cout)).into_dyn();
         let bias = b.initializer_f32("b", &bias);
@@ -1438,13 +1563,17 @@ mod tests {
             attr::ints("pads", &pads.map(|p| p as i64)),
             attr::ints("dilations", &[dilation as i64; 2]),
             attr::ints("strides", &[sh as i64, sw as i64]),
+            attr::int("group", groups as i64),
         ];
         let mut y = b.node("Conv", &[&x, &k, &bias], "conv", &attrs);
         let (lo, hi) = (
             b.initializer_f32("lo", &ndarray::arr0(0f32).into_dyn()),
             b.initializer_f32("hi", &ndarray::arr0(6f32).into_dyn()),
         );
-        for (i, step) in tail.split('+').filter(|s| !s.is_empty()).enumerate() {
+        let steps = tail
+            .split('+')
+            .filter(|s| !s.is_empty() && !s.starts_with('g'));
+        for (i, step) in steps.enumerate() {
             let name = format!("{step}{i}");
             y = match step {
                 "relu" => b.node("Relu", &[&y], &name, &[]),
@@ -1490,7 +1619,7 @@ mod tests {
         }
         type Pair = (usize, usize);
         type Case = (usize, Pair, Pair, Pair, Pair, usize, [usize; 4]);
-        let cases: [(Case, &str); 20] = [
+        let cases: [(Case, &str); 24] = [
             // Strided: ResNet's 3x3 and 1x1 downsampling and its 7x7 stem, cnn3's 4x4, uneven
             // strides with dilation.
             ((1, (64, 128), (28, 28), (3, 3), (2, 2), 1, [1; 4]), "relu"),
@@ -1519,6 +1648,20 @@ mod tests {
                 "relu+res+relu6",
             ),
             ((1, (7, 7), (3, 70), (3, 3), (1, 1), 1, [1; 4]), "relu6+res"),
+            // Grouped (RegNet, ResNeXt): one op, a part per group.
+            (
+                (1, (64, 64), (14, 14), (3, 3), (1, 1), 1, [1; 4]),
+                "g4+relu",
+            ),
+            ((2, (48, 96), (9, 11), (3, 3), (2, 2), 1, [1; 4]), "g3"),
+            (
+                (1, (64, 64), (7, 7), (3, 3), (1, 1), 1, [1; 4]),
+                "g8+relu+res+relu6",
+            ),
+            (
+                (1, (20, 10), (5, 6), (3, 3), (1, 2), 2, [2, 1, 2, 1]),
+                "g5+relu6",
+            ),
         ];
         for ((n, c, hw, k, st, d, pads), tail) in cases {
             let (err, ops) = check(&graph(n, c, hw, k, st, d, pads, tail));
@@ -1592,6 +1735,7 @@ mod tests {
             pads: [pad; 4],
             weights: vec![0.5; 8 * 8 * 9],
             bias: vec![0.0; 8],
+            groups: 1,
         };
         assert!(build(found(5000, 5000, 3), Cpu::detect()).is_none());
         assert!(build(found(1, 1, 10), Cpu::detect()).is_some());

@@ -1,6 +1,6 @@
 //! Float max pooling of NCHW planes (ResNet's 3x3 stride-2 pool after its stem) on the
 //! depthwise kernel's layout: each plane copied once into a padded, phase-split buffer
-//! ([`Geometry`], its padding -inf), then every output is the largest of the taps read at
+//! ([`Geometry`], its padding the lowest finite f32, as tract and onnxruntime start a maximum), then every output is the largest of the taps read at
 //! fixed offsets, 64 outputs (four AVX-512 vectors) at a time.
 //!
 //! tract 0.23.9 pools with generic Rust over its patch iterator: ResNet-18's 112x112x64 pool
@@ -74,12 +74,7 @@ impl EvalOp for MaxPool2d {
             let mut wide = vec![0f32; g.wide_len()];
             for (i, out) in chunk.chunks_exact_mut(plane).enumerate() {
                 let p = first + i;
-                g.fill_group_padded(
-                    self.cpu,
-                    &x[p * h * w..(p + 1) * h * w],
-                    &mut buf,
-                    f32::NEG_INFINITY,
-                );
+                g.fill_group_padded(self.cpu, &x[p * h * w..(p + 1) * h * w], &mut buf, f32::MIN);
                 max_plane(self.cpu, g, &buf, &mut wide)?;
                 copy_rows((&wide, g.qw), (out, g.ow), g.oh, g.ow);
             }
@@ -117,10 +112,7 @@ fn max_plane(cpu: Cpu, g: &Geometry, buf: &[f32], wide: &mut [f32]) -> TractResu
 /// The plain definition of [`max_plane`] (`f32::max`, which passes over a NaN).
 fn max_plane_plain(g: &Geometry, buf: &[f32], wide: &mut [f32]) {
     for (i, y) in wide.iter_mut().enumerate() {
-        *y = g
-            .offsets
-            .iter()
-            .fold(f32::NEG_INFINITY, |m, &o| m.max(buf[o + i]));
+        *y = g.offsets.iter().fold(f32::MIN, |m, &o| m.max(buf[o + i]));
     }
 }
 
@@ -142,7 +134,7 @@ unsafe fn max_plane_avx512(g: &Geometry, buf: &[f32], wide: &mut [f32]) {
         let (src, offsets, dst) = (buf.as_ptr(), g.offsets.as_ptr(), wide.as_mut_ptr());
         let mut i = 0;
         while i + 64 <= n {
-            let mut acc = [_mm512_set1_ps(f32::NEG_INFINITY); 4];
+            let mut acc = [_mm512_set1_ps(f32::MIN); 4];
             for t in 0..taps {
                 let s = src.add(*offsets.add(t) + i);
                 acc[0] = _mm512_max_ps(_mm512_loadu_ps(s), acc[0]);
@@ -157,7 +149,7 @@ unsafe fn max_plane_avx512(g: &Geometry, buf: &[f32], wide: &mut [f32]) {
             i += 64;
         }
         while i < n {
-            let mut acc = _mm512_set1_ps(f32::NEG_INFINITY);
+            let mut acc = _mm512_set1_ps(f32::MIN);
             for t in 0..taps {
                 acc = _mm512_max_ps(_mm512_loadu_ps(src.add(*offsets.add(t) + i)), acc);
             }
@@ -190,7 +182,7 @@ fn lower(model: &TypedModel, node: &TypedNode, cpu: Cpu) -> Option<MaxPool2d> {
         return None;
     }
     // Every window must hold at least one input value (a window wholly in the padding would
-    // be -inf here); and the padded copy must stay in proportion to the input and output (a
+    // be the lowest f32 here, left to tract); and the padded copy must stay in proportion to the input and output (a
     // hostile model's padding and strides could make it enormous).
     let (pt, pl) = (pads[0].pad_before, pads[1].pad_before);
     if pt >= kh || pl >= kw || (oh - 1) * sh >= pt + h || (ow - 1) * sw >= pl + w {
@@ -335,7 +327,7 @@ mod tests {
             .map(|i| ((i * 7919) % 1013) as f32 - 500.0)
             .collect();
         let mut buf = vec![0f32; g.buffer_len()];
-        g.fill_group_padded(cpu, &x, &mut buf, f32::NEG_INFINITY);
+        g.fill_group_padded(cpu, &x, &mut buf, f32::MIN);
         let (mut a, mut b) = (vec![0f32; g.wide_len()], vec![0f32; g.wide_len()]);
         max_plane(cpu, &g, &buf, &mut a).unwrap();
         max_plane_plain(&g, &buf, &mut b);

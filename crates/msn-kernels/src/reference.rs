@@ -106,8 +106,9 @@ pub fn conv2d(
     (y, [n, co, oh, ow])
 }
 
-/// A max pool: `x` `[n, c, h, w]`; padding never wins (it is `-inf`); `ceil` is ONNX's
-/// `ceil_mode`. A NaN in a window gives NaN.
+/// A max pool: `x` `[n, c, h, w]`; `ceil` is ONNX's `ceil_mode`. The maximum starts at the
+/// lowest finite f32, as in tract and onnxruntime: padding never wins, and a window wholly in
+/// the padding gives `f32::MIN` (not `-inf`). A NaN in a window gives NaN.
 pub fn max_pool2d(
     x: &[f32],
     [n, c, h, w]: [usize; 4],
@@ -120,7 +121,7 @@ pub fn max_pool2d(
         let plane = &x[p * h * w..][..h * w];
         for oy in 0..oh {
             for ox in 0..ow {
-                let mut m = f32::NEG_INFINITY;
+                let mut m = f32::MIN;
                 for (_, _, i) in win.taps([oy, ox], [h, w]) {
                     let v = plane[i];
                     if v.is_nan() || m.is_nan() {

@@ -14,7 +14,7 @@ use tract_linalg::multithread::{multithread_tract_scope, Executor};
 fn conv_model() -> Vec<u8> {
     let mut b = GraphBuilder::new("conv");
     let x = b.input("x", &[1, 32, 28, 28]);
-    let w: Vec<f32> = (0..32 * 32 * 9)
+    let w: Vec<f32> = (0..32 * 32 * 9usize)
         .map(|i| ((i * 7919) % 61) as f32 / 61.0 - 0.5)
         .collect();
     let w = ndarray::Array::from_shape_vec((32, 32, 3, 3), w).unwrap();
@@ -42,7 +42,7 @@ fn runs_from_several_threads_on_one_pool_finish() {
             .plan(std::slice::from_ref(&shape), Plan::Optimized)
             .unwrap(),
     );
-    let x: Vec<f32> = (0..32 * 28 * 28)
+    let x: Vec<f32> = (0..32 * 28 * 28usize)
         .map(|i| ((i * 104729) % 97) as f32 / 48.0 - 1.0)
         .collect();
     let x = Tensor::from_shape(&shape, &x).unwrap();
