@@ -302,10 +302,8 @@ pub mod linear {
     /// `y[j] = x . W[j]` for every row of `W`, `ROWS` rows at a time.
     fn dots(x: &[f32], w: &[f32], k: usize, y: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the features were just detected.
+        if msn_kernels::cpu::get().avx512() {
+            // SAFETY: the CPU probe found AVX-512 F (and so FMA).
             return unsafe { dots_avx512(x, w, k, y) };
         }
         dots_plain(x, w, k, y)
@@ -342,10 +340,8 @@ pub mod linear {
     /// `out += a x`.
     fn axpy(a: f32, x: &[f32], out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the features were just detected.
+        if msn_kernels::cpu::get().avx512() {
+            // SAFETY: the CPU probe found AVX-512 F (and so FMA).
             return unsafe { axpy_avx512(a, x, out) };
         }
         axpy_plain(a, x, out)
@@ -382,8 +378,8 @@ pub fn bias_leaky_relu(row: &mut [f32], b: f32, slope: f32) {
         plain(row, b, slope)
     }
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the feature was just detected.
+    if msn_kernels::cpu::get().avx512() {
+        // SAFETY: the CPU probe found AVX-512 F.
         return unsafe { avx512(row, b, slope) };
     }
     plain(row, b, slope)
@@ -417,8 +413,8 @@ pub fn leaky_relu_grad(g: &mut [f32], y: &[f32], slope: f32) -> f32 {
     }
     assert_eq!(g.len(), y.len(), "leaky_relu_grad: one output per gradient");
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the feature was just detected.
+    if msn_kernels::cpu::get().avx512() {
+        // SAFETY: the CPU probe found AVX-512 F.
         return unsafe { avx512(g, y, slope) };
     }
     plain(g, y, slope)

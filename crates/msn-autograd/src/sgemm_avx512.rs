@@ -18,10 +18,10 @@ pub const NR: usize = 48;
 const KC: usize = 128;
 const NC: usize = 1536;
 
-/// Whether this CPU runs the AVX-512 kernels (checked once).
+/// Whether this CPU runs the AVX-512 kernels (msn-kernels' one CPU probe, which `MSN_CPU`
+/// caps).
 pub fn available() -> bool {
-    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *HAS.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f"))
+    msn_kernels::cpu::get().avx512()
 }
 
 thread_local! {

@@ -405,3 +405,25 @@ fn f16_runs_only_where_tract_computes_half_precision() {
         Err(_) => assert_fails_with(&out, "--f16: "),
     }
 }
+
+/// `MSN_CPU` caps the kernels' CPU level: `msn info` says which level is in force, and a
+/// value that is not a level of this architecture is refused with exit code 2.
+#[test]
+fn msn_cpu_caps_the_level_and_bad_values_are_refused() {
+    let info = |cpu: &str| {
+        Command::new(env!("CARGO_BIN_EXE_msn"))
+            .args(["info", s(&foreign_model()), "--json"])
+            .env("MSN_CPU", cpu)
+            .output()
+            .expect("msn runs")
+    };
+    let v: serde_json::Value = serde_json::from_str(&ok(&info("generic"))).unwrap();
+    assert_eq!(v["cpu"]["level"], "generic", "{v}");
+    assert!(v["cpu"]["detected"].is_string());
+    assert_fails_with(&info("sse9"), "MSN_CPU=\"sse9\": not a level");
+    let foreign = if cfg!(target_arch = "x86_64") { "neon" } else { "avx2" };
+    assert_fails_with(&info(foreign), "level of another architecture");
+    // Unset or empty: the CPU's own level.
+    let v: serde_json::Value = serde_json::from_str(&ok(&info(""))).unwrap();
+    assert_eq!(v["cpu"]["level"], v["cpu"]["detected"]);
+}
