@@ -421,7 +421,11 @@ fn msn_cpu_caps_the_level_and_bad_values_are_refused() {
     assert_eq!(v["cpu"]["level"], "generic", "{v}");
     assert!(v["cpu"]["detected"].is_string());
     assert_fails_with(&info("sse9"), "MSN_CPU=\"sse9\": not a level");
-    let foreign = if cfg!(target_arch = "x86_64") { "neon" } else { "avx2" };
+    let foreign = if cfg!(target_arch = "x86_64") {
+        "neon"
+    } else {
+        "avx2"
+    };
     assert_fails_with(&info(foreign), "level of another architecture");
     // Unset or empty: the CPU's own level.
     let v: serde_json::Value = serde_json::from_str(&ok(&info(""))).unwrap();

@@ -53,15 +53,7 @@ fn median_ms(warmup: usize, iters: usize, mut f: impl FnMut()) -> f64 {
 fn step_ms(arch: &str, norm: NormKind, shape: [usize; 3], rounds: usize) -> f64 {
     let x = Var::constant(spread(&[64, shape[0], shape[1], shape[2]], -1.0, 1.0, 3));
     let labels: Vec<usize> = (0..64).map(|i| i % 10).collect();
-    let cfg = ModelConfig {
-        architecture: arch.into(),
-        norm,
-        input_shape: shape,
-        num_classes: 10,
-        width: 100,
-        depth: 16,
-        latent: 128,
-    };
+    let cfg = ModelConfig::classifier(arch, norm, shape);
     let model = build(&cfg, 1).unwrap();
     let params = model.parameters();
     let mut opt = Sgd::new(0.9, false, 0.0);

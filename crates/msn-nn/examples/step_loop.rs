@@ -27,15 +27,7 @@ fn main() {
     } else {
         [3, 32, 32]
     };
-    let cfg = ModelConfig {
-        architecture: arch.into(),
-        norm,
-        input_shape: shape,
-        num_classes: 10,
-        width: 100,
-        depth: 16,
-        latent: 128,
-    };
+    let cfg = ModelConfig::classifier(arch, norm, shape);
     let model = build(&cfg, 1).expect("a known architecture");
     let params = model.parameters();
     let mut opt = Sgd::new(0.9, false, 0.0);

@@ -27,6 +27,22 @@ pub struct ModelConfig {
     pub latent: usize,
 }
 
+impl ModelConfig {
+    /// A classifier of `architecture` with `norm` for images of `input_shape`, 10 classes,
+    /// every other setting at its default.
+    pub fn classifier(architecture: &str, norm: NormKind, input_shape: [usize; 3]) -> Self {
+        ModelConfig {
+            architecture: architecture.into(),
+            norm,
+            input_shape,
+            num_classes: 10,
+            width: default_width(),
+            depth: default_depth(),
+            latent: default_latent(),
+        }
+    }
+}
+
 fn default_latent() -> usize {
     128
 }

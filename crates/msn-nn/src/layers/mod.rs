@@ -397,15 +397,7 @@ mod tests {
             ("cnn3", [1, 28, 28], crate::NormKind::Sn),
             ("vgg7", [3, 32, 32], crate::NormKind::None),
         ] {
-            let config = crate::models::ModelConfig {
-                architecture: arch.into(),
-                norm,
-                input_shape: input,
-                num_classes: 10,
-                width: 100,
-                depth: 16,
-                latent: 128,
-            };
+            let config = crate::models::ModelConfig::classifier(arch, norm, input);
             let [c, h, w] = input;
             let x = Var::constant(spread(&[4, c, h, w], -2.0, 2.0, 7));
             let run = |record: bool| {
