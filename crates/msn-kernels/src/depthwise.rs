@@ -32,7 +32,6 @@ use crate::dwlanes::ChannelLanes;
 use crate::graph::{
     clip_bound, image_shape, in_proportion, konst, per_channel, replace_each, values,
 };
-#[cfg(target_arch = "x86_64")]
 use crate::lanes::{copy_rows, split_pairs};
 use crate::quant::{quantize_u8, QuantizeU8};
 use crate::Cpu;
