@@ -42,11 +42,12 @@ def macs(model, inputs):
     s = shapes(model, inputs)
     total = 0
     for n in model.graph.node:
-        if n.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+        if n.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul", "QLinearConv",
+                             "ConvInteger", "MatMulInteger", "QLinearMatMul"):
             continue
         out = int(np.prod(s[n.output[0]]))
-        w = s[n.input[1]]
-        if n.op_type == "Conv":
+        w = s[n.input[3 if n.op_type == "QLinearConv" else 1]]
+        if n.op_type in ("Conv", "ConvInteger", "QLinearConv"):
             total += out * int(np.prod(w[1:]))
         elif n.op_type == "ConvTranspose":
             total += int(np.prod(s[n.input[0]])) * int(np.prod(w[1:]))

@@ -38,6 +38,7 @@ mod dwlanes;
 mod graph;
 pub mod lanes;
 pub mod maxpool;
+pub mod probe;
 pub mod qconv;
 pub mod quant;
 pub mod reference;

@@ -108,14 +108,17 @@ fn count_ops(g: &GraphProto, ops: &mut BTreeMap<String, usize>) {
     }
 }
 
-/// The multiply-accumulates of a Conv, ConvTranspose, Gemm or MatMul whose shapes are known.
+/// The multiply-accumulates of a Conv, ConvTranspose, Gemm or MatMul (or their int8 forms:
+/// QLinearConv, ConvInteger, MatMulInteger, QLinearMatMul) whose shapes are known.
 fn layer_macs(node: &NodeProto, values: &HashMap<String, Vec<usize>>) -> Option<LayerMacs> {
     let shape = |i: usize| values.get(node.input.get(i)?.as_str());
     let output = values.get(node.output.first()?.as_str())?;
     let count = |s: &[usize]| s.iter().map(|&d| d as u64).product::<u64>();
     let per_value = match node.op_type() {
         // W [O, C/g, k...]: each output value takes C/g * k... taps.
-        "Conv" => count(&shape(1)?[1..]),
+        "Conv" | "ConvInteger" => count(&shape(1)?[1..]),
+        // int8: x, x_scale, x_zero_point, W [O, C/g, k...], ...
+        "QLinearConv" => count(&shape(3)?[1..]),
         "ConvTranspose" => {
             // W [C, O/g, k...]: each input value is spread over O/g * k... outputs.
             let per_input = count(&shape(1)?[1..]);
@@ -127,7 +130,7 @@ fn layer_macs(node: &NodeProto, values: &HashMap<String, Vec<usize>>) -> Option<
             let trans_a = attr_int(node, "transA", 0) == 1;
             *a.get(if trans_a { 0 } else { 1 })? as u64
         }
-        "MatMul" => *shape(0)?.last()? as u64,
+        "MatMul" | "MatMulInteger" | "QLinearMatMul" => *shape(0)?.last()? as u64,
         _ => return None,
     };
     Some(named(node, output, count(output) * per_value))

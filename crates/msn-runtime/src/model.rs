@@ -657,7 +657,9 @@ impl Model {
     }
 
     /// Runs the model `rounds` times on `inputs`, timing every node of tract's plan: per node
-    /// (in plan order) its name, tract's op name and the median of its times in seconds.
+    /// (in plan order) its name, tract's op name and the median of its times in seconds. With
+    /// `MSN_INSN_MARKS` set, each node's evaluation is bracketed by [`msn_kernels::probe`] marks
+    /// and named on stderr (`insn-mark ID OP NAME`), for `scripts/board_cost.sh`.
     pub fn profile(&self, inputs: Vec<Tensor>, rounds: usize) -> Result<Vec<NodeTime>> {
         let model = self.plan.model();
         let mut times: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); model.nodes.len()];
@@ -672,8 +674,19 @@ impl Model {
             crate::on_executor(|| {
                 state.run_plan_with_eval(values, |ctx, op_state, node, input| {
                     let start = Instant::now();
+                    msn_kernels::probe::mark();
                     let out = tract_onnx::tract_core::plan::eval(ctx, op_state, node, input);
+                    msn_kernels::probe::mark();
                     times[node.id].push(start.elapsed().as_secs_f64());
+                    if msn_kernels::probe::enabled() {
+                        // What the two marks bracketed, for scripts/board_cost.sh.
+                        eprintln!(
+                            "insn-mark\t{}\t{}\t{}",
+                            node.id,
+                            node.op().name(),
+                            node.name
+                        );
+                    }
                     out
                 })
             })
