@@ -112,7 +112,8 @@ for m in "${models[@]}"; do
         key=$(basename "$m" .onnx).$arch.$cpu
         echo "board_cost.sh: $key" >&2
         # shellcheck disable=SC2086
-        count "$key.one" "$arch" "$cpu" "$bdir/msn-classify" --threads 1 --model "$m" \
+        MARKS=$([ "$arch" = aarch64 ] && echo 1 || echo 0) \
+            count "$key.one" "$arch" "$cpu" "$bdir/msn-classify" --threads 1 --model "$m" \
             $classify_args "$image"
         # shellcheck disable=SC2086
         count "$key.three" "$arch" "$cpu" "$bdir/msn-classify" --threads 1 --model "$m" \
@@ -136,18 +137,39 @@ def totals(path):
         sys.exit(f"board_cost.sh: no count in {path}")
     return int(m[-1][0]), int(m[-1][1])
 
-def marked(path):
-    """Per node id: (op, name, insns, simd) of its last evaluation, in plan order."""
+def events(path):
+    """The program's marks in order: ("node", id, op, name, insns, simd) for a node bracketed
+    by two marks (Model::profile), ("phase", name, insns at its mark) for a load phase's end."""
     text = open(path).read()
     marks = [(int(a), int(b)) for a, b in re.findall(r"^mark insns=(\d+) simd=(\d+)$", text, re.M)]
-    names = re.findall(r"^insn-mark\t(\d+)\t([^\t]*)\t(.*)$", text, re.M)
-    if len(marks) != 2 * len(names):
-        sys.exit(f"board_cost.sh: {len(marks)} marks for {len(names)} nodes in {path}")
+    lines = re.findall(r"^insn-(mark|phase)\t(.*)$", text, re.M)
+    need = sum(2 if kind == "mark" else 1 for kind, _ in lines)
+    if len(marks) != need:
+        sys.exit(f"board_cost.sh: {len(marks)} marks for {need} in {path}")
+    out, k = [], 0
+    for kind, rest in lines:
+        if kind == "mark":
+            nid, op, name = rest.split("\t", 2)
+            (i0, s0), (i1, s1) = marks[k], marks[k + 1]
+            out.append(("node", int(nid), op, name, i1 - i0, s1 - s0))
+            k += 2
+        else:
+            out.append(("phase", rest, marks[k][0]))
+            k += 1
+    return out
+
+def marked(path):
+    """Per node id: (op, name, insns, simd) of its last evaluation, in plan order."""
     nodes = {}
-    for k, (nid, op, name) in enumerate(names):
-        (i0, s0), (i1, s1) = marks[2 * k], marks[2 * k + 1]
-        nodes[int(nid)] = (op, name, i1 - i0, s1 - s0)
+    for e in events(path):
+        if e[0] == "node":
+            nodes[e[1]] = e[2:]
     return [nodes[k] for k in sorted(nodes)]
+
+def phases(path):
+    """The load's phases: (name, insns) from one phase mark to the next (Model::load)."""
+    ps = [e for e in events(path) if e[0] == "phase"]
+    return [{"phase": b[1], "insns": b[2] - a[2]} for a, b in zip(ps, ps[1:])]
 
 out = []
 for run in runs:
@@ -173,6 +195,7 @@ for run in runs:
         r["inference_simd_share"] = sum(n[3] for n in nodes) / max(inference, 1)
         r["preprocessing"] = per_image - inference
         r["load"] = one - per_image
+        r["load_phases"] = phases(f"{work}/{key}.one.err")
         ops = {}
         for op, name, i, s in nodes:
             o = ops.setdefault(op, [0, 0, 0])
@@ -207,6 +230,8 @@ for r in out:
         print(f"  per image      {M(r['per_image']):>12}  (inference + preprocessing; "
               f"{r['over_limit']:.2f}x the inference limit {M(r['limit'])})")
     print(f"  load           {M(r['load']):>12}  (process start to runnable plan)")
+    for p in r.get("load_phases", []):
+        print(f"    {p['phase']:<26} {M(p['insns']):>12}")
     if r.get("ops"):
         print(f"  {'op type':<28} {'nodes':>5} {'instructions':>14} {'share':>6} {'NEON':>5}")
         for o in r["ops"][:top]:

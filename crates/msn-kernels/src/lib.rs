@@ -67,11 +67,14 @@ pub struct Options {
 }
 
 impl Options {
-    /// Every kernel, on `cpu`.
+    /// Every kernel that beats tract's on `cpu`: all of them, but for the float one-group
+    /// convolutions on aarch64, where tract's assembly matrix kernels execute fewer
+    /// instructions than our NEON tile (on a Cortex-A76, ResNet-18's convolutions 748 M
+    /// against tract's 661 M; see docs/RESULTS.md). Set `dense` to run ours there.
     pub fn all(cpu: Cpu) -> Options {
         Options {
             cpu,
-            dense: true,
+            dense: !cpu.neon(),
             depthwise: true,
             channel_lanes: true,
             max_pool: true,
@@ -106,6 +109,36 @@ pub struct Rewritten {
     pub int8: usize,
     pub dense: usize,
     pub max_pool: usize,
+}
+
+/// tract's declutter, for a model [`rewrite`] will put our ops in. Where tract has a
+/// channel-last depthwise kernel (aarch64), its declutter moves the channels of every
+/// depthwise convolution's input last (`ChangeAxes`), and the convolutions around follow:
+/// none of them is then NCHW, which our kernels take. For a float model that is tract's
+/// better plan there; an int8 model's quantized convolutions would be left to tract's int8
+/// path, 3x slower than ours (on a Cortex-A76, EfficientNet-Lite0 428 M instructions against
+/// 151 M). So with our int8 kernel on and int8 convolutions in the model, that pass is left
+/// out here; tract's optimiser runs the whole declutter again after [`rewrite`], where our
+/// ops stand in for those convolutions.
+pub fn declutter(mut model: TypedModel, options: &Options) -> TractResult<TypedModel> {
+    let quantized = || {
+        model.nodes.iter().any(|n| {
+            n.op_as::<tract_onnx::tract_core::ops::cnn::Conv>()
+                .is_some_and(|c| c.q_params.is_some())
+        })
+    };
+    if !(options.int8 && qconv::available(options.cpu))
+        || tract_linalg::routines::depthwise_c_f32().is_none()
+        || !quantized()
+    {
+        return model.into_decluttered();
+    }
+    let mut optimizer = tract_onnx::tract_core::optim::Optimizer::declutter();
+    optimizer
+        .passes
+        .retain(|p| format!("{p:?}") != "ChangeAxes");
+    optimizer.optimize(&mut model)?;
+    Ok(model)
 }
 
 /// Puts our ops in a decluttered model, before tract's optimiser: every node a kernel in

@@ -18,13 +18,12 @@ pub const MARK_AARCH64: u32 = 0xD503_201F | (126 << 5);
 /// Emits one mark when [`enabled`].
 #[inline]
 pub fn mark() {
-    if !enabled() {
-        return;
-    }
     #[cfg(target_arch = "aarch64")]
-    // SAFETY: `hint #126` is an unallocated hint, architecturally a `nop`: it reads and writes
-    // no register or memory, and `nomem, nostack, preserves_flags` say so.
-    unsafe {
-        std::arch::asm!("hint #126", options(nomem, nostack, preserves_flags));
+    if enabled() {
+        // SAFETY: `hint #126` is an unallocated hint, architecturally a `nop`: it reads and
+        // writes no register or memory, and `nomem, nostack, preserves_flags` say so.
+        unsafe {
+            std::arch::asm!("hint #126", options(nomem, nostack, preserves_flags));
+        }
     }
 }

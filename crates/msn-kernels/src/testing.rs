@@ -80,7 +80,7 @@ impl Source {
 /// tract's declutter, our rewrites, tract's optimiser, our rewrites of the optimised model:
 /// what the runtime's loader does after its own passes.
 pub fn optimise(typed: TypedModel, options: &Options) -> TractResult<TypedModel> {
-    let mut typed = typed.into_decluttered()?;
+    let mut typed = crate::declutter(typed, options)?;
     crate::rewrite(&mut typed, options)?;
     let mut typed = typed.into_optimized()?;
     crate::rewrite_optimized(&mut typed, options)?;

@@ -171,6 +171,15 @@ pub struct Model {
     half: bool,
 }
 
+/// Marks the end of a phase of loading for `scripts/board_cost.sh` (only with
+/// `MSN_INSN_MARKS` set; see [`msn_kernels::probe`]).
+fn phase(name: &str) {
+    if msn_kernels::probe::enabled() {
+        msn_kernels::probe::mark();
+        eprintln!("insn-phase\t{name}");
+    }
+}
+
 impl Source {
     /// Reads and validates the model at `path`.
     pub fn read(path: impl AsRef<Path>) -> Result<Source> {
@@ -256,10 +265,12 @@ impl Source {
             }
         };
         let passes = start.elapsed().as_secs_f64();
+        phase("fold passes, guards");
         let start = Instant::now();
         let bytes = rewritten.as_deref().unwrap_or(&self.bytes);
         let err = |action| self.tract_error(action);
         let (typed, planned) = self.typed(bytes, shapes)?;
+        phase("tract: parse, analyse");
         let half = kind == Plan::Half;
         let typed = if half {
             tract_onnx::tract_core::transform::get_transform("f32_to_f16")
@@ -273,11 +284,13 @@ impl Source {
         let typed = match kind {
             Plan::Optimized | Plan::With(_) => {
                 let options = kind.kernels().expect("an f32 plan");
-                let mut typed = typed
-                    .into_decluttered()
-                    .map_err(err("declutter the model"))?;
+                let mut typed =
+                    msn_kernels::declutter(typed, &options).map_err(err("declutter the model"))?;
+                phase("tract: declutter");
                 msn_kernels::rewrite(&mut typed, &options).map_err(err("put in our kernels"))?;
+                phase("our kernels");
                 let mut typed = typed.into_optimized().map_err(err("optimize the model"))?;
+                phase("tract: optimize");
                 msn_kernels::rewrite_optimized(&mut typed, &options)
                     .map_err(err("put in our kernels"))?;
                 typed
@@ -286,6 +299,7 @@ impl Source {
             Plan::Reference => typed,
         };
         let plan = typed.into_runnable().map_err(err("plan the model"))?;
+        phase("plan");
         let outputs = self
             .outputs()
             .into_iter()
@@ -550,7 +564,9 @@ impl Model {
     /// Reads, validates and plans the model at `path` for inputs of these shapes.
     pub fn load(path: impl AsRef<Path>, shapes: &[Vec<usize>], kind: Plan) -> Result<Model> {
         let start = Instant::now();
+        phase("start");
         let source = Source::read(path)?;
+        phase("read, decode, validate");
         let read = start.elapsed().as_secs_f64();
         let mut m = source.plan(shapes, kind)?;
         m.times.read = read;

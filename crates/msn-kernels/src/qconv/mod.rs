@@ -1,5 +1,6 @@
-//! int8 convolutions (u8 activations, i8 weights, u8 output, one group) on our own AVX-512
-//! VNNI kernel, with the requantization fused per output channel.
+//! int8 convolutions (u8 activations, i8 weights, u8 output, one group) on our own kernels
+//! (AVX-512 VNNI on x86-64; on aarch64 `sdot`, or NEON without the dot product: [`aarch64`]),
+//! with the requantization fused per output channel.
 //!
 //! tract 0.23.9 runs a quantized convolution as an int8 matrix product whose output pipeline
 //! it interprets op by op for every 8x8 tile (on x86-64 its VNNI kernel is 256 bits wide),
@@ -9,7 +10,8 @@
 //! model 4.3x slower than float. [`rewrite`] replaces every quantized convolution of a
 //! decluttered model that it covers (one group, u8 input and output, constant i8 weights
 //! with zero points 0, constant scales; any kernel, stride, padding and dilation) by
-//! [`QConv`] when the CPU has AVX-512 VNNI; elsewhere tract's kernels stay.
+//! [`QConv`] when the CPU has AVX-512 VNNI or is an aarch64 one; elsewhere tract's kernels
+//! stay. (On aarch64 tract's own path was 6x slower than the float model.)
 //!
 //! What it computes, for output channel `o` and pixel `p`, is what ONNX's `QLinearConv`
 //! defines: `y = clamp(round_half_even(acc * m[o]) + y0, 0, 255)` with
@@ -37,6 +39,9 @@ use tract_onnx::tract_core::{as_op, op_as_typed_op, op_out_of_plan};
 
 use crate::graph::{concrete_shapes, per_channel, values};
 use crate::Cpu;
+
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
 
 /// Output channels per tile.
 const ROWS: usize = 4;
@@ -115,10 +120,12 @@ pub struct QConv {
     weights: Arc<Vec<i8>>,
     /// `c[o]` and `m[o]` (see the module's comment), one per output channel.
     offset: Arc<Vec<i32>>,
+    /// `c[o] + 128 * sum_k w[o, k]`: the offset of kernels that multiply `x - 128`.
+    signed_offset: Arc<Vec<i32>>,
     scale: Arc<Vec<f32>>,
     /// The output's zero point.
     y0: u8,
-    /// What the kernel may use: AVX-512 VNNI (only then is the op made).
+    /// What the kernel may use: AVX-512 VNNI or aarch64 NEON (only then is the op made).
     cpu: Cpu,
 }
 
@@ -131,6 +138,7 @@ impl PartialEq for QConv {
             && self.im2col == other.im2col
             && self.weights == other.weights
             && self.offset == other.offset
+            && self.signed_offset == other.signed_offset
             && bits(&self.scale) == bits(&other.scale)
     }
 }
@@ -149,7 +157,7 @@ impl fmt::Debug for QConv {
 
 /// Whether `cpu` has what the kernel needs.
 pub fn available(cpu: Cpu) -> bool {
-    cpu.avx512_vnni()
+    cpu.avx512_vnni() || cpu.neon()
 }
 
 pub use crate::reference::requantize;
@@ -205,8 +213,11 @@ fn pack(x: &[u8], k: usize, pixels: usize, out: &mut [u8]) {
 
 /// Where a tile's inputs and outputs are. `out` points at row `first` of this chunk's
 /// output, pixel `p0`; rows of the tile at and past `rows` are computed and not stored.
-// Read only by the x86-64 kernel (and the tests).
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+// Read only by the vector kernels (and the tests).
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(dead_code)
+)]
 struct Tile<'a> {
     /// Packed activations at the tile's first pixel; groups `stride` bytes apart.
     x: &'a [u8],
@@ -310,7 +321,7 @@ impl QConv {
         let (pixels, groups) = (self.pixels, self.k.div_ceil(4));
         let stride = pixels.next_multiple_of(COLS) * 4;
         // What the tile's unchecked reads rely on, checked here whatever built the op.
-        ensure!(available(self.cpu), "QConv needs AVX-512 VNNI");
+        ensure!(available(self.cpu), "QConv needs AVX-512 VNNI or NEON");
         let weights = (self.cout.checked_add(ROWS))
             .and_then(|r| r.checked_mul(4 * groups))
             .context("QConv geometry overflows")?;
@@ -318,6 +329,7 @@ impl QConv {
             packed.len() >= packed_len(self.k, pixels)
                 && self.weights.len() >= weights
                 && self.offset.len() >= self.cout
+                && self.signed_offset.len() >= self.cout
                 && self.scale.len() >= self.cout
                 && out.len() == self.cout * pixels,
             "QConv buffers too short"
@@ -339,8 +351,13 @@ impl QConv {
                         rows: (rows - r0).min(ROWS),
                         cols: (pixels - p0).min(COLS),
                     };
+                    // The aarch64 kernels multiply `x - 128` (see [`aarch64`]).
+                    let offset = match cfg!(target_arch = "aarch64") {
+                        true => &self.signed_offset,
+                        false => &self.offset,
+                    };
                     for r in 0..tile.rows {
-                        tile.offset[r] = self.offset[o + r];
+                        tile.offset[r] = offset[o + r];
                         tile.scale[r] = self.scale[o + r];
                     }
                     let base = chunk.as_mut_ptr();
@@ -358,10 +375,21 @@ impl QConv {
                     unsafe {
                         tile_avx512(&tile, out)
                     };
-                    #[cfg(not(target_arch = "x86_64"))]
+                    #[cfg(target_arch = "aarch64")]
+                    // SAFETY: checked above: `self.cpu`, so the CPU, has NEON, and the dot
+                    // product where `dotprod()` says; the lengths are as for x86-64; `packed`
+                    // was made signed in `eval`.
+                    unsafe {
+                        if self.cpu.dotprod() {
+                            aarch64::tile_dotprod(&tile, out)
+                        } else {
+                            aarch64::tile_neon(&tile, out)
+                        }
+                    };
+                    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
                     {
                         let _ = (tile, out);
-                        bail!("QConv needs AVX-512 VNNI");
+                        bail!("QConv needs AVX-512 VNNI or NEON");
                     }
                 }
             }
@@ -393,6 +421,8 @@ impl EvalOp for QConv {
                 Some(g) => g.pack(x, &mut packed),
                 None => pack(x, k, pixels, &mut packed),
             }
+            #[cfg(target_arch = "aarch64")]
+            aarch64::to_signed(&mut packed);
             self.image(&packed, out)?;
         }
         Ok(tvec!(y.into_tvalue()))
@@ -570,12 +600,16 @@ fn build(
     // zeros past the last.
     let mut weights = vec![0i8; (cout + ROWS) * 4 * groups];
     let mut offset = Vec::with_capacity(cout);
+    let mut signed_offset = Vec::with_capacity(cout);
     let mut scale = Vec::with_capacity(cout);
     for o in 0..cout {
         let row = &w[o * k..(o + 1) * k];
         weights[o * 4 * groups..o * 4 * groups + k].copy_from_slice(row);
         let sum: i64 = row.iter().map(|&v| v as i64).sum();
-        offset.push((bias[o] as i64 - x0 as i64 * sum).clamp(-room, room) as i32);
+        let c = (bias[o] as i64 - x0 as i64 * sum).clamp(-room, room);
+        offset.push(c as i32);
+        // `|128 * sum| <= 128 * 128 * k`, within the room's margin of `255 * 128 * k`.
+        signed_offset.push((c + 128 * sum) as i32);
         let m = x_scale * k_scale[o] / y_scale;
         // A channel whose weights are all zero may have a zero scale.
         if !m.is_finite() || m < 0.0 {
@@ -592,6 +626,7 @@ fn build(
         pixels,
         weights: Arc::new(weights),
         offset: Arc::new(offset),
+        signed_offset: Arc::new(signed_offset),
         scale: Arc::new(scale),
         y0: y0 as u8,
         cpu: Cpu::GENERIC,
@@ -679,9 +714,16 @@ mod tests {
     /// push the sums past f32's exact integers, and scales that clamp at both ends.
     #[test]
     fn tiles_match_the_definition() {
-        if !available(crate::cpu::get()) {
-            eprintln!("SKIPPED: the CPU level in force (MSN_CPU caps it) has no AVX-512 VNNI");
+        let cpu = crate::cpu::get();
+        if !available(cpu) {
+            eprintln!(
+                "SKIPPED: the CPU level in force (MSN_CPU caps it) has no AVX-512 VNNI or NEON"
+            );
             return;
+        }
+        #[cfg(target_arch = "aarch64")]
+        if !cpu.dotprod() {
+            eprintln!("SKIPPED: the sdot tile (the CPU level in force has no dot product)");
         }
         let mut rng = Rng(11);
         for groups in [1, 2, 7, 40, 288] {
@@ -719,6 +761,30 @@ mod tests {
                 unsafe {
                     tile_avx512(&tile, out)
                 };
+                #[cfg(target_arch = "aarch64")]
+                {
+                    // The aarch64 kernels take `x - 128` and the offsets that make up for it.
+                    let mut xs = x.clone();
+                    aarch64::to_signed(&mut xs);
+                    let signed = Tile {
+                        x: &xs,
+                        offset: std::array::from_fn(|r| {
+                            let row = &w[r * 4 * groups..(r + 1) * 4 * groups];
+                            offset[r] + 128 * row.iter().map(|&v| v as i32).sum::<i32>()
+                        }),
+                        ..tile
+                    };
+                    // SAFETY: as for x86-64; NEON is the aarch64 baseline; `sdot` only
+                    // where the CPU has it.
+                    unsafe { aarch64::tile_neon(&signed, out) };
+                    assert_eq!(got, want, "NEON: groups {groups} rows {rows} cols {cols}");
+                    if cpu.dotprod() {
+                        got.iter_mut().for_each(|r| r.fill(0));
+                        let out: [*mut u8; ROWS] = std::array::from_fn(|r| got[r].as_mut_ptr());
+                        // SAFETY: as above, and the CPU has the dot product.
+                        unsafe { aarch64::tile_dotprod(&signed, out) };
+                    }
+                }
                 assert_eq!(got, want, "groups {groups} rows {rows} cols {cols}");
             }
         }
@@ -817,7 +883,9 @@ mod tests {
     #[test]
     fn quantized_convolutions_match_tracts_own() {
         if !available(crate::cpu::get()) {
-            eprintln!("SKIPPED: the CPU level in force (MSN_CPU caps it) has no AVX-512 VNNI");
+            eprintln!(
+                "SKIPPED: the CPU level in force (MSN_CPU caps it) has no AVX-512 VNNI or NEON"
+            );
             return;
         }
         let cases = [

@@ -1,6 +1,6 @@
 //! Float one-group convolutions with stride 1 (1x1, 3x3, any kernel, padding and dilation)
-//! on our own AVX-512 kernel, with the bias, clips (`Relu`, `Relu6`) and a residual `Add`
-//! fused into the store.
+//! on our own kernels (AVX-512 on x86-64, NEON on aarch64: [`aarch64`]), with the bias, clips
+//! (`Relu`, `Relu6`) and a residual `Add` fused into the store.
 //!
 //! tract 0.23.9 runs such a convolution as a matrix product whose activations it packs into
 //! panels first (an im2col for a kernel larger than 1x1), and whose output pipeline (bias,
@@ -15,7 +15,7 @@
 //!   are kept, with no im2col.
 //!
 //! [`rewrite`] replaces every such convolution of a decluttered model (the `EinSum` tract
-//! makes of a 1x1 one, or a `Conv`) by [`DenseConv`] when the CPU has AVX-512, taking in
+//! makes of a 1x1 one, or a `Conv`) by [`DenseConv`] when the CPU has AVX-512 or NEON, taking in
 //! what follows, each the only reader of the one before: a constant bias `Add`, a `Max` and
 //! a `Min` with constants, an `Add` of a tensor of the output's shape (a residual), then
 //! again a `Max` and a `Min`.
@@ -51,6 +51,9 @@ use crate::lanes::{add_clip, copy_rows, split_pairs};
 use crate::split::{par_units, share, Rows, UNITS};
 use crate::Cpu;
 use seq_macro::seq;
+
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
 
 /// Output channels per tile.
 const ROWS: usize = 6;
@@ -199,7 +202,7 @@ pub struct DenseConv {
     /// Whether a second input, of the output's shape, is added after `clip1`.
     residual: bool,
     clip2: Clip,
-    /// What the kernels may use: AVX-512 (only then is the op made).
+    /// What the kernels may use: AVX-512 or NEON (only then is the op made).
     cpu: Cpu,
     /// A grouped convolution: one op of one group per group, each on its group's input
     /// channels and writing its group's output channels (empty for one group). The op's own
@@ -245,7 +248,7 @@ impl fmt::Debug for DenseConv {
 
 /// Whether `cpu` has what the kernel needs.
 pub fn available(cpu: Cpu) -> bool {
-    cpu.avx512()
+    cpu.avx512() || cpu.neon()
 }
 
 /// Where a tile's inputs are.
@@ -381,10 +384,15 @@ unsafe fn run_tile(
             }
             Ok(())
         }
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(target_arch = "aarch64")]
+        {
+            aarch64::tile(tile, res, out);
+            Ok(())
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
         {
             let _ = (tile, res, out);
-            bail!("DenseConv needs AVX-512")
+            bail!("DenseConv needs AVX-512 or NEON")
         }
     }
 }
@@ -592,7 +600,11 @@ impl DenseConv {
     /// an overflow is an error, not a wrapped bound.
     fn check(&self, x_len: usize) -> TractResult<()> {
         let overflow = || format_err!("DenseConv geometry overflows");
-        ensure!(available(self.cpu), "DenseConv needs AVX-512");
+        ensure!(available(self.cpu), "DenseConv needs AVX-512 or NEON");
+        ensure!(
+            self.lanes == Lanes::Pixels || self.cpu.avx512(),
+            "DenseConv's channel tiles need AVX-512"
+        );
         let (cout, pixels, taps) = (self.cout, self.pixels(), self.taps.len());
         let reach = self.taps.iter().max().copied().unwrap_or(0);
         let (tile, computed) = match (self.lanes, &self.wide) {
@@ -701,7 +713,7 @@ impl DenseConv {
                             }
                             None => None,
                         };
-                        // SAFETY: `check` found AVX-512 on `self.cpu`, so the CPU has it; the
+                        // SAFETY: `check` found AVX-512 or NEON on `self.cpu`, so the CPU has it; the
                         // tile's input rows hold `cols` values from `p0` (`x` holds every
                         // plane), its weights `ROWS` per tap.
                         unsafe { run_tile(&tile, res, out)? };
@@ -1189,7 +1201,11 @@ fn build(f: Found, cpu: Cpu) -> Option<DenseConv> {
         .collect();
     let pixels = oh * ow;
     let computed = wide.as_ref().map_or(pixels, |g| oh * g.qw);
-    let lanes = Lanes::pick(f.cout, k, pixels, computed);
+    // Channel tiles are AVX-512 only.
+    let lanes = match cpu.avx512() {
+        true => Lanes::pick(f.cout, k, pixels, computed),
+        false => Lanes::Pixels,
+    };
     let tile_rows = match lanes {
         Lanes::Pixels => ROWS,
         Lanes::Channels { cv, .. } => 16 * cv,
@@ -1386,26 +1402,37 @@ mod tests {
     use crate::testing::{self as verify, noise, Plan, Source};
     use msn_onnx::builder::{attr, GraphBuilder};
 
+    /// Every kernel, this one included where it is not in the default plan (aarch64).
+    fn ours() -> crate::Options {
+        crate::Options {
+            dense: true,
+            ..crate::Options::default()
+        }
+    }
+
     /// The vector tile gives the plain definition's values (up to rounding: both use fused
     /// multiply-adds in the same order, so they agree exactly), over ragged tiles, clips,
     /// and a residual.
     #[test]
     fn tiles_match_the_definition() {
         if !available(crate::cpu::get()) {
-            eprintln!("SKIPPED: the CPU level in force (MSN_CPU caps it) has no AVX-512");
+            eprintln!("SKIPPED: the CPU level in force (MSN_CPU caps it) has no AVX-512 or NEON");
             return;
         }
         for ntaps in [1, 2, 9, 40, 300] {
             for (rows, cols) in [(6, 64), (1, 1), (3, 15), (2, 16), (6, 17), (4, 63), (5, 48)] {
-                for residual in [false, true] {
+                // `tight`: the input ends at the last tap's last value (no room past it).
+                for (residual, tight) in [(false, false), (true, false), (false, true)] {
                     let span = 200;
                     let x = noise(ntaps as u64, span + COLS);
                     let taps: Vec<usize> = (0..ntaps).map(|k| (k * 37) % span).collect();
+                    let end = taps.iter().max().unwrap() + cols;
+                    let x = if tight { &x[..end] } else { &x[..] };
                     let w = noise(7 + ntaps as u64, ntaps * ROWS);
                     let res: Vec<Vec<f32>> =
                         (0..ROWS).map(|r| noise(99 + r as u64, COLS)).collect();
                     let t = Tile {
-                        x: &x,
+                        x,
                         taps: &taps,
                         w: &w,
                         bias: [0.5, -0.25, 0.0, 1.0, -1.0, 0.125],
@@ -1423,7 +1450,7 @@ mod tests {
                     let mut got = vec![vec![f32::NAN; COLS]; ROWS];
                     let out = std::array::from_fn(|r| got[r].as_mut_ptr());
                     let rp = residual.then(|| std::array::from_fn(|r| res[r].as_ptr()));
-                    // SAFETY: the CPU has AVX-512; `x` holds `COLS` values past every tap,
+                    // SAFETY: the CPU has AVX-512 or NEON; `x` holds `COLS` values past every tap,
                     // `w` `ROWS` per tap, the rows `COLS` each.
                     unsafe { run_tile(&t, rp, out).unwrap() };
                     for r in 0..ROWS {
@@ -1446,7 +1473,7 @@ mod tests {
     /// kernel for, windows in any order.
     #[test]
     fn channel_tiles_match_the_definition() {
-        if !available(crate::cpu::get()) {
+        if !crate::cpu::get().avx512() {
             eprintln!("SKIPPED: the CPU level in force (MSN_CPU caps it) has no AVX-512");
             return;
         }
@@ -1593,7 +1620,7 @@ mod tests {
     /// difference relative to the output's largest value, and how many of our ops it has.
     fn check(source: &Source) -> (f64, usize) {
         let shapes = source.shapes();
-        let ours = source.plan(&shapes, Plan::Optimized).unwrap();
+        let ours = source.plan(&shapes, Plan::With(ours())).unwrap();
         let ops = ours.ops().iter().filter(|o| *o == "MsnDenseConv").count();
         let reference = source.plan(&shapes, Plan::Reference).unwrap();
         let len = shapes[0].iter().product::<usize>();
@@ -1614,7 +1641,7 @@ mod tests {
     #[test]
     fn convolutions_match_tracts_own() {
         if !available(crate::cpu::get()) {
-            eprintln!("SKIPPED: the CPU level in force (MSN_CPU caps it) has no AVX-512");
+            eprintln!("SKIPPED: the CPU level in force (MSN_CPU caps it) has no AVX-512 or NEON");
             return;
         }
         type Pair = (usize, usize);
@@ -1679,7 +1706,7 @@ mod tests {
     fn threads_give_the_same_values() {
         use tract_linalg::multithread::{multithread_tract_scope, Executor};
         if !available(crate::cpu::get()) {
-            eprintln!("SKIPPED: the CPU level in force (MSN_CPU caps it) has no AVX-512");
+            eprintln!("SKIPPED: the CPU level in force (MSN_CPU caps it) has no AVX-512 or NEON");
             return;
         }
         let cases = [
@@ -1702,7 +1729,7 @@ mod tests {
         ];
         for source in cases {
             let shapes = source.shapes();
-            let ours = source.plan(&shapes, Plan::Optimized).unwrap();
+            let ours = source.plan(&shapes, Plan::With(ours())).unwrap();
             let len = shapes[0].iter().product::<usize>();
             let x = tract_onnx::prelude::Tensor::from_shape(&shapes[0], &noise(5, len)).unwrap();
             let one = multithread_tract_scope(Executor::SingleThread, || {
@@ -1746,7 +1773,7 @@ mod tests {
     #[test]
     fn the_tail_is_fused() {
         if !available(crate::cpu::get()) {
-            eprintln!("SKIPPED: the CPU level in force (MSN_CPU caps it) has no AVX-512");
+            eprintln!("SKIPPED: the CPU level in force (MSN_CPU caps it) has no AVX-512 or NEON");
             return;
         }
         let source = graph(
@@ -1760,7 +1787,7 @@ mod tests {
             "relu+res+relu6",
         );
         let shapes = source.shapes();
-        let ours = source.plan(&shapes, Plan::Optimized).unwrap();
+        let ours = source.plan(&shapes, Plan::With(ours())).unwrap();
         assert_eq!(ours.ops(), ["Source", "MsnDenseConv"], "{:?}", ours.ops());
     }
 
@@ -1769,13 +1796,13 @@ mod tests {
     #[test]
     fn strided_one_by_one_takes_in_the_downsample() {
         if !available(crate::cpu::get()) {
-            eprintln!("SKIPPED: the CPU level in force (MSN_CPU caps it) has no AVX-512");
+            eprintln!("SKIPPED: the CPU level in force (MSN_CPU caps it) has no AVX-512 or NEON");
             return;
         }
         for (hw, s) in [((15, 13), (2, 2)), ((14, 9), (2, 3)), ((9, 14), (1, 2))] {
             let source = graph(1, (24, 40), hw, (1, 1), s, 1, [0; 4], "relu");
             let shapes = source.shapes();
-            let ours = source.plan(&shapes, Plan::Optimized).unwrap();
+            let ours = source.plan(&shapes, Plan::With(ours())).unwrap();
             assert_eq!(
                 ours.ops(),
                 ["Source", "MsnDenseConv"],

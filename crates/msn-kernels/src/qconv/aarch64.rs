@@ -1,0 +1,177 @@
+//! The int8 tile on aarch64: `sdot` where the CPU has the dot product (Cortex-A76: Raspberry
+//! Pi 5, Jetson Orin), `smull` and `sadalp` where it has not (Cortex-A53 and A72: Pi 3, Pi 4).
+//!
+//! Both multiply signed bytes, and the activations are u8: the packed activations hold
+//! `x - 128` as i8 (`x ^ 0x80`, [`to_signed`]), and each channel's offset gains
+//! `128 * sum_k w[o, k]` (the caller's [`Tile::offset`] says so). The integer sums are the same
+//! as the x86-64 kernel's; the requantization is [`requantize`](super::requantize)'s, in the
+//! same f32 steps (multiply, then add; no fused multiply-add), rounded half to even by
+//! `fcvtns`.
+
+use super::{Tile, COLS, ROWS};
+use std::arch::aarch64::*;
+
+/// Pixels per sub-tile: four vectors of four.
+const SUB: usize = 16;
+const _: () = assert!(COLS.is_multiple_of(SUB) && ROWS == 4);
+
+/// Makes packed u8 activations the i8 the kernels multiply: `x - 128`.
+pub(super) fn to_signed(packed: &mut [u8]) {
+    for b in packed {
+        *b ^= 0x80;
+    }
+}
+
+/// The four rows' taps `4q..4q + 4`, row `r` in lane `r`.
+///
+/// # Safety
+/// `w` holds `ROWS` rows of `wrow` bytes; `4 * q + 4 <= wrow`.
+#[inline(always)]
+unsafe fn weights(w: *const i8, wrow: usize, q: usize) -> int8x16_t {
+    // SAFETY: the caller upholds this function's `# Safety` contract; NEON is the aarch64
+    // baseline.
+    unsafe {
+        let at = |r: usize| (w.add(r * wrow + 4 * q) as *const i32).read_unaligned();
+        let v = [at(0), at(1), at(2), at(3)];
+        vreinterpretq_s8_s32(vld1q_s32(v.as_ptr()))
+    }
+}
+
+/// `acc + x . w[lane L]`, four lanes of four byte products each.
+///
+/// # Safety
+/// The CPU has the dot product instructions.
+#[inline(always)]
+unsafe fn sdot<const L: i32>(mut acc: int32x4_t, x: int8x16_t, w: int8x16_t) -> int32x4_t {
+    // SAFETY: the caller says the CPU has `sdot`; it reads and writes registers only.
+    unsafe {
+        std::arch::asm!(
+            "sdot {acc:v}.4s, {x:v}.16b, {w:v}.4b[{l}]",
+            acc = inout(vreg) acc,
+            x = in(vreg) x,
+            w = in(vreg) w,
+            l = const L,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+    }
+    acc
+}
+
+/// One tile with `sdot`.
+///
+/// # Safety
+/// The CPU has NEON and the dot product; `t.x` holds `t.groups` groups of `COLS * 4` bytes
+/// `t.stride` apart (signed, [`to_signed`]); `t.w` holds `ROWS * 4 * t.groups` bytes; each of
+/// the first `t.rows` rows of `out` holds at least `t.cols` (at most `COLS`) bytes.
+#[target_feature(enable = "neon,dotprod")]
+pub(super) unsafe fn tile_dotprod(t: &Tile, out: [*mut u8; ROWS]) {
+    // SAFETY: the caller upholds this function's `# Safety` contract: every read is within a
+    // group's `COLS * 4` bytes and the weights' `ROWS` rows.
+    unsafe {
+        let (x, w, wrow) = (t.x.as_ptr() as *const i8, t.w.as_ptr(), 4 * t.groups);
+        for s in (0..t.cols).step_by(SUB) {
+            let mut acc = [[vdupq_n_s32(0); 4]; ROWS];
+            for q in 0..t.groups {
+                let xq = x.add(q * t.stride + 4 * s);
+                let xs = [
+                    vld1q_s8(xq),
+                    vld1q_s8(xq.add(16)),
+                    vld1q_s8(xq.add(32)),
+                    vld1q_s8(xq.add(48)),
+                ];
+                let wv = weights(w, wrow, q);
+                for v in 0..4 {
+                    acc[0][v] = sdot::<0>(acc[0][v], xs[v], wv);
+                    acc[1][v] = sdot::<1>(acc[1][v], xs[v], wv);
+                    acc[2][v] = sdot::<2>(acc[2][v], xs[v], wv);
+                    acc[3][v] = sdot::<3>(acc[3][v], xs[v], wv);
+                }
+            }
+            store(t, &acc, s, out);
+        }
+    }
+}
+
+/// One tile without the dot product: `smull` makes eight i16 products (two pixels' four
+/// taps), `sadalp` adds them in pairs into i32 lanes (so no i16 sum can overflow), and a
+/// final `addp` sums each pixel's two lanes.
+///
+/// # Safety
+/// As [`tile_dotprod`], without the dot product.
+#[target_feature(enable = "neon")]
+pub(super) unsafe fn tile_neon(t: &Tile, out: [*mut u8; ROWS]) {
+    // SAFETY: as `tile_dotprod`.
+    unsafe {
+        let (x, w, wrow) = (t.x.as_ptr() as *const i8, t.w.as_ptr(), 4 * t.groups);
+        for s in (0..t.cols).step_by(SUB) {
+            let mut acc = [[vdupq_n_s32(0); 4]; ROWS];
+            // Two halves of eight pixels, to keep the pair sums in registers.
+            for half in 0..2 {
+                let mut pairs = [[vdupq_n_s32(0); 4]; ROWS];
+                for q in 0..t.groups {
+                    let xq = x.add(q * t.stride + 4 * (s + 8 * half));
+                    let xs = [vld1q_s8(xq), vld1q_s8(xq.add(16))];
+                    let wv = weights(w, wrow, q);
+                    let ws = [
+                        vreinterpretq_s8_s32(vdupq_laneq_s32::<0>(vreinterpretq_s32_s8(wv))),
+                        vreinterpretq_s8_s32(vdupq_laneq_s32::<1>(vreinterpretq_s32_s8(wv))),
+                        vreinterpretq_s8_s32(vdupq_laneq_s32::<2>(vreinterpretq_s32_s8(wv))),
+                        vreinterpretq_s8_s32(vdupq_laneq_s32::<3>(vreinterpretq_s32_s8(wv))),
+                    ];
+                    for (r, pair) in pairs.iter_mut().enumerate() {
+                        for (v, &xv) in xs.iter().enumerate() {
+                            let lo = vmull_s8(vget_low_s8(xv), vget_low_s8(ws[r]));
+                            let hi = vmull_high_s8(xv, ws[r]);
+                            pair[2 * v] = vpadalq_s16(pair[2 * v], lo);
+                            pair[2 * v + 1] = vpadalq_s16(pair[2 * v + 1], hi);
+                        }
+                    }
+                }
+                for (r, pair) in pairs.iter().enumerate() {
+                    acc[r][2 * half] = vpaddq_s32(pair[0], pair[1]);
+                    acc[r][2 * half + 1] = vpaddq_s32(pair[2], pair[3]);
+                }
+            }
+            store(t, &acc, s, out);
+        }
+    }
+}
+
+/// Requantizes and stores the sub-tile at pixel `s`: rows `..t.rows`, pixels `s..t.cols`.
+///
+/// # Safety
+/// As the tiles': each of the first `t.rows` rows of `out` holds at least `t.cols` bytes;
+/// `s < t.cols`.
+#[inline(always)]
+unsafe fn store(t: &Tile, acc: &[[int32x4_t; 4]; ROWS], s: usize, out: [*mut u8; ROWS]) {
+    // SAFETY: the caller upholds this function's `# Safety` contract; the stores write
+    // `min(t.cols - s, SUB)` bytes at `s` of each valid row.
+    unsafe {
+        let (lo, hi, y0) = (
+            vdupq_n_f32(0.0),
+            vdupq_n_f32(255.0),
+            vdupq_n_f32(t.y0 as f32),
+        );
+        let n = (t.cols - s).min(SUB);
+        for (r, acc) in acc.iter().enumerate().take(t.rows) {
+            let (c, m) = (vdupq_n_s32(t.offset[r]), vdupq_n_f32(t.scale[r]));
+            let codes = acc.map(|a| {
+                let f = vcvtq_f32_s32(vaddq_s32(a, c));
+                let f = vaddq_f32(vmulq_f32(f, m), y0);
+                // Rounds half to even; within 0..=255 after the clamp.
+                vcvtnq_u32_f32(vminq_f32(vmaxq_f32(f, lo), hi))
+            });
+            let h0 = vcombine_u16(vmovn_u32(codes[0]), vmovn_u32(codes[1]));
+            let h1 = vcombine_u16(vmovn_u32(codes[2]), vmovn_u32(codes[3]));
+            let bytes = vcombine_u8(vmovn_u16(h0), vmovn_u16(h1));
+            let dst = out[r].add(s);
+            if n == SUB {
+                vst1q_u8(dst, bytes);
+            } else {
+                let mut tmp = [0u8; SUB];
+                vst1q_u8(tmp.as_mut_ptr(), bytes);
+                std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, n);
+            }
+        }
+    }
+}
