@@ -13,7 +13,7 @@
 #   armv7-unknown-linux-gnueabihf  Raspberry Pi 2/3 with a 32-bit OS
 # (armv7-unknown-linux-musleabihf is not offered: rustup cannot fetch its standard library
 # from the registries this project builds from.)
-# PROFILE defaults to `dist` (small, stripped; see Cargo.toml). Binaries end up in
+# PROFILE defaults to `dist` (opt-level 3, stripped; `dist-small` for opt-level "z"; see Cargo.toml). Binaries end up in
 # target/TARGET/PROFILE/ (target/TARGET/debug/ for `dev`, which CI uses: its build scripts and
 # proc macros are the host's from `cargo test`, so only the target's code is compiled). Linkers come from .cargo/config.toml; the C compilers that build
 # tract's assembly kernels and mimalloc are Debian's cross gcc.

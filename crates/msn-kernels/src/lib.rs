@@ -8,11 +8,14 @@
 //!
 //! | module | op | x86-64 | aarch64 | elsewhere |
 //! |---|---|---|---|---|
-//! | [`dense`] | float convolutions, one group, with bias, clips and a residual fused | AVX-512 | tract | tract |
+//! | [`dense`] | float convolutions, one group, with bias, clips and a residual fused | AVX-512 | NEON (not in the default plan: tract's is cheaper) | tract |
 //! | [`depthwise`] | float depthwise and grouped convolutions with few taps per group, and u8 ones through float | AVX-512, AVX2 | NEON | plain Rust |
 //! | [`maxpool`] | float 2-D max pool | AVX-512 | tract | tract |
-//! | [`qconv`] | int8 convolutions with the requantization fused | AVX-512 VNNI | tract | tract |
+//! | [`qconv`] | int8 convolutions with the requantization fused | AVX-512 VNNI | `sdot`, or NEON without it | tract |
 //! | [`quant`] | f32 -> u8 quantize | plain Rust (vectorised by the compiler) | same | same |
+//!
+//! [`probe`] marks where a plan's nodes start and end for `scripts/board_cost.sh`'s
+//! instruction counts under qemu.
 //!
 //! Every kernel asks the one CPU probe, [`cpu`], which `MSN_CPU` caps; which kernels a plan
 //! gets is an argument ([`Options`]), not a global. The ops share their work across tract's

@@ -85,18 +85,33 @@ impl Im2col {
             let (ci, ky, kx) = (t / (self.kh * self.kw), t / self.kw % self.kh, t % self.kw);
             let plane = &x[ci * self.h * self.w..(ci + 1) * self.h * self.w];
             let dst = &mut out[(t / 4) * stride + t % 4..];
+            // Output column `ox` reads input column `ox * sw + off`: within the row for
+            // `lo <= ox < hi`, the padding (`x0`) elsewhere.
+            let off = (kx * self.dw) as isize - self.pl as isize;
+            let first = |bound: isize| match bound <= 0 {
+                true => 0,
+                false => (bound as usize).div_ceil(self.sw).min(self.ow),
+            };
+            let (lo, hi) = (first(-off), first(self.w as isize - off));
+            let lo = lo.min(hi);
             for oy in 0..self.oh {
                 let iy = (oy * self.sh + ky * self.dh) as isize - self.pt as isize;
-                let row = (0..self.h as isize)
-                    .contains(&iy)
-                    .then(|| &plane[iy as usize * self.w..(iy as usize + 1) * self.w]);
-                for ox in 0..self.ow {
-                    let ix = (ox * self.sw + kx * self.dw) as isize - self.pl as isize;
-                    dst[4 * (oy * self.ow + ox)] = match row {
-                        Some(r) if (0..self.w as isize).contains(&ix) => r[ix as usize],
-                        _ => self.x0,
-                    };
+                let d = &mut dst[4 * oy * self.ow..];
+                let cell = |ox: usize| 4 * ox;
+                if !(0..self.h as isize).contains(&iy) {
+                    (0..self.ow).for_each(|ox| d[cell(ox)] = self.x0);
+                    continue;
                 }
+                let r = &plane[iy as usize * self.w..(iy as usize + 1) * self.w];
+                (0..lo).for_each(|ox| d[cell(ox)] = self.x0);
+                if lo < hi {
+                    let from = (lo * self.sw) as isize + off;
+                    let src = r[from as usize..].iter().step_by(self.sw);
+                    for (y, &v) in d[cell(lo)..].iter_mut().step_by(4).zip(src).take(hi - lo) {
+                        *y = v;
+                    }
+                }
+                (hi..self.ow).for_each(|ox| d[cell(ox)] = self.x0);
             }
         }
     }
@@ -178,8 +193,26 @@ fn pack(x: &[u8], k: usize, pixels: usize, out: &mut [u8]) {
             (c < k).then(|| &x[c * pixels..(c + 1) * pixels])
         };
         let rows = [row(0), row(1), row(2), row(3)];
-        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
+        #[cfg_attr(
+            not(any(target_arch = "x86_64", target_arch = "aarch64")),
+            allow(unused_mut)
+        )]
         let mut p = 0;
+        #[cfg(target_arch = "aarch64")]
+        if let [Some(a), Some(b), Some(c), Some(d)] = rows {
+            while p + 16 <= pixels {
+                // SAFETY: NEON is the aarch64 baseline; each load reads 16 values of a row at
+                // `p`, within `pixels`, and the store (four registers interleaved byte by
+                // byte, `st4`) writes `group[4p..4p + 64]`.
+                unsafe {
+                    use std::arch::aarch64::*;
+                    let ld = |r: &[u8]| vld1q_u8(r.as_ptr().add(p));
+                    let v = uint8x16x4_t(ld(a), ld(b), ld(c), ld(d));
+                    vst4q_u8(group.as_mut_ptr().add(4 * p), v);
+                }
+                p += 16;
+            }
+        }
         #[cfg(target_arch = "x86_64")]
         if let [Some(a), Some(b), Some(c), Some(d)] = rows {
             while p + 16 <= pixels {
