@@ -2,18 +2,25 @@
 optimization on the same models: node counts, and onnxruntime outputs before and after.
 
     python tests/python/compare_folders.py [--msn-fold target/debug/msn-fold] [MODEL.onnx ...]
+        [--torchvision swin_t vit_b_16 ...] [--time ROUNDS]
 
 Without models it uses tests/fixtures/fold/*.onnx (PyTorch exports with BatchNorm and a
-PyTorch MSN network). Fails (exit 1) if msn-fold leaves a BatchNormalization that folds
+PyTorch MSN network). `--torchvision` adds torchvision models exported at 224 (opset 17,
+random weights; a zero-initialised head is randomised so the outputs say something).
+`--time N` also times msn-fold and onnxsim as whole processes, in turns, N rounds, and
+prints the medians and their ratio (the CPU is printed with them). Fails (exit 1) if msn-fold leaves a BatchNormalization that folds
 exactly (one right after a Conv, ConvTranspose or Gemm whose output only it reads), if its output
 differs from the original by more than 1e-4 relative in onnxruntime, or if it ends with more
 nodes than onnxsim.
 """
 import argparse
 import pathlib
+import platform
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 import numpy as np
 import onnx
@@ -60,13 +67,49 @@ def rel(a, b):
     return float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-6))
 
 
+def export_torchvision(name, out):
+    import torch
+    import torchvision
+    torch.manual_seed(0)
+    m = getattr(torchvision.models, name)(weights=None).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.dim() > 1 and not p.any():
+                p.normal_(0.0, 0.02)
+    torch.onnx.export(m, torch.randn(1, 3, 224, 224), str(out), dynamo=False, opset_version=17,
+                      input_names=["input"], output_names=["output"])
+
+
+def cpu_name():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def timed(cmd):
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("models", nargs="*")
     ap.add_argument("--msn-fold", default=str(ROOT / "target" / "debug" / "msn-fold"))
+    ap.add_argument("--torchvision", nargs="*", default=[])
+    ap.add_argument("--time", type=int, default=0, metavar="ROUNDS")
     a = ap.parse_args()
-    models = [pathlib.Path(m) for m in a.models] or sorted((ROOT / "tests" / "fixtures" / "fold").glob("*.onnx"))
     tmp = pathlib.Path(tempfile.mkdtemp())
+    models = [pathlib.Path(m) for m in a.models]
+    for name in a.torchvision:
+        models.append(tmp / f"{name}.onnx")
+        export_torchvision(name, models[-1])
+    if not models:
+        models = sorted((ROOT / "tests" / "fixtures" / "fold").glob("*.onnx"))
     tools = {}
     try:
         import onnxoptimizer
@@ -90,6 +133,8 @@ def main():
 
     failed = 0
     header = f"{'model':<18} {'nodes':>5} {'msn-fold':>8} " + " ".join(f"{t:>13}" for t in tools) + "   msn-fold rel err"
+    if a.time:
+        header += f"   fold s, onnxsim s (ratio) on {cpu_name()}, medians of {a.time}"
     print(header)
     for m in models:
         x = np.random.default_rng(0).standard_normal(
@@ -108,8 +153,16 @@ def main():
             assert e < 1e-3, f"{name} changed {m.stem} by {e}"
         ok = bn_left == 0 and err <= 1e-4 and count(ours) <= counts.get("onnxsim", count(ours))
         failed += not ok
-        print(f"{m.stem:<18} {count(m):>5} {count(ours):>8} " + " ".join(f"{counts[t]:>13}" for t in tools)
-              + f"   {err:.1e}{'' if ok else '  FAIL'}")
+        line = f"{m.stem:<18} {count(m):>5} {count(ours):>8} " + " ".join(f"{counts[t]:>13}" for t in tools) \
+            + f"   {err:.1e}{'' if ok else '  FAIL'}"
+        if a.time:
+            ours_s, sim_s = [], []
+            for _ in range(a.time):  # in turns
+                ours_s.append(timed([a.msn_fold, str(m), "-o", str(tmp / "t.msn.onnx")]))
+                sim_s.append(timed([sys.executable, "-m", "onnxsim", str(m), str(tmp / "t.sim.onnx")]))
+            o, s_ = statistics.median(ours_s), statistics.median(sim_s)
+            line += f"   {o:.2f} s, {s_:.2f} s ({o / s_:.2f}x)"
+        print(line)
     print(f"{len(models) - failed} passed, {failed} failed")
     return 1 if failed else 0
 

@@ -260,7 +260,7 @@ def randomise_bn(model):
                 m.bias.uniform_(-0.3, 0.3)
 
 
-def architectures():
+def architectures(names=None):
     import torch
     import torchvision.models as tv
     from torchvision.models import resnet, regnet, convnext
@@ -302,6 +302,18 @@ def architectures():
         settings, last = _mobilenet_v3_conf("mobilenet_v3_small", width_mult=0.5)
         return MobileNetV3(settings, last_channel=256, num_classes=10)
 
+    def small_vit():
+        # torchvision's VisionTransformer: class token, position embedding, nn.MultiheadAttention.
+        return tv.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2,
+                                    hidden_dim=32, mlp_dim=64, num_classes=10)
+
+    def small_swin():
+        # torchvision's Swin: windows of 4 on an 8x8 grid, so the second block of each stage
+        # shifts them and computes the attention mask from shapes.
+        from torchvision.models.swin_transformer import SwinTransformer
+        return SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 4],
+                               window_size=[4, 4], num_classes=10)
+
     nets = {
         "arch_resnet": small_resnet,
         "arch_mobilenet_v2": lambda: tv.mobilenet_v2(width_mult=0.25, num_classes=10),
@@ -313,13 +325,22 @@ def architectures():
         "arch_squeezenet": lambda: tv.squeezenet1_1(num_classes=10),
         "arch_convnext": small_convnext,
         "arch_mnasnet": lambda: tv.MNASNet(0.25, num_classes=10),
+        "arch_vit": small_vit,
+        "arch_swin": small_swin,
     }
     for name, make in nets.items():
+        if names and name not in names:
+            continue
         # crc32, not hash(): str hashes change from one Python process to the next.
         torch.manual_seed(zlib.crc32(name.encode()) % 1000)
         m = make().eval()
         randomise_bn(m)
-        size = 64
+        if name in ("arch_vit", "arch_swin"):
+            with torch.no_grad():
+                for p in m.parameters():
+                    if p.dim() > 1 and not p.any():  # a zero-initialised head outputs only zeros
+                        p.normal_(0.0, 0.5)
+        size = 32 if name in ("arch_vit", "arch_swin") else 64
         x = torch.rand(1, 3, size, size) * 2 - 1
         path = os.path.join(OUT, name + ".onnx")
         # PRESERVE keeps BatchNormalization nodes (EVAL would fuse them into the convs).
@@ -333,6 +354,7 @@ def architectures():
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--only", choices=["generated", "vectors", "depthwise", "architectures"])
+    p.add_argument("--names", nargs="*", help="only these architectures (e.g. arch_vit arch_swin)")
     args = p.parse_args()
     os.makedirs(OUT, exist_ok=True)
     if args.only in (None, "generated"):
@@ -342,7 +364,7 @@ def main():
     if args.only in (None, "depthwise"):
         depthwise()
     if args.only in (None, "architectures"):
-        architectures()
+        architectures(args.names)
 
 
 if __name__ == "__main__":

@@ -46,14 +46,14 @@ pub struct Report {
 }
 
 fn initializer_bytes(g: &GraphProto) -> usize {
-    g.initializer
-        .iter()
-        .map(|t| {
-            t.raw_data.as_ref().map_or(0, Vec::len)
-                + 4 * (t.float_data.len() + t.int32_data.len())
-                + 8 * (t.int64_data.len() + t.double_data.len())
-        })
-        .sum()
+    g.initializer.iter().map(stored_bytes).sum()
+}
+
+/// The bytes a tensor's data takes in the file.
+pub(crate) fn stored_bytes(t: &msn_onnx::TensorProto) -> usize {
+    t.raw_data.as_ref().map_or(0, Vec::len)
+        + 4 * (t.float_data.len() + t.int32_data.len())
+        + 8 * (t.int64_data.len() + t.double_data.len())
 }
 
 /// Sigma of every spectral-norm layer exported by msn-export (`<layer>.weight`, `.weight_u`,
@@ -91,15 +91,41 @@ pub fn spectral_sigmas(g: &GraphProto) -> Vec<(String, f32)> {
 }
 
 fn note(report: &mut Report, pass: &str, n: usize) {
+    if std::env::var_os("MSN_FOLD_TIMES").is_some() {
+        eprintln!("{pass} {n} {:.3}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64());
+    }
     match report.passes.iter_mut().find(|(p, _)| p == pass) {
         Some(entry) => entry.1 += n,
         None => report.passes.push((pass.to_string(), n)),
     }
 }
 
-/// Folds the model in place and reports what changed.
+/// What [`fold_with`] may do beyond the graph rewrite itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Run tract's type and value analysis once, to evaluate what our own constant
+    /// folding does not ([`passes::evaluate`]) and to simplify no-ops at the shapes it
+    /// fixes ([`passes::simplify`]). Costs a parse of the model; the runtime, whose tract
+    /// plan propagates constants itself, leaves it out.
+    pub analyse: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { analyse: true }
+    }
+}
+
+/// Folds the model in place and reports what changed ([`Options::default`]: everything).
 pub fn fold(model: &mut ModelProto) -> Report {
+    fold_with(model, Options::default())
+}
+
+/// Folds the model in place with these options and reports what changed.
+pub fn fold_with(model: &mut ModelProto, options: Options) -> Report {
     let g = model.graph.get_or_insert_with(Default::default);
+    let mut evaluated = !options.analyse;
+    let mut facts = None;
     let mut report = Report {
         nodes_before: g.node.len(),
         ops_before: op_histogram(g),
@@ -108,9 +134,12 @@ pub fn fold(model: &mut ModelProto) -> Report {
         ..Default::default()
     };
     loop {
+        let g = model.graph.get_or_insert_with(Default::default);
         let mut changed = 0;
-        let simple: [(&str, Pass); 5] = [
+        let simple: [(&str, Pass); 7] = [
             ("eliminate_identity", passes::eliminate::identities),
+            ("eliminate_duplicates", passes::eliminate::duplicates),
+            ("eliminate_unused_outputs", passes::eliminate::unused_outputs),
             ("uniform_quant_params", passes::uniform_quant_params::run),
             ("static_shapes", passes::static_shapes::run),
             ("constant_folding", passes::constant_folding::run),
@@ -119,6 +148,20 @@ pub fn fold(model: &mut ModelProto) -> Report {
         for (name, pass) in simple {
             let n = pass(g);
             note(&mut report, name, n);
+            changed += n;
+        }
+        // tract's analysis, once: what our constant folding leaves of shape arithmetic.
+        if !evaluated {
+            evaluated = true;
+            let (n, f) = passes::evaluate::run(model);
+            note(&mut report, "evaluate_constants", n);
+            changed += n;
+            facts = f;
+        }
+        let g = model.graph.get_or_insert_with(Default::default);
+        if let Some(facts) = &facts {
+            let n = passes::simplify::run(g, facts);
+            note(&mut report, "simplify_no_ops", n);
             changed += n;
         }
         let c = passes::fuse_into_weights::run(g, &mut report.warnings);
@@ -136,6 +179,7 @@ pub fn fold(model: &mut ModelProto) -> Report {
             break;
         }
     }
+    let g = model.graph.get_or_insert_with(Default::default);
     report.warnings.sort();
     report.warnings.dedup();
     report.nodes_after = g.node.len();

@@ -44,7 +44,11 @@ fn a_chain_of_identities_and_dead_nodes_folds_to_one_conv_in_any_order() {
         assert_eq!(m.graph.as_ref().unwrap().node[0].input[0], "x");
         let passes: std::collections::HashMap<_, _> = report.passes.into_iter().collect();
         assert_eq!(passes["eliminate_identity"], 50);
-        assert_eq!(passes["eliminate_dead_nodes"], 50);
+        // The dead Relus all read x once the Identities are gone: 49 merge as duplicates.
+        assert_eq!(
+            passes["eliminate_dead_nodes"] + passes["eliminate_duplicates"],
+            50
+        );
     }
 }
 

@@ -257,7 +257,9 @@ impl Source {
             }
             Plan::Optimized | Plan::With(_) | Plan::Half => {
                 let mut model = self.model.clone();
-                let report = msn_fold::fold(&mut model);
+                // tract's plan propagates constants itself: no second analysis here.
+                let options = msn_fold::Options { analyse: false };
+                let report = msn_fold::fold_with(&mut model, options);
                 let folded = report.passes.iter().any(|(_, n)| *n > 0);
                 guarded = guard::run(model.graph.as_mut().expect("has a graph"));
                 fold = Some(report);

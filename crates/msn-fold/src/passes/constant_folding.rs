@@ -2,9 +2,10 @@
 //! evaluated here and replaced by initializers. This turns the exported spectral-norm
 //! sub-graph (`Reshape`, `MatMul`, `MatMul`, `Div`) into one plain weight.
 
-use crate::graph::{set_init, Index};
+use crate::graph::Index;
 use msn_onnx::proto::tensor_proto::DataType;
-use msn_onnx::{attr_int, attr_ints, attribute, tensor, GraphProto, NodeProto};
+use msn_onnx::{attr_int, attr_ints, attribute, tensor, GraphProto, NodeProto, TensorProto};
+use std::collections::HashMap;
 use ndarray::{ArrayD, Axis, IxDyn};
 
 #[derive(Clone)]
@@ -54,8 +55,7 @@ impl Value {
 
 /// A constant this pass can compute with: FLOAT or INT64. Nodes reading any other type
 /// (DOUBLE, FLOAT16, INT32, ...) are left alone, so every value keeps its element type.
-fn read(g: &GraphProto, idx: &Index, name: &str) -> Option<Value> {
-    let t = idx.constant(g, name)?;
+fn read(t: &TensorProto) -> Option<Value> {
     if tensor::is_f32(t) {
         tensor::to_f32(t).ok().map(Value::F)
     } else if t.data_type() == DataType::Int64 as i32 {
@@ -388,62 +388,89 @@ fn eval(node: &NodeProto, inputs: Vec<Value>) -> Option<Value> {
 
 /// Turns `Constant` nodes into initializers, then folds every node with constant inputs.
 /// Returns how many nodes were folded.
+///
+/// Linear in the graph: one sweep in graph order folds a whole chain of constant nodes (a
+/// value folded is a constant for the nodes after it); another sweep follows only when a
+/// graph written out of order left something.
 pub fn run(g: &mut GraphProto) -> usize {
     let mut folded = 0;
     loop {
-        let idx = Index::new(g);
-        let mut hit = None;
-        for (i, node) in g.node.iter().enumerate() {
-            if node.output.len() != 1 || node.domain() != "" && node.domain() != "ai.onnx" {
+        let n = sweep(g);
+        if n == 0 {
+            return folded;
+        }
+        folded += n;
+    }
+}
+
+fn sweep(g: &mut GraphProto) -> usize {
+    let idx = Index::new(g);
+    // Values folded in this sweep, in the order found.
+    let mut added: Vec<TensorProto> = Vec::new();
+    let mut by_name: HashMap<String, usize> = HashMap::new();
+    let mut gone = vec![false; g.node.len()];
+    for (i, node) in g.node.iter().enumerate() {
+        if node.output.len() != 1 || node.domain() != "" && node.domain() != "ai.onnx" {
+            continue;
+        }
+        let out = &node.output[0];
+        let t = if node.op_type() == "Constant" {
+            let Some(mut t) = attribute(node, "value").and_then(|a| a.t.clone()) else {
                 continue;
-            }
-            if node.op_type() == "Constant" {
-                if let Some(t) = attribute(node, "value").and_then(|a| a.t.clone()) {
-                    hit = Some((i, None, Some(t)));
-                    break;
-                }
-                continue;
-            }
+            };
+            t.name = Some(out.clone());
+            t
+        } else {
             // An empty optional input followed by a given one would shift positions: such
             // a node is left alone; trailing empty inputs are simply absent.
             let given =
                 node.input.len() - node.input.iter().rev().take_while(|s| s.is_empty()).count();
-            if node.input[..given].iter().any(|s| s.is_empty()) {
+            if given == 0 || node.input[..given].iter().any(|s| s.is_empty()) {
                 continue;
             }
-            let ins: Vec<&String> = node.input[..given].iter().collect();
-            if ins.is_empty() || !ins.iter().all(|n| idx.is_constant(n.as_str())) {
-                continue;
-            }
-            let Some(values) = ins
+            let constant = |name: &str| match by_name.get(name) {
+                Some(&k) => Some(&added[k]),
+                None => idx.constant(g, name),
+            };
+            let Some(values) = node.input[..given]
                 .iter()
-                .map(|n| read(g, &idx, n))
+                .map(|n| constant(n).and_then(read))
                 .collect::<Option<Vec<_>>>()
             else {
                 continue;
             };
-            if let Some(v) = eval(node, values) {
-                hit = Some((i, Some(v), None));
-                break;
+            match eval(node, values) {
+                Some(Value::F(a)) => tensor::from_f32(out, &a),
+                Some(Value::I(a)) => tensor::from_i64(out, &a),
+                None => continue,
+            }
+        };
+        by_name.insert(out.clone(), added.len());
+        added.push(t);
+        gone[i] = true;
+    }
+    let n = added.len();
+    let mut i = 0;
+    g.node.retain(|_| {
+        i += 1;
+        !gone[i - 1]
+    });
+    let mut existing: HashMap<String, usize> = g
+        .initializer
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name().to_string(), i))
+        .collect();
+    for t in added {
+        match existing.get(t.name()) {
+            Some(&k) => g.initializer[k] = t,
+            None => {
+                existing.insert(t.name().to_string(), g.initializer.len());
+                g.initializer.push(t);
             }
         }
-        let Some((i, value, raw)) = hit else {
-            return folded;
-        };
-        let node = g.node.remove(i);
-        let out = &node.output[0];
-        let t = match (value, raw) {
-            (Some(Value::F(a)), _) => tensor::from_f32(out, &a),
-            (Some(Value::I(a)), _) => tensor::from_i64(out, &a),
-            (None, Some(mut t)) => {
-                t.name = Some(out.clone());
-                t
-            }
-            (None, None) => unreachable!("a hit has a value"),
-        };
-        set_init(g, t);
-        folded += 1;
     }
+    n
 }
 
 #[cfg(test)]

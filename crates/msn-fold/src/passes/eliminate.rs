@@ -180,3 +180,127 @@ pub fn dead_code(g: &mut GraphProto) -> (usize, usize) {
         .retain(|v| !all_inits.contains(v.name()) || live.contains(v.name()));
     (nodes, before - g.initializer.len())
 }
+
+/// Ops whose result is not a function of their inputs: never merged.
+const RANDOM: &[&str] = &[
+    "RandomNormal",
+    "RandomNormalLike",
+    "RandomUniform",
+    "RandomUniformLike",
+    "Multinomial",
+    "Bernoulli",
+];
+
+/// Merges duplicate subexpressions: a node with the same op, inputs and attributes as one
+/// before it reads as that one (its readers are renamed). Returns how many nodes went.
+///
+/// Linear in the graph: one walk in graph order, a duplicate's inputs resolved through the
+/// renames already made, so a duplicated chain merges in the same walk. Nodes with
+/// subgraphs, random ops and nodes writing a graph output are left alone.
+pub fn duplicates(g: &mut GraphProto) -> usize {
+    let outputs: HashSet<&str> = g.output.iter().map(|o| o.name()).collect();
+    let mut seen: HashMap<Vec<u8>, usize> = HashMap::new();
+    let mut rename: HashMap<String, String> = HashMap::new();
+    let mut gone = vec![false; g.node.len()];
+    for (i, n) in g.node.iter().enumerate() {
+        if n.output.is_empty()
+            || RANDOM.contains(&n.op_type())
+            || subgraphs(n).next().is_some()
+            || n.output.iter().any(|o| outputs.contains(o.as_str()))
+        {
+            continue;
+        }
+        let key = node_key(n, &rename);
+        match seen.get(&key) {
+            Some(&j) => {
+                let first = &g.node[j];
+                if first.output.len() != n.output.len()
+                    || n
+                        .output
+                        .iter()
+                        .zip(&first.output)
+                        .any(|(a, b)| !a.is_empty() && b.is_empty())
+                {
+                    continue;
+                }
+                for (a, b) in n.output.iter().zip(&first.output) {
+                    if !a.is_empty() {
+                        rename.insert(a.clone(), b.clone());
+                    }
+                }
+                gone[i] = true;
+            }
+            None => {
+                seen.insert(key, i);
+            }
+        }
+    }
+    let removed = gone.iter().filter(|&&x| x).count();
+    if removed == 0 {
+        return 0;
+    }
+    let mut i = 0;
+    g.node.retain(|_| {
+        i += 1;
+        !gone[i - 1]
+    });
+    rename_all(g, &rename);
+    removed
+}
+
+/// What makes two nodes compute the same: domain, op, inputs (renamed) and attributes in
+/// name order, as bytes.
+fn node_key(n: &NodeProto, rename: &HashMap<String, String>) -> Vec<u8> {
+    use prost::Message;
+    let mut key = Vec::new();
+    for s in [n.domain(), n.op_type()] {
+        key.extend_from_slice(s.as_bytes());
+        key.push(0);
+    }
+    for i in &n.input {
+        key.extend_from_slice(rename.get(i).unwrap_or(i).as_bytes());
+        key.push(0);
+    }
+    key.push(1);
+    let mut attrs: Vec<_> = n.attribute.iter().collect();
+    attrs.sort_by(|a, b| a.name().cmp(b.name()));
+    for a in attrs {
+        let bytes = a.encode_to_vec();
+        key.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+        key.extend_from_slice(&bytes);
+    }
+    key
+}
+
+/// Optional outputs nobody reads are dropped (a Dropout's mask, a MaxPool's indices, a
+/// LayerNormalization's mean and inverse deviation, a BatchNormalization's training
+/// statistics, a recurrent op's states): trailing ones are removed, others named "".
+/// Returns how many outputs went.
+pub fn unused_outputs(g: &mut GraphProto) -> usize {
+    const OPTIONAL: &[&str] = &[
+        "Dropout",
+        "MaxPool",
+        "LayerNormalization",
+        "BatchNormalization",
+        "LSTM",
+        "GRU",
+        "RNN",
+    ];
+    let idx = Index::new(g);
+    let mut removed = 0;
+    for n in &mut g.node {
+        if !OPTIONAL.contains(&n.op_type()) || !n.domain().is_empty() {
+            continue;
+        }
+        for o in n.output.iter_mut().skip(1) {
+            if !o.is_empty() && idx.uses(o) == 0 && !idx.outputs.contains(o.as_str()) {
+                o.clear();
+                removed += 1;
+            }
+        }
+        while n.output.len() > 1 && n.output.last().is_some_and(|o| o.is_empty()) {
+            n.output.pop();
+        }
+    }
+    removed
+}
