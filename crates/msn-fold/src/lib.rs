@@ -91,9 +91,6 @@ pub fn spectral_sigmas(g: &GraphProto) -> Vec<(String, f32)> {
 }
 
 fn note(report: &mut Report, pass: &str, n: usize) {
-    if std::env::var_os("MSN_FOLD_TIMES").is_some() {
-        eprintln!("{pass} {n} {:.3}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64());
-    }
     match report.passes.iter_mut().find(|(p, _)| p == pass) {
         Some(entry) => entry.1 += n,
         None => report.passes.push((pass.to_string(), n)),
@@ -139,7 +136,10 @@ pub fn fold_with(model: &mut ModelProto, options: Options) -> Report {
         let simple: [(&str, Pass); 7] = [
             ("eliminate_identity", passes::eliminate::identities),
             ("eliminate_duplicates", passes::eliminate::duplicates),
-            ("eliminate_unused_outputs", passes::eliminate::unused_outputs),
+            (
+                "eliminate_unused_outputs",
+                passes::eliminate::unused_outputs,
+            ),
             ("uniform_quant_params", passes::uniform_quant_params::run),
             ("static_shapes", passes::static_shapes::run),
             ("constant_folding", passes::constant_folding::run),

@@ -183,7 +183,10 @@ fn double_and_int32_arithmetic_folds_in_its_own_types() {
     // onnxruntime does: d*d in double, then rounded once), and both Adds of the constants
     // then go into the conv's bias with the BatchNorm.
     assert_eq!(ops(&f), ["Conv"]);
-    assert!(init(fg, "d").is_none() && init(fg, "i").is_none(), "unused after the fold");
+    assert!(
+        init(fg, "d").is_none() && init(fg, "i").is_none(),
+        "unused after the fold"
+    );
     let err = msn_runtime::verify::models(&g, &f, 2, 1, &[]).unwrap();
     assert!(err < 1e-6, "{err}");
 }

@@ -42,11 +42,21 @@ fn mask_model(batch: i64) -> ModelProto {
     b.initializer_i64("zero", &arr0(0i64).into_dyn());
     b.initializer_i64("one", &arr0(1i64).into_dyn());
     b.node("Range", &["zero", "h", "one"], "rows", &[]);
-    b.node("Cast", &["rows"], "rowsf", &[attr::int("to", DataType::Float as i64)]);
+    b.node(
+        "Cast",
+        &["rows"],
+        "rowsf",
+        &[attr::int("to", DataType::Float as i64)],
+    );
     b.initializer_i64("axis0", &i64s(&[0]));
     b.node("Unsqueeze", &["h", "axis0"], "hv", &[]);
     b.node("ConstantOfShape", &["hv"], "zeros", &[]);
-    b.node("Cast", &["zeros"], "zerosi", &[attr::int("to", DataType::Int64 as i64)]);
+    b.node(
+        "Cast",
+        &["zeros"],
+        "zerosi",
+        &[attr::int("to", DataType::Int64 as i64)],
+    );
     b.node("Equal", &["rows", "zerosi"], "first", &[]);
     b.initializer_f32("minus", &filled(&[4], -100.0));
     b.node("Where", &["first", "minus", "rowsf"], "row_mask", &[]);
@@ -67,7 +77,10 @@ fn mask_arithmetic_from_shapes_becomes_one_constant() {
     assert_eq!(ops(&f), ["Add"]);
     assert!(passes["evaluate_constants"] >= 1, "{passes:?}");
     let g = f.graph.as_ref().unwrap();
-    let mask = g.initializer.iter().find(|t| t.name() == g.node[0].input[1]);
+    let mask = g
+        .initializer
+        .iter()
+        .find(|t| t.name() == g.node[0].input[1]);
     let mask = msn_onnx::tensor::to_f32(mask.expect("the mask is an initializer")).unwrap();
     assert_eq!(mask.shape(), [1, 2, 4, 4]);
     assert_eq!(
@@ -117,7 +130,12 @@ fn a_folded_constant_never_grows_past_the_bound() {
     b.input("x", &[256, 256]);
     b.initializer_i64("shape", &i64s(&[256, 256]));
     let zero = msn_onnx::tensor::from_f32("", &ArrayD::from_elem(vec![1], 0.0));
-    b.node("ConstantOfShape", &["shape"], "c", &[attr::tensor("value", zero)]);
+    b.node(
+        "ConstantOfShape",
+        &["shape"],
+        "c",
+        &[attr::tensor("value", zero)],
+    );
     b.node("Add", &["x", "c"], "a", &[]);
     b.node("Relu", &["a"], "y", &[]);
     b.output("y", &[256, 256]);
@@ -141,8 +159,18 @@ fn no_ops_model() -> ModelProto {
     b.initializer_i64("ends", &i64s(&[4, 100]));
     b.initializer_i64("axes", &i64s(&[2, 3]));
     b.node("Slice", &["p", "starts", "ends", "axes"], "s", &[]);
-    b.node("Transpose", &["s"], "t1", &[attr::ints("perm", &[0, 2, 3, 1])]);
-    b.node("Transpose", &["t1"], "t2", &[attr::ints("perm", &[0, 3, 1, 2])]);
+    b.node(
+        "Transpose",
+        &["s"],
+        "t1",
+        &[attr::ints("perm", &[0, 2, 3, 1])],
+    );
+    b.node(
+        "Transpose",
+        &["t1"],
+        "t2",
+        &[attr::ints("perm", &[0, 3, 1, 2])],
+    );
     b.initializer_i64("flat", &i64s(&[1, 32]));
     b.node("Reshape", &["t2", "flat"], "r1", &[]);
     b.initializer_i64("back", &i64s(&[1, 2, 16]));
@@ -169,7 +197,10 @@ fn no_ops_at_fixed_shapes_go_and_chains_shorten() {
     let g = f.graph.as_ref().unwrap();
     // The two reshapes are one, reading the conv at the final shape.
     assert_eq!(g.node[1].input[0], "c");
-    let spec = g.initializer.iter().find(|t| t.name() == g.node[1].input[1]);
+    let spec = g
+        .initializer
+        .iter()
+        .find(|t| t.name() == g.node[1].input[1]);
     let spec = msn_onnx::tensor::to_i64(spec.unwrap()).unwrap();
     assert_eq!(spec.iter().copied().collect::<Vec<_>>(), [1, 2, 16]);
 }
@@ -178,8 +209,18 @@ fn no_ops_at_fixed_shapes_go_and_chains_shorten() {
 fn transposes_compose_and_duplicates_merge() {
     let mut b = GraphBuilder::new("dup");
     b.input("x", &[1, 2, 3, 4]);
-    b.node("Transpose", &["x"], "t1", &[attr::ints("perm", &[0, 2, 3, 1])]);
-    b.node("Transpose", &["t1"], "t2", &[attr::ints("perm", &[0, 2, 1, 3])]);
+    b.node(
+        "Transpose",
+        &["x"],
+        "t1",
+        &[attr::ints("perm", &[0, 2, 3, 1])],
+    );
+    b.node(
+        "Transpose",
+        &["t1"],
+        "t2",
+        &[attr::ints("perm", &[0, 2, 1, 3])],
+    );
     // The same Relu and Sigmoid twice, the second pair reading the first's duplicate.
     b.node("Relu", &["t2"], "r1", &[]);
     b.node("Relu", &["t2"], "r2", &[]);

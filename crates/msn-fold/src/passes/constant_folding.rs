@@ -5,8 +5,8 @@
 use crate::graph::Index;
 use msn_onnx::proto::tensor_proto::DataType;
 use msn_onnx::{attr_int, attr_ints, attribute, tensor, GraphProto, NodeProto, TensorProto};
-use std::collections::HashMap;
 use ndarray::{ArrayD, Axis, IxDyn};
+use std::collections::HashMap;
 
 #[derive(Clone)]
 enum Value {

@@ -215,8 +215,7 @@ pub fn duplicates(g: &mut GraphProto) -> usize {
             Some(&j) => {
                 let first = &g.node[j];
                 if first.output.len() != n.output.len()
-                    || n
-                        .output
+                    || n.output
                         .iter()
                         .zip(&first.output)
                         .any(|(a, b)| !a.is_empty() && b.is_empty())

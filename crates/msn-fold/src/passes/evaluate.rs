@@ -264,10 +264,11 @@ fn can_write(
         .max()
         .unwrap_or(0);
     let limit = LIMIT_BYTES.max(largest_input);
-    n.output
-        .iter()
-        .filter(|o| !o.is_empty())
-        .all(|o| values.get(o).is_some_and(|t| bytes_of(t) <= limit && onnx_type(t).is_some()))
+    n.output.iter().filter(|o| !o.is_empty()).all(|o| {
+        values
+            .get(o)
+            .is_some_and(|t| bytes_of(t) <= limit && onnx_type(t).is_some())
+    })
 }
 
 fn bytes_of(t: &Tensor) -> usize {
@@ -348,7 +349,9 @@ fn to_proto(name: &str, t: &Tensor) -> Option<TensorProto> {
             .ok()?
             .as_slice::<bool>()
             .ok()?
-            .iter().map(|&b| b as u8).collect(),
+            .iter()
+            .map(|&b| b as u8)
+            .collect(),
         _ => return None,
     };
     Some(TensorProto {

@@ -69,12 +69,17 @@ fn no_op(g: &GraphProto, idx: &Index, n: &NodeProto, facts: &Facts) -> Option<St
     let out_shape = facts.shape(out)?;
     let out_type = facts.data_type(out)?;
     // `x` passes through when it has the output's shape and type.
-    let same = |x: &String| facts.shape(x) == Some(out_shape) && facts.data_type(x) == Some(out_type);
+    let same =
+        |x: &String| facts.shape(x) == Some(out_shape) && facts.data_type(x) == Some(out_type);
     let input = |i: usize| n.input.get(i).filter(|s| !s.is_empty());
     let value = |i: usize| input(i).and_then(|s| idx.constant(g, s));
     match n.op_type() {
         "Add" | "Sub" | "Mul" | "Div" if n.input.len() == 2 && n.domain().is_empty() => {
-            let neutral = if matches!(n.op_type(), "Add" | "Sub") { 0.0 } else { 1.0 };
+            let neutral = if matches!(n.op_type(), "Add" | "Sub") {
+                0.0
+            } else {
+                1.0
+            };
             // x op c, and for + and * also c op x.
             let sides: &[(usize, usize)] = match n.op_type() {
                 "Add" | "Mul" => &[(0, 1), (1, 0)],
@@ -94,8 +99,7 @@ fn no_op(g: &GraphProto, idx: &Index, n: &NodeProto, facts: &Facts) -> Option<St
             };
             (none && same(x)).then(|| x.clone())
         }
-        "Slice" | "Expand" | "Reshape" | "Tile" | "Cast" | "Squeeze" | "Unsqueeze"
-        | "Flatten" => {
+        "Slice" | "Expand" | "Reshape" | "Tile" | "Cast" | "Squeeze" | "Unsqueeze" | "Flatten" => {
             let x = input(0)?;
             same(x).then(|| x.clone())
         }
@@ -126,7 +130,12 @@ fn ints(t: &TensorProto) -> Option<Vec<i64>> {
 /// Every value name of the graph and its subgraphs.
 fn names(g: &GraphProto, out: &mut HashSet<String>) {
     out.extend(g.initializer.iter().map(|t| t.name().to_string()));
-    out.extend(g.input.iter().chain(&g.output).map(|v| v.name().to_string()));
+    out.extend(
+        g.input
+            .iter()
+            .chain(&g.output)
+            .map(|v| v.name().to_string()),
+    );
     for n in &g.node {
         out.extend(n.input.iter().chain(&n.output).cloned());
         for sub in subgraphs(n) {
@@ -155,7 +164,9 @@ fn chains(g: &mut GraphProto, facts: &Facts) -> usize {
         };
         match n.op_type() {
             "Reshape" => {
-                let Some(out) = facts.shape(&n.output[0]).filter(|s| s.iter().all(|&d| d > 0))
+                let Some(out) = facts
+                    .shape(&n.output[0])
+                    .filter(|s| s.iter().all(|&d| d > 0))
                 else {
                     continue;
                 };
