@@ -176,6 +176,55 @@ pub fn fresh_name(g: &GraphProto, base: &str) -> String {
         .expect("some suffix is free")
 }
 
+/// Fresh names and initializer updates for a batch of edits, in constant time each where
+/// [`fresh_name`] and [`set_init`] scan the graph: the names taken and the initializers'
+/// positions are collected once.
+pub struct Names {
+    taken: HashSet<String>,
+    init: HashMap<String, usize>,
+}
+
+impl Names {
+    pub fn new(g: &GraphProto) -> Self {
+        let mut taken = HashSet::new();
+        collect_names(g, &mut taken);
+        let init = g
+            .initializer
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name().to_string(), i))
+            .collect();
+        Names { taken, init }
+    }
+
+    /// A name no value has, built from `base` as [`fresh_name`] builds it; taken from now on.
+    pub fn fresh(&mut self, base: &str) -> String {
+        let name = if !self.taken.contains(base) {
+            base.to_string()
+        } else {
+            (1..)
+                .map(|i| format!("{base}_{i}"))
+                .find(|n| !self.taken.contains(n))
+                .expect("some suffix is free")
+        };
+        self.taken.insert(name.clone());
+        name
+    }
+
+    /// Replaces (or adds) an initializer of `g`, which only these edits may have changed
+    /// since [`Names::new`].
+    pub fn set_init(&mut self, g: &mut GraphProto, t: TensorProto) {
+        match self.init.get(t.name()) {
+            Some(&i) => g.initializer[i] = t,
+            None => {
+                self.taken.insert(t.name().to_string());
+                self.init.insert(t.name().to_string(), g.initializer.len());
+                g.initializer.push(t);
+            }
+        }
+    }
+}
+
 fn collect_names(g: &GraphProto, taken: &mut HashSet<String>) {
     taken.extend(g.initializer.iter().map(|t| t.name().to_string()));
     taken.extend(g.input.iter().map(|v| v.name().to_string()));

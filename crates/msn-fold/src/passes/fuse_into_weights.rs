@@ -6,7 +6,8 @@
 //! Each rule starts with the conditions under which the fold is exact; when one fails, the
 //! graph is left as it is (with a warning when the pattern looked foldable but is not).
 
-use crate::graph::{fresh_name, node_name, set_init, Index};
+use crate::graph::{node_name, Index};
+use msn_onnx::index::Names;
 use msn_onnx::{attr_float, attr_int, tensor, GraphProto, NodeProto};
 use ndarray::{Array1, ArrayD, Axis};
 
@@ -270,24 +271,32 @@ fn layer(g: &GraphProto, idx: &Index, pi: usize) -> Option<Layer> {
 /// Folds `aff` into the layer: `W' = s * alpha * W`, `b' = s * b + t`; the layer then writes
 /// the consumer's output and the consumer (at `ci`) goes. A weight or bias another node also
 /// reads is never changed: the layer gets a copy.
-fn rewrite(g: &mut GraphProto, idx: &Index, l: Layer, w: ArrayD<f32>, ci: usize, aff: &Affine) {
+fn rewrite(
+    g: &mut GraphProto,
+    idx: &Index,
+    names: &mut Names,
+    l: Layer,
+    w: ArrayD<f32>,
+    ci: usize,
+    aff: &Affine,
+) {
     let new_w = scale_weight(w, l.layout, &(&aff.scale * l.alpha));
     let new_b = (&aff.scale * &l.bias_vec + &aff.shift).into_dyn();
     let shared = |name: &str| idx.uses(name) > 1 || idx.outputs.contains(name);
     let w_target = match shared(&l.weight) {
-        true => fresh_name(g, &format!("{}.folded", l.weight)),
+        true => names.fresh(&format!("{}.folded", l.weight)),
         false => l.weight.clone(),
     };
     let b_target = match &l.bias {
         Some(b) if !shared(b) => b.clone(),
-        Some(b) => fresh_name(g, &format!("{b}.folded")),
+        Some(b) => names.fresh(&format!("{b}.folded")),
         None => {
             let layer_name = g.node[l.index].name().trim_end_matches(".output");
-            fresh_name(g, &format!("{layer_name}.bias"))
+            names.fresh(&format!("{layer_name}.bias"))
         }
     };
-    set_init(g, tensor::from_f32(&w_target, &new_w));
-    set_init(g, tensor::from_f32(&b_target, &new_b));
+    names.set_init(g, tensor::from_f32(&w_target, &new_w));
+    names.set_init(g, tensor::from_f32(&b_target, &new_b));
     let consumer_out = g.node[ci].output[0].clone();
     let p = &mut g.node[l.index];
     p.input[1] = w_target;
@@ -298,17 +307,28 @@ fn rewrite(g: &mut GraphProto, idx: &Index, l: Layer, w: ArrayD<f32>, ci: usize,
             .retain(|a| a.name() != "alpha" && a.name() != "beta");
     }
     p.output[0] = consumer_out;
-    g.node.remove(ci);
 }
 
-/// One fold, if any applies. Returns the kind folded.
-fn fold_one(g: &mut GraphProto, warnings: &mut Vec<String>) -> Option<&'static str> {
+/// One sweep over the graph with one index: every layer whose output only an affine op
+/// reads takes it in. A node folded into or out of stays untouched for the rest of the sweep
+/// (the index no longer describes it); the next sweep sees what this one made. Returns the
+/// kinds folded.
+fn sweep(g: &mut GraphProto, warnings: &mut Vec<String>) -> Vec<&'static str> {
     let idx = Index::new(g);
+    let mut names = Names::new(g);
+    let mut touched = vec![false; g.node.len()];
+    let mut folded = Vec::new();
     for pi in 0..g.node.len() {
+        if touched[pi] {
+            continue;
+        }
         let Some(l) = layer(g, &idx, pi) else {
             continue;
         };
         let ci = idx.consumers[l.y.as_str()][0];
+        if touched[ci] {
+            continue;
+        }
         let shape = (l.rank, l.channels);
         let Some(aff) = affine_of(&g.node[ci], g, &idx, &l.y, shape, warnings) else {
             continue;
@@ -316,21 +336,35 @@ fn fold_one(g: &mut GraphProto, warnings: &mut Vec<String>) -> Option<&'static s
         let Some(w) = idx.float(g, &l.weight) else {
             continue;
         };
-        rewrite(g, &idx, l, w, ci, &aff);
-        return Some(aff.what);
+        rewrite(g, &idx, &mut names, l, w, ci, &aff);
+        touched[pi] = true;
+        touched[ci] = true;
+        folded.push((ci, aff.what));
     }
-    None
+    let gone: std::collections::HashSet<usize> = folded.iter().map(|f| f.0).collect();
+    let mut i = 0;
+    g.node.retain(|_| {
+        i += 1;
+        !gone.contains(&(i - 1))
+    });
+    folded.into_iter().map(|f| f.1).collect()
 }
 
-/// Folds until nothing more applies.
+/// Folds until nothing more applies: a sweep per link of the longest chain of affine ops
+/// after one layer, each sweep linear in the graph.
 pub fn run(g: &mut GraphProto, warnings: &mut Vec<String>) -> Counts {
     let mut counts = Counts::default();
-    while let Some(what) = fold_one(g, warnings) {
-        if what == "BatchNormalization" {
-            counts.batch_norm += 1;
-        } else {
-            counts.affine += 1;
+    loop {
+        let folded = sweep(g, warnings);
+        if folded.is_empty() {
+            return counts;
+        }
+        for what in folded {
+            if what == "BatchNormalization" {
+                counts.batch_norm += 1;
+            } else {
+                counts.affine += 1;
+            }
         }
     }
-    counts
 }

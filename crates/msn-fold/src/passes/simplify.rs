@@ -2,8 +2,9 @@
 //!
 //! - no-ops become `Identity` (removed by [`crate::passes::eliminate::identities`]): `Add`
 //!   or `Sub` of zeros and `Mul` or `Div` by ones that broadcast nothing, `Pad` by nothing,
-//!   and `Slice`, `Expand`, `Reshape`, `Tile`, `Cast`, `Squeeze`/`Unsqueeze` or `Transpose`
-//!   whose output has its input's shape (and type) and, for `Transpose`, the identity order;
+//!   and `Slice` (forward steps only: a step of -1 reverses), `Expand`, `Reshape`, `Tile`,
+//!   `Cast`, `Squeeze`/`Unsqueeze`, `Flatten` or `Transpose` whose output has its input's
+//!   shape (and type) and, for `Transpose`, the identity order;
 //! - a `Reshape` of a `Reshape` reads the first one's input (at the final shape, spelled
 //!   out), a `Transpose` of a `Transpose` reads the first one's input with the two orders
 //!   composed.
@@ -99,7 +100,18 @@ fn no_op(g: &GraphProto, idx: &Index, n: &NodeProto, facts: &Facts) -> Option<St
             };
             (none && same(x)).then(|| x.clone())
         }
-        "Slice" | "Expand" | "Reshape" | "Tile" | "Cast" | "Squeeze" | "Unsqueeze" | "Flatten" => {
+        // A Slice keeping the shape with a step of -1 reverses: only forward steps pass.
+        "Slice" => {
+            let x = input(0)?;
+            let forward = match input(4) {
+                None => true,
+                Some(_) => value(4)
+                    .and_then(ints)
+                    .is_some_and(|s| s.iter().all(|&v| v >= 1)),
+            };
+            (forward && same(x)).then(|| x.clone())
+        }
+        "Expand" | "Reshape" | "Tile" | "Cast" | "Squeeze" | "Unsqueeze" | "Flatten" => {
             let x = input(0)?;
             same(x).then(|| x.clone())
         }
