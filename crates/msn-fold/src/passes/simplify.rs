@@ -93,7 +93,7 @@ fn no_op(g: &GraphProto, idx: &Index, n: &NodeProto, facts: &Facts) -> Option<St
         }
         "Pad" => {
             let x = input(0)?;
-            let pads = value(1).and_then(|t| ints(t));
+            let pads = value(1).and_then(ints);
             let none = match pads {
                 Some(p) => p.iter().all(|&v| v == 0),
                 None => n.input.len() < 2 && attr_ints(n, "pads").iter().all(|&v| v == 0),
