@@ -1,6 +1,12 @@
 """Dev-only: tract (`msn bench`) against onnxruntime, one thread and all threads, in one run.
 
-    python scripts/side_by_side.py [--msn target/release/msn] [--rounds 3] [--iters 30] MODEL.onnx...
+    python scripts/side_by_side.py [--msn target/release/msn] [--rounds 3] [--iters 30]
+        [MODEL.onnx...] [--torchvision mobilenet_v3_large efficientnet_b0 resnet50 ...]
+
+`--torchvision NAME...` exports those torchvision models (random weights, 224x224, opset 17)
+and folds them with `msn fold` first, as the README's figures are made; `--issue-42` is the
+six networks of issue 42 (EfficientNet-Lite0 from ../shared/data and five from torchvision).
+The CPU is printed with the table.
 
 For each round, each model is measured in turns: msn bench with --threads 1, onnxruntime with
 one intra-op thread, msn bench with every core, onnxruntime with every core. The table gives
@@ -10,8 +16,10 @@ speed-up from 1 thread to all. A model with symbolic input dimensions is run wit
 import argparse
 import json
 import os
+import platform
 import statistics
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -45,14 +53,53 @@ def msn_p50(msn, model, threads, iters, warmup):
     return json.loads(out.stdout)["p50_ms"]
 
 
+def cpu_name():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def torchvision_folded(msn, name, tmp):
+    import torch
+    import torchvision
+    torch.manual_seed(0)
+    m = getattr(torchvision.models, name)(weights=None).eval()
+    raw, folded = tmp / f"{name}.raw.onnx", tmp / f"{name}.onnx"
+    torch.onnx.export(m, torch.randn(1, 3, 224, 224), str(raw), dynamo=False, opset_version=17,
+                      input_names=["input"], output_names=["logits"])
+    subprocess.run([msn, "fold", str(raw), "-o", str(folded)], check=True, capture_output=True)
+    return folded
+
+
+ISSUE_42 = ["mobilenet_v3_large", "efficientnet_b0", "resnet50", "regnet_x_400mf", "mobilenet_v3_small"]
+LITE0 = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "efficientnet-lite0" / "efficientnet-lite0.onnx"
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("models", nargs="+", type=Path)
+    ap.add_argument("models", nargs="*", type=Path)
+    ap.add_argument("--torchvision", nargs="*", default=[])
+    ap.add_argument("--issue-42", action="store_true")
     ap.add_argument("--msn", default="target/release/msn")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     a = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp())
+    names = list(a.torchvision)
+    if a.issue_42:
+        if LITE0.exists():
+            a.models.append(LITE0.resolve())
+        else:
+            print(f"EfficientNet-Lite0 not found at {LITE0}: left out")
+        names += [n for n in ISSUE_42 if n not in names]
+    a.models += [torchvision_folded(a.msn, n, tmp) for n in names]
+    if not a.models:
+        ap.error("no models")
     cores = os.cpu_count() or 1
     runs = {m: {k: [] for k in ("msn1", "ort1", "msnN", "ortN")} for m in a.models}
     for r in range(a.rounds):
@@ -62,8 +109,8 @@ def main():
             runs[m]["msnN"].append(msn_p50(a.msn, m, cores, a.iters, a.warmup))
             runs[m]["ortN"].append(ort_p50(m, cores, a.iters, a.warmup))
         print(f"round {r + 1}/{a.rounds} done", flush=True)
-    print(f"\nmedians of {a.rounds} rounds of p50 (ms), batch 1, onnxruntime {ort.__version__}, "
-          f"{cores} cores")
+    print(f"\n{cpu_name()}: medians of {a.rounds} rounds of p50 (ms), batch 1, onnxruntime "
+          f"{ort.__version__}, {cores} cores")
     print(f"| model | msn 1 thread | ort 1 thread | ratio | msn {cores} threads | "
           f"ort {cores} threads | ratio | msn speed-up 1 -> {cores} |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
