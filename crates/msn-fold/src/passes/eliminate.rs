@@ -181,8 +181,8 @@ pub fn dead_code(g: &mut GraphProto) -> (usize, usize) {
     (nodes, before - g.initializer.len())
 }
 
-/// Ops whose result is not a function of their inputs: never merged.
-const RANDOM: &[&str] = &[
+/// Ops whose result is not a function of their inputs: never merged or evaluated.
+pub(crate) const RANDOM: &[&str] = &[
     "RandomNormal",
     "RandomNormalLike",
     "RandomUniform",

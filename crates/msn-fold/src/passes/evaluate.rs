@@ -29,20 +29,19 @@ use tract_onnx::tract_hir::infer::Factoid;
 /// The largest value this pass writes when it is larger than every input of its node.
 pub const LIMIT_BYTES: usize = 1 << 20;
 
-/// Ops never evaluated here: their result is not a function of their inputs, or they mark
-/// quantization that must stay in the graph.
-const KEEP: &[&str] = &[
+/// Ops never evaluated here besides the random ones: they mark quantization that must stay
+/// in the graph, or are constants already.
+const QUANT: &[&str] = &[
     "Constant",
     "QuantizeLinear",
     "DequantizeLinear",
     "DynamicQuantizeLinear",
-    "RandomNormal",
-    "RandomNormalLike",
-    "RandomUniform",
-    "RandomUniformLike",
-    "Multinomial",
-    "Bernoulli",
 ];
+
+/// True for an op whose result is not a function of its inputs or must stay in the graph.
+fn kept(op: &str) -> bool {
+    QUANT.contains(&op) || crate::passes::eliminate::RANDOM.contains(&op)
+}
 
 /// What tract's analysis determined about the graph's values, by ONNX name: the values of
 /// node outputs and initializers (only while this pass runs: later passes rewrite
@@ -104,7 +103,7 @@ pub fn run(model: &mut ModelProto) -> (usize, Option<Facts>) {
 /// more shapes than [`crate::shapes`]), or a node all of whose inputs are constants.
 fn candidate(idx: &Index, n: &NodeProto) -> bool {
     let op = n.op_type();
-    if KEEP.contains(&op) || subgraphs(n).next().is_some() {
+    if kept(op) || subgraphs(n).next().is_some() {
         return false;
     }
     matches!(op, "Shape" | "Size")
@@ -182,7 +181,7 @@ fn plan(
     values: &HashMap<String, Arc<Tensor>>,
 ) -> (HashSet<usize>, Vec<TensorProto>) {
     let constant = |n: &NodeProto| {
-        !KEEP.contains(&n.op_type())
+        !kept(n.op_type())
             && n.output.iter().any(|o| !o.is_empty())
             && n.output
                 .iter()
