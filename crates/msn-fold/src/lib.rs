@@ -13,10 +13,15 @@
 //!    ([`passes::matmul_to_gemm`]), so `MatMul + Add + BatchNormalization` folds too; a
 //!    scale before a Conv always folds into it, a shift only when the Conv pads nothing
 //!    ([`passes::fuse_into_following_conv`]);
-//! 3. [`passes::eliminate`]: Identity and inference Dropout removal, dead nodes and unused
-//!    initializers.
+//! 3. [`passes::eliminate`]: Identity and inference Dropout removal, duplicate nodes, unused
+//!    optional outputs, dead nodes and unused initializers;
+//! 4. once, tract's type and value analysis of the graph ([`passes::evaluate`]): what our
+//!    constant folding leaves (the shape, index and mask arithmetic of attention exports) is
+//!    evaluated at the fixed shapes, and [`passes::simplify`] removes the no-ops those
+//!    shapes reveal ([`Options::analyse`]; the runtime leaves it out).
 //!
-//! The passes run to a fixed point. This crate is a pure graph rewrite: it runs no model.
+//! The passes run to a fixed point, each a sweep over one index of the graph. Nothing here
+//! runs the model: tract only analyses it.
 //! `msn_runtime::verify` proves a fold by running both models on the same inputs.
 
 pub mod graph;
