@@ -7,6 +7,8 @@
 //! `target/TARGET/PROFILE/` (`MSN_CROSS_PROFILE`, default `dist`): build them first with
 //! `scripts/cross.sh`. Without `MSN_CROSS_TARGETS` the test says so and does nothing.
 
+mod common;
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -140,27 +142,9 @@ fn teach_on_board(target: &str, board_msn: &Path, tmp: &Path) -> f64 {
     }
     let backbone = root().join("models/fashion-cnn3-msn.folded.onnx");
     let taught = |cmd: &[String], out: &Path| {
-        let args = [
-            "teach",
-            "--backbone",
-            backbone.to_str().unwrap(),
-            "--data",
-            data.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-            "--hidden",
-            "16",
-            "--epochs",
-            "10",
-            "--lr",
-            "0.01",
-            "--batch-size",
-            "4",
-            "--test-fraction",
-            "0",
-            "--json",
-        ];
-        run(cmd, &args);
+        let mut args = common::teach_args(&backbone, &data, out, 10);
+        args.extend(["--hidden".to_string(), "16".to_string()]);
+        run(cmd, &args.iter().map(String::as_str).collect::<Vec<_>>());
     };
     let (on_host, on_board) = (tmp.join("teach-host.onnx"), tmp.join("teach-board.onnx"));
     taught(&[env!("CARGO_BIN_EXE_msn").to_string()], &on_host);

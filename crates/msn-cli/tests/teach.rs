@@ -3,7 +3,7 @@
 //! flags; bad folders and backbones fail cleanly; unreadable images are skipped and counted.
 
 mod common;
-use common::{assert_fails_with, msn, ok, s};
+use common::{assert_fails_with, msn, ok, s, teach_args};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -48,26 +48,9 @@ fn photo_folder(dir: &Path) {
 }
 
 fn teach(data: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args = vec![
-        "teach",
-        "--backbone",
-        s(&backbone()).to_owned().leak(),
-        "--data",
-        s(data),
-        "-o",
-        s(out),
-        "--epochs",
-        "25",
-        "--lr",
-        "0.01",
-        "--batch-size",
-        "4",
-        "--test-fraction",
-        "0",
-        "--json",
-    ];
-    args.extend_from_slice(extra);
-    msn(&args)
+    let mut args = teach_args(&backbone(), data, out, 25);
+    args.extend(extra.iter().map(|a| a.to_string()));
+    msn(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 #[test]

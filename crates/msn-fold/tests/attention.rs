@@ -27,6 +27,10 @@ fn fold(m: &ModelProto) -> (ModelProto, std::collections::HashMap<String, usize>
     (f, report.passes.into_iter().collect())
 }
 
+fn transpose(b: &mut GraphBuilder, x: &str, out: &str, perm: &[i64]) {
+    b.node("Transpose", &[x], out, &[attr::ints("perm", perm)]);
+}
+
 fn filled(shape: &[usize], v: f32) -> ArrayD<f32> {
     ArrayD::from_elem(shape.to_vec(), v)
 }
@@ -164,18 +168,8 @@ fn no_ops_model() -> ModelProto {
     b.initializer_i64("ends", &i64s(&[4, 100]));
     b.initializer_i64("axes", &i64s(&[2, 3]));
     b.node("Slice", &["p", "starts", "ends", "axes"], "s", &[]);
-    b.node(
-        "Transpose",
-        &["s"],
-        "t1",
-        &[attr::ints("perm", &[0, 2, 3, 1])],
-    );
-    b.node(
-        "Transpose",
-        &["t1"],
-        "t2",
-        &[attr::ints("perm", &[0, 3, 1, 2])],
-    );
+    transpose(&mut b, "s", "t1", &[0, 2, 3, 1]);
+    transpose(&mut b, "t1", "t2", &[0, 3, 1, 2]);
     b.initializer_i64("flat", &i64s(&[1, 32]));
     b.node("Reshape", &["t2", "flat"], "r1", &[]);
     b.initializer_i64("back", &i64s(&[1, 2, 16]));
@@ -223,18 +217,8 @@ fn no_ops_at_fixed_shapes_go_and_chains_shorten() {
 fn transposes_compose_and_duplicates_merge() {
     let mut b = GraphBuilder::new("dup");
     b.input("x", &[1, 2, 3, 4]);
-    b.node(
-        "Transpose",
-        &["x"],
-        "t1",
-        &[attr::ints("perm", &[0, 2, 3, 1])],
-    );
-    b.node(
-        "Transpose",
-        &["t1"],
-        "t2",
-        &[attr::ints("perm", &[0, 2, 1, 3])],
-    );
+    transpose(&mut b, "x", "t1", &[0, 2, 3, 1]);
+    transpose(&mut b, "t1", "t2", &[0, 2, 1, 3]);
     // The same Relu and Sigmoid twice, the second pair reading the first's duplicate.
     b.node("Relu", &["t2"], "r1", &[]);
     b.node("Relu", &["t2"], "r2", &[]);

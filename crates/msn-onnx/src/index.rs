@@ -66,12 +66,7 @@ pub fn outer_reads(g: &GraphProto) -> Vec<String> {
 
 impl Index {
     pub fn new(g: &GraphProto) -> Self {
-        let init = g
-            .initializer
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.name().to_string(), i))
-            .collect();
+        let init = initializer_positions(g);
         let mut producer = HashMap::new();
         let mut consumers: HashMap<String, Vec<usize>> = HashMap::new();
         let mut slots: HashMap<String, usize> = HashMap::new();
@@ -176,6 +171,15 @@ pub fn fresh_name(g: &GraphProto, base: &str) -> String {
         .expect("some suffix is free")
 }
 
+/// Initializer name -> its position in `g.initializer`.
+fn initializer_positions(g: &GraphProto) -> HashMap<String, usize> {
+    g.initializer
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name().to_string(), i))
+        .collect()
+}
+
 /// Fresh names and initializer updates for a batch of edits, in constant time each where
 /// [`fresh_name`] and [`set_init`] scan the graph: the names taken and the initializers'
 /// positions are collected once.
@@ -188,12 +192,7 @@ impl Names {
     pub fn new(g: &GraphProto) -> Self {
         let mut taken = HashSet::new();
         collect_names(g, &mut taken);
-        let init = g
-            .initializer
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.name().to_string(), i))
-            .collect();
+        let init = initializer_positions(g);
         Names { taken, init }
     }
 

@@ -7,6 +7,27 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// `msn teach` on `backbone` and the photo folder `data`, writing `out`: `epochs` epochs of
+/// batches of 4 at lr 0.01, every photo for training, a JSON summary.
+pub fn teach_args(backbone: &Path, data: &Path, out: &Path, epochs: usize) -> Vec<String> {
+    let path = |p: &Path| p.to_str().expect("a UTF-8 path").to_string();
+    let mut args: Vec<String> = vec!["teach".into(), "--backbone".into(), path(backbone)];
+    args.extend(["--data".into(), path(data), "-o".into(), path(out)]);
+    args.extend(["--epochs".into(), epochs.to_string()]);
+    for a in [
+        "--lr",
+        "0.01",
+        "--batch-size",
+        "4",
+        "--test-fraction",
+        "0",
+        "--json",
+    ] {
+        args.push(a.into());
+    }
+    args
+}
+
 /// Runs `msn` with `args` to completion.
 pub fn msn(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_msn"))
