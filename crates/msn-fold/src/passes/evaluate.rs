@@ -116,7 +116,7 @@ fn candidate(idx: &Index, n: &NodeProto) -> bool {
 
 /// The values, shapes and types of the graph's values that tract's analysis determined.
 fn analyse(model: &ModelProto) -> Option<Facts> {
-    let bytes = model.encode_to_vec();
+    let bytes = light(model)?.encode_to_vec();
     let onnx = tract_onnx::onnx();
     let mut proto = onnx.proto_model_for_read(&mut &bytes[..]).ok()?;
     drop(bytes);
@@ -147,6 +147,61 @@ fn analyse(model: &ModelProto) -> Option<Facts> {
         }
     }
     Some(facts)
+}
+
+/// The largest initializer whose data tract's copy of the graph gets: tract's analysis
+/// evaluates nothing from a larger input, so of those it only needs the type and shape.
+const DATA_BYTES: usize = 4 << 20;
+
+/// The model as tract's analysis needs it: initializers past [`DATA_BYTES`] become graph
+/// inputs of their type and shape, so a large model is neither copied nor parsed whole.
+fn light(model: &ModelProto) -> Option<ModelProto> {
+    use msn_onnx::proto::{tensor_shape_proto, type_proto, TensorShapeProto, TypeProto};
+    let g = model.graph.as_ref()?;
+    let declared: HashSet<&str> = g.input.iter().map(|v| v.name()).collect();
+    let mut input = g.input.clone();
+    let mut initializer = Vec::new();
+    for t in &g.initializer {
+        if crate::stored_bytes(t) <= DATA_BYTES {
+            initializer.push(t.clone());
+        } else if !declared.contains(t.name()) {
+            let dim = t
+                .dims
+                .iter()
+                .map(|&d| tensor_shape_proto::Dimension {
+                    value: Some(tensor_shape_proto::dimension::Value::DimValue(d)),
+                    ..Default::default()
+                })
+                .collect();
+            input.push(msn_onnx::ValueInfoProto {
+                name: t.name.clone(),
+                r#type: Some(TypeProto {
+                    value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                        elem_type: t.data_type,
+                        shape: Some(TensorShapeProto { dim }),
+                    })),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        }
+    }
+    Some(ModelProto {
+        ir_version: model.ir_version,
+        opset_import: model.opset_import.clone(),
+        functions: model.functions.clone(),
+        graph: Some(GraphProto {
+            name: g.name.clone(),
+            node: g.node.clone(),
+            initializer,
+            sparse_initializer: g.sparse_initializer.clone(),
+            input,
+            output: g.output.clone(),
+            value_info: g.value_info.clone(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
 }
 
 /// Makes ONNX defaults that tract reads differently explicit in tract's copy of the graph:
