@@ -22,19 +22,16 @@ pub(super) fn to_signed(packed: &mut [u8]) {
     }
 }
 
-/// The four rows' taps `4q..4q + 4`, row `r` in lane `r`.
+/// The four rows' taps `4q..4q + 4`, row `r` in lane `r`: one load (the op keeps them side
+/// by side).
 ///
 /// # Safety
-/// `w` holds `ROWS` rows of `wrow` bytes; `4 * q + 4 <= wrow`.
+/// `w` holds `q * wstride + 16` bytes.
 #[inline(always)]
-unsafe fn weights(w: *const i8, wrow: usize, q: usize) -> int8x16_t {
+unsafe fn weights(w: *const i8, wstride: usize, q: usize) -> int8x16_t {
     // SAFETY: the caller upholds this function's `# Safety` contract; NEON is the aarch64
     // baseline.
-    unsafe {
-        let at = |r: usize| (w.add(r * wrow + 4 * q) as *const i32).read_unaligned();
-        let v = [at(0), at(1), at(2), at(3)];
-        vreinterpretq_s8_s32(vld1q_s32(v.as_ptr()))
-    }
+    unsafe { vld1q_s8(w.add(q * wstride)) }
 }
 
 /// `acc + x . w[lane L]`, four lanes of four byte products each.
@@ -61,14 +58,15 @@ unsafe fn sdot<const L: i32>(mut acc: int32x4_t, x: int8x16_t, w: int8x16_t) -> 
 ///
 /// # Safety
 /// The CPU has NEON and the dot product; `t.x` holds `t.groups` groups of `COLS * 4` bytes
-/// `t.stride` apart (signed, [`to_signed`]); `t.w` holds `ROWS * 4 * t.groups` bytes; each of
+/// `t.stride` apart (signed, [`to_signed`]); `t.w` holds `(t.groups - 1) * t.wstride + 16`
+/// bytes; each of
 /// the first `t.rows` rows of `out` holds at least `t.cols` (at most `COLS`) bytes.
 #[target_feature(enable = "neon,dotprod")]
 pub(super) unsafe fn tile_dotprod(t: &Tile, out: [*mut u8; ROWS]) {
     // SAFETY: the caller upholds this function's `# Safety` contract: every read is within a
     // group's `COLS * 4` bytes and the weights' `ROWS` rows.
     unsafe {
-        let (x, w, wrow) = (t.x.as_ptr() as *const i8, t.w.as_ptr(), 4 * t.groups);
+        let (x, w, wstride) = (t.x.as_ptr() as *const i8, t.w.as_ptr(), t.wstride);
         for s in (0..t.cols).step_by(SUB) {
             let mut acc = [[vdupq_n_s32(0); 4]; ROWS];
             for q in 0..t.groups {
@@ -79,7 +77,7 @@ pub(super) unsafe fn tile_dotprod(t: &Tile, out: [*mut u8; ROWS]) {
                     vld1q_s8(xq.add(32)),
                     vld1q_s8(xq.add(48)),
                 ];
-                let wv = weights(w, wrow, q);
+                let wv = weights(w, wstride, q);
                 for v in 0..4 {
                     acc[0][v] = sdot::<0>(acc[0][v], xs[v], wv);
                     acc[1][v] = sdot::<1>(acc[1][v], xs[v], wv);
@@ -102,7 +100,7 @@ pub(super) unsafe fn tile_dotprod(t: &Tile, out: [*mut u8; ROWS]) {
 pub(super) unsafe fn tile_neon(t: &Tile, out: [*mut u8; ROWS]) {
     // SAFETY: as `tile_dotprod`.
     unsafe {
-        let (x, w, wrow) = (t.x.as_ptr() as *const i8, t.w.as_ptr(), 4 * t.groups);
+        let (x, w, wstride) = (t.x.as_ptr() as *const i8, t.w.as_ptr(), t.wstride);
         for s in (0..t.cols).step_by(SUB) {
             let mut acc = [[vdupq_n_s32(0); 4]; ROWS];
             // Two halves of eight pixels, to keep the pair sums in registers.
@@ -111,7 +109,7 @@ pub(super) unsafe fn tile_neon(t: &Tile, out: [*mut u8; ROWS]) {
                 for q in 0..t.groups {
                     let xq = x.add(q * t.stride + 4 * (s + 8 * half));
                     let xs = [vld1q_s8(xq), vld1q_s8(xq.add(16))];
-                    let wv = weights(w, wrow, q);
+                    let wv = weights(w, wstride, q);
                     let ws = [
                         vreinterpretq_s8_s32(vdupq_laneq_s32::<0>(vreinterpretq_s32_s8(wv))),
                         vreinterpretq_s8_s32(vdupq_laneq_s32::<1>(vreinterpretq_s32_s8(wv))),

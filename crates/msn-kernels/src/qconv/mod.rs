@@ -256,8 +256,11 @@ struct Tile<'a> {
     x: &'a [u8],
     stride: usize,
     groups: usize,
-    /// The tile's `ROWS` weight rows, `4 * groups` bytes each.
+    /// The tile's weights from its first row: group `q` of row `r` at `q * wstride + 4 * r`
+    /// (4 bytes; the op keeps every row's group `q` side by side, so that a tile's `ROWS`
+    /// rows of one group are one 16-byte load wherever the tile starts).
     w: &'a [i8],
+    wstride: usize,
     offset: [i32; ROWS],
     scale: [f32; ROWS],
     y0: u8,
@@ -274,7 +277,7 @@ fn tile_plain(t: &Tile, out: &mut [Vec<u8>]) {
             for q in 0..t.groups {
                 for l in 0..4 {
                     let x = t.x[q * t.stride + 4 * p + l] as i32;
-                    acc += x * t.w[r * 4 * t.groups + 4 * q + l] as i32;
+                    acc += x * t.w[q * t.wstride + 4 * r + l] as i32;
                 }
             }
             *y = requantize(acc, t.scale[r], t.y0);
@@ -287,7 +290,8 @@ fn tile_plain(t: &Tile, out: &mut [Vec<u8>]) {
 ///
 /// # Safety
 /// The CPU has AVX-512 F, BW, VL and VNNI ([`available`]); `t.x` holds `t.groups` groups of
-/// `COLS * 4` bytes `t.stride` apart; `t.w` holds `ROWS * 4 * t.groups` bytes; each of the
+/// `COLS * 4` bytes `t.stride` apart; `t.w` holds `(t.groups - 1) * t.wstride + 4 * ROWS`
+/// bytes; each of the
 /// first `t.rows` rows of `out` holds at least `t.cols` (at most `COLS`) bytes.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -297,7 +301,6 @@ unsafe fn tile_avx512(t: &Tile, out: [*mut u8; ROWS]) {
         use std::arch::x86_64::*;
         let mut acc = [[_mm512_setzero_si512(); 4]; ROWS];
         let (x, w) = (t.x.as_ptr(), t.w.as_ptr());
-        let wrow = 4 * t.groups;
         for q in 0..t.groups {
             let xq = x.add(q * t.stride) as *const __m512i;
             let xs = [
@@ -307,7 +310,7 @@ unsafe fn tile_avx512(t: &Tile, out: [*mut u8; ROWS]) {
                 _mm512_loadu_si512(xq.add(3)),
             ];
             for (r, acc) in acc.iter_mut().enumerate() {
-                let wq = (w.add(r * wrow + 4 * q) as *const i32).read_unaligned();
+                let wq = (w.add(q * t.wstride + 4 * r) as *const i32).read_unaligned();
                 let wb = _mm512_set1_epi32(wq);
                 for (a, &xv) in acc.iter_mut().zip(&xs) {
                     *a = _mm512_dpbusd_epi32(*a, xv, wb);
@@ -355,8 +358,13 @@ impl QConv {
         let stride = pixels.next_multiple_of(COLS) * 4;
         // What the tile's unchecked reads rely on, checked here whatever built the op.
         ensure!(available(self.cpu), "QConv needs AVX-512 VNNI or NEON");
-        let weights = (self.cout.checked_add(ROWS))
-            .and_then(|r| r.checked_mul(4 * groups))
+        // Every row's group `q` side by side, `wstride` bytes a group: a tile from row
+        // `o < cout` reads up to `(groups - 1) * wstride + 4 * (o + ROWS) <= weights`.
+        let wstride = (self.cout.checked_add(ROWS))
+            .and_then(|r| r.checked_mul(4))
+            .context("QConv geometry overflows")?;
+        let weights = wstride
+            .checked_mul(groups)
             .context("QConv geometry overflows")?;
         ensure!(
             packed.len() >= packed_len(self.k, pixels)
@@ -377,7 +385,8 @@ impl QConv {
                         x: &packed[4 * p0..],
                         stride,
                         groups,
-                        w: &self.weights[o * 4 * groups..(o + ROWS) * 4 * groups],
+                        w: &self.weights[4 * o..],
+                        wstride,
                         offset: [0; ROWS],
                         scale: [0.0; ROWS],
                         y0: self.y0,
@@ -631,13 +640,16 @@ fn build(
     let groups = k.div_ceil(4);
     // A tile may start at any row (the threads' chunks do not align to tiles): `ROWS` rows of
     // zeros past the last.
-    let mut weights = vec![0i8; (cout + ROWS) * 4 * groups];
+    let wstride = 4 * (cout + ROWS);
+    let mut weights = vec![0i8; wstride * groups];
     let mut offset = Vec::with_capacity(cout);
     let mut signed_offset = Vec::with_capacity(cout);
     let mut scale = Vec::with_capacity(cout);
     for o in 0..cout {
         let row = &w[o * k..(o + 1) * k];
-        weights[o * 4 * groups..o * 4 * groups + k].copy_from_slice(row);
+        for (i, &v) in row.iter().enumerate() {
+            weights[i / 4 * wstride + 4 * o + i % 4] = v;
+        }
         let sum: i64 = row.iter().map(|&v| v as i64).sum();
         let c = (bias[o] as i64 - x0 as i64 * sum).clamp(-room, room);
         offset.push(c as i32);
@@ -763,8 +775,10 @@ mod tests {
             for (rows, cols) in [(4, 64), (1, 1), (3, 15), (2, 16), (4, 17), (4, 63), (1, 48)] {
                 let stride = COLS * 4 * 2;
                 let x = rng.bytes(groups * stride);
+                // A tile of the op's rows 1 to 4 of 6 (`wstride` 4 * 6).
+                let wstride = 4 * (ROWS + 2);
                 let w: Vec<i8> = rng
-                    .bytes(ROWS * 4 * groups)
+                    .bytes(wstride * groups)
                     .iter()
                     .map(|&b| b as i8)
                     .collect();
@@ -777,7 +791,8 @@ mod tests {
                     x: &x,
                     stride,
                     groups,
-                    w: &w,
+                    w: &w[4..],
+                    wstride,
                     offset,
                     scale,
                     y0: (rng.next() % 256) as u8,
@@ -802,8 +817,11 @@ mod tests {
                     let signed = Tile {
                         x: &xs,
                         offset: std::array::from_fn(|r| {
-                            let row = &w[r * 4 * groups..(r + 1) * 4 * groups];
-                            offset[r] + 128 * row.iter().map(|&v| v as i32).sum::<i32>()
+                            let row = (0..groups).flat_map(|q| {
+                                let at = 4 + q * wstride + 4 * r;
+                                w[at..at + 4].iter().map(|&v| v as i32)
+                            });
+                            offset[r] + 128 * row.sum::<i32>()
                         }),
                         ..tile
                     };
