@@ -25,6 +25,53 @@ impl Eq for QuantizeU8 {}
 
 /// What tract's `QuantizeLinearU8` writes for `xs`, into `ys` (same length).
 pub fn quantize_u8(xs: &[f32], ys: &mut [u8], scale: f32, zero_point: u8) {
+    #[cfg(target_arch = "aarch64")]
+    {
+        let n = xs.len().min(ys.len());
+        let whole = n / 16 * 16;
+        // SAFETY: NEON is the aarch64 baseline; `xs` and `ys` hold `whole` values each.
+        unsafe { quantize_u8_neon(&xs[..whole], &mut ys[..whole], scale, zero_point) };
+        let left = n - whole;
+        if left > 0 {
+            // The last values through one more block, in a buffer of 16.
+            let (mut x16, mut y16) = ([0f32; 16], [0u8; 16]);
+            x16[..left].copy_from_slice(&xs[whole..n]);
+            // SAFETY: as above; both buffers hold 16 values.
+            unsafe { quantize_u8_neon(&x16, &mut y16, scale, zero_point) };
+            ys[whole..n].copy_from_slice(&y16[..left]);
+        }
+    }
+    #[cfg(not(target_arch = "aarch64"))]
+    quantize_u8_plain(xs, ys, scale, zero_point)
+}
+
+/// [`quantize_u8`] on NEON, 16 values a step (`xs.len()` a multiple of 16, `ys` as long):
+/// `fcvtns` rounds half to even and gives 0 for NaN (so the zero point), and the saturating
+/// add and narrowings clamp to [0, 255] whatever the size: the same bytes as the clamp then
+/// round of [`quantize_u8_plain`], as the bounds are integers.
+///
+/// # Safety
+/// The CPU has NEON (the aarch64 baseline); `ys.len() >= xs.len()`, a multiple of 16.
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+unsafe fn quantize_u8_neon(xs: &[f32], ys: &mut [u8], scale: f32, zero_point: u8) {
+    use std::arch::aarch64::*;
+    assert!(xs.len().is_multiple_of(16) && ys.len() >= xs.len());
+    let (zp, k) = (vdupq_n_s32(zero_point as i32), vdupq_n_f32(scale));
+    for (x, y) in xs.chunks_exact(16).zip(ys.chunks_exact_mut(16)) {
+        // SAFETY: `x` holds 16 values and `y` 16 bytes (chunks_exact); NEON is baseline.
+        unsafe {
+            let v = vld1q_f32_x4(x.as_ptr());
+            let q = |v: float32x4_t| vqaddq_s32(vcvtnq_s32_f32(vmulq_f32(v, k)), zp);
+            let lo = vqmovn_high_s32(vqmovn_s32(q(v.0)), q(v.1));
+            let hi = vqmovn_high_s32(vqmovn_s32(q(v.2)), q(v.3));
+            vst1q_u8(y.as_mut_ptr(), vqmovun_high_s16(vqmovun_s16(lo), hi));
+        }
+    }
+}
+
+/// [`quantize_u8`] in plain Rust.
+pub fn quantize_u8_plain(xs: &[f32], ys: &mut [u8], scale: f32, zero_point: u8) {
     const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: the ulp of the sum is 1
     let zp = zero_point as f32;
     let (lo, hi) = (-zp, 255.0 - zp);
@@ -116,7 +163,7 @@ pub fn rewrite(model: &mut TypedModel) -> TractResult<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::quantize_u8;
+    use super::{quantize_u8, quantize_u8_plain};
     use tract_onnx::tract_core::ops::quant::quantize_linear_f32_u8;
 
     /// Value for value what tract's scalar function gives: ties either way, both clamps, the
@@ -145,6 +192,9 @@ mod tests {
         for &scale in &[1.0f32, 0.5, 2.0, 1.0 / 0.0235, 1.0 / 6.1e-3, 37.0] {
             for zp in [0u8, 1, 37, 127, 128, 200, 255] {
                 quantize_u8(&xs, &mut ys, scale, zp);
+                let mut plain = vec![0u8; xs.len()];
+                quantize_u8_plain(&xs, &mut plain, scale, zp);
+                assert_eq!(plain, ys, "scale {scale} zero point {zp}");
                 for (x, y) in xs.iter().zip(&ys) {
                     // tract's function adds the zero point to the rounded value cast to i32,
                     // which overflows past 2^31: those saturate.

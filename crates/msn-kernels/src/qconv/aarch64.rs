@@ -145,23 +145,20 @@ unsafe fn store(t: &Tile, acc: &[[int32x4_t; 4]; ROWS], s: usize, out: [*mut u8;
     // SAFETY: the caller upholds this function's `# Safety` contract; the stores write
     // `min(t.cols - s, SUB)` bytes at `s` of each valid row.
     unsafe {
-        let (lo, hi, y0) = (
-            vdupq_n_f32(0.0),
-            vdupq_n_f32(255.0),
-            vdupq_n_f32(t.y0 as f32),
-        );
+        let y0 = vdupq_n_f32(t.y0 as f32);
         let n = (t.cols - s).min(SUB);
         for (r, acc) in acc.iter().enumerate().take(t.rows) {
             let (c, m) = (vdupq_n_s32(t.offset[r]), vdupq_n_f32(t.scale[r]));
+            // `fcvtns` rounds half to even and saturates to i32, the narrowings saturate to
+            // i16, then to u8: the clamp to [0, 255] of the rounded value, which is the
+            // rounding of the clamped one (the bounds are integers), as `requantize` has it.
             let codes = acc.map(|a| {
                 let f = vcvtq_f32_s32(vaddq_s32(a, c));
-                let f = vaddq_f32(vmulq_f32(f, m), y0);
-                // Rounds half to even; within 0..=255 after the clamp.
-                vcvtnq_u32_f32(vminq_f32(vmaxq_f32(f, lo), hi))
+                vcvtnq_s32_f32(vaddq_f32(vmulq_f32(f, m), y0))
             });
-            let h0 = vcombine_u16(vmovn_u32(codes[0]), vmovn_u32(codes[1]));
-            let h1 = vcombine_u16(vmovn_u32(codes[2]), vmovn_u32(codes[3]));
-            let bytes = vcombine_u8(vmovn_u16(h0), vmovn_u16(h1));
+            let h0 = vqmovn_high_s32(vqmovn_s32(codes[0]), codes[1]);
+            let h1 = vqmovn_high_s32(vqmovn_s32(codes[2]), codes[3]);
+            let bytes = vqmovun_high_s16(vqmovun_s16(h0), h1);
             let dst = out[r].add(s);
             if n == SUB {
                 vst1q_u8(dst, bytes);
