@@ -647,8 +647,14 @@ fn build(
     let mut scale = Vec::with_capacity(cout);
     for o in 0..cout {
         let row = &w[o * k..(o + 1) * k];
-        for (i, &v) in row.iter().enumerate() {
-            weights[i / 4 * wstride + 4 * o + i % 4] = v;
+        let (whole, last) = row.split_at(k / 4 * 4);
+        for (q, taps) in whole.chunks_exact(4).enumerate() {
+            let at = q * wstride + 4 * o;
+            weights[at..at + 4].copy_from_slice(taps);
+        }
+        if !last.is_empty() {
+            let at = k / 4 * wstride + 4 * o;
+            weights[at..at + last.len()].copy_from_slice(last);
         }
         let sum: i64 = row.iter().map(|&v| v as i64).sum();
         let c = (bias[o] as i64 - x0 as i64 * sum).clamp(-room, room);

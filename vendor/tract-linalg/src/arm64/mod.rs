@@ -387,7 +387,7 @@ fn neon_mmm_f32(suitable: &[Suitable], query: &Query) -> Option<&'static str> {
         _ => Some(if query.n.unwrap_or(8) < 8 {
             arm64simd_mmm_f32_16x4_gen.name.as_str()
         } else {
-            arm64simd_mmm_f32_8x8_gen.name.as_str()
+            arm64simd_mmm_f32_12x8_gen.name.as_str()
         }),
     }
 }
