@@ -142,6 +142,15 @@ impl Geometry {
     #[inline(always)]
     pub(crate) fn fill_group_padded(&self, cpu: Cpu, planes: &[f32], buf: &mut [f32], pad: f32) {
         crate::lanes::splat(cpu, buf, pad);
+        self.refill_group(cpu, planes, buf)
+    }
+
+    /// Copies a group's input planes into `buf` whose padding (everything but the planes'
+    /// places) already holds the padding's value: `buf` was filled with this geometry before
+    /// (or is zeroed, for a zero padding). The planes' places are the same for every group,
+    /// so only they are written; setting the whole buffer again cost as much as the copy.
+    #[inline(always)]
+    pub(crate) fn refill_group(&self, cpu: Cpu, planes: &[f32], buf: &mut [f32]) {
         let len = self.plane_len();
         for (plane, buf) in planes
             .chunks_exact(self.h * self.w)
@@ -371,8 +380,10 @@ impl EvalOp for DirectConv {
                 let mut view = output.try_as_plain_ram_mut()?;
                 let g = &self.geometry;
                 self.planes(x, view.as_slice_mut::<u8>()?, |wide, out| {
-                    for (row, wide) in out.chunks_exact_mut(g.ow).zip(wide.chunks(g.qw)) {
-                        quantize_u8(&wide[..g.ow], row, q.scale, q.zero_point)
+                    // Each row from the rest of the wide output, whose values past the row
+                    // let the last step run whole.
+                    for (r, row) in out.chunks_exact_mut(g.ow).enumerate() {
+                        quantize_u8(&wide[r * g.qw..], row, q.scale, q.zero_point)
                     }
                 })?;
                 output
@@ -409,17 +420,18 @@ impl DirectConv {
             self.clip.1.unwrap_or(f32::INFINITY),
         );
         let (isa, cpu) = (Isa::of(self.cpu), self.cpu);
-        // Group `group`'s input planes into `buf`, through `floats` for a u8 input.
+        // Group `group`'s input planes into `buf`, through `floats` for a u8 input. `buf` is
+        // zeroed when it is made, and its padding stays zero: only the planes are written.
         let fill = |group: usize, buf: &mut [f32], floats: &mut [f32]| {
             let at = group * group_len..(group + 1) * group_len;
             match x {
-                Input::F32(x) => g.fill_group(cpu, &x[at], buf),
+                Input::F32(x) => g.refill_group(cpu, &x[at], buf),
                 Input::U8(x, scale, zp) => {
                     // What tract's `DequantizeLinearF32` computes.
                     for (f, &v) in floats.iter_mut().zip(&x[at]) {
                         *f = (v as i32 - zp) as f32 * scale;
                     }
-                    g.fill_group(cpu, floats, buf)
+                    g.refill_group(cpu, floats, buf)
                 }
             }
         };

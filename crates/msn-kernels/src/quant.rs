@@ -23,50 +23,101 @@ pub struct QuantizeU8 {
 
 impl Eq for QuantizeU8 {}
 
-/// What tract's `QuantizeLinearU8` writes for `xs`, into `ys` (same length).
+/// What tract's `QuantizeLinearU8` writes for the first `ys.len()` values of `xs` (at least as
+/// many), into `ys`. On aarch64 the values past them in `xs` let the last step run whole (they
+/// are read, not stored).
 pub fn quantize_u8(xs: &[f32], ys: &mut [u8], scale: f32, zero_point: u8) {
+    let n = ys.len();
+    assert!(xs.len() >= n, "quantize_u8: fewer values than bytes");
     #[cfg(target_arch = "aarch64")]
     {
-        let n = xs.len().min(ys.len());
         let whole = n / 16 * 16;
         // SAFETY: NEON is the aarch64 baseline; `xs` and `ys` hold `whole` values each.
         unsafe { quantize_u8_neon(&xs[..whole], &mut ys[..whole], scale, zero_point) };
         let left = n - whole;
-        if left > 0 {
-            // The last values through one more block, in a buffer of 16.
-            let (mut x16, mut y16) = ([0f32; 16], [0u8; 16]);
-            x16[..left].copy_from_slice(&xs[whole..n]);
-            // SAFETY: as above; both buffers hold 16 values.
-            unsafe { quantize_u8_neon(&x16, &mut y16, scale, zero_point) };
-            ys[whole..n].copy_from_slice(&y16[..left]);
+        if left > 0 && xs.len() >= whole + 16 {
+            // SAFETY: as above; `xs` holds 16 values from `whole`, `ys` `left < 16`.
+            unsafe {
+                quantize_u8_neon_last(&xs[whole..whole + 16], &mut ys[whole..], scale, zero_point)
+            };
+        } else if left > 0 {
+            quantize_u8_plain(&xs[whole..n], &mut ys[whole..], scale, zero_point);
         }
     }
     #[cfg(not(target_arch = "aarch64"))]
-    quantize_u8_plain(xs, ys, scale, zero_point)
+    quantize_u8_plain(&xs[..n], ys, scale, zero_point)
 }
 
-/// [`quantize_u8`] on NEON, 16 values a step (`xs.len()` a multiple of 16, `ys` as long):
-/// `fcvtns` rounds half to even and gives 0 for NaN (so the zero point), and the saturating
-/// add and narrowings clamp to [0, 255] whatever the size: the same bytes as the clamp then
-/// round of [`quantize_u8_plain`], as the bounds are integers.
+/// 16 values of `xs` quantized as [`quantize_u8_neon`] does, the first `ys.len()` (fewer than
+/// 16) stored, by lane stores (no call: a `memcpy` of a few bytes cost more than the step).
 ///
 /// # Safety
-/// The CPU has NEON (the aarch64 baseline); `ys.len() >= xs.len()`, a multiple of 16.
+/// The CPU has NEON; `xs.len() == 16 > ys.len()`.
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+unsafe fn quantize_u8_neon_last(xs: &[f32], ys: &mut [u8], scale: f32, zero_point: u8) {
+    use std::arch::aarch64::*;
+    assert!(xs.len() == 16 && ys.len() < 16);
+    // SAFETY: `xs` holds 16 values; each store below writes within the `ys.len()` bytes
+    // (`left` counts what is still to store from `p`).
+    unsafe {
+        let mut v = quantize16(xs.as_ptr(), scale, zero_point);
+        let (mut p, mut left) = (ys.as_mut_ptr(), ys.len());
+        if left >= 8 {
+            vst1_lane_u64::<0>(p as *mut u64, vreinterpret_u64_u8(vget_low_u8(v)));
+            v = vextq_u8::<8>(v, v);
+            (p, left) = (p.add(8), left - 8);
+        }
+        if left >= 4 {
+            vst1q_lane_u32::<0>(p as *mut u32, vreinterpretq_u32_u8(v));
+            v = vextq_u8::<4>(v, v);
+            (p, left) = (p.add(4), left - 4);
+        }
+        if left >= 2 {
+            vst1q_lane_u16::<0>(p as *mut u16, vreinterpretq_u16_u8(v));
+            v = vextq_u8::<2>(v, v);
+            (p, left) = (p.add(2), left - 2);
+        }
+        if left == 1 {
+            vst1q_lane_u8::<0>(p, v);
+        }
+    }
+}
+
+/// 16 values from `x`, quantized: `fcvtns` rounds half to even and gives 0 for NaN (so the
+/// zero point), and the saturating add and narrowings clamp to [0, 255] whatever the size.
+///
+/// # Safety
+/// The CPU has NEON; `x` holds 16 values.
+#[cfg(target_arch = "aarch64")]
+#[inline(always)]
+unsafe fn quantize16(x: *const f32, scale: f32, zero_point: u8) -> std::arch::aarch64::uint8x16_t {
+    use std::arch::aarch64::*;
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        let (zp, k) = (vdupq_n_s32(zero_point as i32), vdupq_n_f32(scale));
+        let v = vld1q_f32_x4(x);
+        let q = |v: float32x4_t| vqaddq_s32(vcvtnq_s32_f32(vmulq_f32(v, k)), zp);
+        let lo = vqmovn_high_s32(vqmovn_s32(q(v.0)), q(v.1));
+        let hi = vqmovn_high_s32(vqmovn_s32(q(v.2)), q(v.3));
+        vqmovun_high_s16(vqmovun_s16(lo), hi)
+    }
+}
+
+/// [`quantize_u8`] on NEON, 16 values a step (`xs.len()` a multiple of 16, `ys` as long), the
+/// same bytes as the clamp then round of [`quantize_u8_plain`], as the bounds are integers.
+///
+/// # Safety
+/// The CPU has NEON (the aarch64 baseline).
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "neon")]
 unsafe fn quantize_u8_neon(xs: &[f32], ys: &mut [u8], scale: f32, zero_point: u8) {
-    use std::arch::aarch64::*;
     assert!(xs.len().is_multiple_of(16) && ys.len() >= xs.len());
-    let (zp, k) = (vdupq_n_s32(zero_point as i32), vdupq_n_f32(scale));
     for (x, y) in xs.chunks_exact(16).zip(ys.chunks_exact_mut(16)) {
         // SAFETY: `x` holds 16 values and `y` 16 bytes (chunks_exact); NEON is baseline.
         unsafe {
-            let v = vld1q_f32_x4(x.as_ptr());
-            let q = |v: float32x4_t| vqaddq_s32(vcvtnq_s32_f32(vmulq_f32(v, k)), zp);
-            let lo = vqmovn_high_s32(vqmovn_s32(q(v.0)), q(v.1));
-            let hi = vqmovn_high_s32(vqmovn_s32(q(v.2)), q(v.3));
-            vst1q_u8(y.as_mut_ptr(), vqmovun_high_s16(vqmovun_s16(lo), hi));
-        }
+            std::arch::aarch64::vst1q_u8(y.as_mut_ptr(), quantize16(x.as_ptr(), scale, zero_point))
+        };
     }
 }
 
@@ -195,6 +246,13 @@ mod tests {
                 let mut plain = vec![0u8; xs.len()];
                 quantize_u8_plain(&xs, &mut plain, scale, zp);
                 assert_eq!(plain, ys, "scale {scale} zero point {zp}");
+                // Fewer bytes than values: the last step reads past them, stores none.
+                for n in 0..40 {
+                    let mut short = vec![0u8; n + 1];
+                    quantize_u8(&xs, &mut short[..n], scale, zp);
+                    assert_eq!(short[..n], plain[..n], "{n} bytes");
+                    assert_eq!(short[n], 0, "a byte past {n} written");
+                }
                 for (x, y) in xs.iter().zip(&ys) {
                     // tract's function adds the zero point to the rounded value cast to i32,
                     // which overflows past 2^31: those saturate.
