@@ -132,13 +132,8 @@ impl Geometry {
         (self.cin * self.plane_len()).max(last + self.wide_len()) + SLACK
     }
 
-    /// Copies a group's input planes (`cin` of `h * w`) into `buf`: padded, phase-split.
-    #[inline(always)]
-    fn fill_group(&self, cpu: Cpu, planes: &[f32], buf: &mut [f32]) {
-        self.fill_group_padded(cpu, planes, buf, 0.0)
-    }
-
-    /// [`Self::fill_group`] with `pad` as the padding's value.
+    /// Copies a group's input planes (`cin` of `h * w`) into `buf`: padded with `pad`,
+    /// phase-split.
     #[inline(always)]
     pub(crate) fn fill_group_padded(&self, cpu: Cpu, planes: &[f32], buf: &mut [f32], pad: f32) {
         crate::lanes::splat(cpu, buf, pad);
@@ -563,7 +558,7 @@ impl Isa {
     }
 
     /// Convolves one plane into `wide` (rows of `qw`, the `ow` first of each the output's)
-    /// from `buf`, its group's planes filled in ([`Geometry::fill_group`]).
+    /// from `buf`, its group's planes filled in ([`Geometry::fill_group_padded`]).
     fn run(self, p: &Plane, buf: &[f32], wide: &mut [f32]) {
         // What the kernels' unchecked reads and writes rely on: every tap's reads for the
         // whole wide output are within `buf`, each tap has its weight, and the wide output
@@ -1168,7 +1163,7 @@ mod tests {
         };
         let run = |isa: Isa| {
             let mut buf = vec![0f32; g.buffer_len()];
-            g.fill_group(Cpu::GENERIC, &x, &mut buf);
+            g.fill_group_padded(Cpu::GENERIC, &x, &mut buf, 0.0);
             let mut wide = vec![0f32; g.wide_len()];
             let mut out = vec![0f32; g.oh * g.ow];
             isa.run(&p, &buf, &mut wide);
@@ -1179,7 +1174,7 @@ mod tests {
         };
         let plain = {
             let mut buf = vec![0f32; g.buffer_len()];
-            g.fill_group(Cpu::GENERIC, &x, &mut buf);
+            g.fill_group_padded(Cpu::GENERIC, &x, &mut buf, 0.0);
             let mut wide = vec![0f32; g.wide_len()];
             for at in (0..wide.len()).step_by(16) {
                 let mut acc = [p.bias; 16];
