@@ -10,7 +10,7 @@
 //! |---|---|---|---|---|
 //! | [`dense`] | float convolutions, one group, with bias, clips and a residual fused | AVX-512 | NEON (not in the default plan: tract's is cheaper) | tract |
 //! | [`depthwise`] | float depthwise and grouped convolutions with few taps per group, and u8 ones through float | AVX-512, AVX2 | NEON | plain Rust |
-//! | [`maxpool`] | float 2-D max pool | AVX-512 | tract | tract |
+//! | [`maxpool`] | float 2-D max pool | AVX-512 | NEON | tract |
 //! | [`qconv`] | int8 convolutions with the requantization fused | AVX-512 VNNI | `sdot`, or NEON without it | tract |
 //! | [`quant`] | f32 -> u8 quantize | plain Rust (vectorised by the compiler) | same | same |
 //!

@@ -6,10 +6,10 @@
 //! tract 0.23.9 pools with generic Rust over its patch iterator: ResNet-18's 112x112x64 pool
 //! took 1.3 ms against onnxruntime's 0.17, and twice that at the boards' opt-level "z".
 
-// Elsewhere than x86-64 the kernel is compiled out and `available(cpu)` is false: the op is
-// never built, and its parts go unused.
+// Elsewhere than x86-64 and aarch64 the kernel is compiled out and `available(cpu)` is
+// false: the op is never built, and its parts go unused.
 #![cfg_attr(
-    not(target_arch = "x86_64"),
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
     allow(dead_code, unused_variables, unreachable_code)
 )]
 
@@ -29,13 +29,13 @@ pub struct MaxPool2d {
     input: [usize; 4],
     batch: bool,
     geometry: Geometry,
-    /// What the kernel may use: AVX-512 (only then is the op made).
+    /// What the kernel may use: AVX-512 or NEON (only then is the op made).
     cpu: Cpu,
 }
 
 /// Whether `cpu` has what the kernel needs.
 pub(crate) fn available(cpu: Cpu) -> bool {
-    cpu.avx512()
+    cpu.avx512() || cpu.neon()
 }
 
 impl MaxPool2d {
@@ -74,7 +74,12 @@ impl EvalOp for MaxPool2d {
             let mut wide = vec![0f32; g.wide_len()];
             for (i, out) in chunk.chunks_exact_mut(plane).enumerate() {
                 let p = first + i;
-                g.fill_group_padded(self.cpu, &x[p * h * w..(p + 1) * h * w], &mut buf, f32::MIN);
+                let x = &x[p * h * w..(p + 1) * h * w];
+                // The padding is set once; after that only the plane's places change.
+                match i {
+                    0 => g.fill_group_padded(self.cpu, x, &mut buf, f32::MIN),
+                    _ => g.refill_group(self.cpu, x, &mut buf),
+                }
                 max_plane(self.cpu, g, &buf, &mut wide)?;
                 copy_rows((&wide, g.qw), (out, g.ow), g.oh, g.ow);
             }
@@ -103,6 +108,12 @@ fn max_plane(cpu: Cpu, g: &Geometry, buf: &[f32], wide: &mut [f32]) -> TractResu
         // SAFETY: `cpu`, so the CPU, has AVX-512 F; every tap's reads for the whole wide output are
         // within `buf` (checked above), and `wide` is whole vectors.
         unsafe { max_plane_avx512(g, buf, wide) };
+        return Ok(());
+    }
+    #[cfg(target_arch = "aarch64")]
+    if cpu.neon() {
+        // SAFETY: `cpu`, so the CPU, has NEON; the reads and writes are bounded as above.
+        unsafe { max_plane_neon(g, buf, wide) };
         return Ok(());
     }
     max_plane_plain(g, buf, wide);
@@ -154,6 +165,43 @@ unsafe fn max_plane_avx512(g: &Geometry, buf: &[f32], wide: &mut [f32]) {
                 acc = _mm512_max_ps(_mm512_loadu_ps(src.add(*offsets.add(t) + i)), acc);
             }
             _mm512_storeu_ps(dst.add(i), acc);
+            i += 16;
+        }
+    }
+}
+
+/// [`max_plane`] with NEON: 64 outputs (16 vectors) at a time, then 16. `fmaxnm` passes over
+/// a NaN, as `f32::max` does.
+///
+/// # Safety
+/// The CPU has NEON; every tap's offset plus `wide.len()` is within `buf`; `wide.len()` is a
+/// multiple of 16.
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+unsafe fn max_plane_neon(g: &Geometry, buf: &[f32], wide: &mut [f32]) {
+    use seq_macro::seq;
+    use std::arch::aarch64::*;
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        let (n, offsets) = (wide.len(), &g.offsets);
+        let (src, dst, low) = (buf.as_ptr(), wide.as_mut_ptr(), vdupq_n_f32(f32::MIN));
+        let mut i = 0;
+        while i + 64 <= n {
+            let mut acc = [low; 16];
+            for &o in offsets {
+                let s = src.add(o + i);
+                seq!(J in 0..16 { acc[J] = vmaxnmq_f32(vld1q_f32(s.add(4 * J)), acc[J]); });
+            }
+            seq!(J in 0..16 { vst1q_f32(dst.add(i + 4 * J), acc[J]); });
+            i += 64;
+        }
+        while i < n {
+            let mut acc = [low; 4];
+            for &o in offsets {
+                let s = src.add(o + i);
+                seq!(J in 0..4 { acc[J] = vmaxnmq_f32(vld1q_f32(s.add(4 * J)), acc[J]); });
+            }
+            seq!(J in 0..4 { vst1q_f32(dst.add(i + 4 * J), acc[J]); });
             i += 16;
         }
     }
@@ -260,7 +308,7 @@ mod tests {
     #[test]
     fn max_pools_match_tracts_own() {
         if !available(crate::cpu::get()) {
-            eprintln!("SKIPPED: the CPU level in force (MSN_CPU caps it) has no AVX-512");
+            eprintln!("SKIPPED: the CPU level in force (MSN_CPU caps it) has no AVX-512 or NEON");
             return;
         }
         type Case = (
@@ -319,7 +367,7 @@ mod tests {
     fn the_kernel_matches_the_definition() {
         let cpu = Cpu::detect();
         if !available(cpu) {
-            eprintln!("SKIPPED: the CPU level in force (MSN_CPU caps it) has no AVX-512");
+            eprintln!("SKIPPED: the CPU level in force (MSN_CPU caps it) has no AVX-512 or NEON");
             return;
         }
         let g = Geometry::new(1, (23, 19), (3, 3), (2, 2), (1, 1), (12, 10));
