@@ -64,9 +64,6 @@ unsafe fn splat_avx512(buf: &mut [f32], v: f32) {
     }
 }
 
-/// Rows shorter than this many values are copied inline by [`copy_rows`].
-const SHORT_ROW: usize = 32;
-
 /// `dst[r * dst_stride + i] = src[r * src_stride + i]` for `r < rows` and `i < len`: a
 /// block of rows copied, one `memcpy` a row with the bounds checked once (at opt-level "z"
 /// a slice's `copy_from_slice` is a call of its own, and its range checks another).
@@ -82,23 +79,6 @@ pub(crate) fn copy_rows(
     assert!(len <= src_stride && len <= dst_stride);
     assert!((rows - 1) * src_stride + len <= src.len());
     assert!((rows - 1) * dst_stride + len <= dst.len());
-    if len < SHORT_ROW {
-        // Short rows (the 7, 14 and 28 values of a mobile network's late planes) four values
-        // a move, inline: a `memcpy` call a row cost more than the copy.
-        for r in 0..rows {
-            let s = &src[r * src_stride..r * src_stride + len];
-            let d = &mut dst[r * dst_stride..r * dst_stride + len];
-            let mut ds = d.chunks_exact_mut(4);
-            let mut ss = s.chunks_exact(4);
-            for (d, s) in (&mut ds).zip(&mut ss) {
-                d.copy_from_slice(s);
-            }
-            for (d, s) in ds.into_remainder().iter_mut().zip(ss.remainder()) {
-                *d = *s;
-            }
-        }
-        return;
-    }
     let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
     for r in 0..rows {
         // SAFETY: the asserts above keep row `r`'s `len` values within both slices, and
@@ -395,16 +375,13 @@ mod tests {
             add_clip(cpu, &mut dst, &res, (lo, hi));
             assert_eq!(dst, want, "add_clip {n}");
         }
-        // Short rows (inline), and long ones (`memcpy`).
-        for len in [3, 27, 37] {
-            let src = noise(7 * 45);
-            let mut dst = vec![-1.0; 5 * 50];
-            copy_rows((&src, 45), (&mut dst, 50), 5, len);
-            for (i, d) in dst.iter().enumerate() {
-                let (r, c) = (i / 50, i % 50);
-                let want = if c < len { src[r * 45 + c] } else { -1.0 };
-                assert_eq!(d.to_bits(), want.to_bits(), "copy_rows {len}: {r} {c}");
-            }
+        let src = noise(7 * 30);
+        let mut dst = vec![-1.0; 5 * 40];
+        copy_rows((&src, 30), (&mut dst, 40), 5, 27);
+        for (i, d) in dst.iter().enumerate() {
+            let (r, c) = (i / 40, i % 40);
+            let want = if c < 27 { src[r * 30 + c] } else { -1.0 };
+            assert_eq!(d.to_bits(), want.to_bits(), "copy_rows {r} {c}");
         }
         for n in [0, 5, 16, 37] {
             let mut b = noise(n);
