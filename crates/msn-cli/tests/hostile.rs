@@ -19,6 +19,31 @@ fn conv_model(attrs: Vec<msn_onnx::AttributeProto>) -> ModelProto {
     b.into_model(17)
 }
 
+/// A BatchNormalization of a vector (tract read past its shape, aborting debug builds), with
+/// a constant `Range` beside it so that msn-fold hands the graph to tract's analysis.
+fn batchnorm_of_a_vector() -> ModelProto {
+    let mut b = GraphBuilder::new("g");
+    let x = b.input("x", &[3]);
+    let p: Vec<String> = ["s", "b", "m", "v"]
+        .iter()
+        .map(|n| b.initializer_f32(n, &ndarray::ArrayD::from_elem(vec![3], 1.0)))
+        .collect();
+    let y = b.node(
+        "BatchNormalization",
+        &[&x, &p[0], &p[1], &p[2], &p[3]],
+        "y",
+        &[],
+    );
+    b.output(&y, &[3]);
+    let r: Vec<String> = [("r0", 0), ("r1", 3), ("r2", 1)]
+        .iter()
+        .map(|&(n, v)| b.initializer_i64(n, &ndarray::arr0(v).into_dyn()))
+        .collect();
+    let range = b.node("Range", &[&r[0], &r[1], &r[2]], "range", &[]);
+    b.output(&range, &[3]);
+    b.into_model(13)
+}
+
 fn save(dir: &Path, name: &str, m: &ModelProto) -> String {
     let p = dir.join(name);
     msn_onnx::io::save(m, &p).unwrap();
@@ -104,6 +129,7 @@ fn every_hostile_case_exits_0_or_2_without_a_panic() {
         ("meta-shape", meta_shape),
         ("meta-garbage", meta_garbage),
         ("meta-mean", meta_mean),
+        ("batchnorm-of-a-vector", batchnorm_of_a_vector()),
     ];
     let fold = env!("CARGO_BIN_EXE_msn-fold");
     let classify = env!("CARGO_BIN_EXE_msn-classify");
@@ -120,9 +146,10 @@ fn every_hostile_case_exits_0_or_2_without_a_panic() {
         cases.push((
             format!("classify {name}"),
             classify,
-            vec!["--model".into(), path, img.clone()],
+            vec!["--model".into(), path.clone(), img.clone()],
             None,
         ));
+        cases.push((format!("info {name}"), msn, vec!["info".into(), path], None));
     }
     let bytes_cases: Vec<(&str, Vec<u8>)> = vec![
         ("empty", vec![]),
