@@ -146,8 +146,27 @@ fn all_in(values: &[i64], lo: i64, what: &str) -> std::result::Result<(), String
     }
 }
 
+/// How many inputs the ONNX standard requires of the ops whose inputs our passes and tract
+/// index by position (the optional ones after them may be absent or empty).
+fn required_inputs(op: &str) -> usize {
+    match op {
+        "QLinearConv" | "QLinearMatMul" => 8,
+        "BatchNormalization" => 5,
+        "Conv" | "ConvTranspose" | "ConvInteger" | "Gemm" | "MatMul" | "MatMulInteger" | "Add"
+        | "Sub" | "Mul" | "Div" | "Pow" | "QuantizeLinear" | "DequantizeLinear" | "PRelu" => 2,
+        _ => 0,
+    }
+}
+
 /// The attributes of one node that later arithmetic trusts.
 fn node(n: &NodeProto) -> std::result::Result<(), String> {
+    let required = required_inputs(n.op_type());
+    if let Some(i) = (0..required).find(|&i| n.input.get(i).is_none_or(|v| v.is_empty())) {
+        return Err(format!(
+            "{} needs {required} inputs, input {i} is missing",
+            n.op_type()
+        ));
+    }
     match n.op_type() {
         "Conv" | "ConvTranspose" | "ConvInteger" | "QLinearConv" => {
             let group = attr_int(n, "group", 1);
@@ -231,6 +250,20 @@ mod tests {
             let err = model(&conv(vec![a])).unwrap_err().to_string();
             assert!(err.contains(want) && err.contains("Conv"), "{err}");
         }
+    }
+
+    #[test]
+    fn missing_required_inputs_are_named() {
+        for keep in [0, 1] {
+            let mut m = conv(vec![]);
+            m.graph.as_mut().unwrap().node[0].input.truncate(keep);
+            let err = model(&m).unwrap_err().to_string();
+            assert!(err.contains("Conv needs 2 inputs"), "{err}");
+        }
+        let mut m = conv(vec![]);
+        m.graph.as_mut().unwrap().node[0].input[1] = String::new();
+        let err = model(&m).unwrap_err().to_string();
+        assert!(err.contains("input 1 is missing"), "{err}");
     }
 
     #[test]
