@@ -11,7 +11,7 @@
 use crate::{Error, Result};
 use image::{DynamicImage, ImageDecoder, ImageReader};
 use msn_onnx::meta::Resize;
-use ndarray::{Array3, Array4, ArrayView3, Axis};
+use ndarray::{Array3, Array4, Axis};
 use std::io::Cursor;
 use std::path::Path;
 
@@ -142,34 +142,59 @@ impl Preprocess {
     /// Preprocesses a decoded image into a `C x H x W` tensor.
     pub fn apply(&self, img: &DynamicImage) -> Array3<f32> {
         let (w, h) = (self.width as u32, self.height as u32);
-        let img = if self.channels == 1 {
-            DynamicImage::ImageLuma8(img.to_luma8())
-        } else {
-            DynamicImage::ImageRgb8(img.to_rgb8())
+        // An image already in the model's pixel format is resized as it is, not copied first.
+        let converted;
+        let img = match (self.channels, img) {
+            (1, DynamicImage::ImageLuma8(_)) | (3, DynamicImage::ImageRgb8(_)) => img,
+            (1, _) => {
+                converted = DynamicImage::ImageLuma8(img.to_luma8());
+                &converted
+            }
+            _ => {
+                converted = DynamicImage::ImageRgb8(img.to_rgb8());
+                &converted
+            }
         };
         let raw = match self.resize {
             Resize::Exact => resize(
-                &img,
+                img,
                 (0.0, 0.0, img.width() as f64, img.height() as f64),
                 w,
                 h,
             ),
-            Resize::ShorterThenCrop(n) => resize(&img, shorter_then_crop(&img, n, w, h), w, h),
+            Resize::ShorterThenCrop(n) => resize(img, shorter_then_crop(img, n, w, h), w, h),
         };
         let c = self.channels;
-        let hwc = ArrayView3::from_shape((self.height, self.width, c), &raw)
-            .expect("resized image has the requested size");
-        let mut out = Array3::<f32>::zeros((c, self.height, self.width));
-        for ch in 0..c {
-            let mean = self.mean[ch.min(self.mean.len() - 1)];
-            let std = self.std[ch.min(self.std.len() - 1)];
-            let (a, b) = (self.scale / std, -mean / std);
-            out.index_axis_mut(Axis(0), ch)
-                .zip_mut_with(&hwc.index_axis(Axis(2), ch), |o, &p| {
+        let plane = self.height * self.width;
+        assert_eq!(raw.len(), plane * c, "resized image has the requested size");
+        // Channels apart (HWC to CHW), each pixel scaled and shifted. Written so the compiler
+        // vectorizes it (a de-interleaving load of three channels on NEON): a plain loop over
+        // strided reads cost 13 instructions an output value on aarch64.
+        let affine: Vec<(f32, f32)> = (0..c)
+            .map(|ch| {
+                let mean = self.mean[ch.min(self.mean.len() - 1)];
+                let std = self.std[ch.min(self.std.len() - 1)];
+                (self.scale / std, -mean / std)
+            })
+            .collect();
+        let mut out = vec![0f32; c * plane];
+        if let [(ar, br), (ag, bg), (ab, bb)] = affine[..] {
+            let (r, rest) = out.split_at_mut(plane);
+            let (g, b) = rest.split_at_mut(plane);
+            for (((r, g), b), px) in r.iter_mut().zip(g).zip(b).zip(raw.chunks_exact(3)) {
+                *r = px[0] as f32 * ar + br;
+                *g = px[1] as f32 * ag + bg;
+                *b = px[2] as f32 * ab + bb;
+            }
+        } else {
+            for ((dst, &(a, b)), ch) in out.chunks_exact_mut(plane).zip(&affine).zip(0..) {
+                for (o, &p) in dst.iter_mut().zip(raw[ch..].iter().step_by(c)) {
                     *o = p as f32 * a + b;
-                });
+                }
+            }
         }
-        out
+        Array3::from_shape_vec((c, self.height, self.width), out)
+            .expect("c x h x w values were written")
     }
 }
 
@@ -279,6 +304,31 @@ mod tests {
             scale: 1.0 / 255.0,
             mean: vec![0.5],
             std: vec![0.5],
+        }
+    }
+
+    #[test]
+    fn rgb_channels_are_split_and_each_scaled_by_its_own_mean_and_std() {
+        let (w, h) = (7u32, 5u32);
+        let img = image::RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([(x * 37 + y) as u8, (y * 51) as u8, (x * y * 13) as u8])
+        });
+        let img = DynamicImage::ImageRgb8(img);
+        let spec = Preprocess {
+            channels: 3,
+            mean: vec![0.485, 0.456, 0.406],
+            std: vec![0.229, 0.224, 0.225],
+            height: h as usize,
+            width: w as usize,
+            ..gray_spec(Resize::Exact)
+        };
+        let t = spec.apply(&img);
+        let raw = resize(&img, (0.0, 0.0, w as f64, h as f64), w, h);
+        assert_eq!(t.shape(), [3, h as usize, w as usize]);
+        for ((ch, y, x), v) in t.indexed_iter() {
+            let p = raw[(y * w as usize + x) * 3 + ch] as f32;
+            let want = p * (spec.scale / spec.std[ch]) + -spec.mean[ch] / spec.std[ch];
+            assert_eq!(*v, want, "channel {ch} at ({y}, {x})");
         }
     }
 
