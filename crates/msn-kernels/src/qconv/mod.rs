@@ -131,7 +131,9 @@ pub struct QConv {
     k: usize,
     cout: usize,
     pixels: usize,
-    /// `[cout + ROWS][k padded to 4]`, row-major, zeros past the last row and channel.
+    /// `[cout / ROWS rounded up][k / 4 rounded up][ROWS][4]`: blocks of `ROWS` rows, in each
+    /// the rows' four taps of one group side by side and the groups one after the other, so a
+    /// tile reads its weights in one sequential pass; zeros past the last row and tap.
     weights: Arc<Vec<i8>>,
     /// `c[o]` and `m[o]` (see the module's comment), one per output channel.
     offset: Arc<Vec<i32>>,
@@ -256,9 +258,9 @@ struct Tile<'a> {
     x: &'a [u8],
     stride: usize,
     groups: usize,
-    /// The tile's weights from its first row: group `q` of row `r` at `q * wstride + 4 * r`
-    /// (4 bytes; the op keeps every row's group `q` side by side, so that a tile's `ROWS`
-    /// rows of one group are one 16-byte load wherever the tile starts).
+    /// The tile's weights: group `q` of row `r` at `q * wstride + 4 * r` (4 bytes; the op
+    /// keeps a block's rows of one group side by side, `wstride = 4 * ROWS`, so that a tile's
+    /// `ROWS` rows of one group are one 16-byte load and its groups follow each other).
     w: &'a [i8],
     wstride: usize,
     offset: [i32; ROWS],
@@ -358,13 +360,17 @@ impl QConv {
         let stride = pixels.next_multiple_of(COLS) * 4;
         // What the tile's unchecked reads rely on, checked here whatever built the op.
         ensure!(available(self.cpu), "QConv needs AVX-512 VNNI or NEON");
-        // Every row's group `q` side by side, `wstride` bytes a group: a tile from row
-        // `o < cout` reads up to `(groups - 1) * wstride + 4 * (o + ROWS) <= weights`.
-        let wstride = (self.cout.checked_add(ROWS))
-            .and_then(|r| r.checked_mul(4))
+        // Blocks of `ROWS` rows (the last padded with zeros), a block's groups one after the
+        // other, `wstride` bytes each: the tile at block `o / ROWS` reads
+        // `groups * wstride` bytes from `o / ROWS * groups * wstride`.
+        let wstride = 4 * ROWS;
+        let block = groups
+            .checked_mul(wstride)
             .context("QConv geometry overflows")?;
-        let weights = wstride
-            .checked_mul(groups)
+        let weights = self
+            .cout
+            .div_ceil(ROWS)
+            .checked_mul(block)
             .context("QConv geometry overflows")?;
         ensure!(
             packed.len() >= packed_len(self.k, pixels)
@@ -375,8 +381,9 @@ impl QConv {
                 && out.len() == self.cout * pixels,
             "QConv buffers too short"
         );
-        let work = self.cout * pixels * self.k;
-        tract_linalg::multithread::par_chunks_mut(out, pixels, work, |first, chunk| {
+        // Rows `first..` of the output in `chunk`, `first` a multiple of `ROWS` (every tile
+        // starts at a block of weights).
+        let rows_from = |first: usize, chunk: &mut [u8]| -> TractResult<()> {
             let rows = chunk.len() / pixels;
             for p0 in (0..pixels).step_by(COLS) {
                 for r0 in (0..rows).step_by(ROWS) {
@@ -385,7 +392,7 @@ impl QConv {
                         x: &packed[4 * p0..],
                         stride,
                         groups,
-                        w: &self.weights[4 * o..],
+                        w: &self.weights[o / ROWS * block..],
                         wstride,
                         offset: [0; ROWS],
                         scale: [0.0; ROWS],
@@ -436,7 +443,20 @@ impl QConv {
                 }
             }
             Ok(())
-        })
+        };
+        // The threads take whole blocks of rows; the last rows (fewer than `ROWS`) after them.
+        let whole = self.cout / ROWS * ROWS * pixels;
+        let (blocks, rest) = out.split_at_mut(whole);
+        if !blocks.is_empty() {
+            let work = whole * self.k;
+            tract_linalg::multithread::par_chunks_mut(blocks, ROWS * pixels, work, |b, chunk| {
+                rows_from(b * ROWS, chunk)
+            })?;
+        }
+        if !rest.is_empty() {
+            rows_from(self.cout / ROWS * ROWS, rest)?;
+        }
+        Ok(())
     }
 }
 
@@ -638,10 +658,10 @@ fn build(
         return None;
     }
     let groups = k.div_ceil(4);
-    // A tile may start at any row (the threads' chunks do not align to tiles): `ROWS` rows of
-    // zeros past the last.
-    let wstride = 4 * (cout + ROWS);
-    let mut weights = vec![0i8; wstride * groups];
+    // Blocks of `ROWS` rows ([`QConv::weights`]); the last block's missing rows are zeros.
+    let wstride = 4 * ROWS;
+    let block = groups * wstride;
+    let mut weights = vec![0i8; cout.div_ceil(ROWS) * block];
     let mut offset = Vec::with_capacity(cout);
     let mut signed_offset = Vec::with_capacity(cout);
     let mut scale = Vec::with_capacity(cout);
@@ -649,11 +669,11 @@ fn build(
         let row = &w[o * k..(o + 1) * k];
         let (whole, last) = row.split_at(k / 4 * 4);
         for (q, taps) in whole.chunks_exact(4).enumerate() {
-            let at = q * wstride + 4 * o;
+            let at = o / ROWS * block + q * wstride + 4 * (o % ROWS);
             weights[at..at + 4].copy_from_slice(taps);
         }
         if !last.is_empty() {
-            let at = k / 4 * wstride + 4 * o;
+            let at = o / ROWS * block + k / 4 * wstride + 4 * (o % ROWS);
             weights[at..at + last.len()].copy_from_slice(last);
         }
         let sum: i64 = row.iter().map(|&v| v as i64).sum();
