@@ -91,7 +91,9 @@ count() {
     # would tell it (its Cortex-A53 kernels; the A76 takes its generic ones, as under qemu).
     local kind=generic
     [ "$cpu" = cortex-a53 ] && kind=a53
-    if ! TRACT_CPU_AARCH64_KIND=$kind MSN_INSN_MARKS=${MARKS:-0} "$qemu" -cpu "$cpu" -L "$sysroot" -plugin "$plugin" -d plugin \
+    # On armv7 tract looks for `neon` in /proc/cpuinfo's Features, which a 32-bit Raspberry Pi
+    # OS has and the host's (x86-64) does not: without this its NEON kernels would not run.
+    if ! TRACT_CPU_ARM32_NEON=true TRACT_CPU_AARCH64_KIND=$kind MSN_INSN_MARKS=${MARKS:-0} "$qemu" -cpu "$cpu" -L "$sysroot" -plugin "$plugin" -d plugin \
         "$bin" "$@" >"$work/$name.out" 2>"$work/$name.err"; then
         echo "board_cost.sh: $bin $* failed under $qemu -cpu $cpu:" >&2
         tail -5 "$work/$name.err" >&2
