@@ -13,7 +13,7 @@
 //! A plan tract builds but ours cannot, or any mismatch, is a finding (a panic).
 
 use msn_kernels::reference::{self, Window};
-use msn_kernels::testing::{relative_error, Plan, Source};
+use msn_kernels::testing::{relative_error, Planner, Source};
 use msn_kernels::{Cpu, Options};
 use msn_onnx::builder::{attr, GraphBuilder};
 use msn_onnx::proto::tensor_proto::DataType;
@@ -377,9 +377,13 @@ pub fn check(case: &Case) -> Outcome {
     let Ok(source) = Source::from_bytes(bytes) else {
         return Outcome::default();
     };
-    let shapes = source.shapes();
+    // Parsed and analysed once; each plan starts from a copy.
+    let Ok(typed) = source.typed(&source.shapes()) else {
+        return Outcome::default();
+    };
+    let mut planner = Planner::new(typed);
     // tract's own plan: graphs it refuses (or cannot run) are outside what we compare.
-    let Ok(tract) = source.plan(&shapes, Plan::With(Options::none())) else {
+    let Ok(tract) = planner.plan(&Options::none()) else {
         return Outcome::default();
     };
     let Ok(mut got) = tract.run(vec![x.clone()]) else {
@@ -392,11 +396,9 @@ pub fn check(case: &Case) -> Outcome {
     );
     let mut ours = 0;
     for cpu in levels() {
-        let plan = source
-            .plan(&shapes, Plan::With(Options::all(cpu)))
-            .unwrap_or_else(|e| {
-                panic!("tract plans {case:?} but not with our kernels at {cpu}: {e:#}")
-            });
+        let plan = planner.plan(&Options::all(cpu)).unwrap_or_else(|e| {
+            panic!("tract plans {case:?} but not with our kernels at {cpu}: {e:#}")
+        });
         ours += plan.ops().iter().any(|o| o.starts_with("Msn")) as usize;
         let mut got = plan
             .run(vec![x.clone()])

@@ -126,15 +126,7 @@ pub struct Rewritten {
 /// int8 model's quantized convolutions were left to tract's int8 path, 3x slower than ours
 /// (EfficientNet-Lite0 428 M against 151 M).
 pub fn declutter(mut model: TypedModel, options: &Options) -> TractResult<TypedModel> {
-    let quantized = || {
-        model.nodes.iter().any(|n| {
-            n.op_as::<tract_onnx::tract_core::ops::cnn::Conv>()
-                .is_some_and(|c| c.q_params.is_some())
-        })
-    };
-    let ours = (options.depthwise && options.cpu.neon())
-        || (options.int8 && qconv::available(options.cpu) && quantized());
-    if !ours || tract_linalg::routines::depthwise_c_f32().is_none() {
+    if !keeps_channels_first(&model, options) {
         return model.into_decluttered();
     }
     let mut optimizer = tract_onnx::tract_core::optim::Optimizer::declutter();
@@ -143,6 +135,20 @@ pub fn declutter(mut model: TypedModel, options: &Options) -> TractResult<TypedM
         .retain(|p| format!("{p:?}") != "ChangeAxes");
     optimizer.optimize(&mut model)?;
     Ok(model)
+}
+
+/// Whether [`declutter`] leaves tract's `ChangeAxes` pass out for this model and these
+/// options (its only two outcomes: models declutter alike when this is alike).
+pub fn keeps_channels_first(model: &TypedModel, options: &Options) -> bool {
+    let quantized = || {
+        model.nodes.iter().any(|n| {
+            n.op_as::<tract_onnx::tract_core::ops::cnn::Conv>()
+                .is_some_and(|c| c.q_params.is_some())
+        })
+    };
+    let ours = (options.depthwise && options.cpu.neon())
+        || (options.int8 && qconv::available(options.cpu) && quantized());
+    ours && tract_linalg::routines::depthwise_c_f32().is_some()
 }
 
 /// Puts our ops in a decluttered model, before tract's optimiser: every node a kernel in

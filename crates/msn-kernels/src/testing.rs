@@ -35,7 +35,7 @@ pub struct Planned {
 impl Source {
     /// The model in `bytes`; every input must have a concrete shape.
     pub fn from_bytes(bytes: Vec<u8>) -> TractResult<Source> {
-        let model = tract_onnx::onnx().model_for_read(&mut &bytes[..])?;
+        let model = onnx().model_for_read(&mut &bytes[..])?;
         let mut shapes = vec![];
         let mut types = vec![];
         for i in 0..model.inputs.len() {
@@ -59,13 +59,79 @@ impl Source {
         self.shapes.clone()
     }
 
-    /// Plans the model for inputs of `shapes`.
-    pub fn plan(&self, shapes: &[Vec<usize>], kind: Plan) -> TractResult<Planned> {
-        let mut model = tract_onnx::onnx().model_for_read(&mut &self.bytes[..])?;
+    /// tract's typed model for inputs of `shapes`, translated and not optimised: what every
+    /// plan starts from (planning one model several ways parses and analyses it once).
+    pub fn typed(&self, shapes: &[Vec<usize>]) -> TractResult<TypedModel> {
+        let mut model = onnx().model_for_read(&mut &self.bytes[..])?;
         for (i, (shape, dt)) in shapes.iter().zip(&self.types).enumerate() {
             model = model.with_input_fact(i, dt.fact(shape).into())?;
         }
-        let typed = model.into_typed()?;
+        model.into_typed()
+    }
+
+    /// Plans the model for inputs of `shapes`.
+    pub fn plan(&self, shapes: &[Vec<usize>], kind: Plan) -> TractResult<Planned> {
+        Planned::new(self.typed(shapes)?, kind)
+    }
+}
+
+/// tract's ONNX front end, built once.
+fn onnx() -> &'static tract_onnx::Onnx {
+    static ONNX: std::sync::OnceLock<tract_onnx::Onnx> = std::sync::OnceLock::new();
+    ONNX.get_or_init(tract_onnx::onnx)
+}
+
+/// tract's declutter, our rewrites, tract's optimiser, our rewrites of the optimised model:
+/// what the runtime's loader does after its own passes.
+pub fn optimise(typed: TypedModel, options: &Options) -> TractResult<TypedModel> {
+    optimise_decluttered(crate::declutter(typed, options)?, options)
+}
+
+/// [`optimise`] after [`crate::declutter`].
+fn optimise_decluttered(mut typed: TypedModel, options: &Options) -> TractResult<TypedModel> {
+    crate::rewrite(&mut typed, options)?;
+    let mut typed = typed.into_optimized()?;
+    crate::rewrite_optimized(&mut typed, options)?;
+    Ok(typed)
+}
+
+/// One typed model planned several ways (tract's own plan, ours at each CPU level), as
+/// [`Planned::new`] plans it, with tract's declutter run once for each of its two outcomes
+/// ([`crate::keeps_channels_first`]) rather than once a plan.
+pub struct Planner {
+    typed: TypedModel,
+    decluttered: Vec<(bool, TypedModel)>,
+}
+
+impl Planner {
+    /// Plans from `typed` ([`Source::typed`]).
+    pub fn new(typed: TypedModel) -> Planner {
+        Planner {
+            typed,
+            decluttered: vec![],
+        }
+    }
+
+    /// The model optimised with `options`, as [`optimise`] would.
+    pub fn plan(&mut self, options: &Options) -> TractResult<Planned> {
+        let key = crate::keeps_channels_first(&self.typed, options);
+        let decluttered = match self.decluttered.iter().find(|(k, _)| *k == key) {
+            Some((_, model)) => model.clone(),
+            None => {
+                let model = crate::declutter(self.typed.clone(), options)?;
+                self.decluttered.push((key, model.clone()));
+                model
+            }
+        };
+        Ok(Planned {
+            plan: optimise_decluttered(decluttered, options)?.into_runnable()?,
+        })
+    }
+}
+
+impl Planned {
+    /// Plans a typed model from [`Source::typed`].
+    pub fn new(typed: TypedModel, kind: Plan) -> TractResult<Planned> {
         let typed = match kind {
             Plan::Reference => typed,
             Plan::Optimized => optimise(typed, &Options::default())?,
@@ -75,19 +141,7 @@ impl Source {
             plan: typed.into_runnable()?,
         })
     }
-}
 
-/// tract's declutter, our rewrites, tract's optimiser, our rewrites of the optimised model:
-/// what the runtime's loader does after its own passes.
-pub fn optimise(typed: TypedModel, options: &Options) -> TractResult<TypedModel> {
-    let mut typed = crate::declutter(typed, options)?;
-    crate::rewrite(&mut typed, options)?;
-    let mut typed = typed.into_optimized()?;
-    crate::rewrite_optimized(&mut typed, options)?;
-    Ok(typed)
-}
-
-impl Planned {
     /// The op names of the plan's nodes, in order.
     pub fn ops(&self) -> Vec<String> {
         self.plan
