@@ -9,6 +9,12 @@ BIN must keep its symbols (e.g. `CARGO_PROFILE_DIST_STRIP=false cargo build --pr
 holds its first instruction (a block never spans two functions); a position-independent
 binary is placed where qemu-user loads one (the lowest executed address's page, matched
 against the binary's text). Inlined functions count as their caller.
+
+Shared libraries (libc's memcpy and memset, say) count as "outside the binary" unless given
+with `--lib PATH@BASE`, BASE being where `qemu-aarch64 -strace` shows the library mapped
+(`mmap(0x...,PROT_EXEC|...)` after its `openat`; the same for every run of one binary).
+A library's block goes to its nearest exported symbol below it (`nm -D`), marked `~`
+when the address lies past that symbol's size (a local function such as an ifunc's variant).
 """
 import argparse
 import bisect
@@ -18,14 +24,15 @@ import subprocess
 import sys
 
 
-def symbols(binary):
+def symbols(binary, dynamic=False):
     """Sorted (address, size, name) of the binary's functions."""
     nm = "aarch64-linux-gnu-nm"
-    out = subprocess.run([nm, "-C", "-S", "-n", "--defined-only", binary], check=True,
+    flags = ["-D"] if dynamic else []
+    out = subprocess.run([nm, "-C", "-S", "-n", "--defined-only", *flags, binary], check=True,
                          capture_output=True, text=True).stdout
     syms = []
     for line in out.splitlines():
-        m = re.match(r"([0-9a-f]+) ([0-9a-f]+) [tTwW] (.*)", line)
+        m = re.match(r"([0-9a-f]+) ([0-9a-f]+) [tTwWi] (.*)", line)
         if m:
             syms.append((int(m[1], 16), int(m[2], 16), m[3]))
     if not syms:
@@ -40,7 +47,15 @@ def main():
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--base", type=lambda s: int(s, 0), default=None,
                     help="load address of a position-independent binary (default: guessed)")
+    ap.add_argument("--lib", action="append", default=[], metavar="PATH@BASE",
+                    help="a shared library and where qemu mapped it (repeatable)")
     args = ap.parse_args()
+    libs = []
+    for spec in args.lib:
+        path, _, at = spec.rpartition("@")
+        lsyms = symbols(path, dynamic=True)
+        name = path.rsplit("/", 1)[-1]
+        libs.append((int(at, 0), lsyms, [x[0] for x in lsyms], name))
     syms = symbols(args.binary)
     starts = [s[0] for s in syms]
     blocks = []
@@ -64,6 +79,14 @@ def main():
         i = bisect.bisect_right(starts, a) - 1
         if i >= 0 and a < syms[i][0] + max(syms[i][1], 1):
             by[syms[i][2]] += n * t
+            continue
+        for lbase, lsyms, lstarts, lname in libs:
+            j = bisect.bisect_right(lstarts, a + base - lbase) - 1
+            off = a + base - lbase
+            if j >= 0 and off < lsyms[-1][0] + (1 << 20):
+                near = "" if off < lsyms[j][0] + max(lsyms[j][1], 1) else "~"
+                by[f"{lname}: {near}{lsyms[j][2]}"] += n * t
+                break
         else:
             by["(outside the binary: libc, loader)"] += n * t
     print(f"{total / 1e6:.1f} M instructions, base {base:#x}")

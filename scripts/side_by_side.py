@@ -8,6 +8,10 @@ and folds them with `msn fold` first, as the README's figures are made; `--issue
 six networks of issue 42 (EfficientNet-Lite0 from ../shared/data and five from torchvision).
 The CPU is printed with the table.
 
+`--load` measures loading instead, one thread, in turns: `msn bench`'s `load_ms` (file to
+runnable plan) against the creation of an onnxruntime session for the same file (one
+intra-op thread), medians of the rounds.
+
 For each round, each model is measured in turns: msn bench with --threads 1, onnxruntime with
 one intra-op thread, msn bench with every core, onnxruntime with every core. The table gives
 the median over rounds of each p50 (batch 1) and the ratios msn/onnxruntime, and tract's
@@ -53,6 +57,37 @@ def msn_p50(msn, model, threads, iters, warmup):
     return json.loads(out.stdout)["p50_ms"]
 
 
+def msn_load(msn, model):
+    out = subprocess.run(
+        [msn, "bench", str(model), "--threads", "1", "--iters", "1", "--warmup", "0", "--json"],
+        capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)["load_ms"]
+
+
+def ort_load(model):
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    t = time.perf_counter()
+    ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+    return (time.perf_counter() - t) * 1e3
+
+
+def loads(a):
+    runs = {m: {"msn": [], "ort": []} for m in a.models}
+    for r in range(a.rounds):
+        for m in a.models:
+            runs[m]["msn"].append(msn_load(a.msn, m))
+            runs[m]["ort"].append(ort_load(m))
+    print(f"\n{cpu_name()}: load, medians of {a.rounds} rounds (ms), one thread, onnxruntime "
+          f"{ort.__version__} session creation")
+    print("| model | msn load | ort session | ratio |")
+    print("|---|---:|---:|---:|")
+    for m in a.models:
+        v = {k: statistics.median(x) for k, x in runs[m].items()}
+        print(f"| {m.stem} | {v['msn']:.1f} | {v['ort']:.1f} | {v['msn'] / v['ort']:.2f} |")
+
+
 def cpu_name():
     try:
         for line in open("/proc/cpuinfo"):
@@ -88,6 +123,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--load", action="store_true", help="measure loading, not inference")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
     names = list(a.torchvision)
@@ -100,6 +136,9 @@ def main():
     a.models += [torchvision_folded(a.msn, n, tmp) for n in names]
     if not a.models:
         ap.error("no models")
+    if a.load:
+        loads(a)
+        return
     cores = os.cpu_count() or 1
     runs = {m: {k: [] for k in ("msn1", "ort1", "msnN", "ortN")} for m in a.models}
     for r in range(a.rounds):
