@@ -54,6 +54,8 @@ use seq_macro::seq;
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
+#[cfg(target_arch = "x86_64")]
+mod x86_64;
 
 /// Output channels per tile.
 const ROWS: usize = 6;
@@ -285,88 +287,14 @@ fn tile_plain(t: &Tile, res: Option<&[Vec<f32>]>, out: &mut [Vec<f32>]) {
     }
 }
 
-/// Lane mask for vector `v` of a tile storing `cols` pixels.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn lane_mask(cols: usize, v: usize) -> u16 {
-    let n = cols.saturating_sub(16 * v).min(16);
-    if n == 16 {
-        0xffff
-    } else {
-        (1u16 << n) - 1
-    }
-}
-
-// The tile macros below spell out the 6 rows; `seq!` needs the count as a literal.
-const _: () = assert!(ROWS == 6);
-
-/// One tile with AVX-512, `$v` vectors wide: `ROWS` output channels by `16 * $v` pixels
-/// (masked past `t.cols`), written to `out[r]`, with `res[r]` added (then `clip2`) when
-/// given (each row's pointer at the tile's first pixel).
-///
-/// Every loop over rows and vectors is unrolled by `seq!`, so each accumulator has a
-/// constant place and LLVM keeps it in a register at any optimisation level: the boards'
-/// `dist` profile is opt-level "z", which unrolls nothing (with loops over arrays there,
-/// this kernel ran 4.3x slower than at opt-level 3).
-///
-/// # Safety
-/// The CPU has AVX-512 F ([`available`]); `t.x` holds `t.cols` values from each of
-/// `t.taps`; `t.w` holds `ROWS` values per tap; each of the first `t.rows` rows of `out` and
-/// `res` holds at least `t.cols` (at most `16 * $v`) values.
-macro_rules! pixel_tile {
-    ($name:ident, $v:literal) => {
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx512f")]
-        unsafe fn $name(t: &Tile, res: Option<[*const f32; ROWS]>, out: [*mut f32; ROWS]) {
-            // SAFETY: the caller upholds this function's `# Safety` contract.
-            unsafe {
-                use std::arch::x86_64::*;
-                let mut mask: [__mmask16; $v] = [0; $v];
-                seq!(V in 0..$v { mask[V] = lane_mask(t.cols, V); });
-                let mut acc = [[_mm512_setzero_ps(); $v]; ROWS];
-                seq!(R in 0..6 {
-                    seq!(V in 0..$v { acc[R][V] = _mm512_set1_ps(t.bias[R]); });
-                });
-                let (x, w) = (t.x.as_ptr(), t.w.as_ptr());
-                for (k, &at) in t.taps.iter().enumerate() {
-                    let xk = x.add(at);
-                    let mut xs = [_mm512_setzero_ps(); $v];
-                    seq!(V in 0..$v { xs[V] = _mm512_maskz_loadu_ps(mask[V], xk.add(16 * V)); });
-                    let wk = w.add(k * ROWS);
-                    seq!(R in 0..6 {
-                        let wb = _mm512_set1_ps(*wk.add(R));
-                        seq!(V in 0..$v { acc[R][V] = _mm512_fmadd_ps(wb, xs[V], acc[R][V]); });
-                    });
-                }
-                let (lo1, hi1) = (_mm512_set1_ps(t.clip1.lo), _mm512_set1_ps(t.clip1.hi));
-                let (lo2, hi2) = (_mm512_set1_ps(t.clip2.lo), _mm512_set1_ps(t.clip2.hi));
-                seq!(R in 0..6 {
-                    if R < t.rows {
-                        seq!(V in 0..$v {
-                            let mut y = _mm512_min_ps(_mm512_max_ps(acc[R][V], lo1), hi1);
-                            if let Some(res) = res {
-                                let r = _mm512_maskz_loadu_ps(mask[V], res[R].add(16 * V));
-                                y = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(y, r), lo2), hi2);
-                            }
-                            _mm512_mask_storeu_ps(out[R].add(16 * V), mask[V], y);
-                        });
-                    }
-                });
-            }
-        }
-    };
-}
-
-pixel_tile!(tile_avx512_1, 1);
-pixel_tile!(tile_avx512_2, 2);
-pixel_tile!(tile_avx512_3, 3);
-pixel_tile!(tile_avx512_4, 4);
-
 /// Runs `tile` on this CPU's kernel: `ROWS` rows of `out` (and `res`) from the given
 /// pointers.
 ///
 /// # Safety
-/// As [`pixel_tile`]'s.
+/// As the kernels' (`x86_64::tile`, `aarch64::tile`): the CPU has what they need
+/// ([`available`]); `t.x` holds `t.cols` values from each of
+/// `t.taps`, `t.w` `ROWS` per tap, and each of the first `t.rows` rows of `out` (and `res`)
+/// at least `t.cols` values.
 unsafe fn run_tile(
     tile: &Tile,
     res: Option<[*const f32; ROWS]>,
@@ -376,12 +304,7 @@ unsafe fn run_tile(
     unsafe {
         #[cfg(target_arch = "x86_64")]
         {
-            match tile.cols.div_ceil(16) {
-                1 => tile_avx512_1(tile, res, out),
-                2 => tile_avx512_2(tile, res, out),
-                3 => tile_avx512_3(tile, res, out),
-                _ => tile_avx512_4(tile, res, out),
-            }
+            x86_64::tile(tile, res, out);
             Ok(())
         }
         #[cfg(target_arch = "aarch64")]
@@ -460,72 +383,18 @@ fn channel_tile_plain(t: &ChannelTile, cv: usize, out: &mut [[f32; COLS]]) {
     }
 }
 
-/// One channel tile with AVX-512: `16 * $cv` output channels by `$pt` pixels into
-/// `out[p]` (channel `c` at `out[p][c]`), `clip1` applied; unrolled as [`pixel_tile`] is.
-///
-/// # Safety
-/// The CPU has AVX-512 F ([`available`]); `t.windows` holds `$pt` offsets, and `t.x` a
-/// value at every tap's offset plus every window's; `t.w` holds `16 * $cv` values per tap
-/// and `t.bias` `16 * $cv`.
-macro_rules! channel_tile {
-    ($name:ident, $cv:literal, $pt:literal) => {
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx512f")]
-        unsafe fn $name(t: &ChannelTile, out: &mut [[f32; COLS]]) {
-            // SAFETY: the caller upholds this function's `# Safety` contract.
-            unsafe {
-                use std::arch::x86_64::*;
-                let (x, w, b) = (t.x.as_ptr(), t.w.as_ptr(), t.bias.as_ptr());
-                let windows: &[usize; $pt] = t.windows.try_into().expect("a window per pixel");
-                let out: &mut [[f32; COLS]; $pt] = (&mut out[..$pt]).try_into().expect("rows");
-                let mut acc = [[_mm512_setzero_ps(); $cv]; $pt];
-                seq!(P in 0..$pt {
-                    seq!(V in 0..$cv { acc[P][V] = _mm512_loadu_ps(b.add(16 * V)); });
-                });
-                for (k, &at) in t.taps.iter().enumerate() {
-                    let wk = w.add(k * 16 * $cv);
-                    let mut wv = [_mm512_setzero_ps(); $cv];
-                    seq!(V in 0..$cv { wv[V] = _mm512_loadu_ps(wk.add(16 * V)); });
-                    let xk = x.add(at);
-                    seq!(P in 0..$pt {
-                        let xb = _mm512_set1_ps(*xk.add(windows[P]));
-                        seq!(V in 0..$cv { acc[P][V] = _mm512_fmadd_ps(wv[V], xb, acc[P][V]); });
-                    });
-                }
-                let (lo, hi) = (_mm512_set1_ps(t.clip1.lo), _mm512_set1_ps(t.clip1.hi));
-                seq!(P in 0..$pt {
-                    seq!(V in 0..$cv {
-                        let y = _mm512_min_ps(_mm512_max_ps(acc[P][V], lo), hi);
-                        _mm512_storeu_ps(out[P].as_mut_ptr().add(16 * V), y);
-                    });
-                });
-            }
-        }
-    };
-}
-
-channel_tile!(channel_tile_4x6, 4, 6);
-channel_tile!(channel_tile_3x7, 3, 7);
-channel_tile!(channel_tile_3x8, 3, 8);
-channel_tile!(channel_tile_2x12, 2, 12);
-
 /// Runs a channel tile of `cv` vectors by `t.windows.len()` pixels on this CPU's kernel.
 ///
 /// # Safety
-/// As [`channel_tile`]'s; `(cv, t.windows.len())` is one of [`CHANNEL_TILES`].
+/// As the x86-64 kernel's (`x86_64::channel_tile`): the CPU has AVX-512 F; `t.windows` holds
+/// `pt` offsets and `t.x` a value at every tap's offset plus every window's; `t.w` holds
+/// `16 * cv` values per tap and `t.bias` `16 * cv`; `(cv, pt)` is one of [`CHANNEL_TILES`].
 unsafe fn run_channel_tile(t: &ChannelTile, cv: usize, out: &mut [[f32; COLS]]) -> TractResult<()> {
     // SAFETY: the caller upholds this function's `# Safety` contract.
     unsafe {
         #[cfg(target_arch = "x86_64")]
         {
-            match (cv, t.windows.len()) {
-                (4, 6) => channel_tile_4x6(t, out),
-                (3, 7) => channel_tile_3x7(t, out),
-                (3, 8) => channel_tile_3x8(t, out),
-                (2, 12) => channel_tile_2x12(t, out),
-                other => bail!("DenseConv has no {other:?} channel tile"),
-            }
-            Ok(())
+            x86_64::channel_tile(t, cv, out)
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
@@ -844,7 +713,7 @@ unsafe fn store_channel_tile(
     unsafe {
         #[cfg(target_arch = "x86_64")]
         if buf.len() <= 16 && cpu.avx512() {
-            store_channel_tile_avx512(buf, rows, (dst, stride), res, clip2);
+            x86_64::store_channel_tile(buf, rows, (dst, stride), res, clip2);
             return;
         }
         for c in 0..rows {
@@ -856,41 +725,6 @@ unsafe fn store_channel_tile(
                 }
                 *dst.add(at) = v;
             }
-        }
-    }
-}
-
-/// [`store_channel_tile`] with one gather per channel (at most 16 pixels).
-///
-/// # Safety
-/// As [`store_channel_tile`]'s; the CPU has AVX-512 F; `buf.len() <= 16`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn store_channel_tile_avx512(
-    buf: &[[f32; COLS]],
-    rows: usize,
-    (dst, stride): (*mut f32, usize),
-    res: Option<*const f32>,
-    clip2: Clip,
-) {
-    // SAFETY: the caller upholds this function's `# Safety` contract.
-    unsafe {
-        use std::arch::x86_64::*;
-        let n = buf.len();
-        let mask = crate::lanes::first_lanes(n);
-        let idx = _mm512_mullo_epi32(
-            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-            _mm512_set1_epi32(COLS as i32),
-        );
-        let (lo, hi) = (_mm512_set1_ps(clip2.lo), _mm512_set1_ps(clip2.hi));
-        let src = buf.as_ptr() as *const f32;
-        for c in 0..rows {
-            let mut v = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, idx, src.add(c));
-            if let Some(res) = res {
-                let r = _mm512_maskz_loadu_ps(mask, res.add(c * stride));
-                v = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(v, r), lo), hi);
-            }
-            _mm512_mask_storeu_ps(dst.add(c * stride), mask, v);
         }
     }
 }
