@@ -178,6 +178,8 @@ unsafe fn max_plane_avx512(g: &Geometry, buf: &[f32], wide: &mut [f32]) {
 /// multiple of 16.
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "neon")]
+// `seq!` spells out `4 * 0` and `1 * 4`.
+#[allow(clippy::identity_op, clippy::erasing_op)]
 unsafe fn max_plane_neon(g: &Geometry, buf: &[f32], wide: &mut [f32]) {
     use seq_macro::seq;
     use std::arch::aarch64::*;

@@ -15,6 +15,29 @@ use std::arch::aarch64::*;
 const SUB: usize = 16;
 const _: () = assert!(COLS.is_multiple_of(SUB) && ROWS == 4);
 
+/// Interleaves four rows byte by byte into `group` (four bytes a pixel, `group[4p + t] =
+/// rows[t][p]`), 16 pixels at a time, as far as `pixels`, every row and `group` allow;
+/// returns how many pixels it wrote (a multiple of 16: the rest is the caller's).
+pub(super) fn interleave4(rows: [&[u8]; 4], pixels: usize, group: &mut [u8]) -> usize {
+    let n = rows
+        .iter()
+        .map(|r| r.len())
+        .fold(pixels.min(group.len() / 4), usize::min);
+    let mut p = 0;
+    while p + 16 <= n {
+        // SAFETY: NEON is the aarch64 baseline; each load reads 16 bytes of a row from `p`,
+        // and `p + 16 <= n <=` its length; the store (four registers interleaved byte by
+        // byte, `st4`) writes `group[4p..4p + 64]`, and `4p + 64 <= 4n <= group.len()`.
+        unsafe {
+            let ld = |r: &[u8]| vld1q_u8(r.as_ptr().add(p));
+            let [a, b, c, d] = rows.map(ld);
+            vst4q_u8(group.as_mut_ptr().add(4 * p), uint8x16x4_t(a, b, c, d));
+        }
+        p += 16;
+    }
+    p
+}
+
 /// Makes packed u8 activations the i8 the kernels multiply: `x - 128`.
 pub(super) fn to_signed(packed: &mut [u8]) {
     for b in packed {

@@ -42,6 +42,8 @@ use crate::Cpu;
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
+#[cfg(target_arch = "x86_64")]
+mod x86_64;
 
 /// Output channels per tile.
 const ROWS: usize = 4;
@@ -202,38 +204,11 @@ fn pack(x: &[u8], k: usize, pixels: usize, out: &mut [u8]) {
         let mut p = 0;
         #[cfg(target_arch = "aarch64")]
         if let [Some(a), Some(b), Some(c), Some(d)] = rows {
-            while p + 16 <= pixels {
-                // SAFETY: NEON is the aarch64 baseline; each load reads 16 values of a row at
-                // `p`, within `pixels`, and the store (four registers interleaved byte by
-                // byte, `st4`) writes `group[4p..4p + 64]`.
-                unsafe {
-                    use std::arch::aarch64::*;
-                    let ld = |r: &[u8]| vld1q_u8(r.as_ptr().add(p));
-                    let v = uint8x16x4_t(ld(a), ld(b), ld(c), ld(d));
-                    vst4q_u8(group.as_mut_ptr().add(4 * p), v);
-                }
-                p += 16;
-            }
+            p = aarch64::interleave4([a, b, c, d], pixels, group);
         }
         #[cfg(target_arch = "x86_64")]
         if let [Some(a), Some(b), Some(c), Some(d)] = rows {
-            while p + 16 <= pixels {
-                // SAFETY: SSE2 is part of x86-64; each load reads 16 values of a row at
-                // `p`, within `pixels`, and the four stores write `group[4p..4p + 64]`.
-                unsafe {
-                    use std::arch::x86_64::*;
-                    let ld = |r: &[u8]| _mm_loadu_si128(r.as_ptr().add(p) as *const __m128i);
-                    let (a, b, c, d) = (ld(a), ld(b), ld(c), ld(d));
-                    let (ab0, ab1) = (_mm_unpacklo_epi8(a, b), _mm_unpackhi_epi8(a, b));
-                    let (cd0, cd1) = (_mm_unpacklo_epi8(c, d), _mm_unpackhi_epi8(c, d));
-                    let dst = group.as_mut_ptr().add(4 * p) as *mut __m128i;
-                    _mm_storeu_si128(dst, _mm_unpacklo_epi16(ab0, cd0));
-                    _mm_storeu_si128(dst.add(1), _mm_unpackhi_epi16(ab0, cd0));
-                    _mm_storeu_si128(dst.add(2), _mm_unpacklo_epi16(ab1, cd1));
-                    _mm_storeu_si128(dst.add(3), _mm_unpackhi_epi16(ab1, cd1));
-                }
-                p += 16;
-            }
+            p = x86_64::interleave4([a, b, c, d], pixels, group);
         }
         for p in p..stride {
             for (t, r) in rows.iter().enumerate() {
@@ -287,63 +262,6 @@ fn tile_plain(t: &Tile, out: &mut [Vec<u8>]) {
     }
 }
 
-/// One tile with AVX-512 VNNI: `ROWS` output channels by `COLS` pixels, written to
-/// `out[r]` (each row's slice starts at the tile's first pixel).
-///
-/// # Safety
-/// The CPU has AVX-512 F, BW, VL and VNNI ([`available`]); `t.x` holds `t.groups` groups of
-/// `COLS * 4` bytes `t.stride` apart; `t.w` holds `(t.groups - 1) * t.wstride + 4 * ROWS`
-/// bytes; each of the
-/// first `t.rows` rows of `out` holds at least `t.cols` (at most `COLS`) bytes.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn tile_avx512(t: &Tile, out: [*mut u8; ROWS]) {
-    // SAFETY: the caller upholds this function's `# Safety` contract.
-    unsafe {
-        use std::arch::x86_64::*;
-        let mut acc = [[_mm512_setzero_si512(); 4]; ROWS];
-        let (x, w) = (t.x.as_ptr(), t.w.as_ptr());
-        for q in 0..t.groups {
-            let xq = x.add(q * t.stride) as *const __m512i;
-            let xs = [
-                _mm512_loadu_si512(xq),
-                _mm512_loadu_si512(xq.add(1)),
-                _mm512_loadu_si512(xq.add(2)),
-                _mm512_loadu_si512(xq.add(3)),
-            ];
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let wq = (w.add(q * t.wstride + 4 * r) as *const i32).read_unaligned();
-                let wb = _mm512_set1_epi32(wq);
-                for (a, &xv) in acc.iter_mut().zip(&xs) {
-                    *a = _mm512_dpbusd_epi32(*a, xv, wb);
-                }
-            }
-        }
-        let (lo, hi, y0) = (
-            _mm512_setzero_ps(),
-            _mm512_set1_ps(255.0),
-            _mm512_set1_ps(t.y0 as f32),
-        );
-        for (r, acc) in acc.iter().enumerate().take(t.rows) {
-            let (c, m) = (_mm512_set1_epi32(t.offset[r]), _mm512_set1_ps(t.scale[r]));
-            for (v, &a) in acc.iter().enumerate() {
-                let first = 16 * v;
-                if first >= t.cols {
-                    break;
-                }
-                let f = _mm512_cvtepi32_ps(_mm512_add_epi32(a, c));
-                let f = _mm512_add_ps(_mm512_mul_ps(f, m), y0);
-                let f = _mm512_min_ps(_mm512_max_ps(f, lo), hi);
-                // Rounds half to even (the default rounding mode).
-                let bytes = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(f));
-                let n = (t.cols - first).min(16);
-                let mask = crate::lanes::first_lanes(n);
-                _mm_mask_storeu_epi8(out[r].add(first) as *mut i8, mask, bytes);
-            }
-        }
-    }
-}
-
 impl QConv {
     fn images(&self) -> usize {
         if self.input.len() == 4 {
@@ -386,6 +304,11 @@ impl QConv {
         let rows_from = |first: usize, chunk: &mut [u8]| -> TractResult<()> {
             let rows = chunk.len() / pixels;
             for p0 in (0..pixels).step_by(COLS) {
+                // Without a kernel (armv7) the loop's body only fails.
+                #[cfg_attr(
+                    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+                    allow(clippy::never_loop)
+                )]
                 for r0 in (0..rows).step_by(ROWS) {
                     let o = first + r0;
                     let mut tile = Tile {
@@ -418,11 +341,11 @@ impl QConv {
                     });
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: checked above: `self.cpu`, so the CPU, has AVX-512 VNNI; the tile's
-                    // slices and rows have the lengths `tile_avx512` reads and writes (the
+                    // slices and rows have the lengths `x86_64::tile_vnni` reads and writes (the
                     // packed groups are padded to whole tiles, the weights to whole
                     // tiles of rows).
                     unsafe {
-                        tile_avx512(&tile, out)
+                        x86_64::tile_vnni(&tile, out)
                     };
                     #[cfg(target_arch = "aarch64")]
                     // SAFETY: checked above: `self.cpu`, so the CPU, has NEON, and the dot
@@ -833,7 +756,7 @@ mod tests {
                 // writes.
                 #[cfg(target_arch = "x86_64")]
                 unsafe {
-                    tile_avx512(&tile, out)
+                    x86_64::tile_vnni(&tile, out)
                 };
                 #[cfg(target_arch = "aarch64")]
                 {
