@@ -33,8 +33,13 @@ pub struct BenchArgs {
     /// Run the model twice, interleaved: every op on msn's kernels (first), then its
     /// depthwise convolutions and first layers on tract's own kernel, the rest still ours
     /// (second)
-    #[arg(long, conflicts_with_all = ["compare", "compare_kernels"])]
+    #[arg(long, conflicts_with_all = ["compare", "compare_kernels", "compare_dense"])]
     pub compare_depthwise: bool,
+    /// Run the model twice, interleaved: every op on msn's kernels (first), then its float
+    /// convolutions other than depthwise ones and first layers on tract's own kernels, the
+    /// rest still ours (second)
+    #[arg(long, conflicts_with_all = ["compare", "compare_kernels"])]
+    pub compare_dense: bool,
     /// Run the model twice, interleaved: on msn's kernels (first), then on tract's own
     /// alone (second; none of msn's kernels)
     #[arg(long, conflicts_with = "compare")]
@@ -134,6 +139,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 ..msn_kernels::Options::default()
             },
             "tract's depthwise",
+        ))
+    } else if args.compare_dense {
+        // Our float convolution kernel off, every other kernel kept.
+        Some((
+            msn_kernels::Options {
+                dense: false,
+                ..msn_kernels::Options::default()
+            },
+            "tract's convolutions",
         ))
     } else if args.compare_kernels {
         Some((msn_kernels::Options::none(), "tract's kernels"))

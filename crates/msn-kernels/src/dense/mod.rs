@@ -15,7 +15,7 @@
 //!   are kept, with no im2col.
 //!
 //! [`rewrite`] replaces every such convolution of a decluttered model (the `EinSum` tract
-//! makes of a 1x1 one, or a `Conv`) by [`DenseConv`] when the CPU has AVX-512 or NEON, taking in
+//! makes of a 1x1 one, or a `Conv`) by [`DenseConv`] when the CPU has AVX2 or NEON, taking in
 //! what follows, each the only reader of the one before: a constant bias `Add`, a `Max` and
 //! a `Min` with constants, an `Add` of a tensor of the output's shape (a residual), then
 //! again a `Max` and a `Min`.
@@ -204,7 +204,7 @@ pub struct DenseConv {
     /// Whether a second input, of the output's shape, is added after `clip1`.
     residual: bool,
     clip2: Clip,
-    /// What the kernels may use: AVX-512 or NEON (only then is the op made).
+    /// What the kernels may use: AVX2, AVX-512 or NEON (only then is the op made).
     cpu: Cpu,
     /// A grouped convolution: one op of one group per group, each on its group's input
     /// channels and writing its group's output channels (empty for one group). The op's own
@@ -250,7 +250,7 @@ impl fmt::Debug for DenseConv {
 
 /// Whether `cpu` has what the kernel needs.
 pub fn available(cpu: Cpu) -> bool {
-    cpu.avx512() || cpu.neon()
+    cpu.avx2() || cpu.neon()
 }
 
 /// Where a tile's inputs are.
@@ -296,6 +296,7 @@ fn tile_plain(t: &Tile, res: Option<&[Vec<f32>]>, out: &mut [Vec<f32>]) {
 /// `t.taps`, `t.w` `ROWS` per tap, and each of the first `t.rows` rows of `out` (and `res`)
 /// at least `t.cols` values.
 unsafe fn run_tile(
+    cpu: Cpu,
     tile: &Tile,
     res: Option<[*const f32; ROWS]>,
     out: [*mut f32; ROWS],
@@ -304,7 +305,7 @@ unsafe fn run_tile(
     unsafe {
         #[cfg(target_arch = "x86_64")]
         {
-            x86_64::tile(tile, res, out);
+            x86_64::tile(cpu, tile, res, out);
             Ok(())
         }
         #[cfg(target_arch = "aarch64")]
@@ -314,8 +315,8 @@ unsafe fn run_tile(
         }
         #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
         {
-            let _ = (tile, res, out);
-            bail!("DenseConv needs AVX-512 or NEON")
+            let _ = (cpu, tile, res, out);
+            bail!("DenseConv needs AVX2 or NEON")
         }
     }
 }
@@ -469,7 +470,7 @@ impl DenseConv {
     /// an overflow is an error, not a wrapped bound.
     fn check(&self, x_len: usize) -> TractResult<()> {
         let overflow = || format_err!("DenseConv geometry overflows");
-        ensure!(available(self.cpu), "DenseConv needs AVX-512 or NEON");
+        ensure!(available(self.cpu), "DenseConv needs AVX2 or NEON");
         ensure!(
             self.lanes == Lanes::Pixels || self.cpu.avx512(),
             "DenseConv's channel tiles need AVX-512"
@@ -582,17 +583,17 @@ impl DenseConv {
                             }
                             None => None,
                         };
-                        // SAFETY: `check` found AVX-512 or NEON on `self.cpu`, so the CPU has it; the
+                        // SAFETY: `check` found AVX2 or NEON on `self.cpu`, so the CPU has it; the
                         // tile's input rows hold `cols` values from `p0` (`x` holds every
                         // plane), its weights `ROWS` per tap.
-                        unsafe { run_tile(&tile, res, out)? };
+                        unsafe { run_tile(self.cpu, &tile, res, out)? };
                         continue;
                     }
                     let wide = seq!(R in 0..6 { [#(buf[R].as_mut_ptr(),)*] });
                     // SAFETY: as above; the wide buffer's rows hold `COLS` values, and the
                     // padded input holds every tap's `cols` values from `p0` (see
                     // `Wide::buffer_len`).
-                    unsafe { run_tile(&tile, None, wide)? };
+                    unsafe { run_tile(self.cpu, &tile, None, wide)? };
                     // The kept columns of each wide row the tile covers, into place.
                     for (r, wide) in buf.iter().enumerate().take(rows) {
                         let base = (o + r) * pixels;
@@ -1249,52 +1250,60 @@ mod tests {
     /// and a residual.
     #[test]
     fn tiles_match_the_definition() {
-        if !available(crate::cpu::get()) {
-            eprintln!("SKIPPED: the CPU level in force (MSN_CPU caps it) has no AVX-512 or NEON");
+        let levels: Vec<Cpu> = crate::cpu::get()
+            .levels()
+            .into_iter()
+            .filter(|&c| available(c))
+            .collect();
+        if levels.is_empty() {
+            eprintln!("SKIPPED: the CPU level in force (MSN_CPU caps it) has no AVX2 or NEON");
             return;
         }
-        for ntaps in [1, 2, 9, 40, 300] {
-            for (rows, cols) in [(6, 64), (1, 1), (3, 15), (2, 16), (6, 17), (4, 63), (5, 48)] {
-                // `tight`: the input ends at the last tap's last value (no room past it).
-                for (residual, tight) in [(false, false), (true, false), (false, true)] {
-                    let span = 200;
-                    let x = noise(ntaps as u64, span + COLS);
-                    let taps: Vec<usize> = (0..ntaps).map(|k| (k * 37) % span).collect();
-                    let end = taps.iter().max().unwrap() + cols;
-                    let x = if tight { &x[..end] } else { &x[..] };
-                    let w = noise(7 + ntaps as u64, ntaps * ROWS);
-                    let res: Vec<Vec<f32>> =
-                        (0..ROWS).map(|r| noise(99 + r as u64, COLS)).collect();
-                    let t = Tile {
-                        x,
-                        taps: &taps,
-                        w: &w,
-                        bias: [0.5, -0.25, 0.0, 1.0, -1.0, 0.125],
-                        clip1: Clip { lo: -1.5, hi: 2.0 },
-                        clip2: if residual {
-                            Clip { lo: 0.0, hi: 2.5 }
-                        } else {
-                            Clip::NONE
-                        },
-                        rows,
-                        cols,
-                    };
-                    let mut want = vec![vec![f32::NAN; COLS]; ROWS];
-                    tile_plain(&t, residual.then_some(&res[..]), &mut want);
-                    let mut got = vec![vec![f32::NAN; COLS]; ROWS];
-                    let out = std::array::from_fn(|r| got[r].as_mut_ptr());
-                    let rp = residual.then(|| std::array::from_fn(|r| res[r].as_ptr()));
-                    // SAFETY: the CPU has AVX-512 or NEON; `x` holds `COLS` values past every tap,
-                    // `w` `ROWS` per tap, the rows `COLS` each.
-                    unsafe { run_tile(&t, rp, out).unwrap() };
-                    for r in 0..ROWS {
-                        for p in 0..COLS {
-                            let (g, e) = (got[r][p], want[r][p]);
-                            let what = format!("taps {ntaps} tile {rows}x{cols} r{r} p{p}");
-                            if r < rows && p < cols {
-                                assert_eq!(g.to_bits(), e.to_bits(), "{what}: {g} vs {e}");
+        for cpu in levels {
+            eprintln!("tiles at {:?}", cpu.level());
+            for ntaps in [1, 2, 9, 40, 300] {
+                for (rows, cols) in [(6, 64), (1, 1), (3, 15), (2, 16), (6, 17), (4, 63), (5, 48)] {
+                    // `tight`: the input ends at the last tap's last value (no room past it).
+                    for (residual, tight) in [(false, false), (true, false), (false, true)] {
+                        let span = 200;
+                        let x = noise(ntaps as u64, span + COLS);
+                        let taps: Vec<usize> = (0..ntaps).map(|k| (k * 37) % span).collect();
+                        let end = taps.iter().max().unwrap() + cols;
+                        let x = if tight { &x[..end] } else { &x[..] };
+                        let w = noise(7 + ntaps as u64, ntaps * ROWS);
+                        let res: Vec<Vec<f32>> =
+                            (0..ROWS).map(|r| noise(99 + r as u64, COLS)).collect();
+                        let t = Tile {
+                            x,
+                            taps: &taps,
+                            w: &w,
+                            bias: [0.5, -0.25, 0.0, 1.0, -1.0, 0.125],
+                            clip1: Clip { lo: -1.5, hi: 2.0 },
+                            clip2: if residual {
+                                Clip { lo: 0.0, hi: 2.5 }
                             } else {
-                                assert!(g.is_nan(), "{what}: written outside the tile");
+                                Clip::NONE
+                            },
+                            rows,
+                            cols,
+                        };
+                        let mut want = vec![vec![f32::NAN; COLS]; ROWS];
+                        tile_plain(&t, residual.then_some(&res[..]), &mut want);
+                        let mut got = vec![vec![f32::NAN; COLS]; ROWS];
+                        let out = std::array::from_fn(|r| got[r].as_mut_ptr());
+                        let rp = residual.then(|| std::array::from_fn(|r| res[r].as_ptr()));
+                        // SAFETY: the CPU has AVX2 or NEON; `x` holds `COLS` values past every tap,
+                        // `w` `ROWS` per tap, the rows `COLS` each.
+                        unsafe { run_tile(cpu, &t, rp, out).unwrap() };
+                        for r in 0..ROWS {
+                            for p in 0..COLS {
+                                let (g, e) = (got[r][p], want[r][p]);
+                                let what = format!("taps {ntaps} tile {rows}x{cols} r{r} p{p}");
+                                if r < rows && p < cols {
+                                    assert_eq!(g.to_bits(), e.to_bits(), "{what}: {g} vs {e}");
+                                } else {
+                                    assert!(g.is_nan(), "{what}: written outside the tile");
+                                }
                             }
                         }
                     }
@@ -1475,7 +1484,7 @@ mod tests {
     #[test]
     fn convolutions_match_tracts_own() {
         if !available(crate::cpu::get()) {
-            eprintln!("SKIPPED: the CPU level in force (MSN_CPU caps it) has no AVX-512 or NEON");
+            eprintln!("SKIPPED: the CPU level in force (MSN_CPU caps it) has no AVX2 or NEON");
             return;
         }
         type Pair = (usize, usize);
@@ -1540,7 +1549,7 @@ mod tests {
     fn threads_give_the_same_values() {
         use tract_linalg::multithread::{multithread_tract_scope, Executor};
         if !available(crate::cpu::get()) {
-            eprintln!("SKIPPED: the CPU level in force (MSN_CPU caps it) has no AVX-512 or NEON");
+            eprintln!("SKIPPED: the CPU level in force (MSN_CPU caps it) has no AVX2 or NEON");
             return;
         }
         let cases = [
@@ -1585,7 +1594,7 @@ mod tests {
     #[test]
     fn enormous_padding_is_refused() {
         if !available(Cpu::detect()) {
-            eprintln!("SKIPPED: this CPU has no AVX-512 or NEON, so no DenseConv is built");
+            eprintln!("SKIPPED: this CPU has no AVX2 or NEON, so no DenseConv is built");
             return;
         }
         let found = |stride: usize, pad: usize, out: usize| Found {
@@ -1611,7 +1620,7 @@ mod tests {
     #[test]
     fn the_tail_is_fused() {
         if !available(crate::cpu::get()) {
-            eprintln!("SKIPPED: the CPU level in force (MSN_CPU caps it) has no AVX-512 or NEON");
+            eprintln!("SKIPPED: the CPU level in force (MSN_CPU caps it) has no AVX2 or NEON");
             return;
         }
         let source = graph(
@@ -1634,7 +1643,7 @@ mod tests {
     #[test]
     fn strided_one_by_one_takes_in_the_downsample() {
         if !available(crate::cpu::get()) {
-            eprintln!("SKIPPED: the CPU level in force (MSN_CPU caps it) has no AVX-512 or NEON");
+            eprintln!("SKIPPED: the CPU level in force (MSN_CPU caps it) has no AVX2 or NEON");
             return;
         }
         for (hw, s) in [((15, 13), (2, 2)), ((14, 9), (2, 3)), ((9, 14), (1, 2))] {

@@ -1,11 +1,13 @@
 //! The float tiles on x86-64 AVX-512: [`tile`] (`ROWS` output channels by up to 64 pixels,
-//! 16 a vector, 24 accumulators), [`channel_tile`] (16 to 64 output channels on the lanes by a
+//! 16 a vector, 24 accumulators; with AVX2 and FMA only, [`tile_avx2`]: 16 pixels at a time,
+//! 8 a vector, 12 accumulators), [`channel_tile`] (16 to 64 output channels on the lanes by a
 //! few pixels, each pixel's input broadcast) and [`store_channel_tile`] (a channel tile's
 //! values into place with one gather per channel). Fused multiply-adds in the order of the
 //! taps from the bias, as [`tile_plain`](super::tile_plain) and
 //! [`channel_tile_plain`](super::channel_tile_plain) define; the clips are `vmaxps`/`vminps`.
 
 use super::{ChannelTile, Clip, Tile, COLS, ROWS};
+use crate::Cpu;
 use seq_macro::seq;
 use std::arch::x86_64::*;
 use tract_onnx::tract_core::internal::*;
@@ -164,13 +166,125 @@ pub(super) unsafe fn store_channel_tile(
     }
 }
 
-/// Runs `t` with the kernel as wide as its pixels.
+/// The first `n` of 8 lanes (all for `n >= 8`), as `vmaskmovps` takes them: the sign bit set.
+#[inline(always)]
+fn avx2_mask(n: usize) -> __m256i {
+    let n = n.min(8) as i32;
+    // SAFETY: AVX is part of every CPU this is called on (`tile_avx2` needs AVX2); these
+    // intrinsics only move values between registers.
+    unsafe {
+        _mm256_cmpgt_epi32(
+            _mm256_set1_epi32(n),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        )
+    }
+}
+
+/// `V` vectors of 8 pixels from pixel `s`, `n` of them valid (`8 * V` when `FULL`, else
+/// the loads and stores past `n` are masked off), as [`pixel_tile`] computes them.
 ///
 /// # Safety
-/// As [`pixel_tile`]'s.
-pub(super) unsafe fn tile(t: &Tile, res: Option<[*const f32; ROWS]>, out: [*mut f32; ROWS]) {
+/// The CPU has AVX2 and FMA; as [`tile_avx2`]'s; `s + n <= t.cols`, `8 * (V - 1) < n <=
+/// 8 * V`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn run_avx2<const V: usize, const FULL: bool>(
+    t: &Tile,
+    s: usize,
+    n: usize,
+    res: Option<[*const f32; ROWS]>,
+    out: [*mut f32; ROWS],
+) {
+    // SAFETY: the caller upholds this function's `# Safety` contract: every load reads (and
+    // every store writes) within the `n` values of a tap, a residual or an output row from
+    // pixel `s`, the lanes past them masked off (masked lanes of `vmaskmovps` do not fault).
+    unsafe {
+        let mask: [__m256i; V] = std::array::from_fn(|v| avx2_mask(n.saturating_sub(8 * v)));
+        let load = |p: *const f32, v: usize| {
+            if FULL {
+                _mm256_loadu_ps(p.add(8 * v))
+            } else {
+                _mm256_maskload_ps(p.add(8 * v), mask[v])
+            }
+        };
+        let mut acc = [[_mm256_setzero_ps(); V]; ROWS];
+        seq!(R in 0..6 {
+            acc[R] = [_mm256_set1_ps(t.bias[R]); V];
+        });
+        let (x, mut wk) = (t.x.as_ptr().add(s), t.w.as_ptr());
+        for &at in t.taps {
+            let xk = x.add(at);
+            let xs: [__m256; V] = std::array::from_fn(|v| load(xk, v));
+            seq!(R in 0..6 {
+                let wb = _mm256_broadcast_ss(&*wk.add(R));
+                for v in 0..V {
+                    acc[R][v] = _mm256_fmadd_ps(wb, xs[v], acc[R][v]);
+                }
+            });
+            wk = wk.add(ROWS);
+        }
+        let (lo1, hi1) = (_mm256_set1_ps(t.clip1.lo), _mm256_set1_ps(t.clip1.hi));
+        let (lo2, hi2) = (_mm256_set1_ps(t.clip2.lo), _mm256_set1_ps(t.clip2.hi));
+        seq!(R in 0..6 {
+            if R < t.rows {
+                for v in 0..V {
+                    let mut y = _mm256_min_ps(_mm256_max_ps(acc[R][v], lo1), hi1);
+                    if let Some(res) = res {
+                        let r = load(res[R].add(s), v);
+                        y = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(y, r), lo2), hi2);
+                    }
+                    let at = out[R].add(s + 8 * v);
+                    if FULL {
+                        _mm256_storeu_ps(at, y);
+                    } else {
+                        _mm256_maskstore_ps(at, mask[v], y);
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// One tile with AVX2 and FMA: `ROWS` output channels by `t.cols` pixels, 16 at a time,
+/// written to `out[r]`, with `res[r]` added (then `clip2`) when given. The same sums in
+/// the same order as [`pixel_tile`]'s.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; `t.x` holds `t.cols` values from each of `t.taps`; `t.w` holds
+/// `ROWS` values per tap; each of the first `t.rows` rows of `out` and `res` holds at least
+/// `t.cols` values.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_avx2(t: &Tile, res: Option<[*const f32; ROWS]>, out: [*mut f32; ROWS]) {
+    // SAFETY: each run covers pixels `s..s + n` within `t.cols`, as `run_avx2` requires.
+    unsafe {
+        let mut s = 0;
+        while s + 16 <= t.cols {
+            run_avx2::<2, true>(t, s, 16, res, out);
+            s += 16;
+        }
+        match t.cols - s {
+            0 => {}
+            8 => run_avx2::<1, true>(t, s, 8, res, out),
+            n if n < 8 => run_avx2::<1, false>(t, s, n, res, out),
+            n => run_avx2::<2, false>(t, s, n, res, out),
+        }
+    }
+}
+
+/// Runs `t` with the kernel as wide as its pixels: AVX-512 where `cpu` has it, else AVX2.
+///
+/// # Safety
+/// As [`pixel_tile`]'s, or with AVX2 and FMA only ([`Cpu::avx2`]), [`tile_avx2`]'s.
+pub(super) unsafe fn tile(
+    cpu: Cpu,
+    t: &Tile,
+    res: Option<[*const f32; ROWS]>,
+    out: [*mut f32; ROWS],
+) {
     // SAFETY: the caller upholds this function's `# Safety` contract.
     unsafe {
+        if !cpu.avx512() {
+            return tile_avx2(t, res, out);
+        }
         match t.cols.div_ceil(16) {
             1 => tile_avx512_1(t, res, out),
             2 => tile_avx512_2(t, res, out),
