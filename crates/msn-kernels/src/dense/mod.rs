@@ -714,7 +714,7 @@ unsafe fn store_channel_tile(
     unsafe {
         #[cfg(target_arch = "x86_64")]
         if buf.len() <= 16 && cpu.avx512() {
-            x86_64::store_channel_tile(buf, rows, (dst, stride), res, clip2);
+            x86_64::store_channel_tile(buf, rows, dst, stride, res, clip2);
             return;
         }
         for c in 0..rows {

@@ -141,7 +141,8 @@ channel_tile!(channel_tile_2x12, 2, 12);
 pub(super) unsafe fn store_channel_tile(
     buf: &[[f32; COLS]],
     rows: usize,
-    (dst, stride): (*mut f32, usize),
+    dst: *mut f32,
+    stride: usize,
     res: Option<*const f32>,
     clip2: Clip,
 ) {
@@ -180,7 +181,7 @@ fn avx2_mask(n: usize) -> __m256i {
     }
 }
 
-/// `V` vectors of 8 pixels from pixel `s`, `n` of them valid (`8 * V` when `FULL`, else
+/// `V` vectors of 8 pixels from pixel `s`, `n` of them valid (the span `(s, n)`) (`8 * V` when `FULL`, else
 /// the loads and stores past `n` are masked off), as [`pixel_tile`] computes them.
 ///
 /// # Safety
@@ -189,8 +190,7 @@ fn avx2_mask(n: usize) -> __m256i {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn run_avx2<const V: usize, const FULL: bool>(
     t: &Tile,
-    s: usize,
-    n: usize,
+    (s, n): (usize, usize),
     res: Option<[*const f32; ROWS]>,
     out: [*mut f32; ROWS],
 ) {
@@ -258,14 +258,14 @@ unsafe fn tile_avx2(t: &Tile, res: Option<[*const f32; ROWS]>, out: [*mut f32; R
     unsafe {
         let mut s = 0;
         while s + 16 <= t.cols {
-            run_avx2::<2, true>(t, s, 16, res, out);
+            run_avx2::<2, true>(t, (s, 16), res, out);
             s += 16;
         }
         match t.cols - s {
             0 => {}
-            8 => run_avx2::<1, true>(t, s, 8, res, out),
-            n if n < 8 => run_avx2::<1, false>(t, s, n, res, out),
-            n => run_avx2::<2, false>(t, s, n, res, out),
+            8 => run_avx2::<1, true>(t, (s, 8), res, out),
+            n if n < 8 => run_avx2::<1, false>(t, (s, n), res, out),
+            n => run_avx2::<2, false>(t, (s, n), res, out),
         }
     }
 }

@@ -16,13 +16,10 @@ const SUB: usize = 16;
 const _: () = assert!(COLS.is_multiple_of(SUB) && ROWS == 4);
 
 /// Interleaves four rows byte by byte into `group` (four bytes a pixel, `group[4p + t] =
-/// rows[t][p]`), 16 pixels at a time, as far as `pixels`, every row and `group` allow;
+/// rows[t][p]`), 16 pixels at a time, within [`interleave_reach`](super::interleave_reach);
 /// returns how many pixels it wrote (a multiple of 16: the rest is the caller's).
 pub(super) fn interleave4(rows: [&[u8]; 4], pixels: usize, group: &mut [u8]) -> usize {
-    let n = rows
-        .iter()
-        .map(|r| r.len())
-        .fold(pixels.min(group.len() / 4), usize::min);
+    let n = super::interleave_reach(&rows, pixels, group);
     let mut p = 0;
     while p + 16 <= n {
         // SAFETY: NEON is the aarch64 baseline; each load reads 16 bytes of a row from `p`,

@@ -187,6 +187,15 @@ fn packed_len(k: usize, pixels: usize) -> usize {
     k.div_ceil(4) * pixels.next_multiple_of(COLS) * 4
 }
 
+/// How far the per-architecture `interleave4` may go: `pixels`, and as far as every row and
+/// `group` (four bytes a pixel) hold.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn interleave_reach(rows: &[&[u8]; 4], pixels: usize, group: &[u8]) -> usize {
+    rows.iter()
+        .map(|r| r.len())
+        .fold(pixels.min(group.len() / 4), usize::min)
+}
+
 /// Packs one image's `[k][pixels]` u8 activations as `[ceil(k / 4)][pixels, padded][4]`:
 /// four input channels side by side per pixel, zeros past the last channel and pixel.
 fn pack(x: &[u8], k: usize, pixels: usize, out: &mut [u8]) {

@@ -6,13 +6,10 @@ use super::{Tile, ROWS};
 use std::arch::x86_64::*;
 
 /// Interleaves four rows byte by byte into `group` (four bytes a pixel, `group[4p + t] =
-/// rows[t][p]`), 16 pixels at a time, as far as `pixels`, every row and `group` allow;
+/// rows[t][p]`), 16 pixels at a time, within [`interleave_reach`](super::interleave_reach);
 /// returns how many pixels it wrote (a multiple of 16: the rest is the caller's).
 pub(super) fn interleave4(rows: [&[u8]; 4], pixels: usize, group: &mut [u8]) -> usize {
-    let n = rows
-        .iter()
-        .map(|r| r.len())
-        .fold(pixels.min(group.len() / 4), usize::min);
+    let n = super::interleave_reach(&rows, pixels, group);
     let mut p = 0;
     while p + 16 <= n {
         // SAFETY: SSE2 is part of x86-64; each load reads 16 bytes of a row from `p`, and
