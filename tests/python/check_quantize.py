@@ -16,6 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from check_quantize_ops import ort_u8s8_exact
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -83,12 +85,18 @@ def main():
         print(f"int8 top-1, onnxruntime vs tract: {same_q:.4f}; float: {same_f:.4f}")
         print(f"size ratio {ratio:.3f}; metadata msn.quantized = {q_meta.get('msn.quantized')!r}")
         ok = True
-        for what, good in [
+        exact = ort_u8s8_exact()
+        if not exact:
+            print("SKIPPED the onnxruntime int8 checks: this x86-64 CPU has no VNNI, where "
+                  "onnxruntime's u8 x s8 products saturate (its int8 is no reference here)")
+        ort_checks = [
+            ("int8 accuracy within 0.5 points of float (onnxruntime)", acc_q >= acc_f - 0.005),
+            ("onnxruntime and tract int8 top-1 agree on 99%", same_q >= 0.99),
+        ] if exact else []
+        for what, good in ort_checks + [
             ("int8 accuracy within 0.5 points of float (tract)",
              report["test"]["int8_accuracy"] >= report["test"]["float_accuracy"] - 0.005),
-            ("int8 accuracy within 0.5 points of float (onnxruntime)", acc_q >= acc_f - 0.005),
             ("file at most 0.35x", ratio <= 0.35),
-            ("onnxruntime and tract int8 top-1 agree on 99%", same_q >= 0.99),
             ("float top-1 identical", same_f >= 0.999),
             ("labels kept", q_meta.get("msn.labels") == meta.get("msn.labels")),
         ]:

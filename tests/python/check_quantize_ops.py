@@ -11,6 +11,7 @@ onnxruntime and by tract (`msn run`) on 4 random inputs. Checks, per case:
 - int8 stays close to float (relative L2 error below 10%).
 """
 import argparse
+import platform
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,20 @@ from onnx import numpy_helper as nh
 from PIL import Image
 
 RNG = np.random.default_rng(0)
+
+
+def ort_u8s8_exact():
+    """Whether onnxruntime's u8 x s8 kernels are exact on this CPU. On x86-64 without VNNI
+    (AVX512-VNNI or AVX-VNNI) they multiply with vpmaddubsw, whose pairwise int16 sums
+    saturate: its int8 outputs are then off by up to a third here (onnxruntime's quantization
+    guide, "reduce_range"), while s8 activations stay exact."""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return True
+    try:
+        flags = set(open("/proc/cpuinfo").read().split())
+    except OSError:
+        return True
+    return bool(flags & {"avx512_vnni", "avx_vnni"})
 
 
 def w(*shape, s=0.3):
@@ -170,6 +185,10 @@ def main():
         calib.mkdir()
         for i in range(16):
             Image.fromarray(RNG.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(calib / f"{i}.png")
+        exact = ort_u8s8_exact()
+        if not exact:
+            print("SKIPPED onnxruntime against tract for u8 activations: this x86-64 CPU has no VNNI, "
+                  "where onnxruntime's u8 x s8 products saturate; tract's int8 is held to float instead")
         for name, make, flags in CASES:
             g = G()
             y, expect = make(g)
@@ -187,7 +206,7 @@ def main():
             missing = [e for e in expect if e not in ops]
             sf = ort.InferenceSession(str(fm), providers=["CPUExecutionProvider"])
             sq = ort.InferenceSession(str(qm), providers=["CPUExecutionProvider"])
-            worst_rt, worst_q = 0.0, 0.0
+            worst_rt, worst_q, worst_tq = 0.0, 0.0, 0.0
             for k in range(4):
                 x = (RNG.integers(0, 256, (1, 3, 16, 16)).astype(np.float32) * np.float32(0.00784314) - 1).astype(np.float32)
                 np.save(tmp / "x.npy", x)
@@ -199,9 +218,14 @@ def main():
                 scale = np.abs(yf).max() + 1e-6
                 worst_rt = max(worst_rt, float(np.abs(yt - yo).max() / scale))
                 worst_q = max(worst_q, float(np.linalg.norm(yo - yf) / (np.linalg.norm(yf) + 1e-6)))
-            ok = not missing and worst_rt <= 0.02 and worst_q <= 0.1
+                worst_tq = max(worst_tq, float(np.linalg.norm(yt - yf) / (np.linalg.norm(yf) + 1e-6)))
+            if exact or name.endswith("_s8"):
+                ok = not missing and worst_rt <= 0.02 and worst_q <= 0.1
+            else:
+                # onnxruntime's int8 is no reference here: tract's int8 against float instead.
+                ok = not missing and worst_tq <= 0.1
             print(f"{'ok    ' if ok else 'FAILED'} {name:22} ops {sorted(ops & {'QLinearConv', 'MatMulInteger', 'QuantizeLinear', 'DequantizeLinear', 'MaxPool'})}"
-                  f"  |ort-tract|/max {worst_rt:.2e}  int8 vs float {worst_q:.3f}" + (f"  missing {missing}" if missing else ""))
+                  f"  |ort-tract|/max {worst_rt:.2e}  int8 vs float: ort {worst_q:.3f} tract {worst_tq:.3f}" + (f"  missing {missing}" if missing else ""))
             if not ok:
                 failed.append(name)
     print(f"{len(CASES) - len(failed)}/{len(CASES)} cases agree")
