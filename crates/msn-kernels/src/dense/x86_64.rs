@@ -15,12 +15,7 @@ use tract_onnx::tract_core::internal::*;
 /// Lane mask for vector `v` of a tile storing `cols` pixels.
 #[inline(always)]
 fn lane_mask(cols: usize, v: usize) -> u16 {
-    let n = cols.saturating_sub(16 * v).min(16);
-    if n == 16 {
-        0xffff
-    } else {
-        (1u16 << n) - 1
-    }
+    crate::lanes::first_lanes(cols.saturating_sub(16 * v))
 }
 
 // The tile macros below spell out the 6 rows; `seq!` needs the count as a literal.

@@ -1,7 +1,7 @@
 //! Float max pooling of NCHW planes (ResNet's 3x3 stride-2 pool after its stem) on the
 //! depthwise kernel's layout: each plane copied once into a padded, phase-split buffer
 //! ([`Geometry`], its padding the lowest finite f32, as tract and onnxruntime start a maximum), then every output is the largest of the taps read at
-//! fixed offsets, 64 outputs (four AVX-512 vectors) at a time.
+//! fixed offsets, 64 outputs (four AVX-512 vectors, eight AVX2 or sixteen NEON ones) at a time.
 //!
 //! tract 0.23.9 pools with generic Rust over its patch iterator: ResNet-18's 112x112x64 pool
 //! took 1.3 ms against onnxruntime's 0.17, and twice that at the boards' opt-level "z".
@@ -22,6 +22,11 @@ use crate::graph::{image_shape, in_proportion, replace_each};
 use crate::lanes::copy_rows;
 use crate::Cpu;
 
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
+#[cfg(target_arch = "x86_64")]
+mod x86_64;
+
 /// Max pooling of an f32 `[n, c, h, w]` (or `[c, h, w]`) tensor, no dilation, no indices.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct MaxPool2d {
@@ -29,13 +34,13 @@ pub struct MaxPool2d {
     input: [usize; 4],
     batch: bool,
     geometry: Geometry,
-    /// What the kernel may use: AVX-512 or NEON (only then is the op made).
+    /// What the kernel may use: AVX-512, AVX2 or NEON (only then is the op made).
     cpu: Cpu,
 }
 
 /// Whether `cpu` has what the kernel needs.
 pub(crate) fn available(cpu: Cpu) -> bool {
-    cpu.avx512() || cpu.neon()
+    cpu.avx512() || cpu.avx2() || cpu.neon()
 }
 
 impl MaxPool2d {
@@ -104,16 +109,22 @@ fn max_plane(cpu: Cpu, g: &Geometry, buf: &[f32], wide: &mut [f32]) -> TractResu
     // What the kernel's unchecked reads rely on.
     ensure!(g.reach + wide.len() <= buf.len() && wide.len().is_multiple_of(16));
     #[cfg(target_arch = "x86_64")]
-    if available(cpu) {
+    if cpu.avx512() {
         // SAFETY: `cpu`, so the CPU, has AVX-512 F; every tap's reads for the whole wide output are
         // within `buf` (checked above), and `wide` is whole vectors.
-        unsafe { max_plane_avx512(g, buf, wide) };
+        unsafe { x86_64::max_plane_avx512(g, buf, wide) };
+        return Ok(());
+    }
+    #[cfg(target_arch = "x86_64")]
+    if cpu.avx2() {
+        // SAFETY: `cpu`, so the CPU, has AVX2; the reads and writes are bounded as above.
+        unsafe { x86_64::max_plane_avx2(g, buf, wide) };
         return Ok(());
     }
     #[cfg(target_arch = "aarch64")]
     if cpu.neon() {
         // SAFETY: `cpu`, so the CPU, has NEON; the reads and writes are bounded as above.
-        unsafe { max_plane_neon(g, buf, wide) };
+        unsafe { aarch64::max_plane_neon(g, buf, wide) };
         return Ok(());
     }
     max_plane_plain(g, buf, wide);
@@ -124,88 +135,6 @@ fn max_plane(cpu: Cpu, g: &Geometry, buf: &[f32], wide: &mut [f32]) -> TractResu
 fn max_plane_plain(g: &Geometry, buf: &[f32], wide: &mut [f32]) {
     for (i, y) in wide.iter_mut().enumerate() {
         *y = g.offsets.iter().fold(f32::MIN, |m, &o| m.max(buf[o + i]));
-    }
-}
-
-/// [`max_plane`] with AVX-512: 64 outputs, four accumulators, then 16 at a time; no call
-/// inside the loops, so the accumulators stay in registers at opt-level "z". x86's max
-/// returns its second operand when either is NaN: a NaN input is passed over unless it is
-/// the last tap read, where onnxruntime's pooling would return it too.
-///
-/// # Safety
-/// The CPU has AVX-512 F; every tap's offset plus `wide.len()` is within `buf`;
-/// `wide.len()` is a multiple of 16.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn max_plane_avx512(g: &Geometry, buf: &[f32], wide: &mut [f32]) {
-    // SAFETY: the caller upholds this function's `# Safety` contract.
-    unsafe {
-        use std::arch::x86_64::*;
-        let (n, taps) = (wide.len(), g.offsets.len());
-        let (src, offsets, dst) = (buf.as_ptr(), g.offsets.as_ptr(), wide.as_mut_ptr());
-        let mut i = 0;
-        while i + 64 <= n {
-            let mut acc = [_mm512_set1_ps(f32::MIN); 4];
-            for t in 0..taps {
-                let s = src.add(*offsets.add(t) + i);
-                acc[0] = _mm512_max_ps(_mm512_loadu_ps(s), acc[0]);
-                acc[1] = _mm512_max_ps(_mm512_loadu_ps(s.add(16)), acc[1]);
-                acc[2] = _mm512_max_ps(_mm512_loadu_ps(s.add(32)), acc[2]);
-                acc[3] = _mm512_max_ps(_mm512_loadu_ps(s.add(48)), acc[3]);
-            }
-            _mm512_storeu_ps(dst.add(i), acc[0]);
-            _mm512_storeu_ps(dst.add(i + 16), acc[1]);
-            _mm512_storeu_ps(dst.add(i + 32), acc[2]);
-            _mm512_storeu_ps(dst.add(i + 48), acc[3]);
-            i += 64;
-        }
-        while i < n {
-            let mut acc = _mm512_set1_ps(f32::MIN);
-            for t in 0..taps {
-                acc = _mm512_max_ps(_mm512_loadu_ps(src.add(*offsets.add(t) + i)), acc);
-            }
-            _mm512_storeu_ps(dst.add(i), acc);
-            i += 16;
-        }
-    }
-}
-
-/// [`max_plane`] with NEON: 64 outputs (16 vectors) at a time, then 16. `fmaxnm` passes over
-/// a NaN, as `f32::max` does.
-///
-/// # Safety
-/// The CPU has NEON; every tap's offset plus `wide.len()` is within `buf`; `wide.len()` is a
-/// multiple of 16.
-#[cfg(target_arch = "aarch64")]
-#[target_feature(enable = "neon")]
-// `seq!` spells out `4 * 0` and `1 * 4`.
-#[allow(clippy::identity_op, clippy::erasing_op)]
-unsafe fn max_plane_neon(g: &Geometry, buf: &[f32], wide: &mut [f32]) {
-    use seq_macro::seq;
-    use std::arch::aarch64::*;
-    // SAFETY: the caller upholds this function's `# Safety` contract.
-    unsafe {
-        let (n, offsets) = (wide.len(), &g.offsets);
-        let (src, dst, low) = (buf.as_ptr(), wide.as_mut_ptr(), vdupq_n_f32(f32::MIN));
-        let mut i = 0;
-        while i + 64 <= n {
-            let mut acc = [low; 16];
-            for &o in offsets {
-                let s = src.add(o + i);
-                seq!(J in 0..16 { acc[J] = vmaxnmq_f32(vld1q_f32(s.add(4 * J)), acc[J]); });
-            }
-            seq!(J in 0..16 { vst1q_f32(dst.add(i + 4 * J), acc[J]); });
-            i += 64;
-        }
-        while i < n {
-            let mut acc = [low; 4];
-            for &o in offsets {
-                let s = src.add(o + i);
-                seq!(J in 0..4 { acc[J] = vmaxnmq_f32(vld1q_f32(s.add(4 * J)), acc[J]); });
-            }
-            seq!(J in 0..4 { vst1q_f32(dst.add(i + 4 * J), acc[J]); });
-            i += 16;
-        }
     }
 }
 
@@ -310,7 +239,9 @@ mod tests {
     #[test]
     fn max_pools_match_tracts_own() {
         if !available(crate::cpu::get()) {
-            eprintln!("SKIPPED: the CPU level in force (MSN_CPU caps it) has no AVX-512 or NEON");
+            eprintln!(
+                "SKIPPED: the CPU level in force (MSN_CPU caps it) has no AVX-512, AVX2 or NEON"
+            );
             return;
         }
         type Case = (
@@ -364,24 +295,32 @@ mod tests {
         }
     }
 
-    /// The vector kernel against the plain definition, on a plane with ragged rows.
+    /// The vector kernel against the plain definition, on a plane with ragged rows, at
+    /// every CPU level this machine has.
     #[test]
     fn the_kernel_matches_the_definition() {
-        let cpu = Cpu::detect();
-        if !available(cpu) {
-            eprintln!("SKIPPED: the CPU level in force (MSN_CPU caps it) has no AVX-512 or NEON");
+        let levels: Vec<Cpu> = Cpu::detect()
+            .levels()
+            .into_iter()
+            .filter(|&c| available(c))
+            .collect();
+        if levels.is_empty() {
+            eprintln!("SKIPPED: this CPU has no AVX-512, AVX2 or NEON");
             return;
         }
         let g = Geometry::new(1, (23, 19), (3, 3), (2, 2), (1, 1), (12, 10));
         let x: Vec<f32> = (0..23 * 19)
             .map(|i| ((i * 7919) % 1013) as f32 - 500.0)
             .collect();
-        let mut buf = vec![0f32; g.buffer_len()];
-        g.fill_group_padded(cpu, &x, &mut buf, f32::MIN);
-        let (mut a, mut b) = (vec![0f32; g.wide_len()], vec![0f32; g.wide_len()]);
-        max_plane(cpu, &g, &buf, &mut a).unwrap();
-        max_plane_plain(&g, &buf, &mut b);
-        assert_eq!(a, b);
+        for cpu in levels {
+            eprintln!("max pool at {cpu}");
+            let mut buf = vec![0f32; g.buffer_len()];
+            g.fill_group_padded(cpu, &x, &mut buf, f32::MIN);
+            let (mut a, mut b) = (vec![f32::NAN; g.wide_len()], vec![0f32; g.wide_len()]);
+            max_plane(cpu, &g, &buf, &mut a).unwrap();
+            max_plane_plain(&g, &buf, &mut b);
+            assert_eq!(a, b, "{cpu}");
+        }
     }
 
     /// Padding and strides that would make the padded copy enormous for a small output are

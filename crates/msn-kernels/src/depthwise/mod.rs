@@ -35,7 +35,6 @@ use crate::graph::{
 use crate::lanes::{copy_rows, split_pairs};
 use crate::quant::{quantize_u8, QuantizeU8};
 use crate::Cpu;
-use seq_macro::seq;
 
 /// The most taps (input channels times kernel positions) the kernel takes per group with
 /// more than one input channel: 3x3 on RGB. ResNet's 7x7 stem (147) ran 1.0-1.1x slower
@@ -209,45 +208,6 @@ impl Geometry {
                 let src = row[ix0..].iter().step_by(self.sw);
                 for (d, &v) in buf[at..].iter_mut().zip(src) {
                     *d = v;
-                }
-            }
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-impl Geometry {
-    /// [`Self::fill`] for two column phases (`sw == 2`), the whole plane in one call, 16
-    /// pairs of columns at a time: at opt-level "z" a call per row cost as much as the
-    /// split itself on the 14x14 and 7x7 planes.
-    ///
-    /// # Safety
-    /// The CPU has AVX-512 F; `self.sw == 2`; `plane` holds `h * w` values, `buf` at least
-    /// [`Self::plane_len`]. (Every padded input position `(iy + pt, ix + pl)` lies within
-    /// `sh * qh` rows and `2 * qw` columns, by [`Self::new`], so every write is within the
-    /// plane's phases.)
-    #[target_feature(enable = "avx512f")]
-    unsafe fn fill_pairs_avx512(&self, plane: &[f32], buf: &mut [f32]) {
-        // SAFETY: the caller upholds this function's `# Safety` contract.
-        unsafe {
-            let phase_len = self.qh * self.qw;
-            // An odd left padding puts the first column alone in phase 1; the pairs start after.
-            let lone = self.pl % 2;
-            let (src, dst) = (plane.as_ptr(), buf.as_mut_ptr());
-            let n = self.w - lone;
-            let pairs = n / 2;
-            for iy in 0..self.h {
-                let py = iy + self.pt;
-                let base = (py % self.sh) * 2 * phase_len + (py / self.sh) * self.qw;
-                let row = src.add(iy * self.w);
-                if lone == 1 {
-                    *dst.add(base + phase_len + self.pl / 2) = *row;
-                }
-                let (r, e) = (row.add(lone), dst.add(base + self.pl.div_ceil(2)));
-                let o = e.add(phase_len);
-                crate::lanes::deinterleave_avx512(r, e, o, pairs);
-                if n % 2 == 1 {
-                    *e.add(pairs) = *r.add(n - 1);
                 }
             }
         }
@@ -597,11 +557,15 @@ impl Isa {
 /// The CPU has the instruction set; `buf` holds every tap's offset plus `wide.len()`
 /// values; `wide.len()` is a multiple of 16; `p.k` has at most `p.g.offsets.len()` taps
 /// ([`Isa::run`] asserts these).
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(unused_macros)
+)]
 macro_rules! simd_plane {
     ($(#[$attr:meta])* $name:ident, $width:expr, $splat:path, $load:path, $fma:path,
      $max:path, $min:path, $store:path, $n:literal, $m:literal) => {
         $(#[$attr])*
-        unsafe fn $name(p: &Plane, buf: &[f32], wide: &mut [f32]) {
+        pub(super) unsafe fn $name(p: &Plane, buf: &[f32], wide: &mut [f32]) {
             // SAFETY: the caller upholds this function's `# Safety` contract.
             unsafe {
                 let (offsets, k) = (p.g.offsets.as_ptr(), p.k.as_ptr());
@@ -643,62 +607,14 @@ macro_rules! simd_plane {
     }};
 }
 
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
 #[cfg(target_arch = "x86_64")]
-use std::arch::x86_64::*;
-
-simd_plane!(
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    avx512_plane,
-    16,
-    _mm512_set1_ps,
-    _mm512_loadu_ps,
-    _mm512_fmadd_ps,
-    _mm512_max_ps,
-    _mm512_min_ps,
-    _mm512_storeu_ps,
-    4,
-    1
-);
-simd_plane!(
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    avx2_plane,
-    8,
-    _mm256_set1_ps,
-    _mm256_loadu_ps,
-    _mm256_fmadd_ps,
-    _mm256_max_ps,
-    _mm256_min_ps,
-    _mm256_storeu_ps,
-    8,
-    2
-);
-
+mod x86_64;
 #[cfg(target_arch = "aarch64")]
-use std::arch::aarch64::*;
-
-/// `x * k + acc` in the argument order of the x86 intrinsics.
-#[cfg(target_arch = "aarch64")]
-#[inline(always)]
-unsafe fn neon_fma(x: float32x4_t, k: float32x4_t, acc: float32x4_t) -> float32x4_t {
-    // SAFETY: the caller upholds this function's `# Safety` contract.
-    unsafe { vfmaq_f32(acc, x, k) }
-}
-
-simd_plane!(
-    #[cfg(target_arch = "aarch64")]
-    neon_plane,
-    4,
-    vdupq_n_f32,
-    vld1q_f32,
-    neon_fma,
-    vmaxq_f32,
-    vminq_f32,
-    vst1q_f32,
-    16,
-    4
-);
+use aarch64::neon_plane;
+#[cfg(target_arch = "x86_64")]
+use x86_64::{avx2_plane, avx512_plane};
 
 /// The wide output, `bias + sum_t k[t] * buf[offsets[t] + i]` clipped, in plain Rust (CPUs
 /// without AVX2 or NEON; armv7), in blocks of 64 values then 16 that LLVM can vectorise.
