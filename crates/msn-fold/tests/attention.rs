@@ -152,6 +152,60 @@ fn a_folded_constant_never_grows_past_the_bound() {
     assert_eq!(ops(&f), ["Relu"]);
 }
 
+/// A hostile file's `Range` and `ConstantOfShape` asking for 2^40 values are not handed to
+/// tract's analysis (which allocated whatever they asked for): the rest of the graph is still
+/// analysed (a dimension only tract knows, at a free batch size, becomes a constant), and the
+/// huge ops stay as they are.
+#[test]
+fn a_huge_range_or_constant_of_shape_is_never_evaluated() {
+    for op in ["Range", "ConstantOfShape"] {
+        let mut b = GraphBuilder::new("huge");
+        b.input("x", &[-1, 2, 4, 4]);
+        b.node("Shape", &["x"], "shape", &[]);
+        b.initializer_i64("two", &arr0(2i64).into_dyn());
+        b.node("Gather", &["shape", "two"], "h", &[attr::int("axis", 0)]);
+        b.node(
+            "Cast",
+            &["h"],
+            "hf",
+            &[attr::int("to", DataType::Float as i64)],
+        );
+        b.node("Mul", &["x", "hf"], "y", &[]);
+        if op == "Range" {
+            b.initializer_i64("zero", &arr0(0i64).into_dyn());
+            b.initializer_i64("big", &arr0(1i64 << 40).into_dyn());
+            b.initializer_i64("one", &arr0(1i64).into_dyn());
+            b.node("Range", &["zero", "big", "one"], "r", &[]);
+        } else {
+            b.initializer_i64("dims", &i64s(&[1 << 20, 1 << 20]));
+            let one = msn_onnx::tensor::from_i64("", &arr1(&[1i64]).into_dyn());
+            b.node(
+                "ConstantOfShape",
+                &["dims"],
+                "r",
+                &[attr::tensor("value", one)],
+            );
+        }
+        b.node("ReduceMax", &["r"], "m", &[attr::int("keepdims", 0)]);
+        b.node(
+            "Cast",
+            &["m"],
+            "mf",
+            &[attr::int("to", DataType::Float as i64)],
+        );
+        b.node("Add", &["y", "mf"], "z", &[]);
+        b.output("z", &[-1, 2, 4, 4]);
+        let mut f = b.into_model(17);
+        let report = msn_fold::fold(&mut f);
+        msn_onnx::graph::GraphView::new(&f).expect("valid folded graph");
+        let passes: std::collections::HashMap<_, _> = report.passes.into_iter().collect();
+        assert!(passes["evaluate_constants"] >= 1, "{op}: {passes:?}");
+        let ops = ops(&f);
+        assert!(ops.contains(&op.to_string()), "{op}: {ops:?}");
+        assert!(!ops.contains(&"Shape".to_string()), "{op}: {ops:?}");
+    }
+}
+
 /// `x` through no-ops at fixed shapes, and the same ops where they are not no-ops.
 fn no_ops_model() -> ModelProto {
     let mut b = GraphBuilder::new("noops");

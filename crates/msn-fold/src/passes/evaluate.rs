@@ -12,7 +12,10 @@
 //! Bounds: a value is written only if it is at most [`LIMIT_BYTES`] or no larger than the
 //! largest input of the node computing it (a transposed or rescaled weight, not a broadcast
 //! blow-up), so folding never grows a file by more than 1 MiB per node it removes; tract's
-//! analysis itself evaluates nothing past 4 MiB. `QuantizeLinear`/`DequantizeLinear` and the
+//! analysis itself reads no initializer past 4 MiB and is given no node that could make more
+//! than 2^22 values by our bounds (a `Range`, `ConstantOfShape`, `Expand`, `Tile`... whose
+//! size our own constants do not bound is left out of its copy of the graph: at a free batch
+//! size, a `Range` over a dimension only tract knows stays in the graph). `QuantizeLinear`/`DequantizeLinear` and the
 //! random ops are never folded (a QDQ model's weights stay int8). A graph tract cannot
 //! parse, or values it cannot determine, are simply left as they are.
 
@@ -186,13 +189,16 @@ fn light(model: &ModelProto) -> Option<ModelProto> {
             });
         }
     }
+    // The values of the nodes left out are read by name only: tract's parse makes each a
+    // source of unknown type and shape.
+    let node = bounded(g);
     Some(ModelProto {
         ir_version: model.ir_version,
         opset_import: model.opset_import.clone(),
         functions: model.functions.clone(),
         graph: Some(GraphProto {
             name: g.name.clone(),
-            node: g.node.clone(),
+            node,
             initializer,
             sparse_initializer: g.sparse_initializer.clone(),
             input,
@@ -202,6 +208,173 @@ fn light(model: &ModelProto) -> Option<ModelProto> {
         }),
         ..Default::default()
     })
+}
+
+/// The most values tract's analysis may compute for one node: 2^22 (16 MiB of f32).
+const EVAL_ELEMENTS: u64 = 1 << 22;
+
+/// Ops whose output can be far larger than their inputs (a size, a shape, repeats, scales or
+/// pads among them): tract evaluates them whatever the size they ask for.
+const GENERATORS: &[&str] = &[
+    "Range",
+    "ConstantOfShape",
+    "Expand",
+    "Tile",
+    "Resize",
+    "Upsample",
+    "Pad",
+    "OneHot",
+    "EyeLike",
+    "ConvTranspose",
+    "MaxUnpool",
+    "Col2Im",
+    "CenterCropPad",
+];
+
+/// The nodes tract's copy of the graph keeps: all but every node that tract could evaluate (all its inputs may be constant to it) and that could make
+/// more than [`EVAL_ELEMENTS`] values: a generator whose size we cannot bound from our own
+/// constants and shapes, or any op whose shape we know to be larger. Without this, tract's
+/// analysis allocated and filled whatever a `Range` or `ConstantOfShape` of a hostile file
+/// asked for (34 GB and 4.4 TB, found by the fuzz smoke).
+fn bounded(g: &GraphProto) -> Vec<NodeProto> {
+    let idx = Index::new(g);
+    let shapes = crate::shapes::infer(g);
+    // Upper bounds on the values of what tract may evaluate, by name (`u64::MAX`: unknown).
+    let mut sizes: HashMap<&str, u64> = HashMap::new();
+    for t in &g.initializer {
+        sizes.insert(
+            t.name(),
+            product(t.dims.iter().copied()).unwrap_or(u64::MAX),
+        );
+    }
+    let mut kept_nodes = Vec::with_capacity(g.node.len());
+    for n in &g.node {
+        let op = n.op_type();
+        let mut inputs = n.input.iter().filter(|i| !i.is_empty());
+        let constant = !crate::passes::eliminate::RANDOM.contains(&op)
+            && (matches!(op, "Shape" | "Size") || inputs.all(|i| sizes.contains_key(i.as_str())));
+        if constant {
+            // The shapes we know are exact; otherwise a generator needs a bound, and any
+            // other op is evaluated (its bound, if any, serves what it feeds).
+            let known = n
+                .output
+                .iter()
+                .filter(|o| !o.is_empty())
+                .map(|o| {
+                    shapes
+                        .get(o)
+                        .and_then(|s| product(s.iter().map(|&d| d as i64)))
+                })
+                .try_fold(0u64, |m, b| Some(m.max(b?)));
+            let bound = known.or_else(|| size_bound(g, &idx, &sizes, n));
+            let large = match (known, GENERATORS.contains(&op)) {
+                (Some(b), _) => b > EVAL_ELEMENTS,
+                (None, true) => bound.is_none_or(|b| b > EVAL_ELEMENTS),
+                (None, false) => false,
+            };
+            if large {
+                continue;
+            }
+            for o in n.output.iter().filter(|o| !o.is_empty()) {
+                sizes.insert(o, bound.unwrap_or(u64::MAX));
+            }
+        }
+        kept_nodes.push(n.clone());
+    }
+    kept_nodes
+}
+
+/// The product of `dims`; `None` for a negative one or past `u64`.
+fn product(dims: impl IntoIterator<Item = i64>) -> Option<u64> {
+    dims.into_iter()
+        .try_fold(1u64, |p, d| p.checked_mul(u64::try_from(d).ok()?))
+}
+
+/// Ops whose output has as many values as their first input.
+const SAME_SIZE: &[&str] = &[
+    "Reshape",
+    "Cast",
+    "Identity",
+    "Squeeze",
+    "Unsqueeze",
+    "Transpose",
+    "Flatten",
+    "ScatterND",
+    "ScatterElements",
+    "Neg",
+    "Abs",
+    "Not",
+    "Sqrt",
+    "Exp",
+    "Log",
+    "Relu",
+    "Sigmoid",
+    "Floor",
+    "Ceil",
+    "Round",
+];
+
+/// Elementwise ops whose inputs broadcast: at most the product of their inputs' values.
+const BROADCAST: &[&str] = &[
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Pow",
+    "Mod",
+    "Max",
+    "Min",
+    "Equal",
+    "Less",
+    "Greater",
+    "LessOrEqual",
+    "GreaterOrEqual",
+    "And",
+    "Or",
+    "Xor",
+    "Where",
+];
+
+/// An upper bound on the values `n`'s largest output holds, from our own constants and the
+/// bounds `sizes` of what it reads; `None` when they do not tell (or past `u64`).
+fn size_bound(
+    g: &GraphProto,
+    idx: &Index,
+    sizes: &HashMap<&str, u64>,
+    n: &NodeProto,
+) -> Option<u64> {
+    let input = |i: usize| n.input.get(i).filter(|s| !s.is_empty());
+    let ints = |i: usize| idx.int(g, input(i)?);
+    let size = |i: usize| {
+        sizes
+            .get(input(i)?.as_str())
+            .copied()
+            .filter(|&s| s < u64::MAX)
+    };
+    match n.op_type() {
+        op if SAME_SIZE.contains(&op) => size(0),
+        op if BROADCAST.contains(&op) => (0..n.input.len())
+            .filter(|&i| input(i).is_some())
+            .try_fold(1u64, |p, i| p.checked_mul(size(i)?)),
+        "Range" => {
+            let scalar = |i: usize| -> Option<f64> {
+                let name = input(i)?;
+                match idx.int(g, name) {
+                    Some(a) => a.iter().next().map(|&v| v as f64),
+                    None => idx.float(g, name)?.iter().next().map(|&v| v as f64),
+                }
+            };
+            let (start, limit, delta) = (scalar(0)?, scalar(1)?, scalar(2)?);
+            let count = ((limit - start) / delta).ceil();
+            // NaN and infinities fail the comparison.
+            (count.is_finite() && count < 1e18).then(|| count.max(0.0) as u64)
+        }
+        "ConstantOfShape" => product(ints(0)?.iter().copied()),
+        // Each output dimension is the shape's where that is not 1, else the data's.
+        "Expand" => size(0)?.checked_mul(product(ints(1)?.iter().map(|&d| d.max(1)))?),
+        "Tile" => size(0)?.checked_mul(product(ints(1)?.iter().copied())?),
+        _ => None,
+    }
 }
 
 /// Makes ONNX defaults that tract reads differently explicit in tract's copy of the graph:
