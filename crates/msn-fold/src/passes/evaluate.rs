@@ -13,9 +13,9 @@
 //! largest input of the node computing it (a transposed or rescaled weight, not a broadcast
 //! blow-up), so folding never grows a file by more than 1 MiB per node it removes; tract's
 //! analysis itself reads no initializer past 4 MiB and is given no node that could make more
-//! than 2^22 values by our bounds (a `Range`, `ConstantOfShape`, `Expand`, `Tile`... whose
-//! size our own constants do not bound is left out of its copy of the graph: at a free batch
-//! size, a `Range` over a dimension only tract knows stays in the graph). `QuantizeLinear`/`DequantizeLinear` and the
+//! than 2^22 values by our bounds (a `Range`, `ConstantOfShape`, `Expand`, `Tile`... sized by
+//! the file's constants). Not bounded: a size the graph computes from its shapes (tract
+//! evaluates it whatever it comes to). `QuantizeLinear`/`DequantizeLinear` and the
 //! random ops are never folded (a QDQ model's weights stay int8). A graph tract cannot
 //! parse, or values it cannot determine, are simply left as they are.
 
@@ -231,9 +231,9 @@ const GENERATORS: &[&str] = &[
     "CenterCropPad",
 ];
 
-/// The nodes tract's copy of the graph keeps: all but every node that tract could evaluate (all its inputs may be constant to it) and that could make
-/// more than [`EVAL_ELEMENTS`] values: a generator whose size we cannot bound from our own
-/// constants and shapes, or any op whose shape we know to be larger. Without this, tract's
+/// The nodes tract's copy of the graph keeps: all but every node that tract could evaluate
+/// (all its inputs may be constant to it) and that would make more than [`EVAL_ELEMENTS`]
+/// values by our own constants and shapes. Without this, tract's
 /// analysis allocated and filled whatever a `Range` or `ConstantOfShape` of a hostile file
 /// asked for (34 GB and 4.4 TB, found by the fuzz smoke).
 fn bounded(g: &GraphProto) -> Vec<NodeProto> {
@@ -254,8 +254,10 @@ fn bounded(g: &GraphProto) -> Vec<NodeProto> {
         let constant = !crate::passes::eliminate::RANDOM.contains(&op)
             && (matches!(op, "Shape" | "Size") || inputs.all(|i| sizes.contains_key(i.as_str())));
         if constant {
-            // The shapes we know are exact; otherwise a generator needs a bound, and any
-            // other op is evaluated (its bound, if any, serves what it feeds).
+            // The shapes we know are exact; a generator is left out when our constants bound
+            // it past the limit, and any other op is evaluated (its bound, if any, serves
+            // what it feeds). A generator whose size the graph computes (from its shapes)
+            // stays: leaving those out cost attention graphs most of their folding.
             let known = n
                 .output
                 .iter()
@@ -269,7 +271,7 @@ fn bounded(g: &GraphProto) -> Vec<NodeProto> {
             let bound = known.or_else(|| size_bound(g, &idx, &sizes, n));
             let large = match (known, GENERATORS.contains(&op)) {
                 (Some(b), _) => b > EVAL_ELEMENTS,
-                (None, true) => bound.is_none_or(|b| b > EVAL_ELEMENTS),
+                (None, true) => bound.is_some_and(|b| b > EVAL_ELEMENTS),
                 (None, false) => false,
             };
             if large {
