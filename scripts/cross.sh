@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Cross-builds msn-classify, msn-fold and msn for the boards, installing what is missing.
 #
-#   scripts/cross.sh [--profile PROFILE] [--runtime-only] [TARGET...]
+#   scripts/cross.sh [--profile PROFILE] [--runtime-only] [--install-only] [TARGET...]
 #
+# --install-only installs what the targets need (Debian's cross gcc, qemu-user, rustup's
+# standard library) and builds nothing: CI fetches them in the background while it builds.
 # --runtime-only builds msn-classify and msn-fold alone, without the training feature. Without
 # it, `msn` (training, `msn teach`) is built too: CI builds that for aarch64 and runs it under
 # qemu (crates/msn-cli/tests/emulated.rs).
@@ -22,12 +24,14 @@ cd "$(dirname "$0")/.."
 
 profile=dist
 runtime_only=0
+install_only=0
 targets=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --profile) profile="$2"; shift 2 ;;
         --runtime-only) runtime_only=1; shift ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        --install-only) install_only=1; shift ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
         *) targets+=("$1"); shift ;;
     esac
 done
@@ -52,6 +56,7 @@ installed=$(rustup target list --installed)
 for t in "${targets[@]}"; do
     grep -qx "$t" <<<"$installed" || rustup target add "$t"
 done
+[ "$install_only" = 0 ] || exit 0
 
 for t in "${targets[@]}"; do
     echo "== $t ($profile)"
